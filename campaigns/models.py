@@ -1,0 +1,248 @@
+"""The audience and the content: who is mailed, and what they are sent."""
+
+import hashlib
+import secrets
+
+from django.conf import settings
+from django.db import models
+from django.db.models.functions import Lower
+
+
+def email_key(address: str) -> str:
+    """The case-insensitive identity of an address: trimmed and lower-cased."""
+    return address.strip().lower()
+
+
+class Contact(models.Model):
+    class Status(models.TextChoices):
+        ACTIVE = "active"
+        UNSUBSCRIBED = "unsubscribed"
+        BLOCKLISTED = "blocklisted"
+
+    email = models.CharField(max_length=320, help_text="As given, trimmed.")
+    # Lower-cased copy: the unique key that makes addresses case-insensitive and
+    # lets imports upsert with one set-based statement.
+    email_key = models.CharField(max_length=320, unique=True, editable=False)
+    first_name = models.CharField(max_length=200, blank=True, default="")
+    last_name = models.CharField(max_length=200, blank=True, default="")
+    attributes = models.JSONField(default=dict, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE, db_index=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [models.Index(Lower("last_name"), "first_name", name="contact_name_idx")]
+
+    def __str__(self):
+        return self.email
+
+    def save(self, *args, **kwargs):
+        self.email = self.email.strip()
+        self.email_key = email_key(self.email)
+        super().save(*args, **kwargs)
+
+    @property
+    def domain(self):
+        return self.email_key.rpartition("@")[2]
+
+
+class MailingList(models.Model):
+    class OptIn(models.TextChoices):
+        SINGLE = "single"
+        DOUBLE = "double"
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    optin = models.CharField(max_length=8, choices=OptIn.choices, default=OptIn.SINGLE)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Subscription(models.Model):
+    class Status(models.TextChoices):
+        UNCONFIRMED = "unconfirmed"
+        CONFIRMED = "confirmed"
+        UNSUBSCRIBED = "unsubscribed"
+
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="subscriptions")
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, related_name="subscriptions")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIRMED)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["mailing_list", "contact"], name="subscription_unique")]
+        # Subscriber counts and audience snapshots scan (list, status).
+        indexes = [models.Index(fields=["mailing_list", "status"], name="subscription_list_status_idx")]
+
+    def __str__(self):
+        return f"{self.contact_id} in {self.mailing_list_id} ({self.status})"
+
+
+class Suppression(models.Model):
+    """An address that no campaign may mail, whatever its subscriptions say."""
+
+    class Reason(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce"
+        SOFT_BOUNCE = "soft_bounce"
+        COMPLAINT = "complaint"
+        UNSUBSCRIBE = "unsubscribe"
+        MANUAL = "manual"
+
+    email = models.CharField(max_length=320)
+    email_key = models.CharField(max_length=320, unique=True, editable=False)
+    reason = models.CharField(max_length=16, choices=Reason.choices, default=Reason.MANUAL)
+    detail = models.TextField(blank=True, default="")
+    # The tracking Event that caused it; an id, not a key, since tracking sits
+    # above campaigns.
+    source_event_id = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"{self.email} ({self.reason})"
+
+    def save(self, *args, **kwargs):
+        self.email = self.email.strip()
+        self.email_key = email_key(self.email)
+        super().save(*args, **kwargs)
+
+
+class Import(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    class Mode(models.TextChoices):
+        UPSERT = "upsert"
+        SKIP_EXISTING = "skip-existing"
+
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.SET_NULL, null=True, blank=True)
+    file = models.FileField(upload_to="imports/", blank=True)
+    original_name = models.CharField(max_length=255, blank=True, default="")
+    mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.UPSERT)
+    delimiter = models.CharField(max_length=4, blank=True, default="")
+    encoding = models.CharField(max_length=32, blank=True, default="")
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    rows_processed = models.PositiveIntegerField(default=0)
+    created = models.PositiveIntegerField(default=0)
+    updated = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    invalid = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True, default="")
+    error_report = models.FileField(upload_to="import-errors/", blank=True)
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self):
+        return f"import {self.pk} ({self.status})"
+
+
+class ApiToken(models.Model):
+    """A bearer token for the JSON API; only its SHA-256 is stored."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=100, blank=True, default="")
+    prefix = models.CharField(max_length=12, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return f"{self.prefix}… ({self.user})"
+
+    @staticmethod
+    def hash(token: str) -> str:
+        return hashlib.sha256(token.encode()).hexdigest()
+
+    @classmethod
+    def issue(cls, user, name=""):
+        """Create a token and return (row, the token in clear: shown once)."""
+        token = "hrld_" + secrets.token_urlsafe(32)
+        row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token))
+        return row, token
+
+
+class Template(models.Model):
+    """A reusable layout: HTML with ``{{ content }}`` where the campaign body goes."""
+
+    name = models.CharField(max_length=200, unique=True)
+    html = models.TextField(help_text="Jinja2; {{ content }} marks where the campaign body goes.")
+    text = models.TextField(blank=True, default="", help_text="Optional text layout; {{ content }} as above.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class Campaign(models.Model):
+    class Status(models.TextChoices):
+        DRAFT = "draft"
+        SCHEDULED = "scheduled"
+        MISSED = "missed"
+        SENDING = "sending"
+        PAUSED = "paused"
+        FINISHED = "finished"
+        CANCELLED = "cancelled"
+
+    name = models.CharField(max_length=200)
+    subject = models.CharField(max_length=998)
+    from_name = models.CharField(max_length=200, blank=True, default="")
+    from_email = models.CharField(max_length=320)
+    reply_to = models.CharField(max_length=320, blank=True, default="")
+    html_body = models.TextField(blank=True, default="")
+    text_body = models.TextField(blank=True, default="")
+    template = models.ForeignKey(Template, on_delete=models.PROTECT, null=True, blank=True)
+    lists = models.ManyToManyField(MailingList, blank=True, related_name="campaigns")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
+    status_reason = models.TextField(blank=True, default="", help_text="Why the campaign paused or failed.")
+    scheduled_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    track_opens = models.BooleanField(default=True)
+    track_clicks = models.BooleanField(default=True)
+    # Recipients at snapshot time.
+    total = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        permissions = [("send_campaign", "Can send, schedule, pause, resume and cancel campaigns")]
+
+    def __str__(self):
+        return self.name
+
+
+class CampaignLink(models.Model):
+    """A link the campaign contains; click tokens carry its index, never the URL."""
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="links")
+    index = models.PositiveIntegerField()
+    url = models.TextField()
+
+    class Meta:
+        ordering = ["campaign", "index"]
+        constraints = [models.UniqueConstraint(fields=["campaign", "index"], name="campaignlink_unique")]
+
+    def __str__(self):
+        return self.url

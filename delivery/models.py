@@ -1,0 +1,137 @@
+"""The send engine's configuration and its ledger: one Send row per recipient."""
+
+from django.db import models
+
+from campaigns.models import Campaign, Contact
+from herald.fields import EncryptedTextField
+
+
+class Period(models.TextChoices):
+    SECOND = "second"
+    MINUTE = "minute"
+    HOUR = "hour"
+
+
+PERIOD_SECONDS = {Period.SECOND: 1, Period.MINUTE: 60, Period.HOUR: 3600}
+
+
+class Relay(models.Model):
+    class Security(models.TextChoices):
+        NONE = "none", "None (plain SMTP)"
+        STARTTLS = "starttls", "STARTTLS (required)"
+        TLS = "tls", "Implicit TLS"
+
+    name = models.CharField(max_length=100, unique=True)
+    host = models.CharField(max_length=255)
+    port = models.PositiveIntegerField(default=587)
+    security = models.CharField(max_length=8, choices=Security.choices, default=Security.STARTTLS)
+    verify_certificate = models.BooleanField(default=True)
+    username = models.CharField(max_length=255, blank=True, default="")
+    password = EncryptedTextField(blank=True, default="")
+    helo_name = models.CharField(max_length=255, blank=True, default="")
+    max_connections = models.PositiveIntegerField(default=8, help_text="Across all workers.")
+    messages_per_connection = models.PositiveIntegerField(default=1000)
+    idle_timeout = models.PositiveIntegerField(default=30, help_text="Seconds.")
+    rate = models.PositiveIntegerField(default=0, help_text="Messages per period; 0 means unlimited.")
+    rate_period = models.CharField(max_length=8, choices=Period.choices, default=Period.SECOND)
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
+class DomainThrottle(models.Model):
+    """A rate limit shared by one or more recipient domains."""
+
+    name = models.CharField(max_length=100, unique=True)
+    domains = models.TextField(blank=True, default="", help_text="Comma- or newline-separated domains sharing this limit.")
+    is_default = models.BooleanField(default=False, help_text="Applies to every domain no other throttle names.")
+    rate = models.PositiveIntegerField(default=10)
+    period = models.CharField(max_length=8, choices=Period.choices, default=Period.SECOND)
+    burst = models.PositiveIntegerField(default=0, help_text="Bucket size; 0 means the rate itself.")
+    max_connections = models.PositiveIntegerField(default=5)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["is_default"], condition=models.Q(is_default=True), name="one_default_throttle")
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def domain_list(self):
+        return [d.strip().lower() for d in self.domains.replace("\n", ",").split(",") if d.strip()]
+
+
+class SendingDomain(models.Model):
+    class Algorithm(models.TextChoices):
+        RSA = "rsa-sha256", "RSA-SHA256"
+        ED25519 = "ed25519-sha256", "Ed25519-SHA256 (RFC 8463)"
+
+    domain = models.CharField(max_length=255, unique=True)
+    selector = models.CharField(max_length=63, default="herald")
+    algorithm = models.CharField(max_length=16, choices=Algorithm.choices, default=Algorithm.RSA)
+    private_key = EncryptedTextField(blank=True, default="", help_text="PEM; never shown back.")
+    public_key = models.TextField(blank=True, default="", editable=False, help_text="Base64, as published in DNS.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["domain"]
+
+    def __str__(self):
+        return self.domain
+
+
+class Send(models.Model):
+    """One recipient of one campaign: the unit that is claimed, sent and counted."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        SENDING = "sending"
+        SENT = "sent"
+        DEFERRED = "deferred"
+        BOUNCED = "bounced"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        SKIPPED = "skipped"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, blank=True, related_name="sends")
+    contact = models.ForeignKey(Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="sends")
+    email = models.CharField(max_length=320)
+    domain = models.CharField(max_length=255, help_text="Recipient domain, lower-cased.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    attempts = models.PositiveIntegerField(default=0)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    first_attempt_at = models.DateTimeField(null=True, blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
+    smtp_reply = models.TextField(blank=True, default="")
+    message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    relay = models.ForeignKey(Relay, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["campaign", "contact"], condition=models.Q(campaign__isnull=False), name="send_unique_per_campaign"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["campaign", "status"], name="send_campaign_status_idx"),
+            models.Index(fields=["status", "next_attempt_at"], name="send_due_idx"),
+            models.Index(fields=["status", "lease_expires_at"], name="send_lease_idx"),
+            models.Index(fields=["email"], name="send_email_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.email} ({self.status})"

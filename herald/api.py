@@ -1,0 +1,45 @@
+"""The JSON API under /api/v1/: one NinjaAPI with a router per app."""
+
+from django.utils import timezone
+from ninja import NinjaAPI
+from ninja.security import HttpBearer
+
+from campaigns.models import ApiToken
+
+
+class BearerToken(HttpBearer):
+    """``Authorization: Bearer <token>`` with a token from ``create_api_token``."""
+
+    def authenticate(self, request, token):
+        row = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(token)).first()
+        if row is None or not row.user.is_active:
+            return None
+        # One write per minute at most, not one per request.
+        now = timezone.now()
+        if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
+            ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
+        request.user = row.user
+        return row.user
+
+
+api = NinjaAPI(
+    title="Herald API",
+    version="1",
+    urls_namespace="api-v1",
+    auth=BearerToken(),
+    openapi_url="/openapi.json",
+    docs_url="/docs",
+)
+
+
+def _add_routers():
+    from campaigns.api import router as campaigns_router
+    from delivery.api import router as delivery_router
+    from tracking.api import router as tracking_router
+
+    api.add_router("/", campaigns_router)
+    api.add_router("/", delivery_router)
+    api.add_router("/", tracking_router)
+
+
+_add_routers()

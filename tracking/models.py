@@ -1,0 +1,48 @@
+"""What comes back about a message: one Event model for every kind of report."""
+
+from django.db import models
+
+from campaigns.models import Campaign, Contact
+from delivery.models import Send
+
+
+class Event(models.Model):
+    class Type(models.TextChoices):
+        OPEN = "open"
+        CLICK = "click"
+        UNSUBSCRIBE = "unsubscribe"
+        BOUNCE = "bounce"
+        SOFT_BOUNCE = "soft_bounce"
+        DELAYED = "delayed"
+        COMPLAINT = "complaint"
+        DELIVERED = "delivered"
+        REJECTED = "rejected"
+
+    type = models.CharField(max_length=16, choices=Type.choices)
+    send = models.ForeignKey(Send, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    contact = models.ForeignKey(Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    campaign = models.ForeignKey(Campaign, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    email = models.CharField(max_length=320, blank=True, default="")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Open/click from a privacy proxy or link scanner rather than a person.
+    machine = models.BooleanField(default=False)
+    url = models.TextField(blank=True, default="")
+    link_index = models.PositiveIntegerField(null=True, blank=True)
+    status = models.CharField(max_length=16, blank=True, default="", help_text="RFC 3463 status for bounces.")
+    diagnostic = models.TextField(blank=True, default="")
+    user_agent = models.TextField(blank=True, default="")
+    source = models.CharField(max_length=32, blank=True, default="", help_text="pixel, redirect, bounce-server, imap, ses, …")
+    raw = models.TextField(blank=True, default="")
+    # Repeated reports of one happening share a key and are recorded once.
+    key = models.CharField(max_length=255, unique=True, null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["campaign", "type"], name="event_campaign_type_idx"),
+            models.Index(fields=["send", "type"], name="event_send_type_idx"),
+            models.Index(fields=["email"], name="event_email_idx"),
+        ]
+
+    def __str__(self):
+        return f"{self.type} {self.email}"
