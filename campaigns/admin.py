@@ -1,1 +1,3 @@
-from django.contrib import admin  # noqa: F401
+# The admin is split by concern: the audience (contacts, lists, imports,
+# suppressions, API tokens) and the content (templates, campaigns).
+from campaigns import admin_audience, admin_content  # noqa: F401

@@ -39,7 +39,11 @@ class CompiledCampaign:
         self.domain = campaign.from_email.rpartition("@")[2] or "localhost"
 
     def build(self, send, contact) -> BuiltMessage:
-        ctx = {"contact": contact, "unsubscribe_url": tokens.unsubscribe_url(send.pk), "view_in_browser_url": tokens.view_url(send.pk)}
+        ctx = {
+            "contact": contact,
+            "unsubscribe_url": tokens.unsubscribe_url(send.pk),
+            "view_in_browser_url": tokens.view_url(send.pk),
+        }
         msg = EmailMessage(policy=SMTP)
         message_id = f"<{uuid.uuid4().hex}@{self.domain}>"
         msg["Subject"] = " ".join(self.subject.render(ctx).split())

@@ -117,6 +117,9 @@ class Send(models.Model):
     smtp_reply = models.TextField(blank=True, default="")
     message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
     relay = models.ForeignKey(Relay, on_delete=models.SET_NULL, null=True, blank=True)
+    # For a message submitted over SMTP (no campaign): the id of its stored
+    # OutboundMessage in delivery.submission.
+    outbound_id = models.BigIntegerField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -1,0 +1,1 @@
+"""Admin for contacts, lists, subscriptions, imports, suppressions and API tokens."""

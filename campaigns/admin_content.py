@@ -1,0 +1,1 @@
+"""Admin for templates and campaigns: editor, preview, test sends."""

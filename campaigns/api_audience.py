@@ -1,0 +1,5 @@
+"""API: api_audience."""
+
+from ninja import Router
+
+router = Router()

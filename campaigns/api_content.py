@@ -1,0 +1,5 @@
+"""API: api_content."""
+
+from ninja import Router
+
+router = Router()

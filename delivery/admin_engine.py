@@ -1,0 +1,1 @@
+"""Admin for relays (with the check button), domain throttles and the send ledger."""

@@ -1,0 +1,5 @@
+"""API: api_domains."""
+
+from ninja import Router
+
+router = Router()

@@ -1,0 +1,5 @@
+"""API: api_engine."""
+
+from ninja import Router
+
+router = Router()
