@@ -40,6 +40,7 @@ INSTALLED_APPS = [
     "anymail",
     "campaigns",
     "delivery",
+    "delivery.submission",
     "tracking",
 ]
 

@@ -1,0 +1,2 @@
+"""The authenticated SMTP submission server: applications and mail clients send
+single messages through Herald, into the same ledger and engine as campaigns."""
