@@ -172,6 +172,17 @@ HERALD_ENCRYPTION_KEY = envsecret("HERALD_ENCRYPTION_KEY", "")
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
 
+# Tracking and feedback: soft bounces suppress an address after this many
+# within the window; the bounce server's limits; an optional bounce mailbox
+# (imaps://user:pass@host:993/INBOX, imap+starttls://…, pop3s://…) polled by beat.
+HERALD_SOFT_BOUNCE_LIMIT = envint("HERALD_SOFT_BOUNCE_LIMIT", 3, minimum=1)
+HERALD_SOFT_BOUNCE_WINDOW_DAYS = envint("HERALD_SOFT_BOUNCE_WINDOW_DAYS", 30, minimum=1)
+HERALD_BOUNCE_MAX_MESSAGE_SIZE = envint("HERALD_BOUNCE_MAX_MESSAGE_SIZE", 10 * 1024 * 1024, minimum=1024)
+HERALD_BOUNCE_MAX_CONNECTIONS = envint("HERALD_BOUNCE_MAX_CONNECTIONS", 100, minimum=1)
+HERALD_BOUNCE_MAILBOX = envsecret("HERALD_BOUNCE_MAILBOX", "")
+HERALD_BOUNCE_MAILBOX_CAFILE = envstr("HERALD_BOUNCE_MAILBOX_CAFILE", "")
+HERALD_BOUNCE_MAILBOX_INTERVAL = envint("HERALD_BOUNCE_MAILBOX_INTERVAL", 300, minimum=10)
+
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "127.0.0.1")
 EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
@@ -180,3 +191,6 @@ DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "herald@localhost")
 ANYMAIL = {
     "WEBHOOK_SECRET": envsecret("ANYMAIL_WEBHOOK_SECRET", None),
 }
+# Mailgun signs its webhooks; anymail checks the signature with this key.
+if envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", ""):
+    ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", "")
