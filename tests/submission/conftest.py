@@ -1,0 +1,119 @@
+import datetime
+import ipaddress
+import os
+import smtplib
+import ssl
+import sys
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from django.conf import settings
+from django.contrib.auth.hashers import make_password
+
+from delivery.submission.models import SmtpCredential
+from delivery.submission.server import SubmissionServer, tls_context
+
+ALICE_SECRET = "alice-secret-that-is-long-enough"
+
+
+@pytest.fixture(scope="session")
+def tls_files(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost, as PEM files."""
+    directory = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return str(cert_path), str(key_path)
+
+
+@pytest.fixture
+def client_tls(tls_files):
+    """A client context that trusts exactly the test certificate."""
+    context = ssl.create_default_context(cafile=tls_files[0])
+    return context
+
+
+def make_credential(username="alice", secret=ALICE_SECRET, domains="example.com", **fields):
+    row = SmtpCredential(username=username, allowed_domains=domains, **fields)
+    row.secret_hash = make_password(secret)
+    row.save()
+    return row
+
+
+@pytest.fixture
+def alice(db):
+    return make_credential()
+
+
+@pytest.fixture
+def server(tls_files, redis_client, transactional_db):
+    """The submission server in STARTTLS mode on a free loopback port."""
+    srv = SubmissionServer("127.0.0.1", 0, context=tls_context(*tls_files)).start_in_thread()
+    yield srv
+    srv.stop_thread()
+
+
+@pytest.fixture
+def implicit_server(tls_files, redis_client, transactional_db):
+    srv = SubmissionServer("127.0.0.1", 0, context=tls_context(*tls_files), implicit_tls=True).start_in_thread()
+    yield srv
+    srv.stop_thread()
+
+
+def connect(server, client_tls, login=True, secret=ALICE_SECRET, username="alice"):
+    """An smtplib client after STARTTLS (and AUTH unless login=False)."""
+    smtp = smtplib.SMTP("127.0.0.1", server.port, timeout=30)
+    smtp.starttls(context=client_tls)
+    smtp.ehlo("client.test")
+    if login:
+        smtp.login(username, secret)
+    return smtp
+
+
+def message(sender="Alice <alice@example.com>", to="bob@dest.test", subject="Hello", body="Hi Bob.\r\n", extra=""):
+    return (
+        f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n{extra}MIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\n\r\n{body}"
+    ).encode()
+
+
+def database_url():
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}:{db['PASSWORD']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+def subprocess_env(**extra):
+    env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": settings.REDIS_URL, "PYTHONUNBUFFERED": "1"}
+    env.update(extra)
+    return env
+
+
+PYTHON = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hashing(settings):
+    """Production hashing is slow on purpose; these tests check logins, not the hasher's cost."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
