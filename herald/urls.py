@@ -7,4 +7,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),
+    # ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/
+    path("webhooks/anymail/", include("anymail.urls")),
 ]
