@@ -17,6 +17,8 @@ class Event(models.Model):
         COMPLAINT = "complaint"
         DELIVERED = "delivered"
         REJECTED = "rejected"
+        # The engine gave up on a send (no bounce report, e.g. deferred too long).
+        FAILED = "failed"
 
     type = models.CharField(max_length=16, choices=Type.choices)
     send = models.ForeignKey(Send, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
@@ -42,6 +44,9 @@ class Event(models.Model):
             models.Index(fields=["campaign", "type"], name="event_campaign_type_idx"),
             models.Index(fields=["send", "type"], name="event_send_type_idx"),
             models.Index(fields=["email"], name="event_email_idx"),
+            # Statistics: unique opens/clicks per campaign, and the hourly timeline.
+            models.Index(fields=["campaign", "type", "machine", "send"], name="event_campaign_unique_idx"),
+            models.Index(fields=["campaign", "created_at"], name="event_campaign_time_idx"),
         ]
 
     def __str__(self):

@@ -1,0 +1,111 @@
+"""Turning parsed bounce and complaint reports into Events and suppressions.
+
+Policy: a hard bounce or a complaint suppresses the address at once; soft
+bounces suppress it after HERALD_SOFT_BOUNCE_LIMIT of them within
+HERALD_SOFT_BOUNCE_WINDOW_DAYS; a delay is recorded and nothing more; a policy
+refusal (x.7.x: the receiver rejected the sender) is recorded without
+suppressing the recipient, whose mailbox is fine.
+"""
+
+import hashlib
+import logging
+from datetime import timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from campaigns.models import Suppression
+from campaigns.suppression import suppress
+from delivery.models import Send
+from tracking import bounces
+from tracking.events import record
+from tracking.models import Event
+from tracking.unsubscribe import unsubscribe
+
+log = logging.getLogger(__name__)
+
+_EVENT_TYPE = {
+    bounces.HARD: Event.Type.BOUNCE,
+    bounces.SOFT: Event.Type.SOFT_BOUNCE,
+    bounces.DELAYED: Event.Type.DELAYED,
+    bounces.POLICY: Event.Type.REJECTED,
+    bounces.COMPLAINT: Event.Type.COMPLAINT,
+}
+_RAW_LIMIT = 64 * 1024
+
+
+def process_message(raw: bytes, envelope_rcpt: str = "", source: str = "bounce-server") -> list:
+    """Parse one inbound message and apply what it reports; returns the new Events."""
+    local = envelope_rcpt.partition("@")[0].lower()
+    if local.startswith("unsubscribe+"):
+        send_id = bounces.token_in(envelope_rcpt.encode(), purpose="unsubscribe")
+        send = Send.objects.select_related("campaign").filter(pk=send_id).first() if send_id else None
+        if send is None:
+            log.info("mailto unsubscribe for an unknown send: %s", envelope_rcpt)
+            return []
+        event, created = unsubscribe(send, source="mailto", raw=raw[:_RAW_LIMIT].decode("utf-8", "replace"))
+        return [event] if created else []
+    events = []
+    for report in bounces.parse(raw, envelope_rcpt):
+        event = apply(report, raw, source)
+        if event is not None:
+            events.append(event)
+    return events
+
+
+def apply(report, raw: bytes = b"", source: str = "bounce-server"):
+    """Record one Report and apply the suppression policy; None when it changes nothing."""
+    type = _EVENT_TYPE.get(report.kind)
+    if type is None:
+        return None
+    send = find_send(report)
+    email = send.email if send is not None else report.recipient
+    if not email:
+        log.info("%s report matches no send and names no recipient; dropped", report.kind)
+        return None
+    if send is not None:
+        key = f"{type}:{send.pk}:{report.status or report.feedback_type or report.kind}"
+    else:
+        key = f"{type}:{email.lower()}:{report.message_id or hashlib.sha256(raw).hexdigest()[:32]}"
+    event, created = record(
+        type, send, key=key, email=email, status=report.status[:16], diagnostic=report.diagnostic,
+        source=source, raw=raw[:_RAW_LIMIT].decode("utf-8", "replace"),
+    )
+    if not created:
+        return None
+    apply_policy(event)
+    return event
+
+
+def apply_policy(event):
+    """Suppress the address of a new bounce or complaint Event when the policy says so."""
+    if event.type == Event.Type.BOUNCE:
+        suppress(event.email, Suppression.Reason.HARD_BOUNCE, _detail(event), event.pk)
+    elif event.type == Event.Type.COMPLAINT:
+        suppress(event.email, Suppression.Reason.COMPLAINT, _detail(event), event.pk)
+    elif event.type == Event.Type.SOFT_BOUNCE:
+        since = timezone.now() - timedelta(days=settings.HERALD_SOFT_BOUNCE_WINDOW_DAYS)
+        count = Event.objects.filter(email=event.email, type=Event.Type.SOFT_BOUNCE, created_at__gte=since).count()
+        if count >= settings.HERALD_SOFT_BOUNCE_LIMIT:
+            suppress(event.email, Suppression.Reason.SOFT_BOUNCE, f"{count} soft bounces; last: {_detail(event)}", event.pk)
+
+
+def _detail(event):
+    return " ".join(p for p in (event.status, event.diagnostic) if p)[:500] or event.source
+
+
+def find_send(report):
+    """The Send a report is about: its VERP token, else the original Message-ID, else the newest send to the address."""
+    if report.send_id is not None:
+        send = Send.objects.filter(pk=report.send_id).first()
+        if send is not None:
+            return send
+    if report.message_id:
+        send = Send.objects.filter(message_id=report.message_id).order_by("-pk").first()
+        if send is None:
+            send = Send.objects.filter(message_id=f"<{report.message_id}>").order_by("-pk").first()
+        if send is not None:
+            return send
+    if report.recipient and "@" in report.recipient:
+        return Send.objects.filter(email=report.recipient).order_by("-pk").first()
+    return None

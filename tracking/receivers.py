@@ -1,0 +1,31 @@
+"""Events for what the send engine learned at send time (delivery.signals.send_outcome)."""
+
+from django.dispatch import receiver
+
+from delivery.signals import send_outcome
+from tracking import bounces
+from tracking.events import record
+from tracking.feedback import apply_policy
+from tracking.models import Event
+
+
+@receiver(send_outcome, dispatch_uid="tracking.send_outcome")
+def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
+    """A 5xx at send time is a bounce Event; giving up on a send is a failed Event.
+
+    The engine has already suppressed a hard bounce through campaigns; applying
+    the policy again is idempotent and covers a 5.2.2 (mailbox full) answered at
+    RCPT, which counts as soft.
+    """
+    reply = reply or ""
+    if outcome == "bounced":
+        kind = bounces.classify("failed", "", f"{code or ''} {reply}")
+        type = {bounces.SOFT: Event.Type.SOFT_BOUNCE, bounces.POLICY: Event.Type.REJECTED}.get(kind, Event.Type.BOUNCE)
+        status = bounces.best_status("", reply) or (str(code) if code else "")
+        event, created = record(type, send, key=f"{type}:{send.pk}:smtp", status=status[:16], diagnostic=reply[:2000],
+                                source="smtp")
+        if created:
+            apply_policy(event)
+    elif outcome == "failed":
+        record(Event.Type.FAILED, send, key=f"failed:{send.pk}", status=str(code or "")[:16], diagnostic=reply[:2000],
+               source="smtp")
