@@ -55,9 +55,9 @@ def client_tls(tls_files):
     return context
 
 
-def make_credential(username="alice", secret=ALICE_SECRET, domains="example.com", **fields):
+def make_credential(username="alice", secret=ALICE_SECRET, domains="example.com", hasher="default", **fields):
     row = SmtpCredential(username=username, allowed_domains=domains, **fields)
-    row.secret_hash = make_password(secret)
+    row.secret_hash = make_password(secret, hasher=hasher)
     row.save()
     return row
 
@@ -116,4 +116,43 @@ PYTHON = sys.executable
 @pytest.fixture(autouse=True)
 def fast_password_hashing(settings):
     """Production hashing is slow on purpose; these tests check logins, not the hasher's cost."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+    settings.PASSWORD_HASHERS = [
+        "django.contrib.auth.hashers.MD5PasswordHasher",
+        "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    ]
+
+
+class ServerProcess:
+    """``manage.py run_submission_server`` as its own process, as operators run it."""
+
+    def __init__(self, tls_files, *args, env=None):
+        import subprocess
+
+        from tests.support.smtp import free_port
+
+        self.port = free_port()
+        cert, key = tls_files
+        self.proc = subprocess.Popen(
+            [PYTHON, "manage.py", "run_submission_server", "--host", "127.0.0.1", "--port", str(self.port), *args],
+            env=subprocess_env(HERALD_TLS_CERT=cert, HERALD_TLS_KEY=key, **(env or {})),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        line = self.proc.stdout.readline()
+        if "listening" not in line:
+            self.proc.kill()
+            raise AssertionError(f"submission server did not start: {line}{self.proc.stdout.read()}")
+
+    def kill(self, sig):
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=30)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except Exception:
+                self.proc.kill()
+        self.proc.stdout.close()

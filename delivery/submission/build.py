@@ -1,0 +1,147 @@
+"""Turning a stored submitted message into the bytes the engine sends to one recipient.
+
+The engine calls ``build_for_send(send)`` for every Send with no campaign. The
+client's message is kept as received wherever possible (its body is never
+re-encoded, so what the client signed or wrote survives); Herald only
+- removes ``X-Herald-Tag`` (internal grouping), ``Bcc`` (RFC 5322 3.6.3: the other
+  recipients must not see it) and any ``Return-Path`` (set at final delivery),
+- adds the Message-ID and Date fixed at acceptance when the client gave none,
+- rewrites links and adds an open pixel when the credential enables tracking,
+- sets the VERP envelope sender, and DKIM-signs for a configured sending domain.
+"""
+
+import base64
+import html
+import re
+from email import message_from_bytes, policy
+from email.utils import format_datetime
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+
+from delivery import tokens
+from delivery.message import BuiltMessage
+from delivery.models import SendingDomain
+from delivery.submission.models import OutboundMessage
+
+_DROP = {b"x-herald-tag", b"bcc", b"return-path"}
+_HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"'\s]+)\2""", re.IGNORECASE)
+_BODY_END = re.compile(r"</body\s*>", re.IGNORECASE)
+_SIGNED = [b"from", b"sender", b"reply-to", b"subject", b"date", b"message-id", b"to", b"cc", b"mime-version",
+           b"content-type", b"content-transfer-encoding", b"in-reply-to", b"references", b"list-unsubscribe",
+           b"list-unsubscribe-post", b"feedback-id"]
+
+
+def split(raw: bytes) -> tuple[list[bytes], bytes]:
+    """The header fields (each with its folded lines and CRLF) and the body."""
+    end = raw.find(b"\r\n\r\n")
+    head, body = (raw, b"") if end < 0 else (raw[: end + 2], raw[end + 4:])
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n")[:-1] if head.endswith(b"\r\n") else head.split(b"\r\n"):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line + b"\r\n"
+        elif line:
+            fields.append(line + b"\r\n")
+    return fields, body
+
+
+def field_name(field: bytes) -> bytes:
+    return field.split(b":", 1)[0].strip().lower()
+
+
+def tracked_links(html_text: str) -> list[str]:
+    """The http(s) links of an HTML part in document order: a click token's index points into this list."""
+    return [html.unescape(m.group(3)) for m in _HREF.finditer(html_text)]
+
+
+def _html_parts(message):
+    return [part for part in message.walk() if part.get_content_type() == "text/html" and not part.is_attachment()]
+
+
+def links_of(outbound: OutboundMessage) -> list[str]:
+    """Every tracked link of a stored message, across its HTML parts, in the order tracking numbers them."""
+    message = message_from_bytes(bytes(outbound.raw), policy=policy.default)
+    links = []
+    for part in _html_parts(message):
+        links.extend(tracked_links(part.get_content()))
+    return links
+
+
+def link_for(send, index: int) -> str | None:
+    """The destination of click ``index`` in a submitted message, for the click redirect."""
+    outbound = OutboundMessage.objects.filter(pk=send.outbound_id).only("raw").first()
+    if outbound is None:
+        return None
+    links = links_of(outbound)
+    return links[index] if 0 <= index < len(links) else None
+
+
+def add_tracking(raw: bytes, send_id: int) -> bytes:
+    """Links rewritten to click redirects and an open pixel added, in every HTML part."""
+    message = message_from_bytes(raw, policy=policy.default)
+    parts = _html_parts(message)
+    if not parts:
+        return raw
+    counter = 0
+    for part in parts:
+        text = part.get_content()
+
+        def rewrite(match):
+            nonlocal counter
+            url = tokens.click_url(send_id, counter)
+            counter += 1
+            return f"{match.group(1)}{match.group(2)}{url}{match.group(2)}"
+
+        text = _HREF.sub(rewrite, text)
+        pixel = f'<img src="{tokens.open_url(send_id)}" width="1" height="1" alt="" style="display:none">'
+        text = _BODY_END.sub(lambda m, p=pixel: p + m.group(0), text, count=1) if _BODY_END.search(text) else text + pixel
+        part.set_content(text, subtype="html", charset="utf-8", cte="quoted-printable")
+    utf8 = not raw.isascii()
+    return message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
+
+
+def _dkim_key(domain: SendingDomain) -> bytes:
+    key = domain.private_key.strip().encode()
+    if domain.algorithm == SendingDomain.Algorithm.ED25519 and key.startswith(b"-----"):
+        # dkimpy takes an Ed25519 key as the base64 of its 32 raw bytes.
+        loaded = serialization.load_pem_private_key(key, password=None)
+        raw = loaded.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+        return base64.b64encode(raw)
+    return key
+
+
+def dkim_sign(data: bytes, from_domain: str) -> bytes:
+    """``data`` with a DKIM-Signature prepended when Herald holds a key for the From domain."""
+    domain = SendingDomain.objects.filter(domain__iexact=from_domain).first()
+    if domain is None or not domain.private_key:
+        return data
+    present = {field_name(f) for f in split(data)[0]}
+    signature = dkim.sign(
+        data,
+        domain.selector.encode(),
+        domain.domain.encode(),
+        _dkim_key(domain),
+        include_headers=[h for h in _SIGNED if h in present],
+        signature_algorithm=domain.algorithm.encode(),
+        linesep=b"\r\n",
+    )
+    return signature + data
+
+
+def build_for_send(send) -> BuiltMessage:
+    outbound = OutboundMessage.objects.select_related("credential").get(pk=send.outbound_id)
+    raw = bytes(outbound.raw)
+    if outbound.credential.tracking:
+        raw = add_tracking(raw, send.pk)
+    fields, body = split(raw)
+    kept = [f for f in fields if field_name(f) not in _DROP]
+    names = {field_name(f) for f in kept}
+    added = []
+    if b"message-id" not in names and outbound.message_id:
+        added.append(f"Message-ID: {outbound.message_id}\r\n".encode())
+    if b"date" not in names:
+        added.append(f"Date: {format_datetime(outbound.created_at)}\r\n".encode())
+    data = b"".join(added + kept) + b"\r\n" + body
+    from_domain = outbound.from_header.rpartition("@")[2].strip(" >").lower()
+    data = dkim_sign(data, from_domain)
+    return BuiltMessage(tokens.verp_address(send.pk), send.email, data, outbound.message_id.strip("<>"))
