@@ -1,0 +1,407 @@
+"""Campaign content as Jinja2 templates: validation at save, compilation once per campaign.
+
+Subject, from name, HTML and text bodies are Jinja2 templates run in the
+sandbox with ``contact`` (email, first_name, last_name, attributes),
+``unsubscribe_url`` and ``view_in_browser_url`` in scope. A variable a contact
+lacks renders as empty (or its ``default``), never as an error mid-campaign.
+
+Compiling a campaign does the expensive work once: the layout and the body
+are joined, CSS is inlined, the text part is derived from the HTML when the
+campaign has none, and links are rewritten for click tracking. Jinja
+constructs are swapped for inert placeholders while the HTML goes through the
+CSS inliner and html2text, then put back, so the result is still one Jinja
+template rendered per recipient in microseconds.
+
+Click tracking: every http(s) href becomes a call into the render context.
+A link with a literal URL gets its CampaignLink index at compile time; a link
+whose URL contains Jinja expressions is rendered per recipient and registered
+by its rendered URL (``link_index``), cached per process so the hot path makes
+no query for a URL it has seen.
+
+This module is the bottom layer: it knows nothing of sends or tokens; the
+message builder in ``delivery.message`` provides the tracking callables.
+"""
+
+import html
+import re
+import threading
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
+
+import css_inline
+import html2text
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+
+from campaigns.models import Campaign, CampaignLink
+
+CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+_PLACEHOLDER = re.compile(r"HJ[XS](\d{5})Z")
+_HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
+_BODY_END = re.compile(r"</body\s*>", re.I)
+_EXPR_NAME = re.compile(r"^\{\{-?\s*(\w+)\s*-?\}\}$")
+UNTRACKED_NAMES = {"unsubscribe_url", "view_in_browser_url"}
+
+CLICK_FN = "_herald_click"
+LINK_FN = "_herald_link"
+OPEN_VAR = "_herald_open_url"
+
+
+class Undefined(ChainableUndefined):
+    """Missing variables render as empty and chain (``contact.attributes.a.b``)."""
+
+    __slots__ = ()
+
+
+class _RecordingUndefined(Undefined):
+    """Like Undefined, and remembers which names were missing (for previews)."""
+
+    __slots__ = ()
+    missing = threading.local()
+
+    def __init__(self, hint=None, obj=None, name=None, exc=UndefinedError):
+        super().__init__(hint, obj, name, exc)
+        seen = getattr(_RecordingUndefined.missing, "names", None)
+        if seen is not None and name is not None:
+            seen.append(_describe(obj, name))
+
+
+def _describe(obj, name):
+    if isinstance(obj, ContactData):
+        return f"contact.{name}"
+    if isinstance(obj, dict) and getattr(_RecordingUndefined.missing, "attributes", None) is obj:
+        return f"contact.attributes.{name}"
+    return name
+
+
+def _environment(autoescape, undefined=Undefined):
+    env = SandboxedEnvironment(autoescape=autoescape, undefined=undefined, keep_trailing_newline=True)
+    return env
+
+
+html_env = _environment(True)
+text_env = _environment(False)
+_preview_html_env = _environment(True, _RecordingUndefined)
+_preview_text_env = _environment(False, _RecordingUndefined)
+
+
+class ContactData:
+    """What a template sees of a contact: its fields, never the model or its queries."""
+
+    __slots__ = ("email", "first_name", "last_name", "attributes")
+
+    def __init__(self, email="", first_name="", last_name="", attributes=None):
+        self.email = email
+        self.first_name = first_name
+        self.last_name = last_name
+        self.attributes = attributes if isinstance(attributes, dict) else {}
+
+    @classmethod
+    def of(cls, contact):
+        if contact is None:
+            return cls()
+        return cls(contact.email, contact.first_name, contact.last_name, contact.attributes)
+
+    @property
+    def name(self):
+        return " ".join(p for p in (self.first_name, self.last_name) if p)
+
+    def __str__(self):
+        return self.email
+
+
+# --- validation --------------------------------------------------------------
+
+
+class ContentError(ValueError):
+    """A template problem, naming the field and (when known) the line."""
+
+    def __init__(self, field, message, line=None):
+        self.field = field
+        self.line = line
+        self.message = message
+        where = f"{field}, line {line}" if line else field
+        super().__init__(f"{where}: {message}")
+
+
+_FORBIDDEN_NODES = (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)
+
+
+def check_template(source, field, env=text_env):
+    """Raise ContentError when ``source`` is not a template Herald can run safely."""
+    try:
+        tree = env.parse(source)
+    except TemplateSyntaxError as exc:
+        raise ContentError(field, exc.message or "syntax error", exc.lineno) from None
+    for node in tree.find_all(_FORBIDDEN_NODES):
+        raise ContentError(field, "import, include and extends are not available in campaign templates", node.lineno)
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem)):
+        name = node.attr if isinstance(node, nodes.Getattr) else getattr(node.arg, "value", None)
+        if isinstance(name, str) and name.startswith("_"):
+            raise ContentError(field, f"access to {name!r} is not allowed", node.lineno)
+    for node in tree.find_all(nodes.Name):
+        if node.name.startswith("_"):
+            raise ContentError(field, f"the name {node.name!r} is not allowed", node.lineno)
+    try:
+        env.compile(source)
+    except TemplateSyntaxError as exc:
+        raise ContentError(field, exc.message or "syntax error", exc.lineno) from None
+
+
+def check_header_text(value, field):
+    """A literal header value (subject, names, addresses) must stay on one line."""
+    if value and ("\r" in value or "\n" in value):
+        raise ContentError(field, "must be a single line (no line breaks)")
+
+
+def validate_template_row(html_source, text_source):
+    """Errors of a Template's fields, as a list of ContentError."""
+    errors = []
+    for field, source in (("html", html_source), ("text", text_source)):
+        try:
+            check_template(source or "", field, html_env if field == "html" else text_env)
+        except ContentError as exc:
+            errors.append(exc)
+    if html_source and not CONTENT_MARKER.search(html_source):
+        errors.append(ContentError("html", "the layout needs {{ content }} where the campaign body goes"))
+    if text_source and not CONTENT_MARKER.search(text_source):
+        errors.append(ContentError("text", "the text layout needs {{ content }} where the campaign text goes"))
+    return errors
+
+
+def validate_campaign_fields(subject, from_name, html_body, text_body, from_email="", reply_to=""):
+    """Errors of a Campaign's content fields, as a list of ContentError."""
+    errors = []
+    for field, value in (("subject", subject), ("from_name", from_name), ("from_email", from_email), ("reply_to", reply_to)):
+        try:
+            check_header_text(value, field)
+        except ContentError as exc:
+            errors.append(exc)
+    checks = (("subject", subject, text_env), ("from_name", from_name, text_env),
+              ("html_body", html_body, html_env), ("text_body", text_body, text_env))
+    for field, source, env in checks:
+        try:
+            check_template(source or "", field, env)
+        except ContentError as exc:
+            errors.append(exc)
+    return errors
+
+
+# --- compilation -------------------------------------------------------------
+
+
+@dataclass
+class CompiledContent:
+    subject: object
+    from_name: object
+    html: object
+    text: object
+    html_source: str
+    text_source: str
+    static_links: list = dataclass_field(default_factory=list)  # URLs in index order of appearance
+    dynamic_links: list = dataclass_field(default_factory=list)  # compiled templates of URLs with expressions
+    inlined: bool = True
+
+
+def _protect(source, statements_as_comments):
+    """Swap Jinja constructs for inert placeholders; return (text, list of originals)."""
+    originals = []
+
+    def swap(match):
+        token = match.group(0)
+        if token.startswith("{#"):
+            return ""
+        originals.append(token)
+        n = len(originals) - 1
+        if token.startswith("{%"):
+            return f"<!--HJS{n:05d}Z-->" if statements_as_comments else f"HJS{n:05d}Z"
+        return f"HJX{n:05d}Z"
+
+    return _JINJA.sub(swap, source), originals
+
+
+def _restore(text, originals, comments=True):
+    """Put the Jinja constructs back; None when any placeholder went missing or doubled."""
+    found = _PLACEHOLDER.findall(text)
+    if sorted(int(n) for n in found) != list(range(len(originals))):
+        return None
+    if comments:
+        text = re.sub(r"<!--(HJS\d{5}Z)-->", r"\1", text)
+    return _PLACEHOLDER.sub(lambda m: originals[int(m.group(1))], text)
+
+
+def join_layout(layout, body):
+    if not layout:
+        return body
+    return CONTENT_MARKER.sub(lambda _m: body, layout, count=1)
+
+
+def _inline_css(source):
+    protected, originals = _protect(source, statements_as_comments=True)
+    try:
+        inlined = css_inline.inline(protected, keep_at_rules=True, load_remote_stylesheets=False)
+    except (ValueError, css_inline.InlineError):
+        return source, False
+    restored = _restore(inlined, originals)
+    return (restored, True) if restored is not None else (source, False)
+
+
+def html_to_text(source):
+    """A readable text version of an HTML template, keeping its Jinja constructs."""
+    protected, originals = _protect(source, statements_as_comments=False)
+    converter = html2text.HTML2Text()
+    converter.body_width = 0
+    converter.ignore_images = True
+    converter.ignore_tables = True
+    converter.unicode_snob = True
+    converter.single_line_break = False
+    text = converter.handle(protected)
+    restored = _restore(text, originals, comments=False)
+    if restored is None:
+        # Some construct did not survive conversion: fall back to the text
+        # without it rather than a broken template.
+        restored = _PLACEHOLDER.sub("", text)
+    return restored.strip() + "\n"
+
+
+def _track(source, track_clicks, track_opens):
+    """Rewrite hrefs to the click callables and add the open pixel; return (source, static, dynamic)."""
+    static, dynamic, index_of = [], [], {}
+    if track_clicks:
+
+        def rewrite(match):
+            prefix, quote, value = match.groups()
+            stripped = value.strip()
+            name = _EXPR_NAME.match(stripped)
+            if name and name.group(1) in UNTRACKED_NAMES:
+                return match.group(0)
+            if _JINJA.search(stripped):
+                if not (stripped.lower().startswith(("http://", "https://", "{{"))):
+                    return match.group(0)
+                dynamic.append(stripped)
+                return f"{prefix}{quote}{{{{ {LINK_FN}({len(dynamic) - 1}) }}}}{quote}"
+            url = html.unescape(stripped)
+            if not url.lower().startswith(("http://", "https://")):
+                return match.group(0)
+            if url not in index_of:
+                index_of[url] = len(static)
+                static.append(url)
+            return f"{prefix}{quote}{{{{ {CLICK_FN}({index_of[url]}) }}}}{quote}"
+
+        source = _HREF.sub(rewrite, source)
+    if track_opens:
+        pixel = (f'<img src="{{{{ {OPEN_VAR} }}}}" width="1" height="1" alt="" '
+                 'style="display:block;width:1px;height:1px;border:0">')
+        parts = _BODY_END.split(source)
+        if len(parts) > 1:
+            source = "</body>".join(parts[:-1]) + pixel + "</body>" + parts[-1]
+        else:
+            source = source + pixel
+    return source, static, dynamic
+
+
+def compile_content(campaign, track=True):
+    """Compile a campaign's templates once; raises ContentError on a bad template."""
+    layout = campaign.template if campaign.template_id else None
+    errors = validate_campaign_fields(campaign.subject, campaign.from_name, campaign.html_body, campaign.text_body)
+    if layout is not None:
+        errors += validate_template_row(layout.html, layout.text)
+    if errors:
+        raise errors[0]
+    html_source = join_layout(layout.html if layout else "", campaign.html_body or "")
+    if campaign.text_body:
+        text_source = join_layout(layout.text if layout else "", campaign.text_body)
+    else:
+        text_source = html_to_text(html_source) if html_source.strip() else ""
+    inlined_ok = True
+    if html_source.strip():
+        html_source, inlined_ok = _inline_css(html_source)
+    tracked, static, dynamic = _track(html_source, track and campaign.track_clicks, track and campaign.track_opens)
+    try:
+        return CompiledContent(
+            subject=text_env.from_string(campaign.subject or ""),
+            from_name=text_env.from_string(campaign.from_name or ""),
+            html=html_env.from_string(tracked),
+            text=text_env.from_string(text_source),
+            html_source=tracked,
+            text_source=text_source,
+            static_links=static,
+            dynamic_links=[html_env.from_string(s) for s in dynamic],
+            inlined=inlined_ok,
+        )
+    except TemplateSyntaxError as exc:
+        raise ContentError("html_body", exc.message or "syntax error", exc.lineno) from None
+
+
+# --- links -------------------------------------------------------------------
+
+
+def register_links(campaign_id, urls):
+    """Indexes of ``urls`` among the campaign's CampaignLinks, creating rows as needed.
+
+    Idempotent: the same URLs in the same order get the same indexes; URLs
+    already known keep theirs.
+    """
+    known = {}
+    for url, index in CampaignLink.objects.filter(campaign_id=campaign_id).order_by("index").values_list("url", "index"):
+        known.setdefault(url, index)
+    missing = [u for u in dict.fromkeys(urls) if u not in known]
+    for url in missing:
+        known[url] = _create_link(campaign_id, url)
+    return [known[u] for u in urls]
+
+
+def _create_link(campaign_id, url):
+    """Append a link under a lock on the campaign row, so concurrent workers agree on indexes."""
+    for _attempt in range(5):
+        try:
+            with transaction.atomic():
+                Campaign.objects.select_for_update().filter(pk=campaign_id).first()
+                row = CampaignLink.objects.filter(campaign_id=campaign_id, url=url).order_by("index").first()
+                if row is not None:
+                    return row.index
+                top = CampaignLink.objects.filter(campaign_id=campaign_id).aggregate(m=Max("index"))["m"]
+                index = 0 if top is None else top + 1
+                CampaignLink.objects.create(campaign_id=campaign_id, index=index, url=url)
+                return index
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not register link {url!r} for campaign {campaign_id}")
+
+
+def campaign_links(campaign):
+    """The campaign's tracked links as (index, url), compiling it first so literal links are listed."""
+    content = compile_content(campaign)
+    register_links(campaign.pk, content.static_links)
+    return list(CampaignLink.objects.filter(campaign_id=campaign.pk).order_by("index").values_list("index", "url"))
+
+
+# --- preview -----------------------------------------------------------------
+
+
+def missing_variables(campaign, contact_data, extra=None):
+    """Names the chosen contact lacks, in the order the templates use them."""
+    layout = campaign.template if campaign.template_id else None
+    context = {"contact": contact_data, "unsubscribe_url": "", "view_in_browser_url": "",
+               CLICK_FN: lambda i: "", LINK_FN: lambda i: "", OPEN_VAR: ""}
+    context.update(extra or {})
+    sources = [(_preview_text_env, campaign.subject), (_preview_text_env, campaign.from_name),
+               (_preview_html_env, join_layout(layout.html if layout else "", campaign.html_body or "")),
+               (_preview_text_env, join_layout(layout.text if layout else "", campaign.text_body or ""))]
+    _RecordingUndefined.missing.names = []
+    _RecordingUndefined.missing.attributes = contact_data.attributes
+    try:
+        for env, source in sources:
+            if source:
+                try:
+                    env.from_string(source).render(context)
+                except (TemplateError, SecurityError):
+                    continue
+        return list(dict.fromkeys(_RecordingUndefined.missing.names))
+    finally:
+        _RecordingUndefined.missing.names = None
+        _RecordingUndefined.missing.attributes = None

@@ -1,0 +1,105 @@
+"""The fast builder produces the very bytes the email package (policy SMTP) produces."""
+
+import re
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.policy import SMTP
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from campaigns.models import Campaign, Contact
+from campaigns.rendering import ContactData
+from delivery import tokens
+from delivery.message import _qp_line, compile_campaign, fold_header
+from tests.content.conftest import FakeSend
+
+
+def reference_bytes(built, compiled, send_id, contact):
+    """The same message built the ordinary way: EmailMessage + MIMEPart.set_content."""
+    raw = built.data.decode("ascii")
+    date = re.search(r"^Date: (.*)\r$", raw, re.M).group(1)
+    context = compiled.context(send_id, ContactData.of(contact))
+    content = compiled.content
+    campaign = compiled.campaign
+    msg = EmailMessage(policy=SMTP)
+    from_name = " ".join(content.from_name.render(context).split())
+    msg["From"] = Address(display_name=from_name, addr_spec=campaign.from_email)
+    msg["To"] = built.rcpt
+    msg["Subject"] = " ".join(content.subject.render(context).split())
+    msg["Date"] = date
+    msg["Message-ID"] = f"<{built.message_id}>"
+    if campaign.reply_to:
+        msg["Reply-To"] = campaign.reply_to
+    msg["List-Unsubscribe"] = f"<{tokens.unsubscribe_url(send_id)}>, <mailto:{tokens.unsubscribe_mailto(send_id)}>"
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg["Feedback-ID"] = f"{campaign.pk}:campaign:herald:{campaign.from_email.rpartition('@')[2].lower()}"
+    msg["X-Herald-Campaign"] = str(campaign.pk)
+    msg["Precedence"] = "bulk"
+    msg["MIME-Version"] = "1.0"
+    msg.make_alternative()
+    text = MIMEPart(policy=SMTP)
+    text.set_content(content.text.render(context), cte="quoted-printable")
+    html = MIMEPart(policy=SMTP)
+    html.set_content(content.html.render(context), subtype="html", cte="quoted-printable")
+    msg.attach(text)
+    msg.attach(html)
+    msg.set_boundary(compiled.boundary)
+    return msg.as_bytes()
+
+
+LONG_WORDS = "x" * 1200
+TRICKY = [
+    # (subject, from_name, html, text, contact fields)
+    ("Hello {{ contact.first_name }}", "Herald News", "<p>Hi {{ contact.first_name }}</p>", "", {}),
+    ("Grüße, {{ contact.first_name }} — 50 % off ☀", "Zoë Ünïcode Société", "<p>Ça va, {{ contact.first_name }}? 日本語</p>",
+     "", {"first_name": "Jürgen"}),
+    ("A subject that goes on and on well beyond seventy-eight characters, {{ contact.first_name }}",
+     "A very long display name for the newsletter that needs folding somewhere", "<p>x</p>", "", {}),
+    ("Long lines", "News", "<p>" + "word " * 400 + "</p><p>" + LONG_WORDS + "</p>", "plain " * 300 + "\n" + LONG_WORDS, {}),
+    ("Trailing spaces ", "News", "<p>a \t\n b  \nc\t</p>\n\n", "line with trailing space \nand tab\t\n=equals= \n", {}),
+    ("=?utf-8?q?not_an_encoded_word?=", "Name, with comma", "<p>{{ contact.attributes.note }}</p>", "",
+     {"attributes": {"note": "x" * 76 + " \u00a0\u2028end"}}),
+    ("{{ contact.attributes.subject }}", "{{ contact.first_name }} from Herald", "<p>{{ contact.email }}</p>",
+     "Text {{ contact.email }}", {"first_name": "Ann-Marie O'Neil", "attributes": {"subject": "Für dich\r\nBcc: x@y"}}),
+]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("subject,from_name,html,text,fields", TRICKY)
+def test_fast_build_matches_email_package(subject, from_name, html, text, fields):
+    campaign = Campaign.objects.create(name="eq", subject=subject, from_name=from_name, from_email="news@example.com",
+                                       reply_to="replies@example.com" if "Long" in subject else "",
+                                       html_body=html, text_body=text)
+    contact = Contact.objects.create(email=fields.pop("email", "bob.smith+tag@example.com"), **fields)
+    compiled = compile_campaign(campaign)
+    for send_id in (1, 977, 36**5):
+        built = compiled.build(FakeSend(send_id, contact.email), contact)
+        assert built.data == reference_bytes(built, compiled, send_id, contact)
+        assert max(len(line) for line in built.data.split(b"\r\n")) <= 998
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=90))
+def test_header_fast_path_matches_policy(value):
+    value = " ".join(value.split())
+    for name in ("Subject", "X-Herald-Campaign"):
+        assert fold_header(name, value) == SMTP.header_factory(name, value).fold(policy=SMTP).encode()
+
+
+@pytest.mark.parametrize("address", ["a@b.c", "bob.smith+tag@example.com", "x_y-z@sub.example.org", "a..b@example.com",
+                                     ".a@example.com", "o'neil@example.com", "user@[127.0.0.1]", "ünï@example.com"])
+def test_address_fast_path_matches_policy(address):
+    expected = SMTP.header_factory("To", address).fold(policy=SMTP).encode("ascii", "surrogateescape")
+    assert fold_header("To", address) == expected
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=400))
+def test_quoted_printable_line_matches_email_package(text):
+    from email import quoprimime
+
+    for raw in text.encode("utf-8").splitlines() or [b""]:
+        expected = quoprimime.body_encode(raw.decode("latin-1") + "\n", 78).replace("\n", "\r\n")
+        assert _qp_line(raw) + b"\r\n" == expected.encode("ascii")
