@@ -158,6 +158,11 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TASK_ALWAYS_EAGER = envbool("HERALD_TASKS_EAGER", False)
 CELERY_TIMEZONE = "UTC"
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULE = {
+    # The send engine: expired leases back to the queue, due retries sent.
+    "delivery-sweep": {"task": "delivery.sweep", "schedule": 30.0},
+    "delivery-due-retries": {"task": "delivery.due_retries", "schedule": 15.0},
+}
 
 # --- Herald -----------------------------------------------------------------
 HERALD_BASE_URL = envstr("HERALD_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
@@ -171,6 +176,16 @@ HERALD_TLS_KEY = envstr("HERALD_TLS_KEY", "")
 HERALD_ENCRYPTION_KEY = envsecret("HERALD_ENCRYPTION_KEY", "")
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
+# Send engine: port of recipients' MX hosts in direct mode (25; tests use a
+# loopback port), CA bundle for relay certificates (empty: the system's), one
+# cap in seconds on every SMTP timeout (0: RFC 5321 4.5.3.2 minimums), sends
+# per batch task, and how long a worker's claim on a batch lasts.
+HERALD_DIRECT_PORT = envint("HERALD_DIRECT_PORT", 25, minimum=1)
+HERALD_SMTP_CA_FILE = envstr("HERALD_SMTP_CA_FILE", "")
+HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
+HERALD_BATCH_SIZE = envint("HERALD_BATCH_SIZE", 200, minimum=1)
+HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 600, minimum=10)
+HERALD_ORPHAN_GRACE = envint("HERALD_ORPHAN_GRACE", 300, minimum=10)
 
 # Tracking and feedback: soft bounces suppress an address after this many
 # within the window; the bounce server's limits; an optional bounce mailbox

@@ -1,0 +1,48 @@
+"""Putting sends on the Celery queue as batch tasks, grouped by domain group.
+
+``enqueue_sends(send_ids)`` is public: anything that creates queued Send rows
+(the audience snapshot, the SMTP submission server, retries, the sweeper)
+hands them to the engine through it.
+"""
+
+from django.db import transaction
+
+from delivery import planner, routing
+from delivery.models import Send
+
+
+def _publish(batches, countdown=0.0):
+    from delivery.tasks import send_batch
+
+    count = 0
+    for _group, ids in batches:
+        send_batch.apply_async((ids,), countdown=countdown or None)
+        count += 1
+    return count
+
+
+def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
+    """Enqueue queued sends as batch tasks once the current transaction commits."""
+    ids = [int(i) for i in send_ids]
+    if not ids:
+        return
+
+    def publish():
+        rows = []
+        for start in range(0, len(ids), 10000):
+            rows.extend(Send.objects.filter(id__in=ids[start:start + 10000]).values_list("id", "domain"))
+        rows.sort(key=lambda r: (r[1], r[0]))
+        _publish(planner.batches(rows, routing.group_of), countdown)
+
+    transaction.on_commit(publish)
+
+
+def enqueue_campaign(campaign_id: int) -> int:
+    """Enqueue every queued send of a campaign, streaming rows so memory stays flat."""
+    rows = (
+        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED)
+        .order_by("domain", "id")
+        .values_list("id", "domain")
+        .iterator(chunk_size=5000)
+    )
+    return _publish(planner.batches(rows, routing.group_of))

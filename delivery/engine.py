@@ -1,0 +1,425 @@
+"""The worker side of the send path: claim a batch, build, take tokens, send, classify, write back.
+
+``send_batch(ids)`` is what the Celery task runs; it is testable without
+Celery. It returns the sends it handed back (no tokens, no connection slot)
+with the countdown after which they should be tried, and never sleeps.
+"""
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from campaigns.models import Campaign, Contact, Suppression, email_key
+from campaigns.suppression import suppress
+from delivery import routing, throttle
+from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
+from delivery.models import Send
+from delivery.mx import NoRoute
+from delivery.signals import send_outcome
+from delivery.smtp import SMTPFailure, pool
+
+log = logging.getLogger(__name__)
+
+SEND = Send._meta.db_table
+CAMPAIGN = Campaign._meta.db_table
+PENDING = ("queued", "sending", "deferred")
+# Rows are written back after every chunk, so a killed worker can have sent at
+# most this many messages whose rows still say "sending" (the duplicate bound).
+WRITE_CHUNK = 100
+# A relay that fails this many connection attempts in a row pauses its campaigns.
+RELAY_FAILURE_LIMIT = 5
+
+
+def lease_seconds():
+    return getattr(settings, "HERALD_SEND_LEASE", 600)
+
+
+@dataclass
+class Row:
+    id: int
+    campaign_id: int | None
+    contact_id: int | None
+    email: str
+    domain: str
+    attempts: int
+    first_attempt_at: datetime | None
+    outbound_id: int | None
+
+    def as_send(self, **extra):
+        return Send(id=self.id, campaign_id=self.campaign_id, contact_id=self.contact_id, email=self.email,
+                    domain=self.domain, attempts=self.attempts, first_attempt_at=self.first_attempt_at,
+                    outbound_id=self.outbound_id, **extra)
+
+
+@dataclass
+class Result:
+    row: Row
+    status: str
+    code: int | None = None
+    reply: str = ""
+    message_id: str = ""
+    next_attempt_at: datetime | None = None
+    attempted: bool = True
+
+
+# --- the database side ---------------------------------------------------------
+
+def claim(ids, now=None) -> list[Row]:
+    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically."""
+    now = now or timezone.now()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""
+            WITH c AS (
+                SELECT s.id FROM {SEND} s
+                WHERE s.id = ANY(%(ids)s) AND s.status = 'queued'
+                  AND (s.campaign_id IS NULL OR EXISTS (
+                       SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
+                ORDER BY s.id
+                FOR UPDATE OF s SKIP LOCKED)
+            UPDATE {SEND} s SET status = 'sending', lease_expires_at = %(lease)s,
+                   first_attempt_at = COALESCE(s.first_attempt_at, %(now)s), updated_at = %(now)s
+            FROM c WHERE s.id = c.id
+            RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id
+            """,  # noqa: S608
+            {"ids": list(ids), "now": now, "lease": now + timedelta(seconds=lease_seconds())},
+        )
+        return sorted((Row(*r) for r in cur.fetchall()), key=lambda r: r.id)
+
+
+def release(rows, countdown=0.0, now=None):
+    """Hand claimed rows back to the queue untouched (no attempt is counted)."""
+    if not rows:
+        return
+    now = now or timezone.now()
+    Send.objects.filter(id__in=[r.id for r in rows], status="sending").update(
+        status="queued", lease_expires_at=None, next_attempt_at=now + timedelta(seconds=countdown), updated_at=now
+    )
+
+
+def write_back(results, relay_id=None, now=None):
+    """Record outcomes in one statement; only rows this worker still holds are changed."""
+    if not results:
+        return
+    now = now or timezone.now()
+    rows = [
+        (r.row.id, r.status, r.code, r.reply[:2000], r.message_id[:255], r.next_attempt_at, 1 if r.attempted else 0)
+        for r in results
+    ]
+    cols = list(zip(*rows, strict=True))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""
+            UPDATE {SEND} s SET status = v.status, smtp_code = v.code, smtp_reply = v.reply,
+                   message_id = CASE WHEN v.mid <> '' THEN v.mid ELSE s.message_id END,
+                   next_attempt_at = v.nat, attempts = s.attempts + v.inc, lease_expires_at = NULL,
+                   sent_at = CASE WHEN v.status = 'sent' THEN %(now)s ELSE s.sent_at END,
+                   relay_id = COALESCE(%(relay)s, s.relay_id), updated_at = %(now)s
+            FROM unnest(%(ids)s::bigint[], %(st)s::text[], %(code)s::int[], %(reply)s::text[], %(mid)s::text[],
+                        %(nat)s::timestamptz[], %(inc)s::int[]) AS v(id, status, code, reply, mid, nat, inc)
+            WHERE s.id = v.id AND s.status = 'sending'
+            """,  # noqa: S608
+            {"ids": list(cols[0]), "st": list(cols[1]), "code": list(cols[2]), "reply": list(cols[3]),
+             "mid": list(cols[4]), "nat": list(cols[5]), "inc": list(cols[6]), "now": now, "relay": relay_id},
+        )
+
+
+def settle_campaigns(campaign_ids, now=None):
+    """Cancel leftovers of cancelled campaigns; finish running ones with nothing pending."""
+    ids = [c for c in set(campaign_ids) if c is not None]
+    if not ids:
+        return
+    now = now or timezone.now()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {SEND} s SET status = 'cancelled', lease_expires_at = NULL, updated_at = %(now)s
+                FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.id = ANY(%(ids)s) AND k.status = 'cancelled'
+                  AND s.status IN ('queued', 'deferred')""",  # noqa: S608
+            {"ids": ids, "now": now},
+        )
+        cur.execute(
+            f"""UPDATE {CAMPAIGN} k SET status = 'finished', finished_at = %(now)s, updated_at = %(now)s
+                WHERE k.id = ANY(%(ids)s) AND k.status = 'sending'
+                  AND NOT EXISTS (SELECT 1 FROM {SEND} s WHERE s.campaign_id = k.id
+                                  AND s.status IN ('queued', 'sending', 'deferred'))""",  # noqa: S608
+            {"ids": ids, "now": now},
+        )
+
+
+def pause_campaigns(campaign_ids, reason):
+    ids = [c for c in set(campaign_ids) if c is not None]
+    if ids:
+        log.warning("pausing campaigns %s: %s", ids, reason)
+        Campaign.objects.filter(id__in=ids, status="sending").update(
+            status="paused", status_reason=reason[:2000], updated_at=timezone.now()
+        )
+
+
+# --- building ------------------------------------------------------------------
+
+_compiled = {}  # campaign id -> (updated_at, compiled)
+
+
+def compiled_for(campaign_id, updated_at):
+    from delivery.message import compile_campaign
+
+    hit = _compiled.get(campaign_id)
+    if hit and hit[0] == updated_at:
+        return hit[1]
+    campaign = Campaign.objects.get(pk=campaign_id)
+    if len(_compiled) > 64:
+        _compiled.clear()
+    compiled = compile_campaign(campaign)
+    _compiled[campaign_id] = (campaign.updated_at, compiled)
+    return compiled
+
+
+def build_all(rows):
+    """[(row, BuiltMessage)] to send, and Results for rows that cannot be sent."""
+    ready, done = [], []
+    campaign_ids = {r.campaign_id for r in rows if r.campaign_id}
+    versions = dict(Campaign.objects.filter(id__in=campaign_ids).values_list("id", "updated_at"))
+    contacts = Contact.objects.in_bulk([r.contact_id for r in rows if r.contact_id])
+    keys = [email_key(r.email) for r in rows]
+    suppressed = set(Suppression.objects.filter(email_key__in=keys).values_list("email_key", flat=True))
+    for row in rows:
+        try:
+            if row.campaign_id is None:
+                built = _build_submitted(row)
+            else:
+                contact = contacts.get(row.contact_id)
+                if contact is None or contact.status != Contact.Status.ACTIVE or email_key(row.email) in suppressed:
+                    # Unsubscribed, blocklisted or suppressed since the snapshot.
+                    done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
+                    continue
+                built = compiled_for(row.campaign_id, versions.get(row.campaign_id)).build(row.as_send(), contact)
+        except Exception as exc:
+            log.exception("building send %s failed", row.id)
+            done.append(Result(row, FAILED, reply=f"message could not be built: {exc}"[:2000]))
+            continue
+        ready.append((row, built))
+    return ready, done
+
+
+def _build_submitted(row):
+    try:
+        from delivery.submission.build import build_for_send
+    except ImportError:
+        raise RuntimeError("submitted message cannot be built: delivery.submission is not installed") from None
+    return build_for_send(row.as_send())
+
+
+# --- classification --------------------------------------------------------------
+
+def outcome_result(row, code, text, message_id, now):
+    o = classify_reply(code, text)
+    if o.status == SENT:
+        return Result(row, SENT, code, o.reply, message_id), o
+    if o.status == DEFERRED:
+        at = next_attempt(row.first_attempt_at or now, row.attempts + 1, now)
+        if at is None:
+            return Result(row, FAILED, code, f"gave up after {settings.HERALD_GIVE_UP_AFTER}s: {o.reply}"), o
+        return Result(row, DEFERRED, code, o.reply, next_attempt_at=at), o
+    return Result(row, o.status, code, o.reply), o
+
+
+def defer_all(rows, why, now):
+    return [outcome_result(r, None, why, "", now)[0] for r in rows]
+
+
+def finish(results, relay_id, now):
+    write_back(results, relay_id, now)
+    for r in results:
+        if r.status == BOUNCED:
+            suppress(r.row.email, "hard_bounce", detail=r.reply)
+    for r in results:
+        if r.status in (BOUNCED, FAILED):
+            responses = send_outcome.send_robust(
+                sender=Send, send=r.row.as_send(status=r.status, smtp_code=r.code, smtp_reply=r.reply),
+                outcome=r.status, code=r.code, reply=r.reply,
+            )
+            for _, err in responses:
+                if isinstance(err, Exception):
+                    log.error("send_outcome receiver failed for send %s: %s", r.row.id, err)
+
+
+# --- the batch -----------------------------------------------------------------
+
+def send_batch(send_ids, now=None):
+    """Send what can be sent now; return [(ids, countdown)] to enqueue again."""
+    rows = claim(send_ids, now)
+    if not rows:
+        return []
+    requeue = []
+    groups = {}
+    for row in rows:
+        groups.setdefault(routing.group_of(row.domain), []).append(row)
+    for group_rows in groups.values():
+        requeue.extend(_send_group(group_rows, now))
+    settle_campaigns({r.campaign_id for r in rows})
+    return requeue
+
+
+def _slices(rows, wait, rate):
+    """Spread rows that got no token over the time the bucket needs to refill."""
+    if not rows:
+        return []
+    if rate <= 0:
+        return [([r.id for r in rows], max(wait, 0.5))]
+    size = max(1, math.ceil(rate))
+    out = []
+    for i in range(0, len(rows), size):
+        out.append(([r.id for r in rows[i:i + size]], min(wait + i / rate, 3600)))
+    return out
+
+
+def _send_group(rows, now=None):
+    domain = rows[0].domain
+    try:
+        route = routing.route_for(domain)
+    except NoRoute as exc:
+        now = now or timezone.now()
+        code, text = (550, f"5.1.2 {exc}") if exc.permanent else (None, str(exc))
+        finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now)
+        return []
+    limit = routing.limit_for(domain)
+    grant = throttle.take_tokens(limit, len(rows))
+    granted, wait, rate = grant.granted, grant.wait, limit.rate * grant.factor
+    if route.relay_limit is not None and granted:
+        rgrant = throttle.take_tokens(route.relay_limit, granted)
+        throttle.give_back(limit, granted - rgrant.granted)
+        if rgrant.granted < granted:
+            granted, wait, rate = rgrant.granted, max(wait, rgrant.wait), route.relay_limit.rate
+    go, later = rows[:granted], rows[granted:]
+    release(later, wait)
+    requeue = _slices(later, wait, rate)
+    if go:
+        requeue.extend(_deliver(go, route, limit, now))
+    return requeue
+
+
+def _connect(route):
+    """A pooled connection to the first endpoint that answers; None when no slot is free."""
+    last = None
+    for endpoint in route.endpoints:
+        try:
+            return pool.get(route.pool_key, endpoint, route.cap, route.idle_timeout, route.max_messages)
+        except SMTPFailure as exc:
+            if exc.fatal and route.relay is not None:
+                raise
+            last = exc  # next MX host
+    raise last
+
+
+def _relay_failed(route, exc):
+    """Count consecutive connection failures of a relay; True when it should pause its campaigns."""
+    if route.relay is None:
+        return False
+    key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
+    r = throttle.client()
+    count = r.incr(key)
+    r.expire(key, 600)
+    return count >= RELAY_FAILURE_LIMIT
+
+
+def _deliver(rows, route, limit, now=None):
+    relay_id = route.relay.pk if route.relay else None
+    ready, done = build_all(rows)
+    if done:
+        finish(done, relay_id, now or timezone.now())
+    reconnects = 0
+    while ready:
+        try:
+            conn = _connect(route)
+        except SMTPFailure as exc:
+            t = now or timezone.now()
+            reason = f"relay {route.relay.name}: {exc}" if route.relay else str(exc)
+            campaign_rows = [r for r, _ in ready if r.campaign_id]
+            if exc.fatal or _relay_failed(route, exc):
+                # Pause instead of burning through the list; nothing was attempted.
+                pause_campaigns({r.campaign_id for r in campaign_rows}, reason)
+                release(campaign_rows)
+                finish(defer_all([r for r, _ in ready if not r.campaign_id], reason, t), relay_id, t)
+            else:
+                finish(defer_all([r for r, _ in ready], reason, t), relay_id, t)
+            return []
+        if conn is None:
+            release([r for r, _ in ready], 1.0)
+            throttle.give_back(limit, len(ready))
+            return [([r.id for r, _ in ready], 1.0)]
+        if route.relay is not None:
+            throttle.client().delete(throttle.PREFIX + f"relayfail:{route.relay.pk}")
+        chunk = ready[: max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))]
+        replies = conn.send_many([b for _, b in chunk])
+        pool.put(conn, route.max_messages)
+        t = now or timezone.now()
+        results, slowed = [], False
+        for (row, built), (code, text) in zip(chunk, replies, strict=False):
+            result, outcome = outcome_result(row, code, text, built.message_id, t)
+            results.append(result)
+            if outcome.throttle and not slowed:
+                throttle.slow_down(limit.key)
+                slowed = True
+        finish(results, relay_id, t)
+        ready = ready[len(replies):]
+        if replies and replies[-1][0] == 421 or slowed:
+            # The destination asked us to slow down: the rest waits its turn.
+            release([r for r, _ in ready], 5.0)
+            return [([r.id for r, _ in ready], 5.0)] if ready else []
+        if replies and replies[-1][0] is None:
+            reconnects += 1
+            if reconnects > 2:
+                finish(defer_all([r for r, _ in ready], replies[-1][1], t), relay_id, t)
+                return []
+    return []
+
+
+# --- periodic work ---------------------------------------------------------------
+
+def orphan_grace():
+    return getattr(settings, "HERALD_ORPHAN_GRACE", 300)
+
+
+def sweep(now=None):
+    """Return expired leases and forgotten queued rows to the queue; settle campaigns.
+
+    Returns the ids that were enqueued again.
+    """
+    now = now or timezone.now()
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, next_attempt_at = %(now)s, updated_at = %(now)s
+                WHERE status = 'sending' AND lease_expires_at < %(now)s RETURNING id""",  # noqa: S608
+            {"now": now},
+        )
+        expired = [r[0] for r in cur.fetchall()]
+        # Queued rows whose task was lost (a broker restart, a worker killed
+        # while holding countdown tasks) are enqueued again after a grace time.
+        cur.execute(
+            f"""UPDATE {SEND} s SET next_attempt_at = %(now)s
+                WHERE s.status = 'queued' AND s.next_attempt_at < %(old)s
+                  AND (s.campaign_id IS NULL OR EXISTS (
+                       SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
+                RETURNING s.id""",  # noqa: S608
+            {"now": now, "old": now - timedelta(seconds=orphan_grace())},
+        )
+        orphans = [r[0] for r in cur.fetchall()]
+    settle_campaigns(Campaign.objects.filter(status__in=["sending", "cancelled"]).values_list("id", flat=True), now)
+    return expired + orphans
+
+
+def due_retries(now=None):
+    """Deferred sends whose time has come go back to the queue; returns their ids."""
+    now = now or timezone.now()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {SEND} SET status = 'queued', next_attempt_at = %(now)s, updated_at = %(now)s
+                WHERE status = 'deferred' AND next_attempt_at <= %(now)s RETURNING id""",  # noqa: S608
+            {"now": now},
+        )
+        return [r[0] for r in cur.fetchall()]

@@ -1,0 +1,133 @@
+"""Direct delivery: a recipient domain's MX hosts through dnspython, cached by TTL.
+
+The resolver asks only the servers in HERALD_DNS_NAMESERVERS ("host:port")
+when set, so tests answer from loopback and never touch real DNS. MX hosts are
+ordered by preference (RFC 5321 5.1); a domain with no MX falls back to its own
+A/AAAA records; a null MX (RFC 7505) means the domain accepts no mail.
+"""
+
+import threading
+import time
+
+import dns.exception
+import dns.nameserver
+import dns.resolver
+from django.conf import settings
+
+
+class NoRoute(Exception):
+    """No host to deliver to; ``permanent`` when DNS says so (NXDOMAIN, null MX)."""
+
+    def __init__(self, message, permanent=False):
+        super().__init__(message)
+        self.permanent = permanent
+
+
+_cache = {}  # domain -> (expires, [mx names], [addresses])
+_lock = threading.Lock()
+NEGATIVE_TTL = 60
+MIN_TTL = 5
+
+
+def port() -> int:
+    return getattr(settings, "HERALD_DIRECT_PORT", 25)
+
+
+def resolver() -> dns.resolver.Resolver:
+    servers = list(getattr(settings, "HERALD_DNS_NAMESERVERS", []) or [])
+    if not servers:
+        return dns.resolver.Resolver()
+    res = dns.resolver.Resolver(configure=False)
+    nameservers = []
+    for item in servers:
+        if item.startswith("["):
+            host, _, p = item[1:].partition("]")
+            p = p.lstrip(":")
+        elif item.count(":") == 1:
+            host, _, p = item.partition(":")
+        else:
+            host, p = item, ""
+        nameservers.append(dns.nameserver.Do53Nameserver(host, int(p) if p else 53))
+    res.nameservers = nameservers
+    res.timeout = res.lifetime = 5
+    return res
+
+
+def _addresses(res, name):
+    addrs, ttl = [], None
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = res.resolve(name, rdtype)
+        except (dns.resolver.NoAnswer, dns.resolver.NXDOMAIN):
+            continue
+        ttl = answer.rrset.ttl if ttl is None else min(ttl, answer.rrset.ttl)
+        addrs.extend(r.address for r in answer)
+    return addrs, ttl
+
+
+def _lookup(domain):
+    res = resolver()
+    try:
+        answer = res.resolve(domain, "MX")
+        records = sorted(answer, key=lambda r: (r.preference, str(r.exchange)))
+        ttl = answer.rrset.ttl
+        names = [str(r.exchange).rstrip(".").lower() for r in records]
+        if names == [""]:
+            raise NoRoute(f"{domain} accepts no mail (null MX, RFC 7505)", permanent=True)
+    except dns.resolver.NXDOMAIN:
+        raise NoRoute(f"domain {domain} does not exist", permanent=True) from None
+    except dns.resolver.NoAnswer:
+        names, ttl = [domain], None  # implicit MX: the domain itself (RFC 5321 5.1)
+    except dns.exception.DNSException as exc:
+        raise NoRoute(f"DNS lookup of {domain} failed: {exc}") from None
+    addresses = []
+    for name in names:
+        try:
+            found, attl = _addresses(res, name)
+        except dns.exception.DNSException:
+            continue
+        if attl is not None:
+            ttl = attl if ttl is None else min(ttl, attl)
+        addresses.extend(a for a in found if a not in addresses)
+    if not addresses:
+        raise NoRoute(f"no address for the mail hosts of {domain} ({', '.join(names)})", permanent=names == [domain])
+    return names, addresses, max(ttl or NEGATIVE_TTL, MIN_TTL)
+
+
+def lookup(domain: str):
+    """([MX names by preference], [addresses in that order]), cached for the records' TTL."""
+    domain = domain.lower().rstrip(".")
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(domain)
+    if hit and hit[0] > now:
+        if isinstance(hit[1], NoRoute):
+            raise hit[1]
+        return hit[1], hit[2]
+    try:
+        names, addresses, ttl = _lookup(domain)
+    except NoRoute as exc:
+        with _lock:
+            _cache[domain] = (now + NEGATIVE_TTL, exc, None)
+        raise
+    with _lock:
+        _cache[domain] = (now + ttl, names, addresses)
+    return names, addresses
+
+
+def resolve(domain: str):
+    return lookup(domain)[1]
+
+
+def site(domain: str) -> str:
+    """The MX host set behind a domain: gmail.com and googlemail.com share one."""
+    try:
+        names, _ = lookup(domain)
+    except NoRoute:
+        return domain
+    return ",".join(sorted(set(names)))
+
+
+def clear_cache():
+    with _lock:
+        _cache.clear()

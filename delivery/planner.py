@@ -1,0 +1,75 @@
+"""The audience snapshot (one Send row per recipient) and the grouping of sends into batches."""
+
+from django.conf import settings
+from django.db import connection
+
+from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
+from delivery.models import Send
+
+
+def audience_sql(count_only=False):
+    """Active contacts with a live subscription in any target list, not suppressed, each once."""
+    c, s, ml, x = (m._meta.db_table for m in (Contact, Subscription, MailingList, Suppression))
+    where = f"""
+        FROM {c} c
+        WHERE c.status = 'active'
+          AND EXISTS (
+            SELECT 1 FROM {s} s JOIN {ml} l ON l.id = s.mailing_list_id
+            WHERE s.contact_id = c.id AND s.mailing_list_id = ANY(%(lists)s)
+              AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
+          AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
+    """  # noqa: S608
+    if count_only:
+        return "SELECT count(*) " + where
+    return f"""
+        INSERT INTO {Send._meta.db_table}
+            (campaign_id, contact_id, email, domain, status, attempts, next_attempt_at,
+             smtp_reply, message_id, created_at, updated_at)
+        SELECT %(campaign)s, c.id, c.email, substring(c.email_key from '@([^@]*)$'), 'queued', 0, now(),
+               '', '', now(), now()
+        {where}
+        ON CONFLICT DO NOTHING
+    """  # noqa: S608
+
+
+def _list_ids(campaign):
+    return list(campaign.lists.values_list("id", flat=True))
+
+
+def count_audience(campaign: Campaign) -> int:
+    """How many recipients a send would have now (what the confirmation page shows)."""
+    lists = _list_ids(campaign)
+    if not lists:
+        return 0
+    with connection.cursor() as cur:
+        cur.execute(audience_sql(count_only=True), {"lists": lists})
+        return cur.fetchone()[0]
+
+
+def snapshot(campaign: Campaign) -> int:
+    """Insert the campaign's Send rows with one set-based statement; returns how many exist."""
+    lists = _list_ids(campaign)
+    if lists:
+        with connection.cursor() as cur:
+            cur.execute(audience_sql(), {"campaign": campaign.pk, "lists": lists})
+    return Send.objects.filter(campaign_id=campaign.pk).count()
+
+
+def batch_size():
+    return getattr(settings, "HERALD_BATCH_SIZE", 200)
+
+
+def batches(rows, group_of, size=None):
+    """Yield (group, [send ids]) of at most ``size`` sends from (id, domain) rows sorted by domain."""
+    size = size or batch_size()
+    open_batches = {}
+    for send_id, domain in rows:
+        group = group_of(domain)
+        ids = open_batches.setdefault(group, [])
+        ids.append(send_id)
+        if len(ids) >= size:
+            yield group, ids
+            open_batches[group] = []
+    for group, ids in open_batches.items():
+        if ids:
+            yield group, ids

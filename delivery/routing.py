@@ -1,0 +1,71 @@
+"""Where a recipient's mail goes: through the first enabled relay, or straight to its MX hosts."""
+
+import time
+from dataclasses import dataclass
+
+from delivery import mx
+from delivery.models import Relay
+from delivery.smtp import Endpoint
+from delivery.throttle import Limit, rate_per_second, throttles
+
+
+@dataclass
+class Route:
+    pool_key: str
+    endpoints: list  # tried in order until one connects
+    cap: int  # simultaneous connections across all workers
+    idle_timeout: float
+    max_messages: int
+    relay: Relay | None
+    relay_limit: Limit | None
+
+
+_relay_cache = {"at": 0.0, "relay": None}
+
+
+def active_relay():
+    """The first enabled relay by name (re-read every few seconds), or None for direct delivery."""
+    if time.monotonic() - _relay_cache["at"] > 5:
+        _relay_cache["relay"] = Relay.objects.filter(enabled=True).order_by("name", "pk").first()
+        _relay_cache["at"] = time.monotonic()
+    return _relay_cache["relay"]
+
+
+def forget_relay():
+    _relay_cache["at"] = 0.0
+
+
+def relay_endpoint(relay: Relay) -> Endpoint:
+    return Endpoint(
+        host=relay.host, port=relay.port, security=relay.security, verify=relay.verify_certificate,
+        username=relay.username, password=relay.password, helo=relay.helo_name,
+        label=f"{relay.host}:{relay.port}",
+    )
+
+
+def group_of(domain: str) -> str:
+    """The throttle group a domain belongs to; in direct mode domains sharing MX hosts share one."""
+    if active_relay() is None:
+        return throttles.for_domain(domain, group=mx.site(domain)).key
+    return throttles.for_domain(domain).key
+
+
+def limit_for(domain: str) -> Limit:
+    if active_relay() is None:
+        return throttles.for_domain(domain, group=mx.site(domain))
+    return throttles.for_domain(domain)
+
+
+def route_for(domain: str) -> Route:
+    relay = active_relay()
+    if relay is not None:
+        limit = Limit(f"relay:{relay.pk}", rate_per_second(relay.rate, relay.rate_period), max(relay.rate, 1))
+        return Route(f"relay:{relay.pk}", [relay_endpoint(relay)], relay.max_connections, relay.idle_timeout,
+                     relay.messages_per_connection, relay, limit)
+    hosts = mx.resolve(domain)
+    limit = limit_for(domain)
+    endpoints = [
+        Endpoint(host=h, port=mx.port(), security="opportunistic", verify=False, label=f"{h}:{mx.port()} (MX of {domain})")
+        for h in hosts
+    ]
+    return Route("mx:" + mx.site(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)

@@ -1,0 +1,425 @@
+"""A small, fast SMTP client for the send engine, and the per-process connection pool.
+
+Why not smtplib or aiosmtplib: the engine sends hundreds of single-recipient
+messages over one connection, and with ESMTP PIPELINING (RFC 2920) each message
+then costs one round trip: the message body, its final dot and the next
+message's MAIL, RCPT and DATA go out in one write. Everything else (greeting,
+EHLO, STARTTLS, AUTH) is plain RFC 5321.
+
+Connections are blocking sockets owned by one worker process; a Celery prefork
+child runs one batch at a time, so there is nothing to share between threads.
+"""
+
+import base64
+import os
+import re
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from delivery import throttle
+
+
+class SMTPFailure(Exception):
+    """The session could not go on; ``fatal`` failures (TLS, AUTH) will not fix themselves on retry."""
+
+    fatal = False
+
+    def __init__(self, message, code=None):
+        super().__init__(message)
+        self.code = code
+
+
+class ConnectFailed(SMTPFailure):
+    pass
+
+
+class TLSFailed(SMTPFailure):
+    fatal = True
+
+
+class AuthFailed(SMTPFailure):
+    fatal = True
+
+
+class ConnectionLost(SMTPFailure):
+    pass
+
+
+@dataclass
+class Timeouts:
+    """RFC 5321 4.5.3.2 minimums by default; HERALD_SMTP_TIMEOUT (seconds) caps them all."""
+
+    connect: float = 60
+    greeting: float = 300
+    command: float = 300
+    data_start: float = 120
+    final_dot: float = 600
+
+    @classmethod
+    def from_settings(cls):
+        cap = getattr(settings, "HERALD_SMTP_TIMEOUT", 0)
+        t = cls()
+        if cap:
+            for name in ("connect", "greeting", "command", "data_start", "final_dot"):
+                setattr(t, name, min(getattr(t, name), cap))
+        return t
+
+
+@dataclass
+class Endpoint:
+    """Where and how to connect. ``security``: none | starttls | tls | opportunistic (direct MX)."""
+
+    host: str
+    port: int
+    security: str = "none"
+    verify: bool = True
+    username: str = ""
+    password: str = ""
+    helo: str = ""
+    label: str = ""  # what errors call it
+
+    @property
+    def where(self):
+        return self.label or f"{self.host}:{self.port}"
+
+
+def tls_context(verify: bool) -> ssl.SSLContext:
+    cafile = getattr(settings, "HERALD_SMTP_CA_FILE", "") or None
+    ctx = ssl.create_default_context(cafile=cafile)
+    if not verify:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+_LONE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def wire_data(data: bytes) -> bytes:
+    """CRLF line ends, leading dots doubled (RFC 5321 4.5.2), and the final dot."""
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = _LONE_LF.sub(b"\r\n", data.replace(b"\r\r\n", b"\r\n"))
+    if data.startswith(b"."):
+        data = b"." + data
+    data = data.replace(b"\r\n.", b"\r\n..")
+    if not data.endswith(b"\r\n"):
+        data += b"\r\n"
+    return data + b".\r\n"
+
+
+def _addr(address: str) -> bytes:
+    return address.replace("\r", "").replace("\n", "").encode("utf-8")
+
+
+class Connection:
+    def __init__(self, endpoint: Endpoint, timeouts: Timeouts | None = None):
+        self.endpoint = endpoint
+        self.timeouts = timeouts or Timeouts.from_settings()
+        self.sock = None
+        self.file = None
+        self.extensions = {}
+        self.sent = 0  # messages on this connection
+        self.opened_at = self.last_used = 0.0
+        self.tls = False
+        self.broken = False
+
+    # --- low level -------------------------------------------------------
+    def _read_reply(self, timeout):
+        self.sock.settimeout(timeout)
+        lines = []
+        try:
+            while True:
+                line = self.file.readline(2048)
+                if not line:
+                    raise ConnectionLost(f"{self.endpoint.where} closed the connection")
+                if len(line) < 4 or not line[:3].isdigit():
+                    raise ConnectionLost(f"{self.endpoint.where} sent a malformed reply: {line[:80]!r}")
+                lines.append(line[4:].rstrip(b"\r\n").decode("utf-8", "replace"))
+                if line[3:4] != b"-":
+                    return int(line[:3]), "\n".join(lines)
+        except TimeoutError:
+            self.broken = True
+            raise ConnectionLost(f"{self.endpoint.where} did not answer within {timeout:g}s") from None
+        except (OSError, ssl.SSLError) as exc:
+            self.broken = True
+            raise ConnectionLost(f"connection to {self.endpoint.where} lost: {exc}") from None
+
+    def _write(self, data: bytes, timeout=None):
+        self.sock.settimeout(timeout or self.timeouts.command)
+        try:
+            self.sock.sendall(data)
+        except (OSError, ssl.SSLError) as exc:
+            self.broken = True
+            raise ConnectionLost(f"connection to {self.endpoint.where} lost: {exc}") from None
+
+    def command(self, line: bytes, timeout=None):
+        self._write(line + b"\r\n", timeout)
+        return self._read_reply(timeout or self.timeouts.command)
+
+    # --- session ---------------------------------------------------------
+    def open(self):
+        ep = self.endpoint
+        try:
+            sock = socket.create_connection((ep.host, ep.port), timeout=self.timeouts.connect)
+        except OSError as exc:
+            raise ConnectFailed(f"cannot connect to {ep.where}: {exc.strerror or exc}") from None
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ep.security == "tls":
+            sock = self._wrap(sock, verify=ep.verify)
+        self._attach(sock)
+        code, text = self._read_reply(self.timeouts.greeting)
+        if code != 220:
+            self.close()
+            raise ConnectFailed(f"{code} {text} from {ep.where}", code)
+        self._ehlo()
+        if ep.security == "starttls" or (ep.security == "opportunistic" and "starttls" in self.extensions):
+            self._starttls()
+        if ep.username:
+            self._auth()
+        self.opened_at = self.last_used = time.monotonic()
+        return self
+
+    def _attach(self, sock):
+        self.sock = sock
+        self.file = sock.makefile("rb")
+
+    def _wrap(self, sock, verify):
+        try:
+            wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.host)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise TLSFailed(f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}") from None
+        except (ssl.SSLError, OSError) as exc:
+            sock.close()
+            raise TLSFailed(f"TLS with {self.endpoint.where} failed: {exc}") from None
+        self.tls = True
+        return wrapped
+
+    def _ehlo(self):
+        helo = self.endpoint.helo or socket.getfqdn() or "localhost"
+        code, text = self.command(b"EHLO " + helo.encode("idna"))
+        if code != 250:
+            code, text = self.command(b"HELO " + helo.encode("idna"))
+            if code != 250:
+                raise ConnectFailed(f"{code} {text} from {self.endpoint.where} (HELO)", code)
+            self.extensions = {}
+            return
+        ext = {}
+        for line in text.split("\n")[1:]:
+            word, _, params = line.partition(" ")
+            ext[word.lower()] = params
+        self.extensions = ext
+
+    def _starttls(self):
+        if "starttls" not in self.extensions:
+            self.close()
+            # Never fall back to plaintext when STARTTLS was chosen.
+            raise TLSFailed(f"{self.endpoint.where} does not offer STARTTLS, which this relay requires")
+        code, text = self.command(b"STARTTLS")
+        if code != 220:
+            self.close()
+            raise TLSFailed(f"{code} {text} from {self.endpoint.where} (STARTTLS)", code)
+        verify = self.endpoint.verify if self.endpoint.security == "starttls" else False
+        self._attach(self._wrap(self.sock, verify))
+        self._ehlo()
+
+    def _auth(self):
+        ep = self.endpoint
+        mechanisms = self.extensions.get("auth", "").upper().split()
+        user, password = ep.username.encode(), ep.password.encode()
+        if "PLAIN" in mechanisms or not mechanisms:
+            token = base64.b64encode(b"\0" + user + b"\0" + password)
+            code, text = self.command(b"AUTH PLAIN " + token)
+        elif "LOGIN" in mechanisms:
+            code, text = self.command(b"AUTH LOGIN")
+            if code == 334:
+                code, text = self.command(base64.b64encode(user))
+            if code == 334:
+                code, text = self.command(base64.b64encode(password))
+        else:
+            self.close()
+            raise AuthFailed(f"{ep.where} offers no supported AUTH mechanism ({' '.join(mechanisms)})")
+        if code != 235:
+            self.close()
+            raise AuthFailed(f"{code} {text} from {ep.where}", code)
+
+    @property
+    def pipelining(self):
+        return "pipelining" in self.extensions
+
+    def close(self, quit=True):
+        if self.sock is None:
+            return
+        if quit and not self.broken:
+            try:
+                self.sock.settimeout(2)
+                self.sock.sendall(b"QUIT\r\n")
+                self._read_reply(2)
+            except (SMTPFailure, OSError):
+                pass
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
+        self.sock = self.file = None
+        self.broken = True
+
+    # --- transactions ----------------------------------------------------
+    def _envelope(self, msg, rset: bool) -> bytes:
+        out = b"RSET\r\n" if rset else b""
+        size = f" SIZE={len(msg.data)}" if "size" in self.extensions else ""
+        return (out + b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + size.encode()
+                + b"\r\nRCPT TO:<" + _addr(msg.rcpt) + b">\r\nDATA\r\n")
+
+    def send_many(self, messages):
+        """Send each message (one recipient each); return [(code, text)] in order.
+
+        The list is shorter than ``messages`` when the connection broke: the last
+        item is then ``(None, why)`` for the message in flight and the rest were
+        never tried. A break after the final dot is an unknown outcome (RFC 5321
+        6.1): the message may have been delivered, and a retry may duplicate it.
+        """
+        results = []
+        if not messages:
+            return results
+        t = self.timeouts
+        pipelined = self.pipelining
+        rset = False
+        written = False  # the next envelope already went out with the previous body
+        try:
+            for i, msg in enumerate(messages):
+                nxt = messages[i + 1] if i + 1 < len(messages) else None
+                if pipelined:
+                    if not written:
+                        self._write(self._envelope(msg, rset))
+                    replies = []
+                    for _ in range(4 if rset else 3):
+                        replies.append(self._read_reply(t.command))
+                        if replies[-1][0] == 421:
+                            # The server is closing the session (RFC 5321 3.8).
+                            self.broken = True
+                            results.append(replies[-1])
+                            return results
+                    if rset:
+                        replies.pop(0)
+                else:
+                    replies = self._sequential(msg, rset)
+                written = False
+                (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
+                if dcode != 354:
+                    if mcode >= 300:
+                        results.append((mcode, mtext))
+                    elif rcode >= 300:
+                        results.append((rcode, rtext))
+                    else:
+                        results.append((dcode, dtext))
+                    rset = True
+                    continue
+                rset = False
+                body = wire_data(msg.data)
+                if pipelined and nxt is not None:
+                    # Message content may open the next group (RFC 2920 3.1).
+                    self._write(body + self._envelope(nxt, False), t.final_dot)
+                    written = True
+                else:
+                    self._write(body, t.final_dot)
+                results.append(self._read_reply(t.final_dot))
+                self.sent += 1
+        except ConnectionLost as exc:
+            self.broken = True
+            results.append((None, str(exc)))
+        self.last_used = time.monotonic()
+        return results
+
+    def _sequential(self, msg, rset):
+        if rset:
+            self.command(b"RSET")
+        size = f" SIZE={len(msg.data)}" if "size" in self.extensions else ""
+        mail = self.command(b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + size.encode())
+        if mail[0] >= 300:
+            return [mail, (503, "not tried"), (503, "not tried")]
+        rcpt = self.command(b"RCPT TO:<" + _addr(msg.rcpt) + b">")
+        if rcpt[0] >= 300:
+            return [mail, rcpt, (503, "not tried")]
+        return [mail, rcpt, self.command(b"DATA", self.timeouts.data_start)]
+
+
+class Pool:
+    """Open connections of this process, kept across batches and tasks.
+
+    Each key (a relay, or an MX host in direct mode) has a connection cap held
+    across all workers by a Redis slot set; an idle connection keeps its slot
+    until its idle timeout, then the slot expires even if this process died.
+    """
+
+    def __init__(self):
+        self.idle = {}  # key -> [Connection]
+        self.opened = 0
+
+    def _holder(self, conn):
+        return f"{socket.gethostname()}:{os.getpid()}:{id(conn)}"
+
+    def get(self, key, endpoint, cap, idle_timeout, max_messages):
+        """An open connection for ``key``, or None when every slot is taken."""
+        self.close_idle()
+        stack = self.idle.setdefault(key, [])
+        while stack:
+            conn = stack.pop()
+            if conn.broken or conn.sent >= max_messages:
+                self._close(key, conn)
+                continue
+            conn.idle_timeout = idle_timeout
+            return conn
+        conn = Connection(endpoint)
+        conn.key, conn.cap, conn.idle_timeout, conn.holder = key, cap, idle_timeout, self._holder(conn)
+        # The slot must outlive a long batch; it is refreshed on every release.
+        if not throttle.acquire_slot(key, cap, conn.holder, idle_timeout + 120):
+            return None
+        try:
+            conn.open()
+        except SMTPFailure:
+            throttle.release_slot(key, conn.holder)
+            raise
+        self.opened += 1
+        return conn
+
+    def put(self, conn, max_messages):
+        if conn.broken or conn.sent >= max_messages:
+            self._close(conn.key, conn)
+            return
+        if not throttle.acquire_slot(conn.key, conn.cap, conn.holder, conn.idle_timeout + 5):
+            self._close(conn.key, conn)  # the slot expired meanwhile and someone took it
+            return
+        self.idle.setdefault(conn.key, []).append(conn)
+
+    def _close(self, key, conn):
+        conn.close()
+        try:
+            throttle.release_slot(key, conn.holder)
+        except Exception:
+            pass  # the slot expires on its own
+
+    def close_idle(self):
+        now = time.monotonic()
+        for key, stack in self.idle.items():
+            keep = []
+            for conn in stack:
+                if now - conn.last_used > conn.idle_timeout:
+                    self._close(key, conn)
+                else:
+                    keep.append(conn)
+            stack[:] = keep
+
+    def close_all(self):
+        for key, stack in self.idle.items():
+            for conn in stack:
+                self._close(key, conn)
+        self.idle = {}
+
+
+pool = Pool()

@@ -1,0 +1,189 @@
+"""Limits that hold across every worker: Redis token buckets, connection slots, slow-down.
+
+All state lives in Redis and each operation is one atomic Lua call on Redis's
+own clock, so adding workers (on this machine or others) never breaks a limit.
+Tokens are taken in batches: a worker asks for N and learns how many it got.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+import redis
+from django.conf import settings
+
+from delivery.models import PERIOD_SECONDS, DomainThrottle
+
+PREFIX = "herald:"
+# A throttled group recovers its full rate over this many seconds.
+RECOVER_SECONDS = 600
+# Slowing down halves the rate at most once per this many seconds, so one
+# batch full of 421 replies does not divide it by 2**200.
+SLOWDOWN_HOLD = 10
+MIN_FACTOR = 1 / 32
+
+_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local rate = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local n = tonumber(ARGV[3])
+local recover = tonumber(ARGV[4])
+local factor = 1
+local s = redis.call('HMGET', KEYS[2], 'factor', 'since')
+if s[1] then factor = math.min(1, tonumber(s[1]) + (now - tonumber(s[2])) / recover) end
+local eff = rate * factor
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * eff)
+local granted = math.min(n, math.floor(tokens))
+tokens = tokens - granted
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / eff) + 60)
+local wait = 0
+if granted < n then wait = (1 - tokens) / eff end
+return {granted, tostring(wait), tostring(factor)}
+"""
+
+_SLOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local recover = tonumber(ARGV[1])
+local hold = tonumber(ARGV[2])
+local minimum = tonumber(ARGV[3])
+local s = redis.call('HMGET', KEYS[1], 'factor', 'since', 'last')
+local factor = 1
+if s[1] then factor = math.min(1, tonumber(s[1]) + (now - tonumber(s[2])) / recover) end
+if s[3] and now - tonumber(s[3]) < hold then return tostring(factor) end
+factor = math.max(minimum, factor / 2)
+redis.call('HSET', KEYS[1], 'factor', tostring(factor), 'since', tostring(now), 'last', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(recover * 2))
+return tostring(factor)
+"""
+
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local ttl = tonumber(ARGV[3])
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  redis.call('EXPIRE', KEYS[1], math.ceil(ttl) + 60)
+  return 1
+end
+return 0
+"""
+
+_local = threading.local()
+
+
+def client() -> redis.Redis:
+    """One Redis client per process (redis-py re-opens its pool after a fork)."""
+    conn = getattr(_local, "client", None)
+    if conn is None or getattr(_local, "url", None) != settings.REDIS_URL:
+        conn = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, health_check_interval=30)
+        _local.client, _local.url = conn, settings.REDIS_URL
+        sources = (("take", _TAKE), ("slow", _SLOW), ("acquire", _ACQUIRE))
+        _local.scripts = {name: conn.register_script(src) for name, src in sources}
+    return conn
+
+
+def _script(name):
+    client()
+    return _local.scripts[name]
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A rate shared by one key: ``rate`` tokens per second, bucket of ``burst``."""
+
+    key: str
+    rate: float  # tokens per second; 0 means unlimited
+    burst: float
+    max_connections: int = 0
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int
+    wait: float  # seconds until the next token when fewer were granted
+    factor: float = 1.0
+
+
+def take_tokens(limit: Limit, n: int) -> Grant:
+    """Take up to ``n`` tokens from the bucket at once; never waits."""
+    if n <= 0 or limit.rate <= 0:
+        return Grant(max(n, 0), 0.0)
+    granted, wait, factor = _script("take")(
+        keys=[PREFIX + "bucket:" + limit.key, PREFIX + "slow:" + limit.key],
+        args=[limit.rate, max(limit.burst, 1), n, RECOVER_SECONDS],
+    )
+    return Grant(int(granted), float(wait), float(factor))
+
+
+def give_back(limit: Limit, n: int):
+    """Return tokens taken for sends that were never attempted."""
+    if n > 0 and limit.rate > 0:
+        client().hincrbyfloat(PREFIX + "bucket:" + limit.key, "tokens", n)
+
+
+def slow_down(key: str) -> float:
+    """The destination said 421 or 4.7.x: halve its rate; it recovers over RECOVER_SECONDS."""
+    return float(_script("slow")(keys=[PREFIX + "slow:" + key], args=[RECOVER_SECONDS, SLOWDOWN_HOLD, MIN_FACTOR]))
+
+
+def acquire_slot(key: str, limit: int, holder: str, ttl: float) -> bool:
+    """Hold one of ``limit`` connection slots for ``ttl`` seconds (call again to refresh)."""
+    if limit <= 0:
+        return True
+    return bool(_script("acquire")(keys=[PREFIX + "conn:" + key], args=[holder, limit, ttl]))
+
+
+def release_slot(key: str, holder: str):
+    client().zrem(PREFIX + "conn:" + key, holder)
+
+
+def rate_per_second(rate: int, period: str) -> float:
+    return rate / PERIOD_SECONDS.get(period, 1) if rate else 0.0
+
+
+class Throttles:
+    """Domain → group limit, from DomainThrottle rows, re-read every few seconds."""
+
+    TTL = 5.0
+    DEFAULT = Limit("default", 0.0, 0.0, 0)
+
+    def __init__(self):
+        self._loaded = 0.0
+        self._by_domain = {}
+        self._default = None
+
+    def _load(self):
+        by_domain, default = {}, None
+        for row in DomainThrottle.objects.all():
+            rate = rate_per_second(row.rate, row.period)
+            burst = row.burst or max(row.rate, 1)
+            if row.is_default:
+                default = (rate, burst, row.max_connections)
+            for domain in row.domain_list():
+                by_domain[domain] = Limit(f"throttle:{row.pk}", rate, burst, row.max_connections)
+        self._by_domain, self._default, self._loaded = by_domain, default, time.monotonic()
+
+    def for_domain(self, domain: str, group: str | None = None) -> Limit:
+        """The limit for a recipient domain; ``group`` (an MX host set) replaces the domain for defaults."""
+        if time.monotonic() - self._loaded > self.TTL:
+            self._load()
+        limit = self._by_domain.get(domain)
+        if limit is not None:
+            return limit
+        if self._default is None:
+            return Limit("domain:" + (group or domain), 0.0, 0.0, 0)
+        rate, burst, conns = self._default
+        return Limit("domain:" + (group or domain), rate, burst, conns)
+
+    def invalidate(self):
+        self._loaded = 0.0
+
+
+throttles = Throttles()

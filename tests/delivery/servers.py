@@ -1,0 +1,150 @@
+"""Test servers for the send engine: TLS material, a sink with implicit TLS, a loopback DNS server."""
+
+import datetime
+import ipaddress
+import socket
+import ssl
+import threading
+
+import dns.flags
+import dns.message
+import dns.rcode
+import dns.rrset
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tests.support.smtp import Sink, SinkHandler
+
+
+def make_certificate(directory):
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert path, key path)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+def server_context(cert, key):
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+class Authenticator:
+    """Accepts one user and password; records every attempt."""
+
+    def __init__(self, user="herald", password="s3cret-relay-pass"):
+        self.user, self.password = user.encode(), password.encode()
+        self.attempts = []
+
+    def __call__(self, server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (self.user, self.password)
+        self.attempts.append((mechanism, ok))
+        return AuthResult(success=ok, handled=False)
+
+
+class DroppingHandler(SinkHandler):
+    """Like the shared sink's handler, but a dropped connection really closes the socket."""
+
+    async def handle_DATA(self, server, session, envelope):
+        if any(r.lower() in self.sink.rules.drop_after_data for r in envelope.rcpt_tos):
+            server.transport.close()
+            return "421 4.4.2 connection dropped"
+        return await super().handle_DATA(server, session, envelope)
+
+
+class DroppingSink(Sink):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.controller.handler = DroppingHandler(self)
+
+
+class TLSSink(Sink):
+    """The test sink with implicit TLS (SMTPS, RFC 8314) instead of plain SMTP."""
+
+    def __init__(self, ssl_context, **kwargs):
+        super().__init__(**kwargs)
+        self.controller = _ImplicitTLSController(SinkHandler(self), hostname=self.hostname, port=self.port,
+                                                 ssl_context=ssl_context, ready_timeout=10)
+
+
+class _ImplicitTLSController(Controller):
+    def _trigger_server(self):
+        # The stock readiness probe speaks plain TCP; do the handshake as a client would.
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        with socket.create_connection((self.hostname, self.port), timeout=5) as raw, ctx.wrap_socket(raw) as s:
+            s.recv(1024)
+
+
+class DNSServer:
+    """A UDP DNS server on loopback answering from a table: {(name, type): [rdata text]}; NXDOMAIN otherwise."""
+
+    def __init__(self, records, ttl=300):
+        self.records = {(n.lower().rstrip("."), t): v for (n, t), v in records.items()}
+        self.ttl = ttl
+        self.queries = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                data, peer = self.sock.recvfrom(4096)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            query = dns.message.from_wire(data)
+            response = dns.message.make_response(query)
+            response.flags |= dns.flags.AA
+            q = query.question[0]
+            name, rdtype = q.name.to_text().lower().rstrip("."), dns.rdatatype.to_text(q.rdtype)
+            self.queries.append((name, rdtype))
+            values = self.records.get((name, rdtype))
+            if values:
+                response.answer.append(dns.rrset.from_text_list(q.name, self.ttl, "IN", rdtype, values))
+            elif not any(n == name for n, _ in self.records):
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            self.sock.sendto(response.to_wire(), peer)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop = True
+        self.thread.join(2)
+        self.sock.close()

@@ -1,0 +1,128 @@
+"""A campaign through a real SMTP relay (aiosmtpd on loopback), run by the engine in this process."""
+
+import pytest
+
+from campaigns.models import Campaign, Contact, Suppression
+from delivery import lifecycle
+from delivery.models import Send
+from delivery.signals import send_outcome
+from tests.delivery.conftest import drain, statuses
+from tests.delivery.servers import DroppingSink
+from tests.support.smtp import Rules, Sink
+
+pytestmark = pytest.mark.django_db
+
+
+def test_every_recipient_gets_one_personalised_message_over_few_connections(sink, relay, make_campaign):
+    addresses = [f"user{i}@example.com" for i in range(30)] + [f"User{i}@Example.org" for i in range(10)]
+    campaign = make_campaign(addresses)
+
+    lifecycle.start_campaign(campaign.pk)
+    drain(campaign.pk)
+
+    assert sorted(r.lower() for r in sink.recipients()) == sorted(a.lower() for a in addresses)
+    first = next(item for item in sink.received if item.rcpt_tos == ["user7@example.com"])
+    assert first.message["Subject"] == "Hello user7"
+    assert first.mail_from.startswith("bounces+")
+    assert len({item.peer for item in sink.received}) <= 2  # one connection per domain batch at most, reused
+    sent = Send.objects.get(email="user7@example.com")
+    assert sent.status == "sent" and sent.smtp_code == 250 and sent.message_id
+    assert f"<{sent.message_id}>" == first.message["Message-ID"]
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.FINISHED
+    counts = lifecycle.counts(campaign.pk)
+    assert counts["sent"] == counts["total"] == campaign.total == 40
+
+
+def test_replies_are_classified_per_recipient(make_relay, make_campaign):
+    rules = Rules(
+        rcpt={"gone@example.com": "550 5.1.1 <gone@example.com>: user unknown"},
+        data={"busy@example.com": "451 4.3.0 mailbox busy, try later", "spam@example.com": "554 5.7.1 message refused by policy"},
+    )
+    outcomes = []
+
+    def record(sender, send, outcome, code, reply, **kw):
+        outcomes.append((send.email, outcome, code))
+
+    send_outcome.connect(record)
+    try:
+        with Sink(rules=rules) as server:
+            make_relay(server.port)
+            names = ["ok", "gone", "busy", "spam", "ok2"]
+            campaign = make_campaign([f"{n}@example.com" for n in names])
+            lifecycle.start_campaign(campaign.pk)
+            drain(campaign.pk)
+            got = server.recipients()
+    finally:
+        send_outcome.disconnect(record)
+
+    assert sorted(got) == ["ok2@example.com", "ok@example.com"]
+    assert statuses(campaign.pk) == {
+        "ok@example.com": "sent", "ok2@example.com": "sent", "gone@example.com": "bounced",
+        "busy@example.com": "deferred", "spam@example.com": "failed",
+    }
+    # The hard bounce is suppressed for every later campaign; the policy refusal is not.
+    assert Suppression.objects.filter(email_key="gone@example.com", reason="hard_bounce").exists()
+    assert not Suppression.objects.filter(email_key="spam@example.com").exists()
+    assert Contact.objects.get(email_key="gone@example.com").status == Contact.Status.BLOCKLISTED
+    assert sorted(outcomes) == [("gone@example.com", "bounced", 550), ("spam@example.com", "failed", 554)]
+    busy = Send.objects.get(email="busy@example.com")
+    assert busy.smtp_reply.startswith("451 4.3.0") and busy.next_attempt_at > busy.first_attempt_at
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING  # a retry is still due
+
+    later = make_campaign(["gone@example.com", "spam@example.com", "new@example.com"], name="Summer news")
+    lifecycle.start_campaign(later.pk)
+    assert sorted(statuses(later.pk)) == ["new@example.com", "spam@example.com"]
+
+
+def test_a_dropped_connection_defers_only_the_message_in_flight(make_relay, make_campaign):
+    rules = Rules(drop_after_data={"drop@example.com"})
+    with DroppingSink(rules=rules) as server:
+        make_relay(server.port)
+        addresses = [f"a{i}@example.com" for i in range(5)] + ["drop@example.com"] + [f"b{i}@example.com" for i in range(5)]
+        campaign = make_campaign(addresses)
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+        got = server.recipients()
+        peers = {item.peer for item in server.received}
+
+    assert sorted(got) == sorted(a for a in addresses if a != "drop@example.com")
+    assert len(peers) == 2  # reconnected once after the drop
+    result = statuses(campaign.pk)
+    assert result.pop("drop@example.com") == "deferred"
+    assert set(result.values()) == {"sent"}
+    assert "closed the connection" in Send.objects.get(email="drop@example.com").smtp_reply
+
+
+def test_slow_replies_within_the_timeout_are_waited_for(make_relay, make_campaign, settings):
+    settings.HERALD_SMTP_TIMEOUT = 5
+    with Sink(rules=Rules(delay=0.3)) as server:
+        make_relay(server.port)
+        campaign = make_campaign(["slow1@example.com", "slow2@example.com"])
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+    assert set(statuses(campaign.pk).values()) == {"sent"}
+
+
+def test_a_reply_slower_than_the_timeout_is_an_unknown_outcome_retried_later(make_relay, make_campaign, settings):
+    settings.HERALD_SMTP_TIMEOUT = 1
+    with Sink(rules=Rules(delay=2.5)) as server:
+        make_relay(server.port)
+        campaign = make_campaign(["slow@example.com"])
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+    send = Send.objects.get(email="slow@example.com")
+    assert send.status == "deferred"
+    assert "did not answer within 1s" in send.smtp_reply
+
+
+def test_recipients_unsubscribed_after_the_snapshot_are_skipped(sink, relay, make_campaign):
+    campaign = make_campaign(["stay@example.com", "leave@example.com"])
+    lifecycle.start_campaign(campaign.pk)
+    Contact.objects.filter(email_key="leave@example.com").update(status=Contact.Status.UNSUBSCRIBED)
+    drain(campaign.pk)
+    assert sink.recipients() == ["stay@example.com"]
+    assert statuses(campaign.pk) == {"stay@example.com": "sent", "leave@example.com": "skipped"}
+    counts = lifecycle.counts(campaign.pk)
+    assert counts["total"] == counts["sent"] + counts["skipped"] == 2
