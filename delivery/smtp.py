@@ -126,6 +126,7 @@ class Connection:
         self.opened_at = self.last_used = 0.0
         self.tls = False
         self.broken = False
+        self.steps = []  # what happened while opening, for the relay check
 
     # --- low level -------------------------------------------------------
     def _read_reply(self, timeout):
@@ -172,6 +173,8 @@ class Connection:
             sock = self._wrap(sock, verify=ep.verify)
         self._attach(sock)
         code, text = self._read_reply(self.timeouts.greeting)
+        how = f" with implicit TLS ({self._tls_info()})" if self.tls else ""
+        self.steps.append(f"connected to {ep.where}{how}: {code} {text}")
         if code != 220:
             self.close()
             raise ConnectFailed(f"{code} {text} from {ep.where}", code)
@@ -225,7 +228,12 @@ class Connection:
             raise TLSFailed(f"{code} {text} from {self.endpoint.where} (STARTTLS)", code)
         verify = self.endpoint.verify if self.endpoint.security == "starttls" else False
         self._attach(self._wrap(self.sock, verify))
+        self.steps.append(f"STARTTLS negotiated ({self._tls_info()})")
         self._ehlo()
+
+    def _tls_info(self):
+        verified = "certificate verified" if self.sock.context.verify_mode == ssl.CERT_REQUIRED else "certificate not verified"
+        return f"{self.sock.version()}, {verified}"
 
     def _auth(self):
         ep = self.endpoint
@@ -246,6 +254,7 @@ class Connection:
         if code != 235:
             self.close()
             raise AuthFailed(f"{code} {text} from {ep.where}", code)
+        self.steps.append(f"authenticated as {ep.username}: {code} {text}")
 
     @property
     def pipelining(self):

@@ -66,9 +66,9 @@ def make_campaign():
 
 
 def drain(campaign_id=None, now=None, rounds=50):
-    """Run the engine in this process until nothing of the campaign is queued (no Celery)."""
+    """Run the engine in this process until nothing of a running campaign is queued (no Celery)."""
     for _ in range(rounds):
-        qs = Send.objects.filter(status=Send.Status.QUEUED)
+        qs = Send.objects.filter(status=Send.Status.QUEUED, campaign__status="sending")
         if campaign_id is not None:
             qs = qs.filter(campaign_id=campaign_id)
         ids = list(qs.values_list("id", flat=True))
