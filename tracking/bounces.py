@@ -231,7 +231,11 @@ def _dsn(msg, status_part, send_id):
 
 
 def _arf(msg, feedback, send_id):
-    fields = HeaderParser().parsestr(_text(feedback) if feedback is not None else "")
+    payload = feedback.get_payload() if feedback is not None else ""
+    if isinstance(payload, list) and payload:
+        fields = payload[0]  # the parser read the report's fields as a message's headers
+    else:
+        fields = HeaderParser().parsestr(_text(feedback) if feedback is not None else "")
     original = _original_headers(msg)
     feedback_type = str(fields.get("Feedback-Type", "abuse") or "abuse").strip().lower()
     if feedback_type == "not-spam":
