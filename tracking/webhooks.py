@@ -98,8 +98,14 @@ def find_send(event):
         send = Send.objects.filter(pk=int(send_id)).first()
         if send is not None:
             return send
-    if event.message_id:
-        message_id = str(event.message_id).strip("<>")
+    # Amazon SES keeps the message's own Message-ID header in the notification.
+    esp = event.esp_event if isinstance(event.esp_event, dict) else {}
+    mail = esp.get("mail") if isinstance(esp.get("mail"), dict) else {}
+    header_id = (mail.get("commonHeaders") or {}).get("messageId")
+    for candidate in (header_id, event.message_id):
+        if not candidate:
+            continue
+        message_id = str(candidate).strip().strip("<>")
         send = Send.objects.filter(message_id__in=[message_id, f"<{message_id}>"]).order_by("-pk").first()
         if send is not None:
             return send
