@@ -26,6 +26,7 @@ line first (``one_line``), so a name like ``"Bob\\r\\nBcc: x"`` stays inside its
 own header.
 """
 
+import hashlib
 import os
 import re
 import threading
@@ -34,8 +35,9 @@ from dataclasses import dataclass
 from email.policy import SMTP
 from email.utils import formataddr, formatdate
 
-from jinja2 import meta
-from markupsafe import Markup
+from django.conf import settings
+from jinja2 import TemplateSyntaxError, meta
+from markupsafe import Markup, escape
 
 from campaigns import rendering
 from delivery import tokens
@@ -102,13 +104,24 @@ _SAFE = set(b' !"#$%&\'()*+,-./0123456789:;<>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`
 _QP_MAP = [chr(c) if c in _SAFE else f"={c:02X}" for c in range(256)]
 
 
-def _qp_line(raw: bytes) -> bytes:
-    """One source line (no CR/LF) encoded; soft breaks as ``=\\r\\n``."""
-    line = raw.decode("latin-1").translate(_QP_MAP)
+_QP_PLAIN = re.compile(r"[ !-<>-~\t]*")  # characters quoted-printable leaves as they are
+
+
+def _qp_escape(text: str) -> str:
+    """``text`` (no CR/LF) with every octet quoted-printable would escape escaped."""
+    if _QP_PLAIN.fullmatch(text):
+        return text
+    return text.encode("utf-8").decode("latin-1").translate(_QP_MAP)
+
+
+def _soft_break(line: str) -> bytes:
+    """An escaped line cut into 76-character pieces with ``=`` soft breaks, as quoprimime does."""
     width = MAX_LINE - 1
+    laststart = len(line) - 1 - MAX_LINE
+    if laststart < 0 and not (line and line[-1] in " \t"):
+        return line.encode("ascii")
     out = []
     start = 0
-    laststart = len(line) - 1 - MAX_LINE
     while start <= laststart:
         stop = start + width
         if line[stop - 2] == "=":
@@ -135,6 +148,11 @@ def _qp_line(raw: bytes) -> bytes:
     return "\r\n".join(out).encode("ascii")
 
 
+def _qp_line(raw: bytes) -> bytes:
+    """One source line (no CR/LF) encoded; soft breaks as ``=\\r\\n``."""
+    return _soft_break(raw.decode("latin-1").translate(_QP_MAP))
+
+
 class QPEncoder:
     """Quoted-printable bodies with encoded lines cached by source line."""
 
@@ -151,8 +169,170 @@ class QPEncoder:
                 if len(cache) < _CACHE_LIMIT:
                     cache[raw] = enc
             out.append(enc)
+        if not out:
+            return b"\r\n"  # an empty body is one empty line, as in email.contentmanager
         out.append(b"")
         return b"\r\n".join(out)
+
+
+# --- templates as literal lines and holes ------------------------------------
+
+_HOLE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_CLICK_HOLE = re.compile(rf"\s*{rendering.CLICK_FN}\((\d+)\)\s*")
+_TOKEN_HOLES = {"unsubscribe_url": 0, "view_in_browser_url": 1, rendering.OPEN_VAR: 2}
+_SENTINEL = "\x00"
+
+
+class BodyPlan:
+    """A template without statements, encoded as pre-encoded static lines plus lines with holes.
+
+    Rendering a 20 KB template with Jinja and quoted-printable-encoding all of
+    it per recipient costs far more than the few values that change. Here the
+    template is split into literal text and ``{{ expression }}`` holes at
+    compile time; lines without holes are encoded once; per recipient the
+    token holes are filled directly, the other expressions (``exprs``) are
+    evaluated by the caller in one small Jinja template, and only lines with
+    holes are escaped and soft-broken. ``encode`` returns None when a value
+    would break the plan (a line break inside a value): the caller then renders
+    the whole template. ``compile`` returns None for templates with statements.
+    """
+
+    def __init__(self, items, exprs):
+        self.items = items
+        self.exprs = exprs
+
+    @classmethod
+    def compile(cls, source, n_links, base_url_safe):
+        if "{%" in source or "{#" in source or "\r" in source or _SENTINEL in source or not base_url_safe:
+            return None
+        pieces = _HOLE.split(source)
+        exprs = []
+        line, lines = [], []
+        for i, piece in enumerate(pieces):
+            if i % 2 == 0:
+                parts = piece.split("\n")
+                for j, part in enumerate(parts):
+                    if j:
+                        lines.append(line)
+                        line = []
+                    if part:
+                        line.append(part)
+                continue
+            expr = piece.strip()
+            if piece.startswith("-") or piece.endswith("-"):
+                return None  # whitespace control changes the literals around it
+            click = _CLICK_HOLE.fullmatch(piece)
+            if click and int(click.group(1)) < n_links:
+                line.append(3 + int(click.group(1)))
+            elif expr in _TOKEN_HOLES:
+                line.append(_TOKEN_HOLES[expr])
+            else:
+                exprs.append(piece)
+                line.append(-len(exprs))  # negative: the n-th evaluated expression
+        lines.append(line)
+        items = []
+        for k, parts in enumerate(lines):
+            last = k == len(lines) - 1
+            if all(isinstance(p, str) for p in parts):
+                text = "".join(parts)
+                if last and not text:
+                    continue  # a trailing newline ends the text; no empty line follows
+                encoded = _qp_line(text.encode("utf-8")) + b"\r\n"
+                if items and isinstance(items[-1], bytes):
+                    items[-1] += encoded
+                else:
+                    items.append(encoded)
+            else:
+                items.append((tuple(_qp_escape(p) if isinstance(p, str) else p for p in parts), last))
+        return cls(items, exprs)
+
+    def encode(self, tokens_list, evaluated):
+        """The quoted-printable body for one recipient, or None to fall back to a full render.
+
+        ``evaluated``: the values of ``self.exprs``, in order, as rendered.
+        """
+        vals = tokens_list
+        if evaluated:
+            for v in evaluated:
+                if "\n" in v or "\r" in v:
+                    return None
+            # Negative indexes count from the end: the evaluated values go last, reversed.
+            vals = tokens_list + [_qp_escape(v) for v in reversed(evaluated)]
+        out = []
+        for item in self.items:
+            if item.__class__ is bytes:
+                out.append(item)
+                continue
+            parts, last = item
+            line = "".join([p if p.__class__ is str else vals[p] for p in parts])
+            if last and not line:
+                continue
+            out.append(_soft_break(line) + b"\r\n")
+        return b"".join(out) or b"\r\n"
+
+
+# --- tokens ------------------------------------------------------------------
+
+_B32_PAIRS = [a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567"]
+
+
+class FastTokens:
+    """The URLs of ``delivery.tokens`` for one send, computed in one go.
+
+    A message carries a dozen tokens (one per tracked link); ``tokens.sign``
+    spends most of its time in the pure-Python base32 encoder. This computes
+    the same strings with a one-shot HMAC and a table, and checks itself
+    against ``delivery.tokens`` when created: if the token format ever
+    changes there, ``ok`` is False and the builder calls ``delivery.tokens``.
+    """
+
+    def __init__(self):
+        secret = settings.SECRET_KEY
+        # HMAC's inner and outer hashes with the key already absorbed (RFC 2104):
+        # a copy and two updates per token instead of a key schedule.
+        self.pads = {}
+        for purpose in tokens.PURPOSES:
+            key = hashlib.sha256(f"herald.tokens:{purpose}:{secret}".encode()).digest().ljust(64, b"\0")
+            self.pads[purpose] = (hashlib.sha256(bytes(k ^ 0x36 for k in key)), hashlib.sha256(bytes(k ^ 0x5C for k in key)))
+        self._link_b36 = {}
+        self.base = settings.HERALD_BASE_URL
+        self.bounce_domain = settings.HERALD_BOUNCE_DOMAIN
+        sample = self.for_send(1234567, [0, 7])
+        expected = (tokens.unsubscribe_url(1234567), tokens.view_url(1234567), tokens.open_url(1234567),
+                    [tokens.click_url(1234567, 0), tokens.click_url(1234567, 7)],
+                    tokens.unsubscribe_mailto(1234567), tokens.verp_address(1234567))
+        self.ok = sample == expected
+
+    def _sign(self, purpose, body):
+        inner, outer = self.pads[purpose]
+        inner = inner.copy()
+        inner.update(body.encode())
+        outer = outer.copy()
+        outer.update(inner.digest())
+        n = int.from_bytes(outer.digest()[:10], "big")
+        p = _B32_PAIRS
+        mac = (p[n >> 70] + p[(n >> 60) & 1023] + p[(n >> 50) & 1023] + p[(n >> 40) & 1023]
+               + p[(n >> 30) & 1023] + p[(n >> 20) & 1023] + p[(n >> 10) & 1023] + p[n & 1023])
+        return f"{body}-{mac}"
+
+    def for_send(self, send_id, link_indexes):
+        """(unsubscribe URL, view URL, open URL, [click URLs], unsubscribe mailto, VERP address)."""
+        sid = _b36(send_id)
+        unsub = self._sign("unsubscribe", sid)
+        base = self.base
+        names = self._link_b36
+        if len(names) < len(link_indexes):
+            names.update((i, _b36(i)) for i in link_indexes)
+        sign = self._sign
+        return (f"{base}/t/u/{unsub}", f"{base}/t/v/{sign('view', sid)}", f"{base}/t/o/{sign('open', sid)}.gif",
+                [f"{base}/t/c/{sign('click', sid + '-' + (names.get(i) or _b36(i)))}" for i in link_indexes],
+                f"unsubscribe+{unsub}@{self.bounce_domain}", f"bounces+{self._sign('bounce', sid)}@{self.bounce_domain}")
+
+
+def slow_tokens(send_id, link_indexes):
+    return (tokens.unsubscribe_url(send_id), tokens.view_url(send_id), tokens.open_url(send_id),
+            [tokens.click_url(send_id, i) for i in link_indexes],
+            tokens.unsubscribe_mailto(send_id), tokens.verp_address(send_id))
 
 
 def _is_static(template_source, env):
@@ -178,13 +358,14 @@ class CompiledCampaign:
         self.link_indexes = rendering.register_links(campaign.pk, c.static_links) if c.static_links else []
         self._dynamic_links = {}
         self._links_lock = threading.Lock()
+        fast = FastTokens()
+        self.tokens = fast.for_send if fast.ok else slow_tokens
 
         from_email = one_line(campaign.from_email)
         self.domain = from_email.rpartition("@")[2].lower() or "localhost"
         self.from_email = from_email
         self.subject_static = _is_static(campaign.subject or "", rendering.text_env)
         self.from_static = _is_static(campaign.from_name or "", rendering.text_env)
-        self.text_static = _is_static(c.text_source, rendering.text_env)
         self._subject = _FoldCache("Subject")
         self._from = _FoldCache("From")
         self._html_qp = QPEncoder()
@@ -192,7 +373,13 @@ class CompiledCampaign:
         empty = {"contact": rendering.ContactData()}
         self.subject_line = self._subject(c.subject.render(empty)) if self.subject_static else None
         self.from_line = self._from(formataddr((one_line(c.from_name.render(empty)), from_email))) if self.from_static else None
-        self.text_body = self._text_qp(c.text.render(empty)) if self.text_static else None
+        base_safe = str(escape(settings.HERALD_BASE_URL)) == settings.HERALD_BASE_URL and _QP_PLAIN.fullmatch(
+            settings.HERALD_BASE_URL) is not None
+        self.html_plan = BodyPlan.compile(c.html_source, len(self.link_indexes), base_safe)
+        self.text_plan = BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
+        self._compile_values()
+        self.html_plan = self._checked(self.html_plan, c.html, 0)
+        self.text_plan = self._checked(self.text_plan, c.text, 1)
 
         self.boundary = "=" * 15 + f"{int.from_bytes(os.urandom(8), 'big'):019d}" + "=="
         self.reply_to_line = fold_header("Reply-To", campaign.reply_to) if one_line(campaign.reply_to) else b""
@@ -204,6 +391,9 @@ class CompiledCampaign:
             fold_header("MIME-Version", "1.0"),
             fold_header("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
         ]
+        self.signed_tail = [(name, self.tail_lines[i]) for i, name in
+                            ((0, b"list-unsubscribe-post"), (1, b"feedback-id"), (2, b"x-herald-campaign"),
+                             (4, b"mime-version"), (5, b"content-type"))]
         b = self.boundary.encode("ascii")
         qp_headers = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
         self.text_head = b"\r\n--" + b + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n' + qp_headers
@@ -212,26 +402,74 @@ class CompiledCampaign:
         self._unsub_shapes = {}
         self.signer = dkim.signer_for_domain(self.domain)
 
+    def _compile_values(self):
+        """One Jinja template evaluating every hole of both bodies and the subject, NUL-separated.
+
+        One render per recipient instead of three; the text and the subject
+        are evaluated without autoescaping, as their own templates are.
+        """
+        html_exprs = self.html_plan.exprs if self.html_plan else []
+        text_exprs = self.text_plan.exprs if self.text_plan else []
+        subject = "" if self.subject_static else (self.campaign.subject or "")
+        self.value_counts = (len(html_exprs), len(text_exprs), 0 if self.subject_static else 1)
+        if not any(self.value_counts):
+            self.values = None
+            return
+        # Each value is followed by a NUL; the subject comes last.
+        source = ("".join("{{" + e + "}}" + _SENTINEL for e in html_exprs) + "{% autoescape false %}"
+                  + "".join("{{" + e + "}}" + _SENTINEL for e in text_exprs) + subject + "{% endautoescape %}")
+        try:
+            self.values = rendering.html_env.from_string(source)
+        except TemplateSyntaxError:
+            self.values = None
+
+    def _evaluate(self, ctx):
+        """(html values, text values, subject) for one recipient, or None when they cannot be told apart."""
+        if self.values is None:
+            return None
+        parts = self.values.render(ctx).split(_SENTINEL)
+        h, t, _s = self.value_counts
+        if len(parts) != h + t + 1:
+            return None
+        return parts[:h], parts[h:h + t], parts[-1]
+
+    def _checked(self, plan, template, which):
+        """``plan`` when it reproduces the full render exactly for sample recipients, else None."""
+        if plan is None:
+            return None
+        for sample in (rendering.ContactData(), rendering.ContactData("a@example.com", "Zoë", "O'Neil & <Co>", {"x": "=3D"})):
+            toks = self.tokens(1, self.link_indexes)
+            ctx = self.context(1, sample, toks)
+            values = self._evaluate(ctx)
+            evaluated = values[which] if values else [] if not plan.exprs else None
+            if evaluated is None:
+                return None
+            if plan.encode([toks[0], toks[1], toks[2], *toks[3]], evaluated) != QPEncoder()(template.render(ctx)):
+                return None
+        return plan
+
     # --- per-recipient pieces ------------------------------------------------
 
-    def context(self, send_id, contact_data):
-        links = self.link_indexes
+    def context(self, send_id, contact_data, toks=None):
+        """The render context of one recipient; ``toks`` as returned by ``self.tokens``."""
+        if toks is None:
+            toks = self.tokens(send_id, self.link_indexes)
+        clicks = toks[3]
         return {
             "contact": contact_data,
-            "unsubscribe_url": tokens.unsubscribe_url(send_id),
-            "view_in_browser_url": tokens.view_url(send_id),
-            rendering.CLICK_FN: lambda i: tokens.click_url(send_id, links[i]),
-            rendering.LINK_FN: lambda k: self._dynamic_link(send_id, k, contact_data),
-            rendering.OPEN_VAR: tokens.open_url(send_id),
+            "unsubscribe_url": toks[0],
+            "view_in_browser_url": toks[1],
+            rendering.CLICK_FN: clicks.__getitem__,
+            rendering.LINK_FN: lambda k: self._dynamic_link(send_id, k, contact_data, toks),
+            rendering.OPEN_VAR: toks[2],
         }
 
-    def _dynamic_link(self, send_id, k, contact_data):
+    def _dynamic_link(self, send_id, k, contact_data, toks):
         """A link whose URL has expressions: render it, then track it by its rendered URL."""
-        ctx = {"contact": contact_data, "unsubscribe_url": tokens.unsubscribe_url(send_id),
-               "view_in_browser_url": tokens.view_url(send_id)}
+        ctx = {"contact": contact_data, "unsubscribe_url": toks[0], "view_in_browser_url": toks[1]}
         rendered = self.content.dynamic_links[k].render(ctx)
         url = rendering.html.unescape(rendered).strip()
-        if not url.lower().startswith(("http://", "https://")) or url in (ctx["unsubscribe_url"], ctx["view_in_browser_url"]):
+        if not url.lower().startswith(("http://", "https://")) or url in (toks[0], toks[1]):
             # Output of an autoescaping template: already escaped once.
             return Markup(rendered)  # noqa: S704
         index = self._dynamic_links.get(url)
@@ -242,11 +480,10 @@ class CompiledCampaign:
                     index = rendering.register_links(self.campaign_id, [url])[0]
                     if len(self._dynamic_links) < _CACHE_LIMIT:
                         self._dynamic_links[url] = index
-        return tokens.click_url(send_id, index)
+        return self.tokens(send_id, [index])[3][0]
 
-    def _list_unsubscribe(self, send_id):
+    def _list_unsubscribe(self, url, mailto):
         """Folded once per shape (lengths), then the send's URLs put in: same bytes, one fold per shape."""
-        url, mailto = tokens.unsubscribe_url(send_id), tokens.unsubscribe_mailto(send_id)
         key = (len(url), len(mailto))
         shape = self._unsub_shapes.get(key)
         if shape is None:
@@ -257,13 +494,26 @@ class CompiledCampaign:
             return fold_header("List-Unsubscribe", f"<{url}>, <mailto:{mailto}>")
         return line.encode("ascii")
 
+    def _body(self, plan, template, encoder, ctx, token_list, evaluated):
+        if plan is not None and (evaluated is not None or not plan.exprs):
+            encoded = plan.encode(token_list, evaluated)
+            if encoded is not None:
+                return encoded
+        return encoder(template.render(ctx))
+
     def build(self, send, contact) -> BuiltMessage:
         send_id = send.pk
         data = contact if isinstance(contact, rendering.ContactData) else rendering.ContactData.of(contact)
-        ctx = self.context(send_id, data)
+        toks = self.tokens(send_id, self.link_indexes)
+        ctx = self.context(send_id, data, toks)
+        token_list = [toks[0], toks[1], toks[2], *toks[3]]
         c = self.content
         rcpt = one_line(send.email)
-        subject_line = self.subject_line or self._subject(c.subject.render(ctx))
+        values = self._evaluate(ctx)
+        if self.subject_line:
+            subject_line = self.subject_line
+        else:
+            subject_line = self._subject(values[2] if values else c.subject.render(ctx))
         from_line = self.from_line or self._from(formataddr((one_line(c.from_name.render(ctx)), self.from_email)))
         message_id = f"{_b36(send_id)}.{os.urandom(9).hex()}@{self.domain}"
         headers = [
@@ -275,20 +525,15 @@ class CompiledCampaign:
         ]
         if self.reply_to_line:
             headers.append((b"reply-to", self.reply_to_line))
-        headers.append((b"list-unsubscribe", self._list_unsubscribe(send_id)))
-        text = self.text_body if self.text_static else self._text_qp(c.text.render(ctx))
-        html = self._html_qp(c.html.render(ctx))
+        headers.append((b"list-unsubscribe", self._list_unsubscribe(toks[0], toks[4])))
+        text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
+        html = self._body(self.html_plan, c.html, self._html_qp, ctx, token_list, values and values[0])
         body = b"".join((self.text_head, text, self.html_head, html, self.close))
-        head = b"".join(line for _name, line in headers) + b"".join(self.tail_lines)
+        head = b"".join([line for _name, line in headers]) + b"".join(self.tail_lines)
         if self.signer is not None:
-            head = self.signer.sign(headers + self._signed_tail(), body) + head
+            head = self.signer.sign(headers + self.signed_tail, body) + head
         # The parts start with "\r\n--boundary": that CRLF is the blank line ending the headers.
-        return BuiltMessage(tokens.verp_address(send_id), rcpt, head + body, message_id)
-
-    def _signed_tail(self):
-        names = (b"list-unsubscribe-post", b"feedback-id", b"x-herald-campaign", b"mime-version", b"content-type")
-        return list(zip(names, (self.tail_lines[0], self.tail_lines[1], self.tail_lines[2],
-                                self.tail_lines[4], self.tail_lines[5]), strict=True))
+        return BuiltMessage(toks[5], rcpt, head + body, message_id)
 
 
 def _b36(number: int) -> str:

@@ -63,6 +63,11 @@ TRICKY = [
      {"attributes": {"note": "x" * 76 + " \u00a0\u2028end"}}),
     ("{{ contact.attributes.subject }}", "{{ contact.first_name }} from Herald", "<p>{{ contact.email }}</p>",
      "Text {{ contact.email }}", {"first_name": "Ann-Marie O'Neil", "attributes": {"subject": "Für dich\r\nBcc: x@y"}}),
+    # A value with a line break and statements: the whole-template path.
+    ("Hi", "News", "<p>{{ contact.attributes.address }}</p>\n<p>{{ contact.last_name }}</p>", "", {
+        "last_name": "Smith & <Sons>", "attributes": {"address": "1 Main St\nSpringfield =\r\n USA "}}),
+    ("Hi", "News", "{% for i in range(3) %}<p>{{ i }} {{ contact.first_name }}</p>\n{% endfor %}", "", {"first_name": "Ann"}),
+    ("Empty", "News", "", "", {}),
 ]
 
 
@@ -74,6 +79,8 @@ def test_fast_build_matches_email_package(subject, from_name, html, text, fields
                                        html_body=html, text_body=text)
     contact = Contact.objects.create(email=fields.pop("email", "bob.smith+tag@example.com"), **fields)
     compiled = compile_campaign(campaign)
+    if "{%" not in html:
+        assert compiled.html_plan is not None, "the fast plan should handle templates without statements"
     for send_id in (1, 977, 36**5):
         built = compiled.build(FakeSend(send_id, contact.email), contact)
         assert built.data == reference_bytes(built, compiled, send_id, contact)
