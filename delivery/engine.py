@@ -14,7 +14,8 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
-from campaigns.models import Campaign, Contact, Suppression, email_key
+from campaigns.models import Campaign, Contact, Suppression
+from campaigns.rendering import ContactData
 from campaigns.suppression import suppress
 from delivery import routing, throttle
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 SEND = Send._meta.db_table
 CAMPAIGN = Campaign._meta.db_table
+CONTACT = Contact._meta.db_table
+SUPPRESSION = Suppression._meta.db_table
 PENDING = ("queued", "sending", "deferred")
 # Rows are written back after every chunk, so a killed worker can have sent at
 # most this many messages whose rows still say "sending" (the duplicate bound).
@@ -49,6 +52,17 @@ class Row:
     attempts: int
     first_attempt_at: datetime | None
     outbound_id: int | None
+    # Read with the claim: what the template sees, and whether to send at all.
+    contact_status: str | None = None
+    first_name: str = ""
+    last_name: str = ""
+    attributes: dict | None = None
+    contact_email: str = ""
+    suppressed: bool = False
+
+    @property
+    def pk(self):
+        return self.id
 
     def as_send(self, **extra):
         return Send(id=self.id, campaign_id=self.campaign_id, contact_id=self.contact_id, email=self.email,
@@ -70,7 +84,11 @@ class Result:
 # --- the database side ---------------------------------------------------------
 
 def claim(ids, now=None) -> list[Row]:
-    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically."""
+    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically.
+
+    One statement claims the rows and reads what building needs: the contact's
+    fields and whether the address was suppressed since the snapshot.
+    """
     now = now or timezone.now()
     with connection.cursor() as cur:
         cur.execute(
@@ -81,15 +99,22 @@ def claim(ids, now=None) -> list[Row]:
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
                 ORDER BY s.id
-                FOR UPDATE OF s SKIP LOCKED)
-            UPDATE {SEND} s SET status = 'sending', lease_expires_at = %(lease)s,
-                   first_attempt_at = COALESCE(s.first_attempt_at, %(now)s), updated_at = %(now)s
-            FROM c WHERE s.id = c.id
-            RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id
+                FOR UPDATE OF s SKIP LOCKED),
+            u AS (
+                UPDATE {SEND} s SET status = 'sending', lease_expires_at = %(lease)s,
+                       first_attempt_at = COALESCE(s.first_attempt_at, %(now)s), updated_at = %(now)s
+                FROM c WHERE s.id = c.id
+                RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id)
+            SELECT u.id, u.campaign_id, u.contact_id, u.email, u.domain, u.attempts, u.first_attempt_at, u.outbound_id,
+                   ct.status, ct.first_name, ct.last_name, ct.attributes, ct.email,
+                   EXISTS (SELECT 1 FROM {SUPPRESSION} p WHERE p.email_key = lower(trim(u.email)))
+            FROM u LEFT JOIN {CONTACT} ct ON ct.id = u.contact_id
+            ORDER BY u.id
             """,  # noqa: S608
             {"ids": list(ids), "now": now, "lease": now + timedelta(seconds=lease_seconds())},
         )
-        return sorted((Row(*r) for r in cur.fetchall()), key=lambda r: r.id)
+        rows = cur.fetchall()
+    return [Row(*r[:8], r[8], r[9] or "", r[10] or "", r[11], r[12] or "", r[13]) for r in rows]
 
 
 def release(rows, countdown=0.0, now=None):
@@ -184,20 +209,17 @@ def build_all(rows):
     ready, done = [], []
     campaign_ids = {r.campaign_id for r in rows if r.campaign_id}
     versions = dict(Campaign.objects.filter(id__in=campaign_ids).values_list("id", "updated_at"))
-    contacts = Contact.objects.in_bulk([r.contact_id for r in rows if r.contact_id])
-    keys = [email_key(r.email) for r in rows]
-    suppressed = set(Suppression.objects.filter(email_key__in=keys).values_list("email_key", flat=True))
     for row in rows:
         try:
             if row.campaign_id is None:
                 built = _build_submitted(row)
+            elif row.contact_status != Contact.Status.ACTIVE or row.suppressed:
+                # Unsubscribed, blocklisted, deleted or suppressed since the snapshot.
+                done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
+                continue
             else:
-                contact = contacts.get(row.contact_id)
-                if contact is None or contact.status != Contact.Status.ACTIVE or email_key(row.email) in suppressed:
-                    # Unsubscribed, blocklisted or suppressed since the snapshot.
-                    done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
-                    continue
-                built = compiled_for(row.campaign_id, versions.get(row.campaign_id)).build(row.as_send(), contact)
+                contact = ContactData(row.contact_email, row.first_name, row.last_name, row.attributes)
+                built = compiled_for(row.campaign_id, versions.get(row.campaign_id)).build(row, contact)
         except Exception as exc:
             log.exception("building send %s failed", row.id)
             done.append(Result(row, FAILED, reply=f"message could not be built: {exc}"[:2000]))

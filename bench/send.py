@@ -1,0 +1,271 @@
+"""End-to-end send benchmark: a whole campaign through Celery workers into Postfix's smtp-sink.
+
+    .venv/bin/python bench/send.py [--recipients 100000] [--domains 20] [--workers 1] [--concurrency 2]
+
+Uses a scratch PostgreSQL database (herald_bench_send, dropped and re-created)
+and Redis db 14 (flushed); starts and stops its own smtp-sink and workers.
+Prints, from one run: end-to-end messages/s (start to the last final row),
+SMTP connections opened (counted by smtp-sink), worker peak memory, the raw
+ceiling of smtp-source into the same sink (10 KB messages, 16 sessions) and a
+naive baseline (Django's SMTP backend, one EmailMessage per recipient, on a
+sample, extrapolated), with ratios.
+"""
+
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
+DB_NAME = "herald_bench_send"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
+VENV_BIN = Path(sys.executable).parent
+
+os.environ["DATABASE_URL"] = f"{PG}/{DB_NAME}"
+os.environ["REDIS_URL"] = REDIS_URL
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "herald.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+sys.path.insert(0, str(ROOT))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def recreate_database():
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+class SmtpSink:
+    """Postfix smtp-sink with running counters (-c): sessions and messages, as the sink counts them."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/smtp-sink", "-c", "-u", "root", f"127.0.0.1:{self.port}", "1000"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        self.sessions = self.messages = 0
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        time.sleep(0.2)
+        self.base_sessions = self.sessions  # the readiness probe
+
+    def _read(self):
+        buf = b""
+        while True:
+            chunk = self.proc.stdout.read1(65536)
+            if not chunk:
+                return
+            buf += chunk
+            *lines, buf = re.split(rb"[\r\n]", buf)
+            for line in lines[-1:]:
+                m = re.search(rb"sess=(\d+) quit=\d+ mesg=(\d+)", line)
+                if m:
+                    self.sessions, self.messages = int(m.group(1)), int(m.group(2))
+
+    def snapshot(self):
+        time.sleep(0.3)
+        return self.sessions, self.messages
+
+    def stop(self):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+
+
+def raw_ceiling(sink, messages):
+    """smtp-source: 16 sessions of 10 KB messages, connections kept open (-d)."""
+    before = sink.snapshot()[1]
+    t0 = time.monotonic()
+    subprocess.run(["/usr/sbin/smtp-source", "-s", "16", "-m", str(messages), "-l", "10240", "-d",
+                    "-f", "bench@herald.example", "-t", "sink@example.com", f"127.0.0.1:{sink.port}"],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    elapsed = time.monotonic() - t0
+    got = sink.snapshot()[1] - before
+    return got / elapsed
+
+
+def naive_baseline(sink, sample):
+    """What a naive sender does: render, build an EmailMessage, send it through Django's SMTP backend."""
+    from django.core.mail import EmailMultiAlternatives, get_connection
+    from jinja2.sandbox import SandboxedEnvironment
+
+    env = SandboxedEnvironment()
+    subject, html = env.from_string(SUBJECT), env.from_string(HTML)
+    t0 = time.monotonic()
+    for i in range(sample):
+        ctx = {"contact": {"first_name": f"user{i}"}}
+        conn = get_connection("django.core.mail.backends.smtp.EmailBackend", host="127.0.0.1", port=sink.port)
+        msg = EmailMultiAlternatives(subject.render(ctx), TEXT, "news@herald.example", [f"user{i}@example.com"],
+                                     connection=conn)
+        msg.attach_alternative(html.render(ctx), "text/html")
+        msg.send()
+    return sample / (time.monotonic() - t0)
+
+
+SUBJECT = "Spring news for {{ contact.first_name }}"
+TEXT = "Hello {{ contact.first_name }},\n\n" + ("Herald keeps your readers informed. " * 40 + "\n") * 6
+HTML = (
+    "<html><body><h1>Hello {{ contact.first_name }}</h1>"
+    + "".join(f"<p>Paragraph {i}: " + "Herald keeps your readers informed with care and at speed. " * 6
+              + f"<a href=\"https://herald.example/articles/{i}\">Read article {i}</a></p>" for i in range(10))
+    + "<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p></body></html>"
+)
+
+
+def setup_data(n, domains):
+    from django.db import connection
+
+    from campaigns.models import Campaign, MailingList
+    from delivery.models import DomainThrottle, Relay
+
+    lst = MailingList.objects.create(name="Bench list")
+    with connection.cursor() as cur:
+        cur.execute(
+            """INSERT INTO campaigns_contact (email, email_key, first_name, last_name, attributes, status, created_at, updated_at)
+               SELECT 'user' || g || '@domain' || (g %% %s) || '.example', 'user' || g || '@domain' || (g %% %s) || '.example',
+                      'User' || g, '', '{}'::jsonb, 'active', now(), now()
+               FROM generate_series(1, %s) g""",
+            [domains, domains, n],
+        )
+        cur.execute(
+            """INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at)
+               SELECT id, %s, 'confirmed', now(), now() FROM campaigns_contact""",
+            [lst.pk],
+        )
+    campaign = Campaign.objects.create(name="Bench", subject=SUBJECT, from_email="news@herald.example",
+                                       from_name="Herald Bench", html_body=HTML, text_body=TEXT)
+    campaign.lists.add(lst)
+    DomainThrottle.objects.create(name="default", is_default=True, rate=20000, burst=20000, max_connections=8)
+    return campaign, Relay
+
+
+def rss_sampler(pgid, stop, peak):
+    """Peak resident memory of any one process of the worker group, sampled from /proc."""
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                if os.getpgid(int(pid)) != pgid:
+                    continue
+                with open(f"/proc/{pid}/status") as fh:
+                    for line in fh:
+                        if line.startswith("VmHWM:"):
+                            peak[int(pid)] = max(peak.get(int(pid), 0), int(line.split()[1]))
+            except (OSError, ProcessLookupError, ValueError):
+                continue
+        stop.wait(0.5)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--domains", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--raw-messages", type=int, default=30_000)
+    parser.add_argument("--naive-sample", type=int, default=500)
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+
+    print(f"database {DB_NAME}, redis {REDIS_URL}: preparing {args.recipients} recipients across {args.domains} domains")
+    recreate_database()
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    call_command("migrate", verbosity=0)
+    campaign, Relay = setup_data(args.recipients, args.domains)
+
+    sink = SmtpSink()
+    workers, peak, stop = [], {}, threading.Event()
+    try:
+        Relay.objects.create(name="sink", host="127.0.0.1", port=sink.port, security="none",
+                             max_connections=8, messages_per_connection=1000)
+        env = dict(os.environ)
+        for i in range(args.workers):
+            log = (OUT / f"worker{i}.log").open("wb")
+            proc = subprocess.Popen(
+                [str(VENV_BIN / "celery"), "-A", "herald", "worker", "-n", f"bench{i}@%h", "-c", str(args.concurrency),
+                 "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
+                cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+            workers.append(proc)
+        samplers = [threading.Thread(target=rss_sampler, args=(p.pid, stop, peak), daemon=True) for p in workers]
+        for t in samplers:
+            t.start()
+        time.sleep(4)  # workers boot
+        base_sessions = sink.snapshot()[0]
+
+        from campaigns.models import Campaign
+        from delivery import lifecycle
+        from delivery.models import Send
+
+        t0 = time.time()
+        lifecycle.start_campaign(campaign.pk)
+        snapshot_done = time.time()
+        while True:
+            campaign.refresh_from_db()
+            if campaign.status != Campaign.Status.SENDING:
+                break
+            time.sleep(0.5)
+        last_final = Send.objects.filter(campaign=campaign).order_by("-updated_at").values_list("updated_at", flat=True)[0]
+        elapsed = last_final.timestamp() - t0
+        counts = lifecycle.counts(campaign.pk)
+    finally:
+        stop.set()
+        for proc in workers:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+                proc.wait(30)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                os.killpg(proc.pid, signal.SIGKILL)
+    sessions, messages = sink.snapshot()
+    connections = sessions - base_sessions
+
+    raw = raw_ceiling(sink, args.raw_messages)
+    naive = naive_baseline(sink, args.naive_sample)
+    sink.stop()
+
+    rate = counts["sent"] / elapsed
+    peak_mb = max(peak.values()) / 1024 if peak else 0
+    print()
+    print(f"campaign status {campaign.status}: {counts}")
+    print(f"snapshot (INSERT ... SELECT)       {snapshot_done - t0:8.2f} s")
+    print(f"end to end                         {elapsed:8.2f} s for {counts['sent']} messages")
+    print(f"end-to-end rate                    {rate:8.0f} messages/s   (target >= 2000)")
+    print(f"SMTP connections opened (sink)     {connections:8d}   = 1 per {counts['sent'] / max(connections, 1):.0f} messages"
+          "   (target <= 1 per 100)")
+    print(f"worker peak memory (largest proc)  {peak_mb:8.1f} MB   (target < 250 MB)")
+    print(f"raw ceiling, smtp-source 16x10KB   {raw:8.0f} messages/s   -> Herald at {rate / raw:.0%} of it")
+    print(f"naive baseline (Django backend)    {naive:8.0f} messages/s   -> Herald {rate / naive:.1f}x faster; "
+          f"{args.recipients} recipients would take {args.recipients / naive:.0f} s naively")
+
+
+if __name__ == "__main__":
+    main()
