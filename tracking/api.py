@@ -1,3 +1,131 @@
-from ninja import Router
+"""API: campaign statistics, events, and the suppression list (with CSV import and export)."""
 
-router = Router()
+from datetime import datetime
+
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import File, Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+from ninja.pagination import LimitOffsetPagination, paginate
+
+from campaigns.models import Campaign, Suppression, email_key
+from campaigns.suppression import suppress
+from tracking.models import Event
+from tracking.stats import campaign_stats
+from tracking.suppressions import check_email, check_reason, export_csv, import_csv
+
+router = Router(tags=["tracking"])
+
+
+@router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics")
+def stats(request, campaign_id: int):
+    return campaign_stats(get_object_or_404(Campaign, pk=campaign_id))
+
+
+class EventOut(Schema):
+    id: int
+    type: str
+    created_at: datetime
+    campaign_id: int | None
+    send_id: int | None
+    contact_id: int | None
+    email: str
+    machine: bool
+    url: str
+    link_index: int | None
+    status: str
+    diagnostic: str
+    user_agent: str
+    source: str
+
+
+class EventFilters(Schema):
+    campaign: int | None = None
+    type: str | None = None
+    address: str | None = None
+
+
+@router.get("/events", response=list[EventOut], summary="Events, newest first")
+@paginate(LimitOffsetPagination)
+def events(request, filters: Query[EventFilters]):
+    rows = Event.objects.all()
+    if filters.campaign is not None:
+        rows = rows.filter(campaign_id=filters.campaign)
+    if filters.type:
+        if filters.type not in Event.Type.values:
+            raise HttpError(422, f"type: {filters.type!r} is not one of {', '.join(Event.Type.values)}")
+        rows = rows.filter(type=filters.type)
+    if filters.address:
+        rows = rows.filter(email__iexact=filters.address.strip())
+    return rows.order_by("-created_at", "-id")
+
+
+class SuppressionOut(Schema):
+    email: str
+    reason: str
+    detail: str
+    source_event_id: int | None
+    created_at: datetime
+
+
+class SuppressionIn(Schema):
+    email: str
+    reason: str = Suppression.Reason.MANUAL
+    detail: str = ""
+
+
+@router.get("/suppressions", response=list[SuppressionOut], summary="Suppressed addresses")
+@paginate(LimitOffsetPagination)
+def suppressions(request, reason: str | None = None, q: str | None = None):
+    rows = Suppression.objects.all()
+    if reason:
+        rows = rows.filter(reason=reason)
+    if q:
+        rows = rows.filter(email_key__contains=q.strip().lower())
+    return rows.order_by("-created_at", "-id")
+
+
+@router.post("/suppressions", response={201: SuppressionOut, 200: SuppressionOut}, summary="Suppress an address")
+def add_suppression(request, payload: SuppressionIn):
+    try:
+        email = check_email(payload.email)
+    except ValueError as exc:
+        raise HttpError(422, f"email: {exc}")
+    try:
+        reason = check_reason(payload.reason)
+    except ValueError as exc:
+        raise HttpError(422, f"reason: {exc}")
+    existed = Suppression.objects.filter(email_key=email_key(email)).exists()
+    row = suppress(email, reason, payload.detail or f"added through the API by {request.user}")
+    return (200 if existed else 201), row
+
+
+class ImportOut(Schema):
+    added: int
+    existing: int
+    invalid: int
+    errors: list[str]
+
+
+@router.post("/suppressions/import", response=ImportOut, summary="Import suppressions from CSV (email[,reason[,detail]])")
+def import_suppressions(request, file: File[UploadedFile]):
+    result = import_csv(file.read())
+    return {"added": result.added, "existing": result.existing, "invalid": result.invalid, "errors": result.errors}
+
+
+@router.get("/suppressions/export", summary="Export suppressions as CSV")
+def export_suppressions(request):
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="suppressions.csv"'
+    export_csv(Suppression.objects.all(), response)
+    return response
+
+
+# Declared last: its {email} pattern would otherwise swallow /suppressions/import and /export.
+@router.delete("/suppressions/{email}", response={204: None}, summary="Lift a suppression")
+def remove_suppression(request, email: str):
+    deleted, _ = Suppression.objects.filter(email_key=email_key(email)).delete()
+    if not deleted:
+        raise HttpError(404, f"{email} is not suppressed")
+    return 204, None

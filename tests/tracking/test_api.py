@@ -1,0 +1,138 @@
+"""The statistics, events and suppressions API."""
+
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.files.uploadedfile import SimpleUploadedFile
+from django.utils import timezone
+
+from campaigns.models import ApiToken, Contact, Suppression
+from delivery import tokens
+from delivery.models import Send
+from tests.tracking import samples
+from tests.tracking.conftest import make_send
+from tracking.feedback import process_message
+from tracking.models import Event
+
+pytestmark = pytest.mark.django_db
+
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+@pytest.fixture
+def api(client):
+    user = User.objects.create_user("ops", password="x")
+    _, token = ApiToken.issue(user)
+
+    class Api:
+        def get(self, path, **params):
+            return client.get(f"/api/v1{path}", params, HTTP_AUTHORIZATION=f"Bearer {token}")
+
+        def post(self, path, data=None, **kwargs):
+            return client.post(f"/api/v1{path}", data, HTTP_AUTHORIZATION=f"Bearer {token}", **kwargs)
+
+        def delete(self, path):
+            return client.delete(f"/api/v1{path}", HTTP_AUTHORIZATION=f"Bearer {token}")
+
+    return Api()
+
+
+def local(url):
+    return "/" + url.split("://", 1)[1].split("/", 1)[1]
+
+
+@pytest.fixture
+def activity(client, campaign, alice_send, bob_send):
+    """Alice opens (and her privacy proxy too) and clicks; Bob hard-bounces; Carol is deferred."""
+    carol = Contact.objects.create(email="carol@example.org")
+    make_send(campaign, carol, sent_ago=None, status=Send.Status.DEFERRED)
+    client.get(local(tokens.open_url(alice_send.pk)), HTTP_USER_AGENT=BROWSER)
+    client.get(local(tokens.open_url(alice_send.pk)), HTTP_USER_AGENT=BROWSER)
+    client.get(local(tokens.open_url(alice_send.pk)), HTTP_USER_AGENT="Mozilla/5.0")
+    client.get(local(tokens.click_url(alice_send.pk, 1)), HTTP_USER_AGENT=BROWSER)
+    verp = tokens.verp_address(bob_send.pk)
+    process_message(samples.postfix(verp, bob_send.email, bob_send.message_id), verp)
+    return campaign
+
+
+def test_campaign_stats(api, activity):
+    response = api.get(f"/campaigns/{activity.pk}/stats")
+    assert response.status_code == 200
+    stats = response.json()
+    m = stats["metrics"]
+    assert stats["recipients"] == 3
+    assert m["sent"] == {"count": 2, "rate": 0.6667, "of": "recipients"}
+    assert m["deferred"]["count"] == 1
+    assert m["hard_bounced"]["count"] == 1 and m["bounced"]["count"] == 1 and m["soft_bounced"]["count"] == 0
+    assert m["human_opens"] == {"count": 1, "rate": 0.5, "of": "sent"}
+    assert m["machine_opens"]["count"] == 1
+    assert m["unique_clicks"]["count"] == 1
+    assert m["complaints"]["count"] == 0 and m["unsubscribes"]["count"] == 0
+    assert stats["totals"]["opens"] == 3
+    assert [(link["index"], link["clicks"]) for link in stats["links"]] == [(0, 0), (1, 1)]
+    domains = {d["domain"]: d for d in stats["domains"]}
+    assert domains["example.net"]["bounced"] == 1 and domains["example.org"]["deferred"] == 1
+    assert domains["example.org"]["avg_latency_seconds"] is not None
+    hour = timezone.now().replace(minute=0, second=0, microsecond=0)
+    now_slot = next(slot for slot in stats["timeline"] if slot["hour"] == hour.isoformat())
+    assert (now_slot["opens"], now_slot["clicks"], now_slot["bounces"]) == (2, 1, 1)
+    assert sum(slot["sent"] for slot in stats["timeline"]) == 2
+
+
+def test_stats_of_an_unknown_campaign_is_404_and_needs_a_token(api, client):
+    assert api.get("/campaigns/999999/stats").status_code == 404
+    assert client.get("/api/v1/campaigns/1/stats").status_code == 401
+
+
+def test_events_filtered_by_campaign_type_and_address(api, activity):
+    opens = api.get("/events", campaign=activity.pk, type="open").json()
+    assert opens["count"] == 3 and {e["email"] for e in opens["items"]} == {"alice@example.org"}
+    bob = api.get("/events", address="BOB@example.net").json()
+    assert [e["type"] for e in bob["items"]] == ["bounce"] and bob["items"][0]["status"] == "5.1.1"
+    bad = api.get("/events", type="explosion")
+    assert bad.status_code == 422 and "type" in bad.json()["detail"]
+
+
+def test_suppressions_add_list_remove(api):
+    created = api.post("/suppressions", {"email": "Dave@Example.com", "reason": "manual"}, content_type="application/json")
+    assert created.status_code == 201 and created.json()["email"] == "Dave@Example.com"
+    again = api.post("/suppressions", {"email": "dave@example.com"}, content_type="application/json")
+    assert again.status_code == 200
+    listed = api.get("/suppressions", q="dave").json()
+    assert listed["count"] == 1
+    bad = api.post("/suppressions", {"email": "not-an-address"}, content_type="application/json")
+    assert bad.status_code == 422 and "email" in bad.json()["detail"]
+    bad_reason = api.post("/suppressions", {"email": "e@example.com", "reason": "dislike"}, content_type="application/json")
+    assert bad_reason.status_code == 422 and "reason" in bad_reason.json()["detail"]
+    assert api.delete("/suppressions/DAVE@example.com").status_code == 204
+    assert api.delete("/suppressions/dave@example.com").status_code == 404
+    assert not Suppression.objects.exists()
+
+
+def test_suppressions_csv_import_and_export(api):
+    Suppression.objects.create(email="old@example.com", reason="complaint")
+    data = (b"email;reason;detail\n"
+            b"new1@example.com;hard_bounce;from the old system\n"
+            b"OLD@example.com;manual;\n"
+            b"broken-address;manual;\n"
+            b"new2@example.com;;\n"
+            b"new3@example.com;dislike;\n")
+    upload = SimpleUploadedFile("suppressions.csv", data, content_type="text/csv")
+    result = api.post("/suppressions/import", {"file": upload}).json()
+    assert (result["added"], result["existing"], result["invalid"]) == (2, 1, 2)
+    assert result["errors"][0].startswith("row 4, column email: 'broken-address'")
+    assert result["errors"][1].startswith("row 6, column reason:")
+    assert Suppression.objects.get(email_key="new2@example.com").reason == "manual"
+    exported = api.get("/suppressions/export")
+    assert exported["Content-Type"].startswith("text/csv")
+    lines = exported.content.decode().splitlines()
+    assert lines[0] == "email,reason,detail,created_at"
+    assert [line.split(",")[0] for line in lines[1:]] == ["new1@example.com", "new2@example.com", "old@example.com"]
+
+
+def test_events_list_is_paginated(api, alice_send):
+    for n in range(5):
+        Event.objects.create(type="open", send=alice_send, campaign_id=alice_send.campaign_id, email=alice_send.email,
+                             key=f"k{n}")
+    page = api.get("/events", limit=2, offset=0).json()
+    assert page["count"] == 5 and len(page["items"]) == 2
