@@ -440,6 +440,7 @@ class CompiledCampaign:
         for sample in (rendering.ContactData(), rendering.ContactData("a@example.com", "Zoë", "O'Neil & <Co>", {"x": "=3D"})):
             toks = self.tokens(1, self.link_indexes)
             ctx = self.context(1, sample, toks)
+            ctx[rendering.LINK_FN] = lambda k, url=toks[0]: url  # registers no link for a sample
             values = self._evaluate(ctx)
             evaluated = values[which] if values else [] if not plan.exprs else None
             if evaluated is None:
@@ -531,7 +532,8 @@ class CompiledCampaign:
         body = b"".join((self.text_head, text, self.html_head, html, self.close))
         head = b"".join([line for _name, line in headers]) + b"".join(self.tail_lines)
         if self.signer is not None:
-            head = self.signer.sign(headers + self.signed_tail, body) + head
+            # body[2:]: the message body starts after the CRLF that ends the headers.
+            head = self.signer.sign(headers + self.signed_tail, body[2:]) + head
         # The parts start with "\r\n--boundary": that CRLF is the blank line ending the headers.
         return BuiltMessage(toks[5], rcpt, head + body, message_id)
 
