@@ -339,6 +339,9 @@ class Connection:
                     self._write(body, t.final_dot)
                 results.append(self._read_reply(t.final_dot))
                 self.sent += 1
+                if results[-1][0] == 421:
+                    self.broken = True  # the server is closing the session
+                    return results
         except ConnectionLost as exc:
             self.broken = True
             results.append((None, str(exc)))
