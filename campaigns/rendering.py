@@ -95,9 +95,12 @@ class ContactData:
     __slots__ = ("email", "first_name", "last_name", "attributes")
 
     def __init__(self, email="", first_name="", last_name="", attributes=None):
+        # A blank name is a missing one: it renders empty, and ``default`` applies.
         self.email = email
-        self.first_name = first_name
-        self.last_name = last_name
+        if first_name:
+            self.first_name = first_name
+        if last_name:
+            self.last_name = last_name
         self.attributes = attributes if isinstance(attributes, dict) else {}
 
     @classmethod
@@ -108,7 +111,7 @@ class ContactData:
 
     @property
     def name(self):
-        return " ".join(p for p in (self.first_name, self.last_name) if p)
+        return " ".join(getattr(self, part, "") for part in ("first_name", "last_name") if getattr(self, part, ""))
 
     def __str__(self):
         return self.email
@@ -156,6 +159,10 @@ def check_header_text(value, field):
     """A literal header value (subject, names, addresses) must stay on one line."""
     if value and ("\r" in value or "\n" in value):
         raise ContentError(field, "must be a single line (no line breaks)")
+
+
+def one_line_text(value):
+    return " ".join((value or "").split())
 
 
 def validate_template_row(html_source, text_source):
@@ -307,7 +314,10 @@ def _track(source, track_clicks, track_opens):
 def compile_content(campaign, track=True):
     """Compile a campaign's templates once; raises ContentError on a bad template."""
     layout = campaign.template if campaign.template_id else None
-    errors = validate_campaign_fields(campaign.subject, campaign.from_name, campaign.html_body, campaign.text_body)
+    # Line breaks in literal header fields are refused at save; one that got
+    # stored anyway is folded into one line at send time, never an error here.
+    errors = validate_campaign_fields(one_line_text(campaign.subject), one_line_text(campaign.from_name),
+                                      campaign.html_body, campaign.text_body)
     if layout is not None:
         errors += validate_template_row(layout.html, layout.text)
     if errors:
