@@ -1,5 +1,270 @@
-"""API: api_engine."""
+"""API: relays (with check), domain throttles, and the campaign send actions.
 
-from ninja import Router
+Passwords are write-only: they are accepted on create and update, never
+returned; an update that leaves ``password`` out keeps the stored one.
+"""
 
-router = Router()
+from datetime import datetime
+
+from django.db import IntegrityError
+from django.shortcuts import get_object_or_404
+from ninja import Field, Router, Schema
+from ninja.errors import HttpError
+
+from delivery import lifecycle, routing
+from delivery.lifecycle import LifecycleError
+from delivery.models import DomainThrottle, Period, Relay
+from delivery.relaycheck import check_relay
+from delivery.throttle import throttles
+
+router = Router(tags=["delivery"])
+
+SECURITY = tuple(Relay.Security.values)
+PERIODS = tuple(Period.values)
+
+
+class RelayIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    host: str = Field(min_length=1, max_length=255)
+    port: int = Field(587, ge=1, le=65535)
+    security: str = Field("starttls", pattern="^(" + "|".join(SECURITY) + ")$")
+    verify_certificate: bool = True
+    username: str = ""
+    password: str | None = Field(None, description="Write-only; leave out to keep the stored password.")
+    helo_name: str = ""
+    max_connections: int = Field(8, ge=1)
+    messages_per_connection: int = Field(1000, ge=1)
+    idle_timeout: int = Field(30, ge=1)
+    rate: int = Field(0, ge=0)
+    rate_period: str = Field("second", pattern="^(" + "|".join(PERIODS) + ")$")
+    enabled: bool = True
+
+
+class RelayPatch(Schema):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    host: str | None = Field(None, min_length=1, max_length=255)
+    port: int | None = Field(None, ge=1, le=65535)
+    security: str | None = Field(None, pattern="^(" + "|".join(SECURITY) + ")$")
+    verify_certificate: bool | None = None
+    username: str | None = None
+    password: str | None = Field(None, description="Write-only; leave out to keep the stored password.")
+    helo_name: str | None = None
+    max_connections: int | None = Field(None, ge=1)
+    messages_per_connection: int | None = Field(None, ge=1)
+    idle_timeout: int | None = Field(None, ge=1)
+    rate: int | None = Field(None, ge=0)
+    rate_period: str | None = Field(None, pattern="^(" + "|".join(PERIODS) + ")$")
+    enabled: bool | None = None
+
+
+class RelayOut(Schema):
+    id: int
+    name: str
+    host: str
+    port: int
+    security: str
+    verify_certificate: bool
+    username: str
+    has_password: bool
+    helo_name: str
+    max_connections: int
+    messages_per_connection: int
+    idle_timeout: int
+    rate: int
+    rate_period: str
+    enabled: bool
+
+    @staticmethod
+    def resolve_has_password(obj):
+        return bool(obj.password)
+
+
+class CheckOut(Schema):
+    ok: bool
+    message: str
+    steps: list[str]
+
+
+class ThrottleIn(Schema):
+    name: str = Field(min_length=1, max_length=100)
+    domains: str = ""
+    is_default: bool = False
+    rate: int = Field(10, ge=1)
+    period: str = Field("second", pattern="^(" + "|".join(PERIODS) + ")$")
+    burst: int = Field(0, ge=0)
+    max_connections: int = Field(5, ge=1)
+
+
+class ThrottlePatch(Schema):
+    name: str | None = Field(None, min_length=1, max_length=100)
+    domains: str | None = None
+    is_default: bool | None = None
+    rate: int | None = Field(None, ge=1)
+    period: str | None = Field(None, pattern="^(" + "|".join(PERIODS) + ")$")
+    burst: int | None = Field(None, ge=0)
+    max_connections: int | None = Field(None, ge=1)
+
+
+class ThrottleOut(Schema):
+    id: int
+    name: str
+    domains: list[str]
+    is_default: bool
+    rate: int
+    period: str
+    burst: int
+    max_connections: int
+
+    @staticmethod
+    def resolve_domains(obj):
+        return obj.domain_list()
+
+
+class ScheduleIn(Schema):
+    scheduled_at: datetime
+
+
+class CampaignProgress(Schema):
+    id: int
+    status: str
+    status_reason: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    counts: dict[str, int]
+
+
+def _save(obj, data, unique_field="name"):
+    for key, value in data.items():
+        setattr(obj, key, value)
+    try:
+        obj.save()
+    except IntegrityError:
+        raise HttpError(409, f"{unique_field}: a {obj._meta.verbose_name} with this {unique_field} already exists") from None
+    routing.forget_relay()
+    throttles.invalidate()
+    return obj
+
+
+# --- relays ----------------------------------------------------------------------
+
+@router.get("/relays", response=list[RelayOut], summary="SMTP relays")
+def list_relays(request):
+    return Relay.objects.all()
+
+
+@router.post("/relays", response={201: RelayOut}, summary="Add a relay")
+def create_relay(request, payload: RelayIn):
+    data = payload.dict()
+    data["password"] = data.get("password") or ""
+    return 201, _save(Relay(), data)
+
+
+@router.get("/relays/{relay_id}", response=RelayOut, summary="One relay")
+def get_relay(request, relay_id: int):
+    return get_object_or_404(Relay, pk=relay_id)
+
+
+@router.patch("/relays/{relay_id}", response=RelayOut, summary="Change a relay (password only when given)")
+def update_relay(request, relay_id: int, payload: RelayPatch):
+    relay = get_object_or_404(Relay, pk=relay_id)
+    data = payload.dict(exclude_unset=True)
+    if not data.get("password"):
+        data.pop("password", None)  # blank keeps the stored password
+    return _save(relay, {k: v for k, v in data.items() if v is not None})
+
+
+@router.delete("/relays/{relay_id}", response={204: None}, summary="Delete a relay")
+def delete_relay(request, relay_id: int):
+    get_object_or_404(Relay, pk=relay_id).delete()
+    routing.forget_relay()
+    return 204, None
+
+
+@router.post("/relays/{relay_id}/check", response=CheckOut, summary="Connect, negotiate TLS, authenticate; say what happened")
+def check(request, relay_id: int):
+    return check_relay(get_object_or_404(Relay, pk=relay_id)).as_dict()
+
+
+# --- throttles -------------------------------------------------------------------
+
+@router.get("/throttles", response=list[ThrottleOut], summary="Domain throttles")
+def list_throttles(request):
+    return DomainThrottle.objects.all()
+
+
+@router.post("/throttles", response={201: ThrottleOut}, summary="Add a domain throttle")
+def create_throttle(request, payload: ThrottleIn):
+    _check_default(payload.is_default, None)
+    return 201, _save(DomainThrottle(), payload.dict())
+
+
+@router.get("/throttles/{throttle_id}", response=ThrottleOut, summary="One domain throttle")
+def get_throttle(request, throttle_id: int):
+    return get_object_or_404(DomainThrottle, pk=throttle_id)
+
+
+@router.patch("/throttles/{throttle_id}", response=ThrottleOut, summary="Change a domain throttle")
+def update_throttle(request, throttle_id: int, payload: ThrottlePatch):
+    row = get_object_or_404(DomainThrottle, pk=throttle_id)
+    data = {k: v for k, v in payload.dict(exclude_unset=True).items() if v is not None}
+    _check_default(data.get("is_default"), row.pk)
+    return _save(row, data)
+
+
+@router.delete("/throttles/{throttle_id}", response={204: None}, summary="Delete a domain throttle")
+def delete_throttle(request, throttle_id: int):
+    get_object_or_404(DomainThrottle, pk=throttle_id).delete()
+    throttles.invalidate()
+    return 204, None
+
+
+def _check_default(is_default, own_pk):
+    if is_default and DomainThrottle.objects.filter(is_default=True).exclude(pk=own_pk).exists():
+        raise HttpError(409, "is_default: another throttle is already the default")
+
+
+# --- campaign actions -------------------------------------------------------------
+
+def _act(request, action, *args):
+    if not request.user.has_perm("campaigns.send_campaign"):
+        raise HttpError(403, "sending, scheduling, pausing, resuming and cancelling need the send_campaign permission")
+    try:
+        campaign = action(*args)
+    except LifecycleError as exc:
+        if "does not exist" in str(exc):
+            raise HttpError(404, str(exc)) from None
+        raise HttpError(409, str(exc)) from None
+    return lifecycle.progress(campaign.pk)
+
+
+@router.post("/campaigns/{campaign_id}/send", response=CampaignProgress, summary="Send now: snapshot the audience and start")
+def send(request, campaign_id: int):
+    return _act(request, lifecycle.start_campaign, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/schedule", response=CampaignProgress, summary="Send at a time")
+def schedule(request, campaign_id: int, payload: ScheduleIn):
+    return _act(request, lifecycle.schedule_campaign, campaign_id, payload.scheduled_at)
+
+
+@router.post("/campaigns/{campaign_id}/pause", response=CampaignProgress, summary="Pause sending")
+def pause(request, campaign_id: int):
+    return _act(request, lifecycle.pause_campaign, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/resume", response=CampaignProgress, summary="Resume sending")
+def resume(request, campaign_id: int):
+    return _act(request, lifecycle.resume_campaign, campaign_id)
+
+
+@router.post("/campaigns/{campaign_id}/cancel", response=CampaignProgress, summary="Cancel: unsent recipients are not mailed")
+def cancel(request, campaign_id: int):
+    return _act(request, lifecycle.cancel_campaign, campaign_id)
+
+
+@router.get("/campaigns/{campaign_id}/progress", response=CampaignProgress, summary="Status and counts by send status")
+def progress(request, campaign_id: int):
+    try:
+        return lifecycle.progress(campaign_id)
+    except LifecycleError as exc:
+        raise HttpError(404, str(exc)) from None

@@ -1,0 +1,92 @@
+"""The engine's JSON API: relays (password write-only, check), throttles, campaign actions with permissions."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+
+from campaigns.models import ApiToken
+from delivery.models import Relay
+from tests.delivery.servers import Authenticator, server_context
+from tests.support.smtp import Sink
+
+pytestmark = pytest.mark.django_db
+
+
+def bearer(user):
+    return {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(user)[1]}"}
+
+
+@pytest.fixture
+def sender():
+    user = User.objects.create_user("sender")
+    user.user_permissions.add(Permission.objects.get(codename="send_campaign"))
+    return bearer(user)
+
+
+@pytest.fixture
+def viewer():
+    return bearer(User.objects.create_user("viewer"))
+
+
+def test_relay_password_is_write_only(client, viewer):
+    body = {"name": "Main", "host": "smtp.example.com", "port": 587, "username": "u", "password": "pw-1"}
+    created = client.post("/api/v1/relays", body, content_type="application/json", **viewer)
+    assert created.status_code == 201
+    relay = created.json()
+    assert "password" not in relay and relay["has_password"] is True
+    assert Relay.objects.get().password == "pw-1"
+
+    changed = client.patch(f"/api/v1/relays/{relay['id']}", {"port": 2525, "password": ""}, content_type="application/json",
+                           **viewer)
+    assert changed.status_code == 200 and changed.json()["port"] == 2525
+    assert Relay.objects.get().password == "pw-1"  # blank kept the old one
+    assert "pw-1" not in client.get("/api/v1/relays", **viewer).content.decode()
+
+
+def test_bad_relay_input_names_the_field(client, viewer):
+    response = client.post("/api/v1/relays", {"name": "x", "host": "h", "security": "ssl"}, content_type="application/json",
+                           **viewer)
+    assert response.status_code == 422
+    assert "security" in response.content.decode()
+
+
+def test_relay_check_over_the_api_reports_refused_auth(client, viewer, certificate, settings):
+    settings.HERALD_SMTP_CA_FILE = certificate[0]
+    with Sink(tls_context=server_context(*certificate), require_starttls=True, authenticator=Authenticator()) as server:
+        relay = Relay.objects.create(name="bad", host="127.0.0.1", port=server.port, username="herald", password="nope")
+        response = client.post(f"/api/v1/relays/{relay.pk}/check", **viewer)
+    result = response.json()
+    assert response.status_code == 200 and result["ok"] is False
+    assert result["message"].startswith("535 5.7.8") and f"127.0.0.1:{server.port}" in result["message"]
+
+
+def test_throttles_crud_and_one_default(client, viewer):
+    made = client.post("/api/v1/throttles", {"name": "google", "domains": "gmail.com, googlemail.com", "rate": 20,
+                                             "period": "minute"}, content_type="application/json", **viewer)
+    assert made.status_code == 201 and made.json()["domains"] == ["gmail.com", "googlemail.com"]
+    assert client.post("/api/v1/throttles", {"name": "d1", "is_default": True}, content_type="application/json",
+                       **viewer).status_code == 201
+    second = client.post("/api/v1/throttles", {"name": "d2", "is_default": True}, content_type="application/json", **viewer)
+    assert second.status_code == 409 and "is_default" in second.json()["detail"]
+
+
+def test_sending_needs_the_permission(client, viewer, sender, make_campaign):
+    campaign = make_campaign(["a@example.com", "b@example.com"])
+    assert client.post(f"/api/v1/campaigns/{campaign.pk}/send", **viewer).status_code == 403
+    response = client.post(f"/api/v1/campaigns/{campaign.pk}/send", **sender)
+    assert response.status_code == 200
+    assert response.json()["status"] == "sending"
+    assert response.json()["counts"]["queued"] == response.json()["counts"]["total"] == 2
+
+    paused = client.post(f"/api/v1/campaigns/{campaign.pk}/pause", **sender).json()
+    assert paused["status"] == "paused"
+    again = client.post(f"/api/v1/campaigns/{campaign.pk}/send", **sender)
+    assert again.status_code == 409 and "paused" in again.json()["detail"]
+    assert client.post(f"/api/v1/campaigns/{campaign.pk}/cancel", **sender).json()["counts"]["cancelled"] == 2
+    assert client.get(f"/api/v1/campaigns/{campaign.pk}/progress", **viewer).json()["status"] == "cancelled"
+
+
+def test_schedule_takes_an_iso_time(client, sender, make_campaign):
+    campaign = make_campaign(["a@example.com"])
+    response = client.post(f"/api/v1/campaigns/{campaign.pk}/schedule", {"scheduled_at": "2030-01-01T09:00:00Z"},
+                           content_type="application/json", **sender)
+    assert response.status_code == 200 and response.json()["status"] == "scheduled"
