@@ -18,7 +18,7 @@ from tracking.suppressions import check_email, check_reason, export_csv, import_
 router = Router(tags=["tracking"])
 
 
-@router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics")
+@router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics", url_name="campaign_stats")
 def stats(request, campaign_id: int):
     return campaign_stats(get_object_or_404(Campaign, pk=campaign_id))
 

@@ -51,3 +51,12 @@ class Event(models.Model):
 
     def __str__(self):
         return f"{self.type} {self.email}"
+
+
+class CampaignStatistics(Campaign):
+    """A campaign seen through its numbers: the admin's statistics pages (no table of its own)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "campaign statistics"
+        verbose_name_plural = "campaign statistics"

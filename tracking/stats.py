@@ -34,28 +34,23 @@ def campaign_stats(campaign) -> dict:
     # Send that stays "sent". Either is a hard bounce; the larger count holds both
     # unless the engine's signal was missed for some.
     hard = max(events["hard"], totals["bounced"])
-    metrics = {
-        "sent": (sent, recipients),
-        "deferred": (totals["deferred"], recipients),
-        "bounced": (hard + events["soft"], recipients),
-        "hard_bounced": (hard, recipients),
-        "soft_bounced": (events["soft"], recipients),
-        "failed": (totals["failed"], recipients),
-        "human_opens": (events["human_opens"], sent),
-        "machine_opens": (events["machine_opens"], sent),
-        "unique_clicks": (events["unique_clicks"], sent),
-        "complaints": (events["complaints"], sent),
-        "unsubscribes": (events["unsubscribes"], sent),
+    delivery = {
+        "sent": sent,
+        "deferred": totals["deferred"],
+        "bounced": hard + events["soft"],
+        "hard_bounced": hard,
+        "soft_bounced": events["soft"],
+        "failed": totals["failed"],
     }
+    engagement = {name: events[name] for name in ("human_opens", "machine_opens", "unique_clicks", "complaints", "unsubscribes")}
+    metrics = {name: {"count": n, "rate": _rate(n, recipients), "of": "recipients"} for name, n in delivery.items()}
+    metrics.update({name: {"count": n, "rate": _rate(n, sent), "of": "sent"} for name, n in engagement.items()})
     return {
         "campaign_id": campaign.pk,
         "name": campaign.name,
         "status": campaign.status,
         "recipients": recipients,
-        "metrics": {
-            name: {"count": count, "rate": _rate(count, base), "of": "recipients" if base is recipients else "sent"}
-            for name, (count, base) in metrics.items()
-        },
+        "metrics": metrics,
         "totals": {"opens": events["opens"], "clicks": events["clicks"], "machine_clicks": events["machine_clicks"]},
         "links": _links(campaign),
         "timeline": _timeline(campaign),
