@@ -1,1 +1,111 @@
 """Admin for relays (with the check button), domain throttles and the send ledger."""
+
+from django import forms
+from django.contrib import admin, messages
+from django.shortcuts import get_object_or_404, redirect
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from delivery import routing
+from delivery.models import DomainThrottle, Relay, Send
+from delivery.relaycheck import check_relay
+from delivery.throttle import throttles
+
+
+class RelayForm(forms.ModelForm):
+    # Write-only: never rendered back; left blank, the stored password stays.
+    password = forms.CharField(
+        required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+        help_text="Leave blank to keep the current password.",
+    )
+
+    class Meta:
+        model = Relay
+        fields = ["name", "host", "port", "security", "verify_certificate", "username", "password", "helo_name",
+                  "max_connections", "messages_per_connection", "idle_timeout", "rate", "rate_period", "enabled"]
+
+    def clean_password(self):
+        value = self.cleaned_data.get("password")
+        if not value and self.instance.pk:
+            return Relay.objects.get(pk=self.instance.pk).password
+        return value or ""
+
+
+@admin.register(Relay)
+class RelayAdmin(admin.ModelAdmin):
+    form = RelayForm
+    list_display = ("name", "host", "port", "security", "verify_certificate", "max_connections", "rate_display", "enabled")
+    list_filter = ("enabled", "security")
+    search_fields = ("name", "host")
+    readonly_fields = ("check_button",)
+    actions = ["check_selected"]
+
+    @admin.display(description="Rate")
+    def rate_display(self, obj):
+        return f"{obj.rate}/{obj.rate_period}" if obj.rate else "unlimited"
+
+    @admin.display(description="Check")
+    def check_button(self, obj):
+        if not obj.pk:
+            return "Save the relay first."
+        url = reverse("admin:delivery_relay_check", args=[obj.pk])
+        return format_html('<a class="button" href="{}">Check connection, TLS and login</a>', url)
+
+    def get_urls(self):
+        urls = [path("<int:relay_id>/check/", self.admin_site.admin_view(self.check_view), name="delivery_relay_check")]
+        return urls + super().get_urls()
+
+    def check_view(self, request, relay_id):
+        relay = get_object_or_404(Relay, pk=relay_id)
+        if not self.has_view_permission(request, relay):
+            return redirect("admin:index")
+        self._report(request, relay)
+        return redirect("admin:delivery_relay_change", relay_id)
+
+    @admin.action(description="Check the selected relays")
+    def check_selected(self, request, queryset):
+        for relay in queryset:
+            self._report(request, relay)
+
+    def _report(self, request, relay):
+        result = check_relay(relay)
+        level = messages.SUCCESS if result.ok else messages.ERROR
+        detail = "; ".join(result.steps)
+        self.message_user(request, f"{relay.name}: {result.message}" + (f" ({detail})" if detail else ""), level)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        routing.forget_relay()
+
+
+@admin.register(DomainThrottle)
+class DomainThrottleAdmin(admin.ModelAdmin):
+    list_display = ("name", "domains", "is_default", "rate", "period", "burst", "max_connections")
+    list_filter = ("is_default", "period")
+    search_fields = ("name", "domains")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        throttles.invalidate()
+
+
+@admin.register(Send)
+class SendAdmin(admin.ModelAdmin):
+    """The ledger, read-only: one row per recipient and campaign (or submitted message)."""
+
+    list_display = ("email", "campaign", "status", "attempts", "smtp_code", "sent_at", "next_attempt_at")
+    list_filter = ("status", "campaign", "relay")
+    search_fields = ("email", "message_id")
+    list_select_related = ("campaign",)
+    show_full_result_count = False
+    date_hierarchy = None
+    raw_id_fields = ("contact",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False

@@ -4,6 +4,8 @@ from django.urls import include, path
 from herald.api import api
 
 urlpatterns = [
+    # Campaign lifecycle pages; before admin/ so the admin site does not claim them.
+    path("admin/herald/", include("delivery.admin_urls")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),

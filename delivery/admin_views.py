@@ -1,0 +1,89 @@
+"""Staff-only pages for a campaign's lifecycle: the send confirmation, pause/resume/cancel, progress."""
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
+from django.http import Http404, JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from campaigns.models import Campaign
+from delivery import lifecycle, planner
+from delivery.lifecycle import LifecycleError
+
+SEND_PERMISSION = "campaigns.send_campaign"
+
+
+def _campaign_url(campaign_id):
+    """The campaign's admin page, or its progress when the campaign admin is not installed."""
+    try:
+        return reverse("admin:campaigns_campaign_change", args=[campaign_id])
+    except NoReverseMatch:
+        return reverse("delivery-admin:campaign-progress", args=[campaign_id])
+
+
+def _back(campaign_id):
+    return redirect(_campaign_url(campaign_id))
+
+
+@staff_member_required
+@permission_required(SEND_PERMISSION, raise_exception=True)
+def campaign_send(request, campaign_id):
+    campaign = get_object_or_404(Campaign, pk=campaign_id)
+    error = ""
+    if request.method == "POST":
+        try:
+            started = lifecycle.start_campaign(campaign.pk)
+        except LifecycleError as exc:
+            error = str(exc)
+        else:
+            messages.success(request, f"Sending “{started.name}” to {started.total} recipients.")
+            return _back(campaign.pk)
+    context = {
+        "campaign": campaign,
+        "back_url": _campaign_url(campaign.pk),
+        "recipients": planner.count_audience(campaign),
+        "lists": [str(lst) for lst in campaign.lists.all()],
+        "startable": campaign.status in lifecycle.STARTABLE,
+        "error": error or ("" if campaign.status in lifecycle.STARTABLE else f"This campaign is {campaign.status}."),
+        "title": f"Send {campaign.name}",
+        "opts": Campaign._meta,
+    }
+    return TemplateResponse(request, "delivery/admin/campaign_send.html", context, status=409 if error else 200)
+
+
+def _action(action, done):
+    @staff_member_required
+    @permission_required(SEND_PERMISSION, raise_exception=True)
+    @require_POST
+    def view(request, campaign_id):
+        try:
+            campaign = action(campaign_id)
+        except LifecycleError as exc:
+            if "does not exist" in str(exc):
+                raise Http404(str(exc)) from None
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"“{campaign.name}” {done}.")
+        return _back(campaign_id)
+
+    return view
+
+
+campaign_pause = _action(lifecycle.pause_campaign, "paused")
+campaign_resume = _action(lifecycle.resume_campaign, "resumed")
+campaign_cancel = _action(lifecycle.cancel_campaign, "cancelled")
+
+
+@staff_member_required
+@require_GET
+def campaign_progress(request, campaign_id):
+    try:
+        data = lifecycle.progress(campaign_id)
+    except LifecycleError as exc:
+        raise Http404(str(exc)) from None
+    for key in ("started_at", "finished_at"):
+        data[key] = data[key].isoformat() if data[key] else None
+    return JsonResponse(data)

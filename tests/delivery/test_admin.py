@@ -1,0 +1,88 @@
+"""Staff pages: relay admin (password never shown back, check button), the send confirmation, lifecycle buttons."""
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from django.urls import reverse
+
+from campaigns.models import Campaign, Suppression
+from delivery.models import Relay, Send
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def operator(client):
+    user = User.objects.create_user("op", password="x", is_staff=True)
+    for codename in ("send_campaign", "view_relay", "change_relay", "add_relay", "view_send"):
+        user.user_permissions.add(Permission.objects.get(codename=codename))
+    client.force_login(user)
+    return client
+
+
+@pytest.fixture
+def staff_without_send(client):
+    user = User.objects.create_user("staff", password="x", is_staff=True)
+    client.force_login(user)
+    return client
+
+
+def test_relay_password_is_never_shown_back_and_blank_keeps_it(operator):
+    relay = Relay.objects.create(name="Main", host="smtp.example.com", port=587, username="u", password="hunter2-secret")
+    page = operator.get(reverse("admin:delivery_relay_change", args=[relay.pk]))
+    assert page.status_code == 200
+    assert "hunter2-secret" not in page.content.decode()
+    assert "Check connection, TLS and login" in page.content.decode()
+    form = {"name": "Main", "host": "smtp.example.com", "port": 2525, "security": "starttls", "verify_certificate": "on",
+            "username": "u", "password": "", "helo_name": "", "max_connections": 8, "messages_per_connection": 1000,
+            "idle_timeout": 30, "rate": 0, "rate_period": "second", "enabled": "on"}
+    response = operator.post(reverse("admin:delivery_relay_change", args=[relay.pk]), form)
+    assert response.status_code == 302
+    relay.refresh_from_db()
+    assert relay.port == 2525 and relay.password == "hunter2-secret"
+
+
+def test_relay_check_button_reports_what_happened(operator, sink):
+    relay = Relay.objects.create(name="Sink", host="127.0.0.1", port=sink.port, security="none")
+    response = operator.get(reverse("admin:delivery_relay_check", args=[relay.pk]), follow=True)
+    text = response.content.decode()
+    assert f"127.0.0.1:{sink.port} accepts mail" in text
+
+
+def test_send_confirmation_shows_the_count_after_suppressions_then_starts(operator, make_campaign):
+    campaign = make_campaign(["a@example.com", "b@example.com", "c@example.com"])
+    Suppression.objects.create(email="c@example.com", reason="hard_bounce")
+    url = reverse("delivery-admin:campaign-send", args=[campaign.pk])
+    page = operator.get(url)
+    assert page.status_code == 200 and "<strong>2</strong> recipients" in page.content.decode()
+    assert operator.post(url).status_code == 302
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.SENDING and Send.objects.filter(campaign=campaign).count() == 2
+
+
+def test_lifecycle_buttons_and_progress(operator, make_campaign):
+    campaign = make_campaign(["a@example.com"])
+    operator.post(reverse("delivery-admin:campaign-send", args=[campaign.pk]))
+    assert operator.get(reverse("delivery-admin:campaign-pause", args=[campaign.pk])).status_code == 405  # POST only
+    operator.post(reverse("delivery-admin:campaign-pause", args=[campaign.pk]))
+    progress = operator.get(reverse("delivery-admin:campaign-progress", args=[campaign.pk])).json()
+    assert progress["status"] == "paused" and progress["counts"]["total"] == 1
+    operator.post(reverse("delivery-admin:campaign-resume", args=[campaign.pk]))
+    operator.post(reverse("delivery-admin:campaign-cancel", args=[campaign.pk]))
+    progress = operator.get(reverse("delivery-admin:campaign-progress", args=[campaign.pk])).json()
+    assert progress["status"] == "cancelled" and progress["counts"]["cancelled"] == 1
+
+
+def test_sending_needs_the_permission(staff_without_send, make_campaign):
+    campaign = make_campaign(["a@example.com"])
+    assert staff_without_send.post(reverse("delivery-admin:campaign-send", args=[campaign.pk])).status_code == 403
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.DRAFT
+
+
+def test_the_send_ledger_is_read_only(operator, make_campaign):
+    campaign = make_campaign(["a@example.com"])
+    operator.post(reverse("delivery-admin:campaign-send", args=[campaign.pk]))
+    listing = operator.get(reverse("admin:delivery_send_changelist") + "?status__exact=queued")
+    assert listing.status_code == 200 and "a@example.com" in listing.content.decode()
+    send = Send.objects.get()
+    assert operator.post(reverse("admin:delivery_send_change", args=[send.pk]), {"status": "sent"}).status_code == 403
