@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from django.db import close_old_connections, transaction
+from django.utils import timezone
 
 from campaigns.models import Contact, Suppression, email_key
 from delivery.models import Send
@@ -41,10 +42,16 @@ def recipient_domain(address: str) -> str:
     return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
-def store_batch(items: list[Accepted]) -> list[Accepted]:
-    """Store messages and one Send per recipient, all or nothing, then hand them to the engine."""
+def store_batch(items: list[Accepted]) -> list[int]:
+    """Store messages and one Send per recipient, all or nothing; return the ids of the queued sends.
+
+    The caller hands those to the engine after answering the clients. Should
+    that hand-off never happen (a crash right after the commit), the engine's
+    sweeper enqueues queued rows whose next_attempt_at has long passed.
+    """
     close_old_connections()
     keys = {email_key(r) for item in items for r in item.rcpt_tos}
+    now = timezone.now()
     with transaction.atomic():
         messages = OutboundMessage.objects.bulk_create(
             [
@@ -81,16 +88,14 @@ def store_batch(items: list[Accepted]) -> list[Accepted]:
                         status=Send.Status.SKIPPED if reason else Send.Status.QUEUED,
                         smtp_reply=f"Not sent: the address is suppressed ({reason})" if reason else "",
                         outbound_id=message.pk,
+                        next_attempt_at=now,
                     )
                 )
                 owners.append(item)
         sends = Send.objects.bulk_create(rows)
     for item, send in zip(owners, sends, strict=True):
         item.send_ids.append(send.pk)
-    queued = [s.pk for s in sends if s.status == Send.Status.QUEUED]
-    if queued:
-        hand_to_engine(queued)
-    return items
+    return [s.pk for s in sends if s.status == Send.Status.QUEUED]
 
 
 def hand_to_engine(send_ids: list[int]) -> None:
