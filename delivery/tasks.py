@@ -28,6 +28,13 @@ def start_campaign(campaign_id):
     lifecycle.start_campaign(campaign_id)
 
 
+@shared_task(name="delivery.dispatch_scheduled")
+def dispatch_scheduled():
+    from delivery import scheduler
+
+    scheduler.dispatch_due()
+
+
 @worker_process_shutdown.connect
 def _close_connections(**kwargs):
     pool.close_all()

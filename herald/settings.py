@@ -162,6 +162,8 @@ CELERY_BEAT_SCHEDULE = {
     # The send engine: expired leases back to the queue, due retries sent.
     "delivery-sweep": {"task": "delivery.sweep", "schedule": 30.0},
     "delivery-due-retries": {"task": "delivery.due_retries", "schedule": 15.0},
+    # Scheduled campaigns whose time has come are started (claimed once each).
+    "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
 }
 
 # --- Herald -----------------------------------------------------------------
@@ -170,6 +172,9 @@ HERALD_BOUNCE_DOMAIN = envstr("HERALD_BOUNCE_DOMAIN", "bounces.herald.localhost"
 HERALD_RETRY_FIRST_DELAY = envint("HERALD_RETRY_FIRST_DELAY", 300, minimum=0)
 HERALD_RETRY_MAX_DELAY = envint("HERALD_RETRY_MAX_DELAY", 4 * 3600, minimum=0)
 HERALD_GIVE_UP_AFTER = envint("HERALD_GIVE_UP_AFTER", 72 * 3600, minimum=0)
+# A scheduled campaign found more than this many seconds late (beat was down)
+# is not started silently: it waits as "missed" for an operator.
+HERALD_SCHEDULE_CUTOFF = envint("HERALD_SCHEDULE_CUTOFF", 6 * 3600, minimum=60)
 HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
 HERALD_TLS_CERT = envstr("HERALD_TLS_CERT", "")
 HERALD_TLS_KEY = envstr("HERALD_TLS_KEY", "")
