@@ -1,0 +1,403 @@
+"""Scale benchmark: one campaign of a million recipients, two Celery workers, a counting SMTP sink.
+
+    .venv/bin/python bench/scale.py [--recipients 1000000] [--domains 20] [--workers 2] [--concurrency 1]
+
+Uses a scratch PostgreSQL database (herald_bench_scale, dropped and re-created)
+and Redis db 13 (flushed); starts and stops its own sink and workers. Prints:
+total time, messages/s over time (as the sink saw them), peak memory of every
+process it started, the database size, the sink's count of unique recipients
+and duplicates, and the highest per-domain rate against its limit.
+
+How uniqueness is established: the sink (a small asyncio SMTP server in its own
+process, speaking PIPELINING like a real MTA) parses every RCPT address
+``user<N>@...`` and counts deliveries per N in a byte array, so every one of the
+recipients is checked, not a sample: unique = slots with a count of at least 1,
+duplicates = deliveries beyond the first. A message is counted when its final
+dot is answered 250, as a real MTA would have accepted it.
+
+For scale, 1% of the recipients sit on ``throttled.example`` with a limit of
+``--throttled-rate`` per second: the sink's per-second counts for that domain
+show whether the limit held while everything else ran at full speed.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "out"
+PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
+DB_NAME = "herald_bench_scale"
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
+VENV_BIN = Path(sys.executable).parent
+THROTTLED = "throttled.example"
+
+os.environ["DATABASE_URL"] = f"{PG}/{DB_NAME}"
+os.environ["REDIS_URL"] = REDIS_URL
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "herald.settings")
+os.environ.setdefault("LOG_LEVEL", "WARNING")
+sys.path.insert(0, str(ROOT))
+
+
+# --- the counting sink (runs as `scale.py --sink PORT N STATUSFILE`) -------------------
+
+class Tally:
+    def __init__(self, n):
+        self.counts = bytearray(n + 1)
+        self.total = 0
+        self.unparsed = 0
+        self.per_second = defaultdict(int)  # second -> messages
+        self.per_domain_second = defaultdict(lambda: defaultdict(int))  # domain -> second -> messages
+
+    def record(self, rcpt: bytes):
+        self.total += 1
+        second = int(time.time())
+        self.per_second[second] += 1
+        local, _, domain = rcpt.partition(b"@")
+        self.per_domain_second[domain.decode("ascii", "replace").lower()][second] += 1
+        try:
+            n = int(local[4:]) if local[:4].lower() == b"user" else -1
+        except ValueError:
+            n = -1
+        if 0 <= n < len(self.counts):
+            if self.counts[n] < 255:
+                self.counts[n] += 1
+        else:
+            self.unparsed += 1
+
+    def summary(self, final=False):
+        out = {"total": self.total, "per_second": dict(self.per_second)}
+        if final:
+            unique = len(self.counts) - self.counts.count(0) - (1 if self.counts[0] else 0)
+            delivered = sum(self.counts)
+            out.update(unique=unique, duplicates=delivered - unique - self.counts[0], unparsed=self.unparsed,
+                       per_domain_second={d: dict(s) for d, s in self.per_domain_second.items()})
+        return out
+
+
+class SinkProtocol(asyncio.Protocol):
+    def __init__(self, tally):
+        self.tally = tally
+        self.buf = b""
+        self.scan = 0
+        self.in_data = False
+        self.rcpt = b""
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(b"220 scale-sink ESMTP\r\n")
+
+    def data_received(self, data):
+        self.buf += data
+        out = []
+        while True:
+            if self.in_data:
+                end = self.buf.find(b"\r\n.\r\n", self.scan)
+                if end < 0:
+                    self.scan = max(0, len(self.buf) - 4)
+                    break
+                self.buf = self.buf[end + 5:]
+                self.scan = 0
+                self.in_data = False
+                self.tally.record(self.rcpt)
+                out.append(b"250 2.0.0 queued\r\n")
+                continue
+            end = self.buf.find(b"\r\n")
+            if end < 0:
+                break
+            line, self.buf = self.buf[:end], self.buf[end + 2:]
+            verb = line[:4].upper()
+            if verb in (b"EHLO", b"HELO"):
+                out.append(b"250-scale-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SIZE 52428800\r\n")
+            elif verb == b"MAIL" or verb == b"RSET" or verb == b"NOOP":
+                out.append(b"250 2.1.0 ok\r\n")
+            elif verb == b"RCPT":
+                self.rcpt = line.partition(b":")[2].strip().lstrip(b"<").partition(b">")[0]
+                out.append(b"250 2.1.5 ok\r\n")
+            elif verb == b"DATA":
+                # The CRLF that ended DATA lets an empty body's "." match the end marker.
+                self.buf = b"\r\n" + self.buf
+                self.scan = 0
+                self.in_data = True
+                out.append(b"354 go ahead\r\n")
+            elif verb == b"QUIT":
+                out.append(b"221 2.0.0 bye\r\n")
+                self.transport.write(b"".join(out))
+                self.transport.close()
+                return
+            else:
+                out.append(b"502 5.5.2 not implemented\r\n")
+        if out:
+            self.transport.write(b"".join(out))
+
+
+def run_sink(port, n, status_path):
+    tally = Tally(n)
+    status = Path(status_path)
+
+    def dump(final=False):
+        tmp = status.with_suffix(".tmp")
+        tmp.write_text(json.dumps(tally.summary(final)))
+        tmp.replace(status)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        server = await loop.create_server(lambda: SinkProtocol(tally), "127.0.0.1", port, backlog=256)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        async with server:
+            while not stop.is_set():
+                try:
+                    await asyncio.wait_for(stop.wait(), 1.0)
+                except TimeoutError:
+                    pass
+                dump()
+        dump(final=True)
+
+    asyncio.run(main())
+
+
+# --- the orchestration -----------------------------------------------------------------
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def recreate_database():
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
+        conn.execute(f"CREATE DATABASE {DB_NAME}")
+
+
+SUBJECT = "Spring news for {{ contact.first_name }}"
+TEXT = "Hello {{ contact.first_name }},\n\n" + ("Herald keeps your readers informed. " * 12 + "\n") * 4
+HTML = (
+    "<html><body><h1>Hello {{ contact.first_name }}</h1>"
+    + "".join(f"<p>Paragraph {i}: " + "Herald keeps your readers informed with care and at speed. " * 3
+              + f"<a href=\"https://herald.example/articles/{i}\">Read article {i}</a></p>" for i in range(4))
+    + "<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p></body></html>"
+)
+
+
+def setup_data(n, domains, throttled_rate, domain_rate):
+    from django.db import connection
+
+    from campaigns.models import Campaign, MailingList
+    from delivery.models import DomainThrottle
+
+    lst = MailingList.objects.create(name="Scale list")
+    with connection.cursor() as cur:
+        cur.execute(
+            """INSERT INTO campaigns_contact (email, email_key, first_name, last_name, attributes, status, created_at, updated_at)
+               SELECT a, a, 'User' || g, '', '{}'::jsonb, 'active', now(), now()
+               FROM (SELECT g, 'user' || g || '@' || CASE WHEN g %% 100 = 0 THEN %s
+                                                     ELSE 'domain' || (g %% %s) || '.example' END AS a
+                     FROM generate_series(1, %s) g) s""",
+            [THROTTLED, domains, n],
+        )
+        cur.execute(
+            """INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at)
+               SELECT id, %s, 'confirmed', now(), now() FROM campaigns_contact""",
+            [lst.pk],
+        )
+        cur.execute("ANALYZE")
+    campaign = Campaign.objects.create(name="Scale", subject=SUBJECT, from_email="news@herald.example",
+                                       from_name="Herald Scale", html_body=HTML, text_body=TEXT)
+    campaign.lists.add(lst)
+    DomainThrottle.objects.create(name="default", is_default=True, rate=domain_rate, burst=domain_rate, max_connections=8)
+    DomainThrottle.objects.create(name="throttled", domains=THROTTLED, rate=throttled_rate, burst=throttled_rate,
+                                  max_connections=2)
+    return campaign
+
+
+def peak_memory(pgids, stop, peak, names):
+    """Peak resident memory (VmHWM) of every process in the given process groups, from /proc."""
+    while not stop.is_set():
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                pgid = os.getpgid(int(pid))
+                if pgid not in pgids:
+                    continue
+                with open(f"/proc/{pid}/status") as fh:
+                    fields = dict(line.split(":", 1) for line in fh if ":" in line)
+                kb = int(fields["VmHWM"].split()[0])
+                peak[int(pid)] = max(peak.get(int(pid), 0), kb)
+                names[int(pid)] = (pgids[pgid], fields["Name"].strip())
+            except (OSError, ProcessLookupError, ValueError, KeyError):
+                continue
+        stop.wait(1.0)
+
+
+def max_window(per_second: dict) -> int:
+    return max(per_second.values(), default=0)
+
+
+def start_workers(count, concurrency, env):
+    workers = []
+    for i in range(count):
+        log = (OUT / f"scale-worker{i}.log").open("wb")
+        workers.append(subprocess.Popen(
+            [str(VENV_BIN / "celery"), "-A", "herald", "worker", "-n", f"scale{i}@%h", "-c", str(concurrency),
+             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
+            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        ))
+    return workers
+
+
+def stop_group(proc, sig=signal.SIGTERM, wait=30):
+    try:
+        os.killpg(proc.pid, sig)
+        proc.wait(wait)
+    except ProcessLookupError:
+        pass
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipients", type=int, default=1_000_000)
+    parser.add_argument("--domains", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--domain-rate", type=int, default=2000, help="per-second limit of each ordinary domain")
+    parser.add_argument("--throttled-rate", type=int, default=100, help=f"per-second limit of {THROTTLED}")
+    parser.add_argument("--timeout", type=int, default=1800, help="give up waiting after this many seconds")
+    parser.add_argument("--sink", nargs=3, metavar=("PORT", "N", "STATUS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sink:
+        run_sink(int(args.sink[0]), int(args.sink[1]), args.sink[2])
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    n = args.recipients
+
+    print(f"database {DB_NAME}, redis {REDIS_URL}: {n} recipients on {args.domains} domains + {THROTTLED} (1%)")
+    t_setup = time.time()
+    recreate_database()
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+    from django.db import connection
+
+    redis_client = redis.Redis.from_url(REDIS_URL)
+    redis_client.flushdb()
+    call_command("migrate", verbosity=0)
+    campaign = setup_data(n, args.domains, args.throttled_rate, args.domain_rate)
+    print(f"set-up (migrate, {n} contacts and subscriptions): {time.time() - t_setup:.1f} s")
+
+    from campaigns.models import Campaign
+    from delivery import lifecycle
+    from delivery.models import Relay, Send
+
+    port = free_port()
+    status_path = OUT / "scale-sink.json"
+    status_path.unlink(missing_ok=True)
+    sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port), str(n), str(status_path)],
+                            cwd=ROOT, start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    Relay.objects.create(name="sink", host="127.0.0.1", port=port, security="none",
+                         max_connections=8, messages_per_connection=1000)
+
+    workers = start_workers(args.workers, args.concurrency, dict(os.environ))
+    groups = {w.pid: f"worker{i}" for i, w in enumerate(workers)} | {sink.pid: "sink", os.getpgid(0): "orchestrator"}
+    peak, names, stop = {}, {}, threading.Event()
+    threading.Thread(target=peak_memory, args=(groups, stop, peak, names), daemon=True).start()
+    time.sleep(5)  # workers boot
+
+    queue_peak = 0
+    timeline = []
+    t0 = time.time()
+    try:
+        lifecycle.start_campaign(campaign.pk)
+        snapshot_s = time.time() - t0
+        print(f"snapshot and enqueue: {snapshot_s:.1f} s; sending …")
+        last_print = time.time()
+        while True:
+            campaign.refresh_from_db()
+            queue_peak = max(queue_peak, redis_client.llen("celery"))
+            if campaign.status != Campaign.Status.SENDING:
+                break
+            if time.time() - t0 > args.timeout:
+                print(f"gave up after {args.timeout} s")
+                break
+            if time.time() - last_print >= 30:
+                sent = json.loads(status_path.read_text())["total"] if status_path.exists() else 0
+                print(f"  {time.time() - t0:6.0f} s: sink has {sent}")
+                last_print = time.time()
+            time.sleep(1)
+        total_s = time.time() - t0
+        counts = lifecycle.counts(campaign.pk)
+    finally:
+        for w in workers:
+            stop_group(w)
+        time.sleep(1.5)
+        stop_group(sink)
+        stop.set()
+    summary = json.loads(status_path.read_text())
+    if "unique" not in summary:
+        raise SystemExit("the sink did not write its final counts")
+
+    with connection.cursor() as cur:
+        cur.execute("SELECT pg_database_size(current_database()), pg_total_relation_size(%s)", [Send._meta.db_table])
+        db_size, send_size = cur.fetchone()
+    per_second = {int(k): v for k, v in summary["per_second"].items()}
+    start = min(per_second, default=int(t0))
+    for k, v in per_second.items():
+        timeline.append((k - start, v))
+    print()
+    print(f"campaign {campaign.status}: {counts}")
+    print(f"total time (start to finished)    {total_s:8.1f} s   (snapshot and enqueue {snapshot_s:.1f} s)")
+    print(f"average rate                       {counts['sent'] / total_s:8.0f} messages/s")
+    print("messages/s over time (sink, 30-s windows):")
+    buckets = defaultdict(int)
+    for sec, v in timeline:
+        buckets[sec // 30] += v
+    print("   " + "  ".join(f"{b * 30}s:{c / 30:.0f}" for b, c in sorted(buckets.items())))
+    print(f"sink: {summary['total']} messages, {summary['unique']} unique recipients of {n}, "
+          f"{summary['duplicates']} duplicates, {summary['unparsed']} unparsed "
+          f"(every recipient counted in a byte array, no sampling)")
+    pds = summary["per_domain_second"]
+    throttled = pds.get(THROTTLED, {})
+    others = {d: max_window(s) for d, s in pds.items() if d != THROTTLED}
+    busiest = max(others, key=others.get) if others else "-"
+    thr_secs = sorted(int(s) for s in throttled)
+    sustained = (sum(throttled.values()) / (thr_secs[-1] - thr_secs[0] + 1)) if thr_secs else 0
+    print(f"{THROTTLED}: highest 1-s count {max_window(throttled)} against a limit of {args.throttled_rate}/s "
+          f"(bucket {args.throttled_rate}); sustained {sustained:.0f}/s over {len(thr_secs)} s")
+    print(f"busiest ordinary domain {busiest}: highest 1-s count {others.get(busiest, 0)} against {args.domain_rate}/s")
+    print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB); "
+          f"celery queue peak {queue_peak} tasks")
+    print("peak memory (VmHWM) of every process started:")
+    for pid in sorted(peak):
+        group, name = names.get(pid, ("?", "?"))
+        print(f"   {group:12s} pid {pid:7d} {name:16s} {peak[pid] / 1024:7.1f} MB")
+    ok = summary["unique"] == n and summary["duplicates"] == 0 and counts["sent"] == n
+    print("RESULT: " + ("every recipient exactly once" if ok else "MISMATCH"))
+
+
+if __name__ == "__main__":
+    main()
