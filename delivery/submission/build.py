@@ -10,16 +10,12 @@ re-encoded, so what the client signed or wrote survives); Herald only
 - sets the VERP envelope sender, and DKIM-signs for a configured sending domain.
 """
 
-import base64
 import html
 import re
 from email import message_from_bytes, policy
 from email.utils import format_datetime
 
-import dkim
-from cryptography.hazmat.primitives import serialization
-
-from delivery import tokens
+from delivery import dkim, tokens
 from delivery.message import BuiltMessage
 from delivery.models import SendingDomain
 from delivery.submission.models import OutboundMessage
@@ -100,32 +96,36 @@ def add_tracking(raw: bytes, send_id: int) -> bytes:
     return message.as_bytes(policy=policy.SMTPUTF8 if utf8 else policy.SMTP)
 
 
-def _dkim_key(domain: SendingDomain) -> bytes:
-    key = domain.private_key.strip().encode()
-    if domain.algorithm == SendingDomain.Algorithm.ED25519 and key.startswith(b"-----"):
-        # dkimpy takes an Ed25519 key as the base64 of its 32 raw bytes.
-        loaded = serialization.load_pem_private_key(key, password=None)
-        raw = loaded.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
-        return base64.b64encode(raw)
-    return key
+_signers: dict[tuple, object] = {}
+
+
+def _signer(domain: str):
+    """delivery.dkim's Signer for the domain's current key; loading a key costs more than signing, so keep it."""
+    row = (
+        SendingDomain.objects.filter(domain__iexact=domain).exclude(private_key="")
+        .values_list("domain", "selector", "private_key").first()
+    )
+    if row is None:
+        return None
+    signer = _signers.get(row)
+    if signer is None:
+        if len(_signers) > 100:
+            _signers.clear()
+        signer = _signers[row] = dkim.Signer(row[0].lower(), row[1], row[2])
+    return signer
 
 
 def dkim_sign(data: bytes, from_domain: str) -> bytes:
     """``data`` with a DKIM-Signature prepended when Herald holds a key for the From domain."""
-    domain = SendingDomain.objects.filter(domain__iexact=from_domain).first()
-    if domain is None or not domain.private_key:
+    signer = _signer(from_domain)
+    if signer is None:
         return data
-    present = {field_name(f) for f in split(data)[0]}
-    signature = dkim.sign(
-        data,
-        domain.selector.encode(),
-        domain.domain.encode(),
-        _dkim_key(domain),
-        include_headers=[h for h in _SIGNED if h in present],
-        signature_algorithm=domain.algorithm.encode(),
-        linesep=b"\r\n",
-    )
-    return signature + data
+    fields, body = split(data)
+    last = {}
+    for field in fields:
+        last[field_name(field)] = field
+    headers = [(name, last[name]) for name in _SIGNED if name in last]
+    return signer.sign(headers, body) + data
 
 
 def build_for_send(send) -> BuiltMessage:
