@@ -125,7 +125,13 @@ def check_addresses(addresses):
 
 
 def send_test(campaign, addresses):
-    """Send the campaign's real message to each address now; a TestResult per address, in order."""
+    """Send the campaign's real message to each address now; a TestResult per address, in the order given."""
+    results = _send_test(campaign, addresses)
+    order = {(a or "").strip(): n for n, a in reversed(list(enumerate(addresses)))}
+    return sorted(results, key=lambda r: order.get(r.address, len(order)))
+
+
+def _send_test(campaign, addresses):
     clean, results = check_addresses(addresses)
     if not clean:
         return results
@@ -165,3 +171,35 @@ def _send_one(conn, server, message):
     except (smtplib.SMTPException, OSError) as exc:
         return TestResult(message.rcpt, False, f"{exc} ({server.where})")
     return TestResult(message.rcpt, True, f"accepted by {server.where} (Message-ID <{message.message_id}>)")
+
+
+def preview(campaign, contact=None, address=""):
+    """What ``contact`` (or an address with empty fields) would receive: for the admin and the API.
+
+    Returns the raw headers, the text part, the HTML part and the variables
+    the templates use that this contact lacks.
+    """
+    from email import message_from_bytes, policy
+
+    from campaigns.rendering import missing_variables
+
+    data = ContactData.of(contact) if contact is not None else ContactData(address or "preview@example.com")
+    built = compile_campaign(campaign).build(_TestSend(data.email), data)
+    raw_headers, _, _ = built.data.partition(b"\r\n\r\n")
+    msg = message_from_bytes(built.data, policy=policy.default)
+    text = html = ""
+    for part in msg.walk():
+        if part.get_content_type() == "text/plain" and not text:
+            text = part.get_content()
+        elif part.get_content_type() == "text/html" and not html:
+            html = part.get_content()
+    return {
+        "subject": str(msg["Subject"] or ""),
+        "from": str(msg["From"] or ""),
+        "to": built.rcpt,
+        "headers": raw_headers.decode("ascii", "replace").replace("\r\n", "\n"),
+        "text": text,
+        "html": html,
+        "missing": missing_variables(campaign, data),
+        "size": len(built.data),
+    }
