@@ -35,10 +35,12 @@ api = NinjaAPI(
 def _add_routers():
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
+    from delivery.submission.api import router as submission_router
     from tracking.api import router as tracking_router
 
     api.add_router("/", campaigns_router)
     api.add_router("/", delivery_router)
+    api.add_router("/", submission_router)
     api.add_router("/", tracking_router)
 
 
