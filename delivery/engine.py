@@ -9,6 +9,7 @@ import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from itertools import chain, islice
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -204,30 +205,6 @@ def compiled_for(campaign_id, updated_at):
     return compiled
 
 
-def build_all(rows):
-    """[(row, BuiltMessage)] to send, and Results for rows that cannot be sent."""
-    ready, done = [], []
-    campaign_ids = {r.campaign_id for r in rows if r.campaign_id}
-    versions = dict(Campaign.objects.filter(id__in=campaign_ids).values_list("id", "updated_at"))
-    for row in rows:
-        try:
-            if row.campaign_id is None:
-                built = _build_submitted(row)
-            elif row.contact_status != Contact.Status.ACTIVE or row.suppressed:
-                # Unsubscribed, blocklisted, deleted or suppressed since the snapshot.
-                done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
-                continue
-            else:
-                contact = ContactData(row.contact_email, row.first_name, row.last_name, row.attributes)
-                built = compiled_for(row.campaign_id, versions.get(row.campaign_id)).build(row, contact)
-        except Exception as exc:
-            log.exception("building send %s failed", row.id)
-            done.append(Result(row, FAILED, reply=f"message could not be built: {exc}"[:2000]))
-            continue
-        ready.append((row, built))
-    return ready, done
-
-
 def _build_submitted(row):
     try:
         from delivery.submission.build import build_for_send
@@ -349,55 +326,113 @@ def _relay_failed(route, exc):
     return count >= RELAY_FAILURE_LIMIT
 
 
+class _Builder:
+    """Builds messages as the connection asks for them; rows that cannot be sent collect in ``done``."""
+
+    def __init__(self, rows):
+        self.rows = rows
+        self.next = 0
+        self.done = []
+        self.versions = dict(
+            Campaign.objects.filter(id__in={r.campaign_id for r in rows if r.campaign_id}).values_list("id", "updated_at")
+        )
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        while self.next < len(self.rows):
+            row = self.rows[self.next]
+            self.next += 1
+            built = self._build(row)
+            if built is not None:
+                return row, built
+        raise StopIteration
+
+    def _build(self, row):
+        try:
+            if row.campaign_id is None:
+                return _build_submitted(row)
+            if row.contact_status != Contact.Status.ACTIVE or row.suppressed:
+                # Unsubscribed, blocklisted, deleted or suppressed since the snapshot.
+                self.done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
+                return None
+            contact = ContactData(row.contact_email, row.first_name, row.last_name, row.attributes)
+            return compiled_for(row.campaign_id, self.versions.get(row.campaign_id)).build(row, contact)
+        except Exception as exc:
+            log.exception("building send %s failed", row.id)
+            self.done.append(Result(row, FAILED, reply=f"message could not be built: {exc}"[:2000]))
+            return None
+
+    def more(self):
+        return self.next < len(self.rows)
+
+    def rest(self):
+        """Rows never built, taken out of the builder."""
+        rows, self.next = self.rows[self.next:], len(self.rows)
+        return rows
+
+    def take_done(self):
+        done, self.done = self.done, []
+        return done
+
+
 def _deliver(rows, route, limit, now=None):
     relay_id = route.relay.pk if route.relay else None
-    ready, done = build_all(rows)
-    if done:
-        finish(done, relay_id, now or timezone.now())
+    builder = _Builder(rows)
+    leftovers = []  # built, not sent (the connection broke first)
     reconnects = 0
-    while ready:
+
+    def unsent():
+        return [r for r, _ in leftovers] + builder.rest()
+
+    while leftovers or builder.more():
         try:
             conn = _connect(route)
         except SMTPFailure as exc:
             t = now or timezone.now()
             reason = f"relay {route.relay.name}: {exc}" if route.relay else str(exc)
-            campaign_rows = [r for r, _ in ready if r.campaign_id]
+            waiting = unsent()
             if exc.fatal or _relay_failed(route, exc):
                 # Pause instead of burning through the list; nothing was attempted.
-                pause_campaigns({r.campaign_id for r in campaign_rows}, reason)
-                release(campaign_rows)
-                finish(defer_all([r for r, _ in ready if not r.campaign_id], reason, t), relay_id, t)
+                pause_campaigns({r.campaign_id for r in waiting if r.campaign_id}, reason)
+                release([r for r in waiting if r.campaign_id])
+                finish(defer_all([r for r in waiting if not r.campaign_id], reason, t) + builder.take_done(), relay_id, t)
             else:
-                finish(defer_all([r for r, _ in ready], reason, t), relay_id, t)
+                finish(defer_all(waiting, reason, t) + builder.take_done(), relay_id, t)
             return []
         if conn is None:
-            release([r for r, _ in ready], 1.0)
-            throttle.give_back(limit, len(ready))
-            return [([r.id for r, _ in ready], 1.0)]
-        if route.relay is not None:
+            waiting = unsent()
+            release(waiting, 1.0)
+            throttle.give_back(limit, len(waiting))
+            finish(builder.take_done(), relay_id, now or timezone.now())
+            return [([r.id for r in waiting], 1.0)]
+        if route.relay is not None and conn.sent == 0:
             throttle.client().delete(throttle.PREFIX + f"relayfail:{route.relay.pk}")
-        chunk = ready[: max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))]
-        replies = conn.send_many([b for _, b in chunk])
+        size = max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))
+        replies, leftovers = conn.send_many(islice(chain(leftovers, builder), size), message=lambda item: item[1])
         pool.put(conn, route.max_messages)
         t = now or timezone.now()
         results, slowed = [], False
-        for (row, built), (code, text) in zip(chunk, replies, strict=False):
+        for (row, built), (code, text) in replies:
             result, outcome = outcome_result(row, code, text, built.message_id, t)
             results.append(result)
             if outcome.throttle and not slowed:
                 throttle.slow_down(limit.key)
                 slowed = True
-        finish(results, relay_id, t)
-        ready = ready[len(replies):]
-        if replies and replies[-1][0] == 421 or slowed:
+        finish(results + builder.take_done(), relay_id, t)
+        last = replies[-1][1][0] if replies else 0
+        if last == 421 or slowed:
             # The destination asked us to slow down: the rest waits its turn.
-            release([r for r, _ in ready], 5.0)
-            return [([r.id for r, _ in ready], 5.0)] if ready else []
-        if replies and replies[-1][0] is None:
+            waiting = unsent()
+            release(waiting, 5.0)
+            return [([r.id for r in waiting], 5.0)] if waiting else []
+        if replies and last is None:
             reconnects += 1
             if reconnects > 2:
-                finish(defer_all([r for r, _ in ready], replies[-1][1], t), relay_id, t)
+                finish(defer_all(unsent(), replies[-1][1][1], t), relay_id, t)
                 return []
+    finish(builder.take_done(), relay_id, now or timezone.now())
     return []
 
 

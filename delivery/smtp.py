@@ -285,24 +285,29 @@ class Connection:
         return (out + b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + size.encode()
                 + b"\r\nRCPT TO:<" + _addr(msg.rcpt) + b">\r\nDATA\r\n")
 
-    def send_many(self, messages):
-        """Send each message (one recipient each); return [(code, text)] in order.
+    def send_many(self, items, message=lambda item: item):
+        """Send each item's message (one recipient each) from an iterable; returns (sent, leftovers).
 
-        The list is shorter than ``messages`` when the connection broke: the last
-        item is then ``(None, why)`` for the message in flight and the rest were
-        never tried. A break after the final dot is an unknown outcome (RFC 5321
-        6.1): the message may have been delivered, and a retry may duplicate it.
+        ``sent`` is [(item, (code, text))] in order; ``message(item)`` gives the
+        BuiltMessage. Items are pulled one ahead, so the caller's building of the
+        next message overlaps the server's work on this one. When the connection
+        breaks, the last reply is ``(None, why)`` for the message in flight and
+        ``leftovers`` holds items already pulled but not sent. A break after the
+        final dot is an unknown outcome (RFC 5321 6.1): the message may have been
+        delivered, and a retry may duplicate it.
         """
         results = []
-        if not messages:
-            return results
+        it = iter(items)
+        end = object()
+        cur = next(it, end)
+        ahead = []  # pulled, not yet sent
         t = self.timeouts
         pipelined = self.pipelining
         rset = False
-        written = False  # the next envelope already went out with the previous body
+        written = False  # cur's envelope already went out with the previous body
         try:
-            for i, msg in enumerate(messages):
-                nxt = messages[i + 1] if i + 1 < len(messages) else None
+            while cur is not end:
+                msg = message(cur)
                 if pipelined:
                     if not written:
                         self._write(self._envelope(msg, rset))
@@ -312,8 +317,8 @@ class Connection:
                         if replies[-1][0] == 421:
                             # The server is closing the session (RFC 5321 3.8).
                             self.broken = True
-                            results.append(replies[-1])
-                            return results
+                            results.append((cur, replies[-1]))
+                            return results, ahead + list(it)
                     if rset:
                         replies.pop(0)
                 else:
@@ -322,31 +327,43 @@ class Connection:
                 (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
                 if dcode != 354:
                     if mcode >= 300:
-                        results.append((mcode, mtext))
+                        results.append((cur, (mcode, mtext)))
                     elif rcode >= 300:
-                        results.append((rcode, rtext))
+                        results.append((cur, (rcode, rtext)))
                     else:
-                        results.append((dcode, dtext))
+                        results.append((cur, (dcode, dtext)))
                     rset = True
+                    cur = ahead.pop(0) if ahead else next(it, end)
                     continue
                 rset = False
                 body = wire_data(msg.data)
-                if pipelined and nxt is not None:
+                if not ahead:
+                    nxt = next(it, end)
+                    if nxt is not end:
+                        ahead.append(nxt)
+                if pipelined and ahead:
                     # Message content may open the next group (RFC 2920 3.1).
-                    self._write(body + self._envelope(nxt, False), t.final_dot)
+                    self._write(body + self._envelope(message(ahead[0]), False), t.final_dot)
                     written = True
+                    # Build the one after while the server works on this one.
+                    after = next(it, end)
+                    if after is not end:
+                        ahead.append(after)
                 else:
                     self._write(body, t.final_dot)
-                results.append(self._read_reply(t.final_dot))
+                reply = self._read_reply(t.final_dot)
+                results.append((cur, reply))
                 self.sent += 1
-                if results[-1][0] == 421:
+                if reply[0] == 421:
                     self.broken = True  # the server is closing the session
-                    return results
+                    return results, ahead + list(it)
+                cur = ahead.pop(0) if ahead else end
         except ConnectionLost as exc:
             self.broken = True
-            results.append((None, str(exc)))
+            results.append((cur, (None, str(exc))))
+            return results, ahead + list(it)
         self.last_used = time.monotonic()
-        return results
+        return results, []
 
     def _sequential(self, msg, rset):
         if rset:
