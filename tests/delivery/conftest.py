@@ -54,11 +54,9 @@ def make_campaign():
         )
         contacts = Contact.objects.filter(email_key__in=[a.lower() for a in addresses])
         Subscription.objects.bulk_create([Subscription(contact=c, mailing_list=lst) for c in contacts])
-        campaign = Campaign.objects.create(
-            name=name, subject="Hello {{ contact.first_name }}", from_email="news@herald.example",
-            from_name="Herald News", html_body="<p>Hi {{ contact.first_name }}</p>", text_body="Hi {{ contact.first_name }}",
-            **fields,
-        )
+        values = {"subject": "Hello {{ contact.first_name }}", "from_email": "news@herald.example", "from_name": "Herald News",
+                  "html_body": "<p>Hi {{ contact.first_name }}</p>", "text_body": "Hi {{ contact.first_name }}"}
+        campaign = Campaign.objects.create(name=name, **{**values, **fields})
         campaign.lists.add(lst)
         return campaign
 

@@ -67,7 +67,20 @@ class Authenticator:
 
 
 class DroppingHandler(SinkHandler):
-    """Like the shared sink's handler, but a dropped connection really closes the socket."""
+    """Like the shared sink's handler, but a dropped connection really closes the socket.
+
+    With ``pipelining`` the server offers ESMTP PIPELINING (RFC 2920), so the
+    client's pipelined path is exercised; aiosmtpd reads commands one by one
+    from its buffer, which is all pipelining needs from a server.
+    """
+
+    pipelining = False
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):
+        session.host_name = hostname
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
 
     async def handle_DATA(self, server, session, envelope):
         if any(r.lower() in self.sink.rules.drop_after_data for r in envelope.rcpt_tos):
@@ -77,9 +90,15 @@ class DroppingHandler(SinkHandler):
 
 
 class DroppingSink(Sink):
-    def __init__(self, **kwargs):
+    def __init__(self, pipelining=False, **kwargs):
         super().__init__(**kwargs)
         self.controller.handler = DroppingHandler(self)
+        self.controller.handler.pipelining = pipelining
+
+
+class PipeliningSink(DroppingSink):
+    def __init__(self, **kwargs):
+        super().__init__(pipelining=True, **kwargs)
 
 
 class TLSSink(Sink):

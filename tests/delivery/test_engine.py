@@ -7,22 +7,32 @@ from delivery import lifecycle
 from delivery.models import Send
 from delivery.signals import send_outcome
 from tests.delivery.conftest import drain, statuses
-from tests.delivery.servers import DroppingSink
-from tests.support.smtp import Rules, Sink
+from tests.delivery.servers import DroppingSink, PipeliningSink
+from tests.support.smtp import Rules
 
 pytestmark = pytest.mark.django_db
 
 
-def test_every_recipient_gets_one_personalised_message_over_few_connections(sink, relay, make_campaign):
-    addresses = [f"user{i}@example.com" for i in range(30)] + [f"User{i}@Example.org" for i in range(10)]
-    campaign = make_campaign(addresses)
+@pytest.fixture(params=["plain", "pipelining"])
+def server_class(request):
+    """Each behaviour once with one command per round trip and once pipelined (RFC 2920)."""
+    return PipeliningSink if request.param == "pipelining" else DroppingSink
 
-    lifecycle.start_campaign(campaign.pk)
-    drain(campaign.pk)
+
+def test_every_recipient_gets_one_personalised_message_over_few_connections(make_relay, make_campaign, server_class):
+    addresses = [f"user{i}@example.com" for i in range(30)] + [f"User{i}@Example.org" for i in range(10)]
+    campaign = make_campaign(addresses, text_body="Hi {{ contact.first_name }}\n.a line that starts with a dot\n.\nend")
+
+    with server_class() as sink:
+        make_relay(sink.port)
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
 
     assert sorted(r.lower() for r in sink.recipients()) == sorted(a.lower() for a in addresses)
     first = next(item for item in sink.received if item.rcpt_tos == ["user7@example.com"])
     assert first.message["Subject"] == "Hello user7"
+    text = first.message.get_body(("plain",)).get_content().replace("\r\n", "\n")
+    assert ".a line that starts with a dot\n.\nend" in text  # dots survive the wire (RFC 5321 4.5.2)
     assert first.mail_from.startswith("bounces+")
     assert len({item.peer for item in sink.received}) <= 2  # one connection per domain batch at most, reused
     sent = Send.objects.get(email="user7@example.com")
@@ -34,7 +44,7 @@ def test_every_recipient_gets_one_personalised_message_over_few_connections(sink
     assert counts["sent"] == counts["total"] == campaign.total == 40
 
 
-def test_replies_are_classified_per_recipient(make_relay, make_campaign):
+def test_replies_are_classified_per_recipient(make_relay, make_campaign, server_class):
     rules = Rules(
         rcpt={"gone@example.com": "550 5.1.1 <gone@example.com>: user unknown"},
         data={"busy@example.com": "451 4.3.0 mailbox busy, try later", "spam@example.com": "554 5.7.1 message refused by policy"},
@@ -46,7 +56,7 @@ def test_replies_are_classified_per_recipient(make_relay, make_campaign):
 
     send_outcome.connect(record)
     try:
-        with Sink(rules=rules) as server:
+        with server_class(rules=rules) as server:
             make_relay(server.port)
             names = ["ok", "gone", "busy", "spam", "ok2"]
             campaign = make_campaign([f"{n}@example.com" for n in names])
@@ -76,9 +86,9 @@ def test_replies_are_classified_per_recipient(make_relay, make_campaign):
     assert sorted(statuses(later.pk)) == ["new@example.com", "spam@example.com"]
 
 
-def test_a_dropped_connection_defers_only_the_message_in_flight(make_relay, make_campaign):
+def test_a_dropped_connection_defers_only_the_message_in_flight(make_relay, make_campaign, server_class):
     rules = Rules(drop_after_data={"drop@example.com"})
-    with DroppingSink(rules=rules) as server:
+    with server_class(rules=rules) as server:
         make_relay(server.port)
         addresses = [f"a{i}@example.com" for i in range(5)] + ["drop@example.com"] + [f"b{i}@example.com" for i in range(5)]
         campaign = make_campaign(addresses)
@@ -97,7 +107,7 @@ def test_a_dropped_connection_defers_only_the_message_in_flight(make_relay, make
 
 def test_slow_replies_within_the_timeout_are_waited_for(make_relay, make_campaign, settings):
     settings.HERALD_SMTP_TIMEOUT = 5
-    with Sink(rules=Rules(delay=0.3)) as server:
+    with PipeliningSink(rules=Rules(delay=0.3)) as server:
         make_relay(server.port)
         campaign = make_campaign(["slow1@example.com", "slow2@example.com"])
         lifecycle.start_campaign(campaign.pk)
@@ -107,7 +117,7 @@ def test_slow_replies_within_the_timeout_are_waited_for(make_relay, make_campaig
 
 def test_a_reply_slower_than_the_timeout_is_an_unknown_outcome_retried_later(make_relay, make_campaign, settings):
     settings.HERALD_SMTP_TIMEOUT = 1
-    with Sink(rules=Rules(delay=2.5)) as server:
+    with PipeliningSink(rules=Rules(delay=2.5)) as server:
         make_relay(server.port)
         campaign = make_campaign(["slow@example.com"])
         lifecycle.start_campaign(campaign.pk)
