@@ -114,14 +114,16 @@ def _qp_escape(text: str) -> str:
     return text.encode("utf-8").decode("latin-1").translate(_QP_MAP)
 
 
-def _soft_break(line: str) -> bytes:
-    """An escaped line cut into 76-character pieces with ``=`` soft breaks, as quoprimime does."""
+def _soft_break(line: str, start=0, head=b"") -> bytes:
+    """An escaped line cut into 76-character pieces with ``=`` soft breaks, as quoprimime does.
+
+    ``start`` and ``head`` resume after pieces already cut (see ``_cut_prefix``).
+    """
     width = MAX_LINE - 1
     laststart = len(line) - 1 - MAX_LINE
     if laststart < 0 and not (line and line[-1] in " \t"):
         return line.encode("ascii")
     out = []
-    start = 0
     while start <= laststart:
         stop = start + width
         if line[stop - 2] == "=":
@@ -145,7 +147,30 @@ def _soft_break(line: str) -> bytes:
         out.append(line[start:-1] + tail)
     else:
         out.append(line[start:])
-    return "\r\n".join(out).encode("ascii")
+    return head + "\r\n".join(out).encode("ascii")
+
+
+def _cut_prefix(prefix: str):
+    """The soft breaks a line starting with ``prefix`` gets whatever follows: (head bytes, resume offset).
+
+    Each cut looks only at the 77 characters after the previous one, and is
+    made whenever at least 79 remain, so cuts inside a long static prefix are
+    the same for every recipient.
+    """
+    width = MAX_LINE - 1
+    pieces, start = [], 0
+    while len(prefix) - start >= MAX_LINE + 1:
+        stop = start + width
+        if prefix[stop - 2] == "=":
+            pieces.append(prefix[start:stop - 1])
+            start = stop - 2
+        elif prefix[stop - 1] == "=":
+            pieces.append(prefix[start:stop])
+            start = stop - 1
+        else:
+            pieces.append(prefix[start:stop] + "=")
+            start = stop
+    return "".join(p + "\r\n" for p in pieces).encode("ascii"), start
 
 
 def _qp_line(raw: bytes) -> bytes:
@@ -243,7 +268,9 @@ class BodyPlan:
                 else:
                     items.append(encoded)
             else:
-                items.append((tuple(_qp_escape(p) if isinstance(p, str) else p for p in parts), last))
+                escaped = tuple(_qp_escape(p) if isinstance(p, str) else p for p in parts)
+                head, start = _cut_prefix(escaped[0] if isinstance(escaped[0], str) else "")
+                items.append((escaped, last, head, start))
         return cls(items, exprs)
 
     def encode(self, tokens_list, evaluated):
@@ -263,11 +290,11 @@ class BodyPlan:
             if item.__class__ is bytes:
                 out.append(item)
                 continue
-            parts, last = item
+            parts, last, head, start = item
             line = "".join([p if p.__class__ is str else vals[p] for p in parts])
             if last and not line:
                 continue
-            out.append(_soft_break(line) + b"\r\n")
+            out.append(_soft_break(line, start, head) + b"\r\n")
         return b"".join(out) or b"\r\n"
 
 

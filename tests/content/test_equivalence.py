@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from campaigns.models import Campaign, Contact
 from campaigns.rendering import ContactData
 from delivery import tokens
-from delivery.message import _qp_line, compile_campaign, fold_header
+from delivery.message import _cut_prefix, _qp_escape, _qp_line, _soft_break, compile_campaign, fold_header
 from tests.content.conftest import FakeSend
 
 
@@ -68,6 +68,8 @@ TRICKY = [
         "last_name": "Smith & <Sons>", "attributes": {"address": "1 Main St\nSpringfield =\r\n USA "}}),
     ("Hi", "News", "{% for i in range(3) %}<p>{{ i }} {{ contact.first_name }}</p>\n{% endfor %}", "", {"first_name": "Ann"}),
     ("Empty", "News", "", "", {}),
+    ("Prefix", "News", "<p>" + "a=b " * 60 + "{{ contact.first_name }}" + " tail=" * 30 + "</p>\n<p>" + "é" * 90
+     + "{{ contact.email }} </p>", "x" * 150 + "{{ contact.email }}\t", {"first_name": "Zoë " * 10}),
 ]
 
 
@@ -110,3 +112,11 @@ def test_quoted_printable_line_matches_email_package(text):
     for raw in text.encode("utf-8").splitlines() or [b""]:
         expected = quoprimime.body_encode(raw.decode("latin-1") + "\n", 78).replace("\n", "\r\n")
         assert _qp_line(raw) + b"\r\n" == expected.encode("ascii")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="ab= \té", max_size=300), st.text(alphabet="ab= \té", max_size=200))
+def test_soft_breaks_resume_after_a_precut_prefix(prefix, rest):
+    prefix, rest = _qp_escape(prefix), _qp_escape(rest)
+    head, start = _cut_prefix(prefix)
+    assert _soft_break(prefix + rest, start, head) == _soft_break(prefix + rest)
