@@ -256,11 +256,20 @@ def send_batch(send_ids, now=None):
         return []
     requeue = []
     groups = {}
-    for row in rows:
-        groups.setdefault(routing.group_of(row.domain), []).append(row)
-    for group_rows in groups.values():
-        requeue.extend(_send_group(group_rows, now))
-    settle_campaigns({r.campaign_id for r in rows})
+    try:
+        for row in rows:
+            groups.setdefault(routing.group_of(row.domain), []).append(row)
+        for group_rows in groups.values():
+            requeue.extend(_send_group(group_rows, now))
+        settle_campaigns({r.campaign_id for r in rows})
+    except Exception:
+        # Redis or PostgreSQL went away mid-batch: hand back what is still
+        # ours if we can; otherwise the lease expires and the sweeper does it.
+        try:
+            release(rows, 5.0)
+        except Exception:
+            log.warning("could not release %d sends; their lease will expire", len(rows))
+        raise
     return requeue
 
 

@@ -1,13 +1,18 @@
 """Thin Celery tasks around the engine; the behaviour lives in delivery.engine and delivery.lifecycle."""
 
+import redis
 from celery import shared_task
 from celery.signals import worker_process_shutdown
+from django.db import InterfaceError, OperationalError
 
 from delivery import dispatch, engine, lifecycle
 from delivery.smtp import pool
 
+# A restarting Redis or PostgreSQL delays a batch; it is not lost.
+TRANSIENT = (redis.ConnectionError, redis.TimeoutError, InterfaceError, OperationalError)
 
-@shared_task(name="delivery.send_batch")
+
+@shared_task(name="delivery.send_batch", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=None)
 def send_batch(send_ids):
     for ids, countdown in engine.send_batch(send_ids):
         dispatch.enqueue_sends(ids, countdown)

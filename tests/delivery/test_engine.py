@@ -1,9 +1,10 @@
 """A campaign through a real SMTP relay (aiosmtpd on loopback), run by the engine in this process."""
 
 import pytest
+from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, Suppression
-from delivery import lifecycle
+from delivery import engine, lifecycle, throttle
 from delivery.models import Send
 from delivery.signals import send_outcome
 from tests.delivery.conftest import drain, statuses
@@ -136,3 +137,40 @@ def test_recipients_unsubscribed_after_the_snapshot_are_skipped(sink, relay, mak
     assert statuses(campaign.pk) == {"stay@example.com": "sent", "leave@example.com": "skipped"}
     counts = lifecycle.counts(campaign.pk)
     assert counts["total"] == counts["sent"] + counts["skipped"] == 2
+
+
+def test_connections_are_renewed_after_the_messages_per_connection_limit(make_relay, make_campaign):
+    with PipeliningSink() as server:
+        make_relay(server.port, messages_per_connection=3)
+        campaign = make_campaign([f"m{i}@example.com" for i in range(7)])
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+        peers = [item.peer for item in server.received]
+    assert len(peers) == 7 and len(set(peers)) == 3
+
+
+def test_no_free_connection_slot_hands_the_batch_back(make_relay, make_campaign):
+    with PipeliningSink() as server:
+        relay = make_relay(server.port, max_connections=1)
+        assert throttle.acquire_slot(f"relay:{relay.pk}", 1, "another-worker", 60)
+        campaign = make_campaign(["a@example.com", "b@example.com"])
+        lifecycle.start_campaign(campaign.pk)
+        ids = list(Send.objects.values_list("id", flat=True))
+        requeue = engine.send_batch(ids)
+        assert server.recipients() == []
+        assert sorted(requeue[0][0]) == sorted(ids) and requeue[0][1] > 0
+        assert set(statuses(campaign.pk).values()) == {"queued"}
+        throttle.release_slot(f"relay:{relay.pk}", "another-worker")
+        drain(campaign.pk)
+        assert sorted(server.recipients()) == ["a@example.com", "b@example.com"]
+
+
+def test_a_relay_rate_limit_sends_the_rest_later(make_relay, make_campaign):
+    with PipeliningSink() as server:
+        make_relay(server.port, rate=3, rate_period="hour")
+        campaign = make_campaign([f"r{i}@example.com" for i in range(5)])
+        lifecycle.start_campaign(campaign.pk)
+        engine.send_batch(list(Send.objects.values_list("id", flat=True)))
+        assert len(server.recipients()) == 3
+    later = Send.objects.filter(status="queued")
+    assert later.count() == 2 and all(s.next_attempt_at > timezone.now() for s in later)
