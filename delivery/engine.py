@@ -7,6 +7,7 @@ with the countdown after which they should be tried, and never sleeps.
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain, islice
@@ -35,8 +36,13 @@ PENDING = ("queued", "sending", "deferred")
 # Rows are written back after every chunk, so a killed worker can have sent at
 # most this many messages whose rows still say "sending" (the duplicate bound).
 WRITE_CHUNK = 100
-# A relay that fails this many connection attempts in a row pauses its campaigns.
+# A relay that fails this many connection attempts in a row, for at least
+# RELAY_DOWN_SECONDS, pauses its campaigns. A relay that is restarting or
+# answers 421 for a minute comes back by itself: until then its sends are
+# deferred with backoff (attempts are counted, nothing is burnt), and nobody
+# has to resume anything.
 RELAY_FAILURE_LIMIT = 5
+RELAY_DOWN_SECONDS = 120
 
 
 def lease_seconds():
@@ -161,20 +167,25 @@ def settle_campaigns(campaign_ids, now=None):
     if not ids:
         return
     now = now or timezone.now()
+    current = dict(Campaign.objects.filter(id__in=ids).values_list("id", "status"))
+    cancelled = [c for c, status in current.items() if status == Campaign.Status.CANCELLED]
+    running = [c for c, status in current.items() if status == Campaign.Status.SENDING]
     with connection.cursor() as cur:
-        cur.execute(
-            f"""UPDATE {SEND} s SET status = 'cancelled', lease_expires_at = NULL, updated_at = %(now)s
-                FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.id = ANY(%(ids)s) AND k.status = 'cancelled'
-                  AND s.status IN ('queued', 'deferred')""",  # noqa: S608
-            {"ids": ids, "now": now},
-        )
-        cur.execute(
-            f"""UPDATE {CAMPAIGN} k SET status = 'finished', finished_at = %(now)s, updated_at = %(now)s
-                WHERE k.id = ANY(%(ids)s) AND k.status = 'sending'
-                  AND NOT EXISTS (SELECT 1 FROM {SEND} s WHERE s.campaign_id = k.id
-                                  AND s.status IN ('queued', 'sending', 'deferred'))""",  # noqa: S608
-            {"ids": ids, "now": now},
-        )
+        if cancelled:
+            cur.execute(
+                f"""UPDATE {SEND} s SET status = 'cancelled', lease_expires_at = NULL, updated_at = %(now)s
+                    FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.id = ANY(%(ids)s) AND k.status = 'cancelled'
+                      AND s.status IN ('queued', 'deferred')""",  # noqa: S608
+                {"ids": cancelled, "now": now},
+            )
+        if running:
+            cur.execute(
+                f"""UPDATE {CAMPAIGN} k SET status = 'finished', finished_at = %(now)s, updated_at = %(now)s
+                    WHERE k.id = ANY(%(ids)s) AND k.status = 'sending'
+                      AND NOT EXISTS (SELECT 1 FROM {SEND} s WHERE s.campaign_id = k.id
+                                      AND s.status IN ('queued', 'sending', 'deferred'))""",  # noqa: S608
+                {"ids": running, "now": now},
+            )
 
 
 def pause_campaigns(campaign_ids, reason):
@@ -332,7 +343,9 @@ def _relay_failed(route, exc):
     r = throttle.client()
     count = r.incr(key)
     r.expire(key, 600)
-    return count >= RELAY_FAILURE_LIMIT
+    r.set(key + ":since", time.time(), nx=True, ex=600)
+    since = float(r.get(key + ":since") or time.time())
+    return count >= RELAY_FAILURE_LIMIT and time.time() - since >= RELAY_DOWN_SECONDS
 
 
 class _Builder:
@@ -417,7 +430,8 @@ def _deliver(rows, route, limit, now=None):
             finish(builder.take_done(), relay_id, now or timezone.now())
             return [([r.id for r in waiting], 1.0)]
         if route.relay is not None and conn.sent == 0:
-            throttle.client().delete(throttle.PREFIX + f"relayfail:{route.relay.pk}")
+            key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
+            throttle.client().delete(key, key + ":since")
         size = max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))
         replies, leftovers = conn.send_many(islice(chain(leftovers, builder), size), message=lambda item: item[1])
         pool.put(conn, route.max_messages)
