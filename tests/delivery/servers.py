@@ -83,6 +83,7 @@ class DroppingHandler(SinkHandler):
         return responses
 
     async def handle_DATA(self, server, session, envelope):
+        self.sink.tls_sessions.append(session.ssl is not None)
         if any(r.lower() in self.sink.rules.drop_after_data for r in envelope.rcpt_tos):
             server.transport.close()
             return "421 4.4.2 connection dropped"
@@ -92,6 +93,7 @@ class DroppingHandler(SinkHandler):
 class DroppingSink(Sink):
     def __init__(self, pipelining=False, **kwargs):
         super().__init__(**kwargs)
+        self.tls_sessions = []  # per DATA: was the session encrypted?
         self.controller.handler = DroppingHandler(self)
         self.controller.handler.pipelining = pipelining
 

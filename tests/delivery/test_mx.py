@@ -5,7 +5,7 @@ import pytest
 from delivery import lifecycle, mx, routing
 from delivery.models import Send
 from tests.delivery.conftest import drain
-from tests.delivery.servers import DNSServer
+from tests.delivery.servers import DNSServer, DroppingSink, server_context
 
 pytestmark = pytest.mark.django_db
 
@@ -53,3 +53,16 @@ def test_direct_mode_delivers_through_the_next_mx_and_bounces_dead_domains(dns_s
     assert result["ann@shop.test"][0] == "sent"
     assert result["eve@missing.test"][0] == "bounced" and "does not exist" in result["eve@missing.test"][1]
     assert result["joe@nomail.test"][0] == "bounced"
+
+
+def test_direct_mode_uses_starttls_when_the_mx_offers_it(settings, certificate, make_campaign):
+    with DroppingSink(tls_context=server_context(*certificate)) as server:
+        records = {("secure.test", "MX"): ["10 mx.secure.test."], ("mx.secure.test", "A"): ["127.0.0.1"]}
+        with DNSServer(records) as dns_server:
+            settings.HERALD_DNS_NAMESERVERS = [dns_server.address]
+            settings.HERALD_DIRECT_PORT = server.port
+            campaign = make_campaign(["ann@secure.test"])
+            lifecycle.start_campaign(campaign.pk)
+            drain(campaign.pk)
+        assert server.recipients() == ["ann@secure.test"]
+        assert server.tls_sessions == [True]

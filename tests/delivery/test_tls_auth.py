@@ -98,3 +98,19 @@ def test_implicit_tls_delivers(trusted, certificate, make_relay, make_campaign):
         lifecycle.start_campaign(campaign.pk)
         drain(campaign.pk)
         assert server.recipients() == ["ann@example.com"]
+
+
+def test_a_relay_that_keeps_refusing_connections_pauses_the_campaign(make_relay, make_campaign, monkeypatch):
+    from delivery import engine
+    from tests.support.smtp import free_port
+
+    monkeypatch.setattr(engine, "RELAY_DOWN_SECONDS", 0)  # as if it had been down long enough
+    make_relay(free_port())  # nothing listens there
+    campaign = make_campaign([f"u@d{i}.example" for i in range(6)])  # six domains: six batches
+    lifecycle.start_campaign(campaign.pk)
+    drain(campaign.pk)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.PAUSED
+    assert "cannot connect to 127.0.0.1" in campaign.status_reason
+    counts = lifecycle.counts(campaign.pk)
+    assert counts["total"] == counts["deferred"] + counts["queued"] == 6
