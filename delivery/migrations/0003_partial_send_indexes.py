@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0002_audience_import_indexes'),
+        ('campaigns', '0001_initial'),
         ('delivery', '0002_operator_groups'),
     ]
 
