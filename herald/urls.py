@@ -6,6 +6,8 @@ from herald.api import api
 urlpatterns = [
     # Campaign lifecycle pages; before admin/ so the admin site does not claim them.
     path("admin/herald/", include("delivery.admin_urls")),
+    path("admin/herald/", include("delivery.admin_operator")),
+    path("admin/herald/", include("campaigns.admin_import_preview")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),

@@ -1,0 +1,158 @@
+"""Importing contacts from the admin: upload, preview of the first rows and the column mapping, then progress.
+
+The file is stored with a pending Import row first; nothing touches contacts
+until the operator has seen how the columns will be read and confirms. The
+import then runs on a worker (campaigns.run_import) and its page follows the
+row counts as they grow. Mounted under /admin/herald/.
+"""
+
+import csv
+import io
+
+from django import forms
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.contrib.auth.decorators import permission_required
+from django.http import JsonResponse
+from django.shortcuts import get_object_or_404, redirect
+from django.template.response import TemplateResponse
+from django.urls import NoReverseMatch, path, reverse
+from django.views.decorators.http import require_GET
+
+from campaigns import imports
+from campaigns.imports import ImportRejected
+from campaigns.models import Import, MailingList
+from campaigns.tasks import enqueue_import
+
+app_name = "import-admin"
+PREVIEW_ROWS = 10
+PERMISSION = "campaigns.add_contact"
+
+
+class UploadForm(forms.Form):
+    file = forms.FileField(help_text="CSV with a header row naming an email column; other columns become attributes.")
+    mailing_list = forms.ModelChoiceField(MailingList.objects.all(), required=False, label="Into the list")
+    new_list = forms.CharField(required=False, max_length=200, label="or a new list named")
+    mode = forms.ChoiceField(choices=Import.Mode.choices, initial=Import.Mode.UPSERT,
+                             help_text="upsert: update names and attributes of known contacts; "
+                                       "skip-existing: leave them as they are.")
+
+    def clean(self):
+        data = super().clean()
+        name = (data.get("new_list") or "").strip()
+        if not data.get("mailing_list") and not name:
+            raise forms.ValidationError("Choose a list or name a new one.")
+        if data.get("mailing_list") and name:
+            raise forms.ValidationError("Choose a list or name a new one, not both.")
+        return data
+
+
+def context(request, title, **extra):
+    from django.contrib import admin
+
+    return {**admin.site.each_context(request), "title": title, "opts": Import._meta, **extra}
+
+
+@staff_member_required
+@permission_required(PERMISSION, raise_exception=True)
+def upload(request):
+    form = UploadForm(request.POST or None, request.FILES or None)
+    if request.method == "POST" and form.is_valid():
+        data = form.cleaned_data
+        mailing_list = data["mailing_list"] or MailingList.objects.get_or_create(name=data["new_list"].strip())[0]
+        imp = Import(mailing_list=mailing_list, original_name=data["file"].name[:255], mode=data["mode"],
+                     created_by=request.user)
+        imp.file.save(data["file"].name, data["file"], save=False)
+        imp.save()
+        return redirect("import-admin:preview", imp.pk)
+    return TemplateResponse(request, "admin/campaigns/import/upload.html", context(request, "Import contacts", form=form))
+
+
+def read_preview(imp: Import, rows=PREVIEW_ROWS) -> dict:
+    """The first rows as the import will read them, and what each column becomes. Raises ImportRejected."""
+    with imp.file.open("rb") as fh:
+        sample = fh.read(imports.SAMPLE_BYTES)
+        complete = not fh.read(1)
+    if not sample.strip():
+        raise ImportRejected("The file is empty.")
+    if b"\x00" in sample:
+        raise ImportRejected("The file contains binary data (NUL bytes); a contact list must be a text CSV file.")
+    encoding = imports.check_encoding(imp.encoding) if imp.encoding else imports._detect_encoding(sample, complete)
+    text = sample.decode(encoding, errors="replace")
+    delimiter = imports.parse_delimiter(imp.delimiter) or imports._detect_delimiter(text)
+    lines = text.splitlines(keepends=True)
+    if not complete and len(lines) > 1:
+        lines = lines[:-1]  # a cut-off last line is not shown
+    reader = csv.reader(io.StringIO("".join(lines)), delimiter=delimiter)
+    header = next(reader, [])
+    columns = imports.map_columns(header)
+    known = {columns.email: "email", columns.first_name: "first name", columns.last_name: "last name",
+             columns.name: "full name (split into first and last)"}
+    attributes = dict(columns.attributes)
+    mapping = []
+    for index, name in enumerate(header):
+        if index in known:
+            target = known[index]
+        elif index in attributes:
+            target = f"attribute “{attributes[index]}”"
+        else:
+            target = "ignored (no name)"
+        mapping.append({"column": name.strip(), "target": target})
+    body = [row for _, row in zip(range(rows), reader, strict=False)]
+    return {"encoding": encoding, "delimiter": "tab" if delimiter == "\t" else delimiter, "header": [h.strip() for h in header],
+            "rows": body, "mapping": mapping}
+
+
+@staff_member_required
+@permission_required(PERMISSION, raise_exception=True)
+def preview(request, import_id):
+    imp = get_object_or_404(Import, pk=import_id)
+    if imp.status != Import.Status.PENDING:
+        return redirect("import-admin:progress", imp.pk)
+    try:
+        shown, error = read_preview(imp), ""
+    except ImportRejected as exc:
+        shown, error = None, str(exc)
+    if request.method == "POST":
+        if error:
+            messages.error(request, error)
+        elif Import.objects.filter(pk=imp.pk, status=Import.Status.PENDING).exists():
+            enqueue_import(imp)
+            return redirect("import-admin:progress", imp.pk)
+    return TemplateResponse(request, "admin/campaigns/import/preview.html",
+                            context(request, f"Import {imp.original_name}: check the columns", imp=imp, preview=shown,
+                                    error=error), status=422 if error else 200)
+
+
+@staff_member_required
+@permission_required(PERMISSION, raise_exception=True)
+def progress(request, import_id):
+    imp = get_object_or_404(Import, pk=import_id)
+    return TemplateResponse(request, "admin/campaigns/import/progress.html",
+                            context(request, f"Importing {imp.original_name}", imp=imp, data=progress_data(imp)))
+
+
+def progress_data(imp: Import) -> dict:
+    try:
+        list_url = reverse("admin:campaigns_contact_changelist")
+        list_url += f"?subscriptions__mailing_list__id__exact={imp.mailing_list_id}"
+    except NoReverseMatch:  # the contact admin is not installed
+        list_url = ""
+    return {"id": imp.pk, "status": imp.status, "rows": imp.rows_processed, "created": imp.created, "updated": imp.updated,
+            "skipped": imp.skipped, "invalid": imp.invalid, "error": imp.error,
+            "list": str(imp.mailing_list) if imp.mailing_list else "", "contacts_url": list_url}
+
+
+@staff_member_required
+@permission_required(PERMISSION, raise_exception=True)
+@require_GET
+def progress_json(request, import_id):
+    return JsonResponse(progress_data(get_object_or_404(Import, pk=import_id)))
+
+
+urlpatterns = [
+    path("imports/new/", upload, name="upload"),
+    path("imports/<int:import_id>/preview/", preview, name="preview"),
+    path("imports/<int:import_id>/", progress, name="progress"),
+    path("imports/<int:import_id>/progress.json", progress_json, name="progress-json"),
+]
