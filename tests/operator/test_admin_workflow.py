@@ -14,10 +14,10 @@ from tracking.models import Event
 
 pytestmark = pytest.mark.django_db
 
-CSV = ("E-Mail;Vorname;Nachname;City;Plan\n"
-       "ann@example.com;Ann;Lee;Lisbon;gold\n"
-       "bob@example.com;Bob;Ray;Porto;free\n"
-       "not-an-address;Cy;Day;Faro;free\n").encode()
+CSV = (b"E-Mail;Vorname;Nachname;City;Plan\n"
+       b"ann@example.com;Ann;Lee;Lisbon;gold\n"
+       b"bob@example.com;Bob;Ray;Porto;free\n"
+       b"not-an-address;Cy;Day;Faro;free\n")
 
 
 @pytest.fixture
