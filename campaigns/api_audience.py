@@ -1,5 +1,505 @@
-"""API: api_audience."""
+"""API: mailing lists, contacts (CRUD, filters, pagination, CSV export) and CSV imports.
 
-from ninja import Router
+Every refusal is JSON naming the field: 422 ``{"detail": "email: ...",
+"errors": [{"field": "email", "message": "..."}]}`` for bad values, 409 for an
+address or a list name that exists already, 413 for an upload over
+HERALD_IMPORT_MAX_BYTES. Imports run as a Celery task; ``GET /imports/{id}``
+reports progress and counts, ``GET /imports/{id}/errors`` the error report.
+"""
 
-router = Router()
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Count, Prefetch, Q
+from django.http import FileResponse, StreamingHttpResponse
+from django.shortcuts import get_object_or_404
+from ninja import Field, File, Form, Query, Router, Schema
+from ninja.errors import HttpError
+from ninja.files import UploadedFile
+from pydantic import AfterValidator
+
+from campaigns.exports import contact_rows
+from campaigns.imports import ImportRejected, check_encoding, is_valid_address, parse_delimiter
+from campaigns.models import Contact, Import, MailingList, Subscription, email_key
+
+router = Router(tags=["audience"])
+
+MAX_PAGE_SIZE = 500
+
+
+def _no_nul(value):
+    # PostgreSQL cannot store NUL in text: refuse it here rather than fail later.
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+def _clean_attributes(value):
+    if len(value) > 200:
+        raise ValueError("at most 200 attributes")
+
+    def walk(item, depth=0):
+        if depth > 5:
+            raise ValueError("nested too deeply (at most 5 levels)")
+        if isinstance(item, str):
+            _no_nul(item)
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                _no_nul(key)
+                walk(sub, depth + 1)
+        elif isinstance(item, list):
+            for sub in item:
+                walk(sub, depth + 1)
+
+    walk(value)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+Attributes = Annotated[dict[str, Any], AfterValidator(_clean_attributes)]
+ContactStatus = Literal["active", "unsubscribed", "blocklisted"]
+OptIn = Literal["single", "double"]
+
+
+class FieldError(Schema):
+    field: str
+    message: str
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: list[FieldError] = []
+
+
+def _error(status, field, message):
+    return status, {"detail": f"{field}: {message}", "errors": [{"field": field, "message": message}]}
+
+
+def _require(request, *perms):
+    for perm in perms:
+        if not request.user.has_perm(f"campaigns.{perm}"):
+            raise HttpError(403, f"this needs the campaigns.{perm} permission")
+
+
+class PageIn(Schema):
+    page: int = Field(1, ge=1, le=1_000_000)
+    page_size: int = Field(50, ge=1, le=MAX_PAGE_SIZE)
+
+
+def _page(queryset, page: PageIn):
+    start = (page.page - 1) * page.page_size
+    return {
+        "count": queryset.count(),
+        "page": page.page,
+        "page_size": page.page_size,
+        "items": list(queryset[start : start + page.page_size]),
+    }
+
+
+# --- lists -------------------------------------------------------------------
+
+
+class ListIn(Schema):
+    name: Text = Field(min_length=1, max_length=200)
+    description: Text = ""
+    optin: OptIn = "single"
+
+
+class ListPatch(Schema):
+    name: Text | None = Field(None, min_length=1, max_length=200)
+    description: Text | None = None
+    optin: OptIn | None = None
+
+
+class ListOut(Schema):
+    id: int
+    name: str
+    description: str
+    optin: str
+    subscribers: int = 0
+    unsubscribed: int = 0
+    created_at: datetime
+    updated_at: datetime
+
+
+class ListPage(Schema):
+    count: int
+    page: int
+    page_size: int
+    items: list[ListOut]
+
+
+def lists_with_counts():
+    """Lists with subscriber counts in one query (the (list, status) index serves it)."""
+    live = ~Q(subscriptions__status=Subscription.Status.UNSUBSCRIBED)
+    return MailingList.objects.annotate(
+        subscribers=Count("subscriptions", filter=live),
+        unsubscribed=Count("subscriptions", filter=Q(subscriptions__status=Subscription.Status.UNSUBSCRIBED)),
+    )
+
+
+@router.get("/lists", response=ListPage, summary="Mailing lists with subscriber counts")
+def list_lists(request, page: Query[PageIn]):
+    _require(request, "view_mailinglist")
+    return _page(lists_with_counts().order_by("name"), page)
+
+
+@router.post("/lists", response={201: ListOut, 409: ErrorOut}, summary="Add a mailing list")
+def create_list(request, payload: ListIn):
+    _require(request, "add_mailinglist")
+    name = payload.name.strip()
+    if not name:
+        return _error(422, "name", "must not be blank")
+    if MailingList.objects.filter(name=name).exists():
+        return _error(409, "name", f"a list named {name!r} exists already")
+    row = MailingList.objects.create(name=name, description=payload.description, optin=payload.optin)
+    return 201, lists_with_counts().get(pk=row.pk)
+
+
+@router.get("/lists/{list_id}", response=ListOut, summary="One mailing list")
+def get_list(request, list_id: int):
+    _require(request, "view_mailinglist")
+    return get_object_or_404(lists_with_counts(), pk=list_id)
+
+
+@router.patch("/lists/{list_id}", response={200: ListOut, 409: ErrorOut, 422: ErrorOut}, summary="Change a mailing list")
+def update_list(request, list_id: int, payload: ListPatch):
+    _require(request, "change_mailinglist")
+    row = get_object_or_404(MailingList, pk=list_id)
+    data = payload.dict(exclude_unset=True)
+    if data.get("name") is not None:
+        data["name"] = data["name"].strip()
+        if not data["name"]:
+            return _error(422, "name", "must not be blank")
+        if MailingList.objects.filter(name=data["name"]).exclude(pk=row.pk).exists():
+            return _error(409, "name", f"a list named {data['name']!r} exists already")
+    for key, value in data.items():
+        if value is not None:
+            setattr(row, key, value)
+    row.save()
+    return 200, lists_with_counts().get(pk=row.pk)
+
+
+@router.delete("/lists/{list_id}", response={204: None}, summary="Delete a mailing list and its subscriptions")
+def delete_list(request, list_id: int):
+    _require(request, "delete_mailinglist")
+    get_object_or_404(MailingList, pk=list_id).delete()
+    return 204, None
+
+
+# --- contacts ----------------------------------------------------------------
+
+
+class ContactIn(Schema):
+    email: Text = Field(min_length=1, max_length=320)
+    first_name: Text = Field("", max_length=200)
+    last_name: Text = Field("", max_length=200)
+    attributes: Attributes = {}
+    status: ContactStatus = "active"
+    lists: list[int] = Field([], description="ids of the lists to subscribe to", max_length=1000)
+
+
+class ContactPatch(Schema):
+    email: Text | None = Field(None, min_length=1, max_length=320)
+    first_name: Text | None = Field(None, max_length=200)
+    last_name: Text | None = Field(None, max_length=200)
+    attributes: Attributes | None = None
+    status: ContactStatus | None = None
+    lists: list[int] | None = Field(None, description="the full set of list ids; lists not named are left", max_length=1000)
+
+
+class SubscriptionOut(Schema):
+    list_id: int
+    list_name: str
+    status: str
+
+
+class ContactOut(Schema):
+    id: int
+    email: str
+    first_name: str
+    last_name: str
+    attributes: dict
+    status: str
+    subscriptions: list[SubscriptionOut]
+    created_at: datetime
+    updated_at: datetime
+
+    @staticmethod
+    def resolve_subscriptions(obj):
+        return [
+            {"list_id": s.mailing_list_id, "list_name": s.mailing_list.name, "status": s.status}
+            for s in obj.subscriptions.all()
+        ]
+
+    @staticmethod
+    def resolve_attributes(obj):
+        return obj.attributes if isinstance(obj.attributes, dict) else {}
+
+
+class ContactPage(Schema):
+    count: int
+    page: int
+    page_size: int
+    items: list[ContactOut]
+
+
+class ContactFilter(Schema):
+    email: Text | None = Field(None, max_length=320, description="exact address, any case")
+    email_contains: Text | None = Field(None, max_length=320, description="part of the address")
+    list_id: int | None = Field(None, description="subscribed to this list")
+    status: ContactStatus | None = None
+
+
+def _contacts():
+    subs = Subscription.objects.select_related("mailing_list").order_by("mailing_list__name")
+    return Contact.objects.prefetch_related(Prefetch("subscriptions", queryset=subs))
+
+
+def _filtered(filters: ContactFilter):
+    qs = Contact.objects.all()
+    if filters.email:
+        qs = qs.filter(email_key=email_key(filters.email))
+    if filters.email_contains:
+        qs = qs.filter(email_key__contains=filters.email_contains.strip().lower())
+    if filters.list_id is not None:
+        qs = qs.filter(subscriptions__mailing_list_id=filters.list_id)
+    if filters.status:
+        qs = qs.filter(status=filters.status)
+    return qs
+
+
+def _check_email(value):
+    value = value.strip()
+    reason = is_valid_address(value) if value else "the address is missing"
+    return value, reason
+
+
+def _unknown_lists(ids):
+    known = set(MailingList.objects.filter(pk__in=ids).values_list("pk", flat=True))
+    return sorted(set(ids) - known)
+
+
+def _subscribe(contact, list_ids):
+    optins = dict(MailingList.objects.filter(pk__in=list_ids).values_list("pk", "optin"))
+    Subscription.objects.bulk_create(
+        [
+            Subscription(
+                contact=contact,
+                mailing_list_id=pk,
+                status=Subscription.Status.UNCONFIRMED if optin == MailingList.OptIn.DOUBLE else Subscription.Status.CONFIRMED,
+            )
+            for pk, optin in optins.items()
+        ],
+        ignore_conflicts=True,
+    )
+
+
+@router.get("/contacts", response=ContactPage, summary="Contacts, filtered by address, list or status; paginated")
+def list_contacts(request, filters: Query[ContactFilter], page: Query[PageIn]):
+    _require(request, "view_contact")
+    ids = _filtered(filters).order_by("id").values("id")
+    qs = _contacts().filter(id__in=ids).order_by("id")
+    return _page(qs, page)
+
+
+@router.get("/contacts/export", summary="Contacts as CSV (formula cells neutralised)", response={200: None})
+def export_contacts(request, filters: Query[ContactFilter]):
+    _require(request, "view_contact")
+    qs = Contact.objects.filter(id__in=_filtered(filters).values("id"))
+    response = StreamingHttpResponse(contact_rows(qs), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = 'attachment; filename="contacts.csv"'
+    return response
+
+
+@router.post("/contacts", response={201: ContactOut, 409: ErrorOut, 422: ErrorOut}, summary="Add a contact")
+def create_contact(request, payload: ContactIn):
+    _require(request, "add_contact")
+    email, reason = _check_email(payload.email)
+    if reason:
+        return _error(422, "email", reason)
+    unknown = _unknown_lists(payload.lists)
+    if unknown:
+        return _error(422, "lists", f"no list with id {', '.join(map(str, unknown))}")
+    existing = Contact.objects.filter(email_key=email_key(email)).values_list("pk", flat=True).first()
+    if existing:
+        return _error(409, "email", f"a contact with this address exists already (id {existing})")
+    try:
+        with transaction.atomic():
+            contact = Contact.objects.create(
+                email=email, first_name=payload.first_name.strip(), last_name=payload.last_name.strip(),
+                attributes=payload.attributes, status=payload.status,
+            )
+            _subscribe(contact, payload.lists)
+    except IntegrityError:
+        return _error(409, "email", "a contact with this address exists already")
+    return 201, _contacts().get(pk=contact.pk)
+
+
+@router.get("/contacts/{contact_id}", response=ContactOut, summary="One contact with its subscriptions")
+def get_contact(request, contact_id: int):
+    _require(request, "view_contact")
+    return get_object_or_404(_contacts(), pk=contact_id)
+
+
+@router.patch("/contacts/{contact_id}", response={200: ContactOut, 409: ErrorOut, 422: ErrorOut},
+              summary="Change a contact; attributes are merged, lists replace the subscriptions")
+def update_contact(request, contact_id: int, payload: ContactPatch):
+    _require(request, "change_contact")
+    contact = get_object_or_404(Contact, pk=contact_id)
+    data = payload.dict(exclude_unset=True)
+    if data.get("email") is not None:
+        email, reason = _check_email(data["email"])
+        if reason:
+            return _error(422, "email", reason)
+        other = Contact.objects.filter(email_key=email_key(email)).exclude(pk=contact.pk).values_list("pk", flat=True).first()
+        if other:
+            return _error(409, "email", f"another contact has this address (id {other})")
+        contact.email = email
+    lists = data.get("lists")
+    if lists is not None:
+        unknown = _unknown_lists(lists)
+        if unknown:
+            return _error(422, "lists", f"no list with id {', '.join(map(str, unknown))}")
+    for name in ("first_name", "last_name"):
+        if data.get(name) is not None:
+            setattr(contact, name, data[name].strip())
+    if data.get("status") is not None:
+        contact.status = data["status"]
+    if data.get("attributes") is not None:
+        contact.attributes = {**(contact.attributes or {}), **data["attributes"]}
+    try:
+        with transaction.atomic():
+            contact.save()
+            if lists is not None:
+                contact.subscriptions.exclude(mailing_list_id__in=lists).delete()
+                _subscribe(contact, lists)
+    except IntegrityError:
+        return _error(409, "email", "another contact has this address")
+    return 200, _contacts().get(pk=contact.pk)
+
+
+@router.delete("/contacts/{contact_id}", response={204: None}, summary="Delete a contact and its subscriptions")
+def delete_contact(request, contact_id: int):
+    _require(request, "delete_contact")
+    get_object_or_404(Contact, pk=contact_id).delete()
+    return 204, None
+
+
+# --- imports -----------------------------------------------------------------
+
+
+class ImportOut(Schema):
+    id: int
+    status: str
+    list_id: int | None = Field(None, alias="mailing_list_id")
+    original_name: str
+    mode: str
+    delimiter: str
+    encoding: str
+    rows_processed: int
+    created: int
+    updated: int
+    skipped: int
+    invalid: int
+    error: str
+    error_report: str | None = None
+    created_at: datetime
+    finished_at: datetime | None
+
+    @staticmethod
+    def resolve_error_report(obj):
+        return f"/api/v1/imports/{obj.pk}/errors" if obj.error_report else None
+
+
+class ImportPage(Schema):
+    count: int
+    page: int
+    page_size: int
+    items: list[ImportOut]
+
+
+def _too_large(request, upload=None):
+    limit = settings.HERALD_IMPORT_MAX_BYTES
+    size = upload.size if upload is not None else int(request.META.get("CONTENT_LENGTH") or 0)
+    if size > limit:
+        return 413, {
+            "detail": f"file: the upload has {size:,} bytes, over the import limit of {limit:,} (HERALD_IMPORT_MAX_BYTES)",
+            "errors": [{"field": "file", "message": f"larger than {limit:,} bytes"}],
+        }
+    return None
+
+
+# "list" is the form field's name; the parameter cannot be called that.
+_LIST_NAME = Form(None, alias="list", max_length=200, description="list name, created when missing")
+
+
+@router.post("/imports", response={202: ImportOut, 413: ErrorOut, 422: ErrorOut},
+             summary="Upload a CSV file to import into a list (multipart); runs in the background")
+def create_import(
+    request,
+    file: File[UploadedFile],
+    list_id: Form[int | None] = None,
+    list_name: Text | None = _LIST_NAME,
+    mode: Form[Literal["upsert", "skip-existing"]] = "upsert",
+    delimiter: Form[Text | None] = None,
+    encoding: Form[Text | None] = None,
+):
+    _require(request, "add_import")
+    delimiter, encoding = delimiter or "", (encoding or "").strip()
+    refused = _too_large(request, file)
+    if refused:
+        return refused
+    try:
+        parse_delimiter(delimiter)
+    except ImportRejected as exc:
+        return _error(422, "delimiter", str(exc))
+    if encoding:
+        try:
+            check_encoding(encoding)
+        except ImportRejected as exc:
+            return _error(422, "encoding", str(exc))
+    if list_id is not None:
+        mailing_list = MailingList.objects.filter(pk=list_id).first()
+        if mailing_list is None:
+            return _error(422, "list_id", f"no list with id {list_id}")
+    elif list_name and list_name.strip():
+        mailing_list, _ = MailingList.objects.get_or_create(name=list_name.strip())
+    else:
+        return _error(422, "list_id", "give list_id (an existing list) or list (a name, created when missing)")
+
+    from campaigns.tasks import enqueue_import
+
+    with transaction.atomic():
+        imp = Import(mailing_list=mailing_list, original_name=(file.name or "")[:255], mode=mode,
+                     delimiter=delimiter, encoding=encoding, created_by=request.user)
+        imp.file.save(f"import-{imp.original_name or 'upload.csv'}", file, save=False)
+        imp.save()
+        enqueue_import(imp)
+    return 202, imp
+
+
+@router.get("/imports", response=ImportPage, summary="Imports, newest first")
+def list_imports(request, page: Query[PageIn]):
+    _require(request, "view_import")
+    return _page(Import.objects.order_by("-created_at", "-id"), page)
+
+
+@router.get("/imports/{import_id}", response=ImportOut, summary="An import's progress, counts and error")
+def get_import(request, import_id: int):
+    _require(request, "view_import")
+    return get_object_or_404(Import, pk=import_id)
+
+
+@router.get("/imports/{import_id}/errors", response={200: None, 404: ErrorOut},
+            summary="The error report as CSV: row, column, value, reason")
+def import_errors(request, import_id: int):
+    _require(request, "view_import")
+    imp = get_object_or_404(Import, pk=import_id)
+    if not imp.error_report:
+        return 404, {"detail": "error_report: this import has no error report (no row was rejected or skipped)"}
+    response = FileResponse(imp.error_report.open("rb"), content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="import-{imp.pk}-errors.csv"'
+    return response
