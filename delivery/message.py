@@ -6,7 +6,8 @@ Interface used by the send engine (kept stable):
     built = compiled.build(send, contact)      # per recipient -> BuiltMessage
 
 The bytes are those the standard library's ``email`` package produces with
-``policy.SMTP`` for the same headers and parts (tests/content/test_equivalence.py
+``POLICY`` (``policy.SMTP`` with 76-character lines, see below) for the same
+headers and parts (tests/content/test_equivalence.py
 compares both): an ``EmailMessage`` whose payload is a ``multipart/alternative``
 of two ``MIMEPart``s (text, then HTML), each ``set_content(...,
 cte="quoted-printable")``. Building that object per recipient costs about
@@ -15,8 +16,9 @@ per campaign by the ``email`` package itself, and per recipient only the
 varying pieces are produced:
 
 * headers: the fast path writes ``Name: value`` for short plain-ASCII values
-  (the only case where the policy's folding is the identity); anything else
-  (non-ASCII, long, odd characters) is folded by the ``email`` package.
+  (the only case where the policy's folding is the identity); other ASCII
+  values are folded by the policy; non-ASCII ones become encoded words made
+  by ``email.header.Header`` (see ``fold_header`` for why not the policy).
 * bodies: quoted-printable encodes line by line, so an encoded line is cached
   by its source line; a 20 KB newsletter re-encodes only the few lines that
   carry personal fields or tokens.
@@ -32,6 +34,8 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from email.charset import Charset
+from email.header import Header
 from email.policy import SMTP
 from email.utils import formataddr, formatdate
 
@@ -42,12 +46,17 @@ from markupsafe import Markup, escape
 from campaigns import rendering
 from delivery import tokens
 
-MAX_LINE = SMTP.max_line_length  # 78, the folding target; 998 is the hard limit
+# policy.SMTP folds to 78 characters, which makes quoted-printable lines of 78
+# (RFC 2045 allows 76) and encoded words of 76 (RFC 2047 allows 75). At 76 both
+# stay within their limits. 998 remains the hard limit for any line.
+POLICY = SMTP.clone(max_line_length=76)
+MAX_LINE = POLICY.max_line_length
 _CACHE_LIMIT = 20000
 _COMPILE_TTL = 60.0
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\x85]+")
 _SIMPLE_TEXT = re.compile(r"[\x21-\x7e]+(?: [\x21-\x7e]+)*")
 _SIMPLE_ADDR = re.compile(r"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*")
+_ADDRESS_HEADERS = {"from", "to", "reply-to", "cc", "sender"}
 _SIMPLE_MSGID = re.compile(r"<[A-Za-z0-9]+(?:\.[A-Za-z0-9]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*>")
 # Headers whose policy folding is the identity for a short simple value. Other
 # structured headers (Date, MIME-Version, Content-Type) are rewritten by the
@@ -74,12 +83,79 @@ def one_line(value) -> str:
 
 
 def fold_header(name: str, value: str) -> bytes:
-    """``Name: value`` folded exactly as ``email.policy.SMTP`` does, CRLF-terminated."""
+    """``Name: value`` as one safe header, CRLF-terminated.
+
+    ASCII values are folded by the email package under ``POLICY`` (the fast
+    path writes the short simple ones directly: the policy leaves them as they
+    are). Non-ASCII values, and values the policy would turn into encoded
+    words, are encoded with ``email.header.Header``: the policy's folder makes
+    encoded words of 76 characters and can drop the space between two of
+    them, which changes the subject a reader sees; ``Header`` keeps every
+    word within 75 characters and every space inside the encoded text.
+    """
     value = one_line(value)
     pattern = _FAST.get(name.lower())
     if pattern is not None and len(name) + 2 + len(value) <= MAX_LINE and "=?" not in value and pattern.fullmatch(value):
         return f"{name}: {value}\r\n".encode("ascii")
-    return SMTP.header_factory(name, value).fold(policy=SMTP).encode("ascii", "surrogateescape")
+    if value.isascii() and "=?" not in value:
+        folded = POLICY.header_factory(name, value).fold(policy=POLICY)
+        if "=?" not in folded:
+            return folded.encode("ascii")
+    if name.lower() in _ADDRESS_HEADERS:
+        # An internationalized address cannot be an encoded word; leave it to the policy.
+        return POLICY.header_factory(name, value).fold(policy=POLICY).encode("ascii", "surrogateescape")
+    return f"{name}: {_encoded_words(name, value)}\r\n".encode("ascii")
+
+
+def _encoded_words(name, text):
+    return Header(text, "utf-8", maxlinelen=MAX_LINE, header_name=name).encode(linesep="\r\n")
+
+
+_UTF8 = Charset("utf-8")
+
+
+def _phrase_words(text):
+    """Encoded words for a display name, cut only after spaces, each space inside its word.
+
+    RFC 2047 decoders drop the whitespace between adjacent encoded words, so
+    a space must travel inside one; cutting inside a word would let decoders
+    that put a space between words (CPython's phrase parser does) break it.
+    """
+    parts = text.split(" ")
+    chunks, current = [], ""
+    for i, part in enumerate(parts):
+        piece = part + (" " if i < len(parts) - 1 else "")
+        if current and len(_UTF8.header_encode(current + piece)) > 75:
+            chunks.append(current)
+            current = piece
+        else:
+            current += piece
+    chunks.append(current)
+    words = []
+    for chunk in chunks:
+        while len(_UTF8.header_encode(chunk)) > 75:  # one very long word: cut by characters
+            n = len(chunk) - 1
+            while n > 1 and len(_UTF8.header_encode(chunk[:n])) > 75:
+                n -= 1
+            words.append(_UTF8.header_encode(chunk[:n]))
+            chunk = chunk[n:]
+        if chunk:
+            words.append(_UTF8.header_encode(chunk))
+    return words
+
+
+def address_header(name: str, display_name: str, address: str) -> bytes:
+    """``From: Name <address>``; a non-ASCII name as encoded words (RFC 2047 §5(3))."""
+    display_name, address = one_line(display_name), one_line(address)
+    if display_name.isascii() and "=?" not in display_name:
+        return fold_header(name, formataddr((display_name, address)))
+    lines = [f"{name}:"]
+    for token in [*_phrase_words(display_name), f"<{address}>"]:
+        if len(lines[-1]) + 1 + len(token) <= MAX_LINE or lines[-1] == f"{name}:":
+            lines[-1] += " " + token
+        else:
+            lines.append(" " + token)
+    return ("\r\n".join(lines) + "\r\n").encode("ascii", "surrogateescape")
 
 
 class _FoldCache:
@@ -98,7 +174,7 @@ class _FoldCache:
         return line
 
 
-# --- quoted-printable, as email.quoprimime.body_encode(maxlinelen=78) --------
+# --- quoted-printable, as email.quoprimime.body_encode(maxlinelen=76) --------
 
 _SAFE = set(b' !"#$%&\'()*+,-./0123456789:;<>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~\t')
 _QP_MAP = [chr(c) if c in _SAFE else f"={c:02X}" for c in range(256)]
@@ -394,12 +470,12 @@ class CompiledCampaign:
         self.subject_static = _is_static(campaign.subject or "", rendering.text_env)
         self.from_static = _is_static(campaign.from_name or "", rendering.text_env)
         self._subject = _FoldCache("Subject")
-        self._from = _FoldCache("From")
+        self._from = {}
         self._html_qp = QPEncoder()
         self._text_qp = QPEncoder()
         empty = {"contact": rendering.ContactData()}
         self.subject_line = self._subject(c.subject.render(empty)) if self.subject_static else None
-        self.from_line = self._from(formataddr((one_line(c.from_name.render(empty)), from_email))) if self.from_static else None
+        self.from_line = self._from_line(c.from_name.render(empty)) if self.from_static else None
         base_safe = str(escape(settings.HERALD_BASE_URL)) == settings.HERALD_BASE_URL and _QP_PLAIN.fullmatch(
             settings.HERALD_BASE_URL) is not None
         self.html_plan = BodyPlan.compile(c.html_source, len(self.link_indexes), base_safe)
@@ -478,6 +554,14 @@ class CompiledCampaign:
 
     # --- per-recipient pieces ------------------------------------------------
 
+    def _from_line(self, display_name):
+        line = self._from.get(display_name)
+        if line is None:
+            line = address_header("From", display_name, self.from_email)
+            if len(self._from) < _CACHE_LIMIT:
+                self._from[display_name] = line
+        return line
+
     def context(self, send_id, contact_data, toks=None):
         """The render context of one recipient; ``toks`` as returned by ``self.tokens``."""
         if toks is None:
@@ -542,7 +626,7 @@ class CompiledCampaign:
             subject_line = self.subject_line
         else:
             subject_line = self._subject(values[2] if values else c.subject.render(ctx))
-        from_line = self.from_line or self._from(formataddr((one_line(c.from_name.render(ctx)), self.from_email)))
+        from_line = self.from_line or self._from_line(c.from_name.render(ctx))
         message_id = f"{_b36(send_id)}.{os.urandom(9).hex()}@{self.domain}"
         headers = [
             (b"from", from_line),
@@ -582,7 +666,7 @@ _compiled_lock = threading.Lock()
 
 def _cache_key(campaign):
     template = campaign.template if campaign.template_id else None
-    return (campaign.pk, campaign.subject, campaign.from_name, campaign.from_email, campaign.reply_to,
+    return (campaign.pk, campaign.created_at, campaign.subject, campaign.from_name, campaign.from_email, campaign.reply_to,
             campaign.html_body, campaign.text_body, campaign.track_opens, campaign.track_clicks,
             template.html if template else None, template.text if template else None)
 

@@ -124,3 +124,21 @@ def test_long_lines_and_non_ascii_bodies_are_quoted_printable(db, alice):
     text, html = parse(built).get_payload()
     assert text.get_content().strip() == "y" * 5000
     assert "ünïcødé " * 500 in html.get_content()
+
+
+def test_long_non_ascii_subjects_become_short_encoded_words(db, alice):
+    import re
+
+    campaign = Campaign.objects.create(name="s", subject="Ünïcödé newsletter — " * 8 + "{{ contact.first_name }}",
+                                       from_name="Ça va? Société Générale de l'Écriture très longue",
+                                       from_email="news@example.com", html_body="<p>x</p>")
+    built = compile_campaign(campaign).build(FakeSend(4, alice.email), alice)
+    head = built.data.split(b"\r\n\r\n")[0].decode("ascii")
+    words = re.findall(r"=\?utf-8\?[bq]\?[^?]*\?=", head)
+    assert words and all(len(w) <= 75 for w in words)
+    assert all(len(line) <= 78 for line in head.split("\r\n"))
+    msg = parse(built)
+    assert msg["Subject"] == "Ünïcödé newsletter — " * 7 + "Ünïcödé newsletter — Alice"
+    # CPython's parser puts a space between a display name's encoded words; RFC 2047 decoders do not.
+    name = msg["From"].addresses[0].display_name
+    assert " ".join(name.split()) == "Ça va? Société Générale de l'Écriture très longue"
