@@ -156,3 +156,18 @@ class ServerProcess:
             except Exception:
                 self.proc.kill()
         self.proc.stdout.close()
+
+
+@pytest.fixture(autouse=True)
+def loopback_relay(request):
+    """An enabled relay on loopback, so the engine hand-off never looks up MX records in real DNS."""
+    if "db" not in request.fixturenames and "transactional_db" not in request.fixturenames:
+        request.getfixturevalue("db")
+    from delivery import routing
+    from delivery.models import Relay
+    from tests.support.smtp import free_port
+
+    relay = Relay.objects.create(name="loopback", host="127.0.0.1", port=free_port(), security=Relay.Security.NONE)
+    routing.forget_relay()
+    yield relay
+    routing.forget_relay()
