@@ -1,0 +1,120 @@
+"""The whole job in the admin, in headless Chromium: log in, import, write, test, send, watch, read the statistics.
+
+Runs against pytest-django's live server, a real Celery worker on the test
+database, and an aiosmtpd sink behind a relay. The browser is the system's
+chromium, driven by Playwright; nothing is downloaded.
+"""
+
+import os
+import re
+import shutil
+
+import pytest
+from django.contrib.auth.models import User
+
+from campaigns.models import Campaign, Contact
+from delivery import routing
+from delivery.models import Relay
+from tests.delivery.workers import Worker
+
+CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+@pytest.fixture
+def browser(monkeypatch):
+    # Playwright's sync API keeps an event loop in this thread; the test's own
+    # ORM calls are still plain synchronous ones.
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not shutil.which(CHROMIUM):
+        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
+    with playwright_api.sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser, live_server):
+    context = browser.new_context(base_url=live_server.url)
+    # Only the live server: a page that tries to reach anything else fails at once.
+    context.route(re.compile(r"^(?!" + re.escape(live_server.url) + ")"), lambda route: route.abort())
+    context.set_default_timeout(20_000)
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+@pytest.fixture
+def worker(tmp_path, settings):
+    settings.MEDIA_ROOT = tmp_path / "media"
+    w = Worker("browser", tmp_path, MEDIA_ROOT=tmp_path / "media").wait_ready()
+    yield w
+    w.stop()
+
+
+def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, sink, redis_client, tmp_path):
+    User.objects.create_superuser("olga", "olga@herald.example", "a long passphrase 42")
+    Relay.objects.create(name="sink", host="127.0.0.1", port=sink.port, security=Relay.Security.NONE)
+    routing.forget_relay()
+    csv_file = tmp_path / "readers.csv"
+    csv_file.write_text("email,first_name,city\nann@example.com,Ann,Lisbon\nbob@example.org,Bob,Porto\n"
+                        "cy@example.net,Cy,Faro\nnot an address,Dee,Braga\n")
+
+    # Log in.
+    page.goto("/admin/")
+    page.fill("#id_username", "olga")
+    page.fill("#id_password", "a long passphrase 42")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#herald-dashboard")
+
+    # Import: upload, check the preview, run, watch it finish.
+    page.click("#dash-import")
+    page.set_input_files("#id_file", str(csv_file))
+    page.fill("#id_new_list", "Browser readers")
+    page.click("#import-upload input[type=submit]")
+    assert page.inner_text("#import-mapping").count("attribute") == 1
+    assert "not an address" in page.inner_text("#import-rows")
+    page.click("#import-run")
+    page.wait_for_selector("#import-done:not([hidden])")
+    assert page.inner_text("#import-counts").startswith("created 3")
+    assert Contact.objects.count() == 3
+
+    # Write the campaign.
+    page.goto("/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "Browser news")
+    page.fill("#id_subject", "Hello {{ contact.first_name }}")
+    page.fill("#id_from_email", "news@herald.example")
+    page.fill("#id_html_body", "<p>Hi {{ contact.first_name }} in {{ contact.attributes.city }}</p>")
+    page.select_option("#id_lists_from", label="Browser readers")
+    page.click("#id_lists_add")
+    page.click("input[name=_continue]")
+    page.wait_for_selector("#herald-operator")
+    campaign = Campaign.objects.get(name="Browser news")
+
+    # Send a test to the operator.
+    page.click("text=Send test")
+    page.fill("textarea[name=addresses]", "olga@herald.example")
+    page.click("form input[type=submit]")
+    sink.wait_for(1, timeout=30)
+    assert sink.recipients() == ["olga@herald.example"]
+
+    # Send it: the confirmation counts the recipients, then the bar fills by itself.
+    page.goto(f"/admin/campaigns/campaign/{campaign.pk}/change/")
+    page.click("#herald-send")
+    assert "3" in page.inner_text("#content strong")
+    page.click("input[type=submit].default")
+    page.wait_for_selector("#herald-bar")
+    # The page reloads itself when the campaign finishes; wait for the refreshed counts.
+    page.wait_for_function("document.getElementById('herald-status').textContent === 'finished'"
+                           " && document.getElementById('herald-percent').textContent === '100%'", timeout=60_000)
+    assert "sent 3" in page.inner_text("#herald-counts")
+    assert sorted(sink.recipients()[1:]) == ["ann@example.com", "bob@example.org", "cy@example.net"]
+
+    # Read the statistics.
+    page.click("#herald-stats")
+    assert "Statistics: Browser news" in page.inner_text("#content")
