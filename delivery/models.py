@@ -118,11 +118,11 @@ class Send(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
     smtp_reply = models.TextField(blank=True, default="")
-    message_id = models.CharField(max_length=255, blank=True, default="", db_index=True)
+    message_id = models.CharField(max_length=255, blank=True, default="")
     relay = models.ForeignKey(Relay, on_delete=models.SET_NULL, null=True, blank=True)
     # For a message submitted over SMTP (no campaign): the id of its stored
     # OutboundMessage in delivery.submission.
-    outbound_id = models.BigIntegerField(null=True, blank=True, db_index=True)
+    outbound_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -139,6 +139,10 @@ class Send(models.Model):
             models.Index(fields=["next_attempt_at"], condition=models.Q(status__in=["queued", "deferred"]), name="send_due_idx"),
             models.Index(fields=["lease_expires_at"], condition=models.Q(status="sending"), name="send_lease_idx"),
             models.Index(fields=["email"], name="send_email_idx"),
+            # Equality look-ups only (bounces and complaints by Message-ID), so
+            # no LIKE index; campaign rows never carry an outbound id.
+            models.Index(fields=["message_id"], name="send_message_id_idx"),
+            models.Index(fields=["outbound_id"], condition=models.Q(outbound_id__isnull=False), name="send_outbound_idx"),
         ]
 
     def __str__(self):
