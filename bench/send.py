@@ -161,8 +161,11 @@ def setup_data(n, domains):
     return campaign, Relay
 
 
-def rss_sampler(pgid, stop, peak):
-    """Peak resident memory of any one process of the worker group, sampled from /proc."""
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_sampler(pgid, stop, peak, cpu):
+    """Peak resident memory of any one process of the worker group, and its CPU seconds, from /proc."""
     while not stop.is_set():
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -174,6 +177,9 @@ def rss_sampler(pgid, stop, peak):
                     for line in fh:
                         if line.startswith("VmHWM:"):
                             peak[int(pid)] = max(peak.get(int(pid), 0), int(line.split()[1]))
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rpartition(")")[2].split()
+                cpu[int(pid)] = (int(fields[11]) + int(fields[12])) / TICKS
             except (OSError, ProcessLookupError, ValueError):
                 continue
         stop.wait(0.5)
@@ -203,7 +209,7 @@ def main():
     campaign, Relay = setup_data(args.recipients, args.domains)
 
     sink = SmtpSink()
-    workers, peak, stop = [], {}, threading.Event()
+    workers, peak, cpu, stop = [], {}, {}, threading.Event()
     try:
         Relay.objects.create(name="sink", host="127.0.0.1", port=sink.port, security="none",
                              max_connections=8, messages_per_connection=1000)
@@ -216,7 +222,7 @@ def main():
                 cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
             workers.append(proc)
-        samplers = [threading.Thread(target=rss_sampler, args=(p.pid, stop, peak), daemon=True) for p in workers]
+        samplers = [threading.Thread(target=rss_sampler, args=(p.pid, stop, peak, cpu), daemon=True) for p in workers]
         for t in samplers:
             t.start()
         time.sleep(4)  # workers boot
@@ -237,6 +243,7 @@ def main():
         last_final = Send.objects.filter(campaign=campaign).order_by("-updated_at").values_list("updated_at", flat=True)[0]
         elapsed = last_final.timestamp() - t0
         counts = lifecycle.counts(campaign.pk)
+        time.sleep(1)  # one more CPU sample
     finally:
         stop.set()
         for proc in workers:
@@ -262,6 +269,9 @@ def main():
     print(f"SMTP connections opened (sink)     {connections:8d}   = 1 per {counts['sent'] / max(connections, 1):.0f} messages"
           "   (target <= 1 per 100)")
     print(f"worker peak memory (largest proc)  {peak_mb:8.1f} MB   (target < 250 MB)")
+    worker_cpu = sum(cpu.values())
+    print(f"worker CPU                         {worker_cpu:8.1f} s = {worker_cpu / counts['sent'] * 1e6:.0f} µs per message"
+          f"   (load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"raw ceiling, smtp-source 16x10KB   {raw:8.0f} messages/s   -> Herald at {rate / raw:.0%} of it")
     print(f"naive baseline (Django backend)    {naive:8.0f} messages/s   -> Herald {rate / naive:.1f}x faster; "
           f"{args.recipients} recipients would take {args.recipients / naive:.0f} s naively")
