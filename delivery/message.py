@@ -451,6 +451,50 @@ def _date_line(cache={}):  # noqa: B006 - one folded Date per second, shared by 
     return line
 
 
+_FIELD_EXPR = re.compile(r"""\s*contact\.([A-Za-z]\w*)(?:\.([A-Za-z]\w*))?\s*"""
+                         r"""(?:\|\s*default\(\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\)\s*)?""")
+_CONTACT_FIELDS = {"email", "first_name", "last_name", "name"}
+_MISSING = object()
+
+
+def _field_getter(expr):
+    """A function reading ``expr`` from a ContactData as Jinja would print it, or None when it is no plain look-up."""
+    match = _FIELD_EXPR.fullmatch(expr)
+    if match is None:
+        return None
+    field, key, single, double = match.groups()
+    default = single if single is not None else (double if double is not None else "")
+    if key is None:
+        if field not in _CONTACT_FIELDS:
+            return None
+        return lambda data: getattr(data, field, default)
+    if field != "attributes" or hasattr(dict, key):
+        return None  # contact.attributes.items is the dict method in Jinja, not a key
+
+    def attribute(data):
+        value = data.attributes.get(key, _MISSING)
+        return default if value is _MISSING else value
+
+    return attribute
+
+
+def _simple_parts(source):
+    """A template of literal text and plain look-ups as [str | getter], or None."""
+    if "{%" in source or "{#" in source:
+        return None
+    parts = []
+    for i, piece in enumerate(_HOLE.split(source)):
+        if i % 2 == 0:
+            if piece:
+                parts.append(piece)
+            continue
+        getter = _field_getter(piece)
+        if getter is None or piece.startswith("-") or piece.endswith("-"):
+            return None
+        parts.append(getter)
+    return parts
+
+
 class CompiledCampaign:
     def __init__(self, campaign):
         from delivery import dkim
@@ -506,35 +550,57 @@ class CompiledCampaign:
         self.signer = dkim.signer_for_domain(self.domain)
 
     def _compile_values(self):
-        """One Jinja template evaluating every hole of both bodies and the subject, NUL-separated.
+        """How each hole of both bodies and the subject is evaluated per recipient.
 
-        One render per recipient instead of three; the text and the subject
-        are evaluated without autoescaping, as their own templates are.
+        Plain field look-ups (``contact.first_name``, ``contact.attributes.city``,
+        either with ``| default('literal')``) are read directly: the same values
+        Jinja would print, without a render. Everything else goes into one Jinja
+        template evaluating all the remaining holes, NUL-separated, the subject
+        last: one render per recipient instead of three; the text and the
+        subject without autoescaping, as their own templates are.
         """
         html_exprs = self.html_plan.exprs if self.html_plan else []
         text_exprs = self.text_plan.exprs if self.text_plan else []
+        self.html_getters = [_field_getter(e) for e in html_exprs]
+        self.text_getters = [_field_getter(e) for e in text_exprs]
         subject = "" if self.subject_static else (self.campaign.subject or "")
-        self.value_counts = (len(html_exprs), len(text_exprs), 0 if self.subject_static else 1)
-        if not any(self.value_counts):
+        self.subject_parts = None if self.subject_static else _simple_parts(subject)
+        if self.subject_parts is not None:
+            subject = ""
+        complex_html = [e for e, g in zip(html_exprs, self.html_getters, strict=True) if g is None]
+        complex_text = [e for e, g in zip(text_exprs, self.text_getters, strict=True) if g is None]
+        self.value_counts = (len(complex_html), len(complex_text))
+        if not complex_html and not complex_text and not subject:
             self.values = None
             return
         # Each value is followed by a NUL; the subject comes last.
-        source = ("".join("{{" + e + "}}" + _SENTINEL for e in html_exprs) + "{% autoescape false %}"
-                  + "".join("{{" + e + "}}" + _SENTINEL for e in text_exprs) + subject + "{% endautoescape %}")
+        source = ("".join("{{" + e + "}}" + _SENTINEL for e in complex_html) + "{% autoescape false %}"
+                  + "".join("{{" + e + "}}" + _SENTINEL for e in complex_text) + subject + "{% endautoescape %}")
         try:
             self.values = rendering.html_env.from_string(source)
         except TemplateSyntaxError:
-            self.values = None
+            self.values = False  # cannot split the work: every recipient gets full renders
 
     def _evaluate(self, ctx):
-        """(html values, text values, subject) for one recipient, or None when they cannot be told apart."""
+        """(html values, text values, subject or None) for one recipient, or None when they cannot be told apart."""
+        if self.values is False:
+            return None
+        data = ctx["contact"]
         if self.values is None:
-            return None
-        parts = self.values.render(ctx).split(_SENTINEL)
-        h, t, _s = self.value_counts
-        if len(parts) != h + t + 1:
-            return None
-        return parts[:h], parts[h:h + t], parts[-1]
+            parts = iter(())
+        else:
+            rendered = self.values.render(ctx).split(_SENTINEL)
+            if len(rendered) != sum(self.value_counts) + 1:
+                return None
+            subject = rendered[-1]
+            parts = iter(rendered)
+        html = [next(parts) if g is None else str(escape(g(data))) for g in self.html_getters]
+        text = [next(parts) if g is None else str(g(data)) for g in self.text_getters]
+        if self.subject_parts is not None:
+            subject = "".join([p if p.__class__ is str else str(p(data)) for p in self.subject_parts])
+        elif self.values is None:
+            subject = None
+        return html, text, subject
 
     def _checked(self, plan, template, which):
         """``plan`` when it reproduces the full render exactly for sample recipients, else None."""
@@ -625,7 +691,7 @@ class CompiledCampaign:
         if self.subject_line:
             subject_line = self.subject_line
         else:
-            subject_line = self._subject(values[2] if values else c.subject.render(ctx))
+            subject_line = self._subject(values[2] if values and values[2] is not None else c.subject.render(ctx))
         from_line = self.from_line or self._from_line(c.from_name.render(ctx))
         message_id = f"{_b36(send_id)}.{os.urandom(9).hex()}@{self.domain}"
         headers = [

@@ -156,3 +156,29 @@ def test_soft_breaks_resume_after_a_precut_prefix(prefix, rest):
     prefix, rest = _qp_escape(prefix), _qp_escape(rest)
     head, start = _cut_prefix(prefix)
     assert _soft_break(prefix + rest, start, head) == _soft_break(prefix + rest)
+
+
+@pytest.mark.parametrize("expr", [
+    "contact.first_name", "contact.first_name | default('friend')", ' contact.last_name|default("x<y") ',
+    "contact.email", "contact.name", "contact.attributes.city", "contact.attributes.n | default('none')",
+    "contact.attributes.none", "contact.attributes.flag", "contact.attributes.html", "contact.attributes.items",
+    "contact.attributes.missing", "contact.nickname | default('nick')",
+])
+@pytest.mark.parametrize("data", [
+    ContactData("a@example.com"),
+    ContactData("b@example.com", "Zoë", "O'Neil & <Co>",
+                {"city": "Köln", "n": 3, "none": None, "flag": True, "html": "<b>&</b>", "items": "x"}),
+])
+def test_plain_lookups_print_what_jinja_prints(expr, data):
+    from campaigns import rendering
+    from delivery.message import _field_getter
+
+    getter = _field_getter(expr)
+    if "items" in expr or "nickname" in expr:
+        assert getter is None, "dict method names and unknown fields are left to Jinja"
+        return
+    assert getter is not None
+    from markupsafe import escape
+
+    assert str(escape(getter(data))) == rendering.html_env.from_string("{{" + expr + "}}").render(contact=data)
+    assert str(getter(data)) == rendering.text_env.from_string("{{" + expr + "}}").render(contact=data)
