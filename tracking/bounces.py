@@ -137,14 +137,36 @@ def parse(raw: bytes, envelope_rcpt: str = "") -> list[Report]:
         return []
 
 
+class _Parts:
+    """The message's parts with their content types, walked once."""
+
+    def __init__(self, msg):
+        self.msg = msg
+        self.parts = []
+        stack = [msg]
+        while stack and len(self.parts) < 200:  # a bomb of nested parts stops here
+            part = stack.pop()
+            self.parts.append((part.get_content_type(), part))
+            payload = part.get_payload()
+            if part.is_multipart() and isinstance(payload, list):
+                stack.extend(reversed(payload))
+
+    def find(self, content_type):
+        return next((part for ctype, part in self.parts if ctype == content_type), None)
+
+    def walk(self):
+        return self.parts
+
+
 def _parse(raw, envelope_rcpt):
-    msg = message_from_bytes(raw)
+    msg = _Parts(message_from_bytes(raw))
     send_id = token_in(raw, envelope_rcpt)
-    report_type = (msg.get_param("report-type") or "").lower() if msg.get_content_type() == "multipart/report" else ""
-    feedback = _find(msg, "message/feedback-report")
+    top = msg.parts[0][0]
+    report_type = (msg.msg.get_param("report-type") or "").lower() if top == "multipart/report" else ""
+    feedback = msg.find("message/feedback-report")
     if report_type == "feedback-report" or feedback is not None:
         return _arf(msg, feedback, send_id)
-    status_part = _find(msg, "message/delivery-status")
+    status_part = msg.find("message/delivery-status")
     if status_part is not None:
         reports = _dsn(msg, status_part, send_id)
         if reports:
@@ -152,17 +174,9 @@ def _parse(raw, envelope_rcpt):
     return _non_standard(msg, send_id)
 
 
-def _find(msg, content_type):
-    for part in msg.walk():
-        if part.get_content_type() == content_type:
-            return part
-    return None
-
-
 def _original_headers(msg):
     """Headers of the returned original message (message/rfc822 or text/rfc822-headers)."""
-    for part in msg.walk():
-        ctype = part.get_content_type()
+    for ctype, part in msg.walk():
         if ctype in ("message/rfc822", "message/rfc822-headers"):
             payload = part.get_payload()
             if isinstance(payload, list) and payload:
@@ -253,13 +267,10 @@ def _arf(msg, feedback, send_id):
 
 def _non_standard(msg, send_id):
     """A bounce in free text: only trusted with a valid VERP token or a clear failure notice."""
-    text = ""
-    for part in msg.walk():
-        if part.get_content_maintype() == "text":
-            text = _text(part)
-            break
-    headline = f"{msg.get('From', '')} {msg.get('Subject', '')}"
-    recipient = _address(msg.get("X-Failed-Recipients", "")).split(",")[0].strip()
+    text = next((_text(part) for ctype, part in msg.walk() if ctype.startswith("text/")), "")
+    headers = msg.msg
+    headline = f"{headers.get('From', '')} {headers.get('Subject', '')}"
+    recipient = _address(headers.get("X-Failed-Recipients", "")).split(",")[0].strip()
     diagnostic = _diagnostic_line(text)
     kind = classify("", "", diagnostic or text[:2000])
     if kind in (UNKNOWN, DELIVERED):

@@ -1,0 +1,91 @@
+"""Recording opens and clicks in one round trip each: the code behind the pixel and the redirect.
+
+Shared by the Django views (tracking/views.py) and the WSGI fast path
+(tracking/wsgi.py). Each records its Event with a single INSERT … SELECT from
+the Send row, so an unknown send records nothing and costs one query.
+"""
+
+import base64
+
+from django.db import connection
+from django.utils import timezone
+
+from campaigns.models import CampaignLink
+from delivery.models import Send
+from tracking.machine import CLICK_BURST_SECONDS, SECONDS_AFTER_SENT, is_machine_agent
+from tracking.models import Event
+
+PIXEL = base64.b64decode("R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7")
+
+_EVENT = Event._meta.db_table
+_SEND = Send._meta.db_table
+_LINK = CampaignLink._meta.db_table
+_COLUMNS = "type, send_id, contact_id, campaign_id, email, created_at, machine, url, link_index, status, diagnostic, " \
+           "user_agent, source, raw, key"
+
+_OPEN_SQL = f"""
+INSERT INTO {_EVENT} ({_COLUMNS})
+SELECT 'open', s.id, s.contact_id, s.campaign_id, s.email, %s, (%s OR s.sent_at IS NULL OR s.sent_at > %s),
+       '', NULL, '', '', %s, 'pixel', '', NULL
+FROM {_SEND} s {{relaxed}} WHERE s.id = %s
+RETURNING id
+"""  # noqa: S608 (table names come from the models, values are parameters)
+
+# The link must belong to the send's own campaign: the token names an index,
+# and only a URL stored for that campaign can be the target.
+_CLICK_SQL = f"""
+INSERT INTO {_EVENT} ({_COLUMNS})
+SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
+       (%s OR s.sent_at IS NULL OR s.sent_at > %s OR EXISTS (
+            SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
+            AND e.link_index <> %s AND e.created_at > %s)),
+       l.url, l."index", '', '', %s, 'redirect', '', NULL
+FROM {_SEND} s JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s {{relaxed}}
+WHERE s.id = %s
+RETURNING url, machine
+"""  # noqa: S608
+
+# An open or a click is worth less than a commit's fsync: on PostgreSQL these
+# inserts commit without waiting for the WAL flush (synchronous_commit off for
+# this transaction only). A crash may lose the last fraction of a second of
+# opens; it can never corrupt or half-write anything.
+_RELAXED = {"postgresql": ", (SELECT set_config('synchronous_commit', 'off', true)) AS relaxed"}
+
+
+def _sql(template):
+    return template.format(relaxed=_RELAXED.get(connection.vendor, ""))
+
+
+_MARK_BURST_SQL = f"""
+UPDATE {_EVENT} SET machine = %s WHERE send_id = %s AND type = 'click' AND created_at > %s AND machine = %s
+"""  # noqa: S608
+
+
+def record_open(send_id: int, user_agent: str) -> bool:
+    """Record an open of a send; False when there is no such send."""
+    user_agent = user_agent[:1000]
+    now = timezone.now()
+    early = now - timezone.timedelta(seconds=SECONDS_AFTER_SENT)
+    with connection.cursor() as cursor:
+        cursor.execute(_sql(_OPEN_SQL), [now, is_machine_agent(user_agent), early, user_agent, send_id])
+        return cursor.fetchone() is not None
+
+
+def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
+    """Record a click on link ``index`` of a send's campaign; its stored URL, or None for no such link."""
+    user_agent = user_agent[:1000]
+    now = timezone.now()
+    # Link scanners often send HEAD first; a person's browser never does.
+    declared_machine = head or is_machine_agent(user_agent)
+    early = now - timezone.timedelta(seconds=SECONDS_AFTER_SENT)
+    burst_since = now - timezone.timedelta(seconds=CLICK_BURST_SECONDS)
+    with connection.cursor() as cursor:
+        cursor.execute(_sql(_CLICK_SQL), [now, declared_machine, early, index, burst_since, user_agent, index, send_id])
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        url, machine = row
+        if machine and not declared_machine:
+            # The clicks just before this one were the same scanner walking the links.
+            cursor.execute(_MARK_BURST_SQL, [True, send_id, burst_since, False])
+    return url
