@@ -330,7 +330,10 @@ def compile_content(campaign, track=True):
     inlined_ok = True
     if html_source.strip():
         html_source, inlined_ok = _inline_css(html_source)
-    tracked, static, dynamic = _track(html_source, track and campaign.track_clicks, track and campaign.track_opens)
+    if html_source.strip():
+        tracked, static, dynamic = _track(html_source, track and campaign.track_clicks, track and campaign.track_opens)
+    else:
+        tracked, static, dynamic = "", [], []
     try:
         return CompiledContent(
             subject=text_env.from_string(campaign.subject or ""),

@@ -536,16 +536,25 @@ class CompiledCampaign:
             fold_header("X-Herald-Campaign", str(campaign.pk)),
             fold_header("Precedence", "bulk"),
             fold_header("MIME-Version", "1.0"),
-            fold_header("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'),
         ]
-        self.signed_tail = [(name, self.tail_lines[i]) for i, name in
-                            ((0, b"list-unsubscribe-post"), (1, b"feedback-id"), (2, b"x-herald-campaign"),
-                             (4, b"mime-version"), (5, b"content-type"))]
+        signed = [(0, b"list-unsubscribe-post"), (1, b"feedback-id"), (2, b"x-herald-campaign"),
+                  (4, b"mime-version"), (5, b"content-type")]
         b = self.boundary.encode("ascii")
         qp_headers = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
-        self.text_head = b"\r\n--" + b + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n' + qp_headers
-        self.html_head = b"\r\n--" + b + b'\r\nContent-Type: text/html; charset="utf-8"\r\n' + qp_headers
-        self.close = b"\r\n--" + b + b"--\r\n"
+        # A campaign with only a text body is a single text/plain part, never
+        # an alternative with an empty HTML part (which clients would show).
+        self.has_html = bool(c.html_source.strip())
+        if self.has_html:
+            self.tail_lines.append(fold_header("Content-Type", f'multipart/alternative; boundary="{self.boundary}"'))
+            self.text_head = b"\r\n--" + b + b'\r\nContent-Type: text/plain; charset="utf-8"\r\n' + qp_headers
+            self.html_head = b"\r\n--" + b + b'\r\nContent-Type: text/html; charset="utf-8"\r\n' + qp_headers
+            self.close = b"\r\n--" + b + b"--\r\n"
+        else:
+            self.tail_lines.append(fold_header("Content-Type", 'text/plain; charset="utf-8"'))
+            self.tail_lines.append(b"Content-Transfer-Encoding: quoted-printable\r\n")
+            signed.append((6, b"content-transfer-encoding"))
+            self.text_head = b"\r\n"
+        self.signed_tail = [(name, self.tail_lines[i]) for i, name in signed]
         self._unsub_shapes = {}
         self.signer = dkim.signer_for_domain(self.domain)
 
@@ -705,13 +714,16 @@ class CompiledCampaign:
             headers.append((b"reply-to", self.reply_to_line))
         headers.append((b"list-unsubscribe", self._list_unsubscribe(toks[0], toks[4])))
         text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
-        html = self._body(self.html_plan, c.html, self._html_qp, ctx, token_list, values and values[0])
-        body = b"".join((self.text_head, text, self.html_head, html, self.close))
+        if self.has_html:
+            html = self._body(self.html_plan, c.html, self._html_qp, ctx, token_list, values and values[0])
+            body = b"".join((self.text_head, text, self.html_head, html, self.close))
+        else:
+            body = self.text_head + text
         head = b"".join([line for _name, line in headers]) + b"".join(self.tail_lines)
         if self.signer is not None:
             # body[2:]: the message body starts after the CRLF that ends the headers.
             head = self.signer.sign(headers + self.signed_tail, body[2:]) + head
-        # The parts start with "\r\n--boundary": that CRLF is the blank line ending the headers.
+        # The body starts with "\r\n": the blank line ending the headers.
         return BuiltMessage(toks[5], rcpt, head + body, message_id)
 
 

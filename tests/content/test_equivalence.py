@@ -38,6 +38,9 @@ def reference_bytes(built, compiled, send_id, contact):
     msg["X-Herald-Campaign"] = str(campaign.pk)
     msg["Precedence"] = "bulk"
     msg["MIME-Version"] = "1.0"
+    if not content.html_source:
+        msg.set_content(content.text.render(context), cte="quoted-printable")
+        return msg.as_bytes()
     msg.make_alternative()
     text = MIMEPart(policy=POLICY)
     text.set_content(content.text.render(context), cte="quoted-printable")
@@ -101,6 +104,7 @@ TRICKY = [
         "last_name": "Smith & <Sons>", "attributes": {"address": "1 Main St\nSpringfield =\r\n USA "}}),
     ("Hi", "News", "{% for i in range(3) %}<p>{{ i }} {{ contact.first_name }}</p>\n{% endfor %}", "", {"first_name": "Ann"}),
     ("Empty", "News", "", "", {}),
+    ("Text only", "News", "", "Hello {{ contact.first_name }},\n\nplain text only.\n{{ unsubscribe_url }}\n", {}),
     ("Prefix", "News", "<p>" + "a=b " * 60 + "{{ contact.first_name }}" + " tail=" * 30 + "</p>\n<p>" + "é" * 90
      + "{{ contact.email }} </p>", "x" * 150 + "{{ contact.email }}\t", {"first_name": "Zoë " * 10}),
 ]
@@ -114,7 +118,7 @@ def test_fast_build_matches_email_package(subject, from_name, html, text, fields
                                        html_body=html, text_body=text)
     contact = Contact.objects.create(email=fields.pop("email", "bob.smith+tag@example.com"), **fields)
     compiled = compile_campaign(campaign)
-    if "{%" not in html:
+    if "{%" not in html and html:
         assert compiled.html_plan is not None, "the fast plan should handle templates without statements"
     for send_id in (1, 977, 36**5):
         built = compiled.build(FakeSend(send_id, contact.email), contact)
@@ -130,7 +134,14 @@ def test_fast_build_matches_email_package(subject, from_name, html, text, fields
 def test_header_fast_path_matches_policy(value):
     value = " ".join(value.split())
     for name in ("Subject", "X-Herald-Campaign"):
-        assert fold_header(name, value) == POLICY.header_factory(name, value).fold(policy=POLICY).encode()
+        expected = POLICY.header_factory(name, value).fold(policy=POLICY)
+        if "=?" in value or "=?" in expected:
+            # The policy would read "=?...?=" in text as an encoded word (or make some); Herald encodes the
+            # text itself so that readers see exactly what was written.
+            parsed = message_from_bytes(fold_header(name, value) + b"\r\n", policy=policy.default)
+            assert " ".join(str(parsed[name]).split()) == value
+        else:
+            assert fold_header(name, value) == expected.encode()
 
 
 @pytest.mark.parametrize("address", ["a@b.c", "bob.smith+tag@example.com", "x_y-z@sub.example.org", "a..b@example.com",

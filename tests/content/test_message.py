@@ -142,3 +142,11 @@ def test_long_non_ascii_subjects_become_short_encoded_words(db, alice):
     # CPython's parser puts a space between a display name's encoded words; RFC 2047 decoders do not.
     name = msg["From"].addresses[0].display_name
     assert " ".join(name.split()) == "Ça va? Société Générale de l'Écriture très longue"
+
+
+def test_text_only_campaigns_are_a_single_text_part(db, alice):
+    campaign = Campaign.objects.create(name="t", subject="s", from_email="news@example.com",
+                                       text_body="Hi {{ contact.first_name }}\n{{ unsubscribe_url }}\n")
+    msg = parse(compile_campaign(campaign).build(FakeSend(6, alice.email), alice))
+    assert msg.get_content_type() == "text/plain"
+    assert msg.get_content().replace("\r\n", "\n") == f"Hi Alice\n{tokens.unsubscribe_url(6)}\n"
