@@ -358,7 +358,7 @@ class _PostgresStage(_Stage):
                 "SELECT (SELECT count(*) FROM up), 0, (SELECT count(*) FROM old)"
             )
             args = [*params, now, now, list_id, sub_status, now, now]
-        cursor.execute("SET LOCAL work_mem = '64MB'")
+        cursor.execute("SET LOCAL work_mem = '128MB'")
         cursor.execute(sql, args)
         return cursor.fetchone()
 

@@ -10,6 +10,8 @@ from campaigns.models import Import, MailingList
 
 
 class Command(BaseCommand):
+    # System checks cost seconds at start-up and have nothing to say about a CSV file.
+    requires_system_checks = []
     help = (
         "Import contacts from a CSV file into a mailing list (created when missing). "
         "Columns are matched by header name; other columns become attributes. "
