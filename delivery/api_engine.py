@@ -8,7 +8,7 @@ from datetime import datetime
 
 from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
 from delivery import lifecycle, routing
@@ -156,7 +156,7 @@ def list_relays(request):
 def create_relay(request, payload: RelayIn):
     data = payload.dict()
     data["password"] = data.get("password") or ""
-    return 201, _save(Relay(), data)
+    return Status(201, _save(Relay(), data))
 
 
 @router.get("/relays/{relay_id}", response=RelayOut, summary="One relay")
@@ -177,7 +177,7 @@ def update_relay(request, relay_id: int, payload: RelayPatch):
 def delete_relay(request, relay_id: int):
     get_object_or_404(Relay, pk=relay_id).delete()
     routing.forget_relay()
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("/relays/{relay_id}/check", response=CheckOut, summary="Connect, negotiate TLS, authenticate; say what happened")
@@ -195,7 +195,7 @@ def list_throttles(request):
 @router.post("/throttles", response={201: ThrottleOut}, summary="Add a domain throttle")
 def create_throttle(request, payload: ThrottleIn):
     _check_default(payload.is_default, None)
-    return 201, _save(DomainThrottle(), payload.dict())
+    return Status(201, _save(DomainThrottle(), payload.dict()))
 
 
 @router.get("/throttles/{throttle_id}", response=ThrottleOut, summary="One domain throttle")
@@ -215,7 +215,7 @@ def update_throttle(request, throttle_id: int, payload: ThrottlePatch):
 def delete_throttle(request, throttle_id: int):
     get_object_or_404(DomainThrottle, pk=throttle_id).delete()
     throttles.invalidate()
-    return 204, None
+    return Status(204, None)
 
 
 def _check_default(is_default, own_pk):
