@@ -434,16 +434,15 @@ def _deliver(rows, route, limit, now=None):
             throttle.client().delete(key, key + ":since")
         size = max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))
         replies, leftovers = conn.send_many(islice(chain(leftovers, builder), size), message=lambda item: item[1])
-        pool.put(conn, route.max_messages)
         t = now or timezone.now()
-        results, slowed = [], False
-        for (row, built), (code, text) in replies:
-            result, outcome = outcome_result(row, code, text, built.message_id, t)
-            results.append(result)
-            if outcome.throttle and not slowed:
-                throttle.slow_down(limit.key)
-                slowed = True
-        finish(results + builder.take_done(), relay_id, t)
+        outcomes = [outcome_result(row, code, text, built.message_id, t) for (row, built), (code, text) in replies]
+        # Record what the server answered before touching Redis again (pool slots,
+        # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
+        finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t)
+        pool.put(conn, route.max_messages)
+        slowed = any(outcome.throttle for _, outcome in outcomes)
+        if slowed:
+            throttle.slow_down(limit.key)
         last = replies[-1][1][0] if replies else 0
         if last == 421 or slowed:
             # The destination asked us to slow down: the rest waits its turn.
