@@ -1,6 +1,7 @@
 """The beat process, fast: start a campaign, then return due retries and expired leases every half second.
 
     python -m tests.resilience.ticker [--start CAMPAIGN_ID]
+    python -m tests.resilience.ticker --setup RECIPIENTS --relay-port PORT   (prints the campaign id)
 
 Run by the resilience tests with the workers' environment (the same Redis and
 PostgreSQL, short leases and retry delays), so that faults in Redis or
@@ -19,11 +20,19 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--start", type=int)
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--setup", type=int, help="create a campaign of this many recipients and a relay, then exit")
+    parser.add_argument("--relay-port", type=int)
     args = parser.parse_args()
 
     import django
 
     django.setup()
+    if args.setup:
+        from tests.resilience.conftest import addresses, make_campaign, relay_to
+
+        relay_to(args.relay_port)
+        print(make_campaign(addresses(args.setup)).pk, flush=True)
+        return
     from django.db import close_old_connections, connection
 
     from delivery import dispatch, engine, lifecycle
