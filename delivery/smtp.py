@@ -129,8 +129,14 @@ class Connection:
         self.steps = []  # what happened while opening, for the relay check
 
     # --- low level -------------------------------------------------------
+    def _timeout(self, seconds):
+        # A system call each time; most calls repeat the previous value.
+        if seconds != self._current_timeout:
+            self.sock.settimeout(seconds)
+            self._current_timeout = seconds
+
     def _read_reply(self, timeout):
-        self.sock.settimeout(timeout)
+        self._timeout(timeout)
         lines = []
         try:
             while True:
@@ -150,7 +156,7 @@ class Connection:
             raise ConnectionLost(f"connection to {self.endpoint.where} lost: {exc}") from None
 
     def _write(self, data: bytes, timeout=None):
-        self.sock.settimeout(timeout or self.timeouts.command)
+        self._timeout(timeout or self.timeouts.command)
         try:
             self.sock.sendall(data)
         except (OSError, ssl.SSLError) as exc:
@@ -188,6 +194,7 @@ class Connection:
 
     def _attach(self, sock):
         self.sock = sock
+        self._current_timeout = sock.gettimeout()
         self.file = sock.makefile("rb")
 
     def _wrap(self, sock, verify):
@@ -265,7 +272,7 @@ class Connection:
             return
         if quit and not self.broken:
             try:
-                self.sock.settimeout(2)
+                self._timeout(2)
                 self.sock.sendall(b"QUIT\r\n")
                 self._read_reply(2)
             except (SMTPFailure, OSError):
