@@ -134,6 +134,14 @@ def release(rows, countdown=0.0, now=None):
     )
 
 
+def extend_lease(rows, now=None):
+    if rows:
+        now = now or timezone.now()
+        Send.objects.filter(id__in=[r.id for r in rows], status="sending").update(
+            lease_expires_at=now + timedelta(seconds=lease_seconds())
+        )
+
+
 def write_back(results, relay_id=None, now=None):
     """Record outcomes in one statement; only rows this worker still holds are changed."""
     if not results:
@@ -404,6 +412,7 @@ def _deliver(rows, route, limit, now=None):
     builder = _Builder(rows)
     leftovers = []  # built, not sent (the connection broke first)
     reconnects = 0
+    renewed = time.monotonic()
 
     def unsent():
         return [r for r, _ in leftovers] + builder.rest()
@@ -439,6 +448,11 @@ def _deliver(rows, route, limit, now=None):
         # Record what the server answered before touching Redis again (pool slots,
         # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
         finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t)
+        if time.monotonic() - renewed > lease_seconds() / 3:
+            # A slow destination: keep the claim on what is left, so the
+            # sweeper does not hand it to another worker meanwhile.
+            extend_lease([r for r, _ in leftovers] + builder.rows[builder.next:], t)
+            renewed = time.monotonic()
         pool.put(conn, route.max_messages)
         slowed = any(outcome.throttle for _, outcome in outcomes)
         if slowed:
