@@ -7,6 +7,7 @@ HERALD_IMPORT_MAX_BYTES. Imports run as a Celery task; ``GET /imports/{id}``
 reports progress and counts, ``GET /imports/{id}/errors`` the error report.
 """
 
+import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -45,6 +46,8 @@ def _clean_attributes(value):
             raise ValueError("nested too deeply (at most 5 levels)")
         if isinstance(item, str):
             _no_nul(item)
+        elif isinstance(item, float) and not math.isfinite(item):
+            raise ValueError("numbers must be finite (no NaN or Infinity)")
         elif isinstance(item, dict):
             for key, sub in item.items():
                 _no_nul(key)

@@ -624,9 +624,10 @@ def _read_into_stage(fileobj, limit, encoding, delimiter, errors, progress, fall
         if isinstance(exc, UnicodeDecodeError):
             if fallback and encoding == "utf-8":
                 raise _Restart() from None
+            # The decoder reads ahead of the CSV reader, so the row is approximate.
             raise ImportRejected(
-                f"Row {outcome.rows + 2} (near byte {guarded.consumed:,}) is not valid {encoding}: {exc.reason}. "
-                "Save the file as UTF-8 and import it again."
+                f"The file is not valid {encoding} near byte {guarded.consumed:,} (around row {outcome.rows + 2}): "
+                f"{exc.reason}. Save it as UTF-8 and import it again."
             ) from None
         if isinstance(exc, csv.Error):
             raise ImportRejected(f"Row {outcome.rows + 2} cannot be read as CSV: {exc}.") from None

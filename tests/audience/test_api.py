@@ -173,3 +173,21 @@ def test_openapi_document_lists_the_audience_paths(db):
     for path in ("/api/v1/lists", "/api/v1/contacts", "/api/v1/contacts/{contact_id}", "/api/v1/imports",
                  "/api/v1/imports/{import_id}", "/api/v1/imports/{import_id}/errors"):
         assert path in paths
+
+
+def test_hostile_input_gets_4xx_never_500(api, readers):
+    huge = 2**70
+    assert api.get("/api/v1/contacts", {"list_id": huge}).json()["count"] == 0
+    requests = [
+        api.get(f"/api/v1/contacts/{huge}"),
+        api.get(f"/api/v1/lists/{huge}"),
+        api.get("/api/v1/contacts", {"email": "a\x00b"}),
+        api.get("/api/v1/contacts", {"page": "x"}),
+        api.post("/api/v1/contacts", '{"email": "a@example.com", "attributes": {"n": NaN}}', content_type="application/json"),
+        api.post("/api/v1/contacts", {"email": "a@example.com", "attributes": {"k\u0000": "v"}}, content_type="application/json"),
+        api.post("/api/v1/contacts", [1, 2], content_type="application/json"),
+        api.patch(f"/api/v1/contacts/{huge}", {"first_name": "x"}, content_type="application/json"),
+        api.post("/api/v1/imports", {"file": SimpleUploadedFile("x.csv", b"email\n"), "list_id": huge}),
+    ]
+    for response in requests:
+        assert 400 <= response.status_code < 500, (response.request, response.content)

@@ -143,6 +143,18 @@ def test_a_file_without_an_email_column_is_rejected_as_a_whole(readers):
     assert Contact.objects.count() == 0
 
 
+def test_bytes_that_no_supported_encoding_reads_reject_the_file(readers):
+    # 0x81 and 0x8D are undefined in Windows-1252 too.
+    with pytest.raises(ImportRejected, match="not valid cp1252"):
+        run(b"email,name\nanna@example.com,\x81\x8d\n", readers)
+    assert Contact.objects.count() == 0
+
+
+def test_a_header_without_rows_imports_nothing(readers):
+    outcome, report = run(b"email,first name\r\n", readers)
+    assert (outcome.rows, outcome.created, report) == (0, 0, [])
+
+
 def test_binary_data_is_rejected(readers):
     with pytest.raises(ImportRejected, match="binary data"):
         run(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)), readers)
