@@ -312,6 +312,7 @@ class Connection:
         pipelined = self.pipelining
         rset = False
         written = False  # cur's envelope already went out with the previous body
+        reused, answered = self.sent > 0, False
         try:
             while cur is not end:
                 msg = message(cur)
@@ -321,6 +322,7 @@ class Connection:
                     replies = []
                     for _ in range(4 if rset else 3):
                         replies.append(self._read_reply(t.command))
+                        answered = True
                         if replies[-1][0] == 421:
                             # The server is closing the session (RFC 5321 3.8).
                             self.broken = True
@@ -330,6 +332,7 @@ class Connection:
                         replies.pop(0)
                 else:
                     replies = self._sequential(msg, rset)
+                answered = True
                 written = False
                 (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
                 if dcode != 354:
@@ -367,6 +370,10 @@ class Connection:
                 cur = ahead.pop(0) if ahead else end
         except ConnectionLost as exc:
             self.broken = True
+            if reused and not results and not answered:
+                # The server dropped the idle connection before we spoke: nothing
+                # was tried, so the caller sends it all on a fresh connection.
+                return results, [cur] + ahead + list(it)
             results.append((cur, (None, str(exc))))
             return results, ahead + list(it)
         self.last_used = time.monotonic()

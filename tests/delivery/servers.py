@@ -78,6 +78,7 @@ class DroppingHandler(SinkHandler):
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
         session.host_name = hostname
+        self.sink.sessions.append(server)
         if self.pipelining:
             responses.insert(-1, "250-PIPELINING")
         return responses
@@ -94,8 +95,15 @@ class DroppingSink(Sink):
     def __init__(self, pipelining=False, **kwargs):
         super().__init__(**kwargs)
         self.tls_sessions = []  # per DATA: was the session encrypted?
+        self.sessions = []  # the server side of every session, to hang up on
         self.controller.handler = DroppingHandler(self)
         self.controller.handler.pipelining = pipelining
+
+    def hang_up_all(self):
+        """Close every open session from the server side, as an idle timeout would."""
+        for server in self.sessions:
+            if server.transport is not None:
+                self.controller.loop.call_soon_threadsafe(server.transport.close)
 
 
 class PipeliningSink(DroppingSink):

@@ -10,6 +10,7 @@ from delivery.signals import send_outcome
 from tests.delivery.conftest import drain, statuses
 from tests.delivery.servers import DroppingSink, PipeliningSink
 from tests.support.smtp import Rules
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -174,3 +175,19 @@ def test_a_relay_rate_limit_sends_the_rest_later(make_relay, make_campaign):
         assert len(server.recipients()) == 3
     later = Send.objects.filter(status="queued")
     assert later.count() == 2 and all(s.next_attempt_at > timezone.now() for s in later)
+
+
+def test_a_pooled_connection_the_server_closed_while_idle_costs_no_retry(make_relay, make_campaign):
+    with PipeliningSink() as server:
+        make_relay(server.port)
+        first = make_campaign(["a@example.com"])
+        lifecycle.start_campaign(first.pk)
+        drain(first.pk)
+        server.hang_up_all()
+        wait_until(lambda: all(s.transport is None for s in server.sessions), timeout=10, message="server hung up")
+        second = make_campaign(["b@example.com"], name="Second")
+        lifecycle.start_campaign(second.pk)
+        drain(second.pk)
+        assert sorted(server.recipients()) == ["a@example.com", "b@example.com"]
+    send = Send.objects.get(email="b@example.com")
+    assert (send.status, send.attempts) == ("sent", 1)
