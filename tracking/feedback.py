@@ -12,6 +12,7 @@ import logging
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Suppression
@@ -35,7 +36,15 @@ _RAW_LIMIT = 64 * 1024
 
 
 def process_message(raw: bytes, envelope_rcpt: str = "", source: str = "bounce-server") -> list:
-    """Parse one inbound message and apply what it reports; returns the new Events."""
+    """Parse one inbound message and apply what it reports; returns the new Events.
+
+    All of a message's Events and suppressions commit together, or not at all.
+    """
+    with transaction.atomic():
+        return _process_message(raw, envelope_rcpt, source)
+
+
+def _process_message(raw, envelope_rcpt, source):
     local = envelope_rcpt.partition("@")[0].lower()
     if local.startswith("unsubscribe+"):
         send_id = bounces.token_in(envelope_rcpt.encode(), purpose="unsubscribe")

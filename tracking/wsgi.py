@@ -50,9 +50,11 @@ def _click(environ, start_response, token):
                                head=environ["REQUEST_METHOD"] == "HEAD")
     if url is None:
         return None
-    # The stored URL was written by the message builder; a header must never carry CR/LF.
-    if "\r" in url or "\n" in url:
-        return None
+    # The stored URL came from the campaign; as Django's redirect does, allow only
+    # http(s), and never a header value with CR/LF in it. The click is recorded.
+    if not url.lower().startswith(("http://", "https://")) or "\r" in url or "\n" in url:
+        start_response("400 Bad Request", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"This link cannot be followed.\n"]
     start_response("302 Found", [("Location", url), ("Content-Length", "0"), *_NO_CACHE])
     return [b""]
 

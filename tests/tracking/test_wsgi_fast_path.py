@@ -79,3 +79,11 @@ def test_other_paths_are_served_by_django(alice_send):
     assert call(path_of(tokens.unsubscribe_url(alice_send.pk)))["status"] == "200 OK"
     assert call("/admin/")["status"].startswith("302")
     assert not Event.objects.exists()
+
+
+def test_a_stored_link_that_is_not_http_is_not_followed(alice_send):
+    from campaigns.models import CampaignLink
+
+    CampaignLink.objects.create(campaign_id=alice_send.campaign_id, index=2, url="javascript:alert(1)")
+    answer = call(path_of(tokens.click_url(alice_send.pk, 2)))
+    assert answer["status"] == "400 Bad Request" and "Location" not in answer["headers"]
