@@ -3,9 +3,9 @@
 The mailbox is named by a URL (HERALD_BOUNCE_MAILBOX):
 
     imaps://user:password@host[:993][/Folder]     implicit TLS (the default kind)
-    imap://user:password@host[:143][/Folder]      STARTTLS, required
+    imap://user:password@host[:143][/Folder]      STARTTLS, required (also imap+starttls://)
     pop3s://user:password@host[:995]              implicit TLS
-    pop3://user:password@host[:110]               STLS, required
+    pop3://user:password@host[:110]               STLS, required (also pop3+starttls://)
     imap+plain://… and pop3+plain://…             no TLS at all: loopback or tests only
 
 Certificates are verified against the system's CAs, or HERALD_BOUNCE_MAILBOX_CAFILE.
@@ -31,9 +31,11 @@ log = logging.getLogger(__name__)
 _SCHEMES = {
     "imaps": ("imap", "tls", 993),
     "imap": ("imap", "starttls", 143),
+    "imap+starttls": ("imap", "starttls", 143),
     "imap+plain": ("imap", "none", 143),
     "pop3s": ("pop3", "tls", 995),
     "pop3": ("pop3", "starttls", 110),
+    "pop3+starttls": ("pop3", "starttls", 110),
     "pop3+plain": ("pop3", "none", 110),
 }
 _TIMEOUT = 60

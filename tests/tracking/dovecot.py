@@ -38,7 +38,7 @@ userdb {{
 }}
 service imap-login {{
   inet_listener imap {{
-    port = 0
+    port = {imap}
   }}
   inet_listener imaps {{
     port = {imaps}
@@ -64,7 +64,7 @@ class Dovecot:
     def __init__(self):
         self.root = Path(tempfile.mkdtemp(prefix="herald-dovecot-"))
         self.root.chmod(0o755)
-        self.imaps, self.pop3s = free_port(), free_port()
+        self.imaps, self.pop3s, self.imap = free_port(), free_port(), free_port()
         self.process = None
 
     @property
@@ -72,7 +72,7 @@ class Dovecot:
         return str(self.root / "cert.pem")
 
     def url(self, scheme="imaps", folder=""):
-        port = self.imaps if scheme == "imaps" else self.pop3s
+        port = {"imaps": self.imaps, "pop3s": self.pop3s}.get(scheme, self.imap)
         return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{port}/{folder}"
 
     def start(self):
@@ -86,7 +86,7 @@ class Dovecot:
         nobody = pwd.getpwnam("nobody")
         os.chown(self.root / "mail", nobody.pw_uid, nobody.pw_gid)
         conf = self.root / "dovecot.conf"
-        conf.write_text(CONF.format(root=self.root, imaps=self.imaps, pop3s=self.pop3s))
+        conf.write_text(CONF.format(root=self.root, imaps=self.imaps, pop3s=self.pop3s, imap=self.imap))
         self.process = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
         deadline = time.monotonic() + 20

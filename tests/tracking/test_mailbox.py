@@ -85,6 +85,13 @@ def test_pop3_messages_are_processed_and_deleted(dovecot, imap, bob_send):
     pop.quit()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_imap_with_starttls(dovecot, imap, bob_send):
+    append(imap, samples.postfix(tokens.verp_address(bob_send.pk), RCPT, MID))
+    assert mailbox.poll(dovecot.url("imap+starttls")).events == 1
+    assert unseen(imap) == []
+
+
 def test_an_unverified_certificate_is_refused(dovecot, settings):
     settings.HERALD_BOUNCE_MAILBOX_CAFILE = ""
     with pytest.raises(ssl.SSLCertVerificationError):
