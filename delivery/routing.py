@@ -57,6 +57,9 @@ def limit_for(domain: str) -> Limit:
 
 
 def route_for(domain: str) -> Route:
+    """How to reach a domain. Through a relay, connections are the relay's (its
+    cap holds); a domain throttle's connection cap applies to MX hosts in direct
+    mode, where connections go to the destination itself."""
     relay = active_relay()
     if relay is not None:
         limit = Limit(f"relay:{relay.pk}", rate_per_second(relay.rate, relay.rate_period), max(relay.rate, 1))
