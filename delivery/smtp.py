@@ -210,7 +210,8 @@ class Connection:
         return wrapped
 
     def _ehlo(self):
-        helo = self.endpoint.helo or socket.getfqdn() or "localhost"
+        # gethostname, not getfqdn: no reverse DNS look-up on every connection.
+        helo = self.endpoint.helo or socket.gethostname() or "localhost"
         code, text = self.command(b"EHLO " + helo.encode("idna"))
         if code != 250:
             code, text = self.command(b"HELO " + helo.encode("idna"))
