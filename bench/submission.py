@@ -199,6 +199,25 @@ async def run_clients(port, tls, clients, total, seconds, user="bench", secret=S
     return counter["done"], elapsed
 
 
+def cpu_seconds(pid):
+    """User + system CPU of a process and its children (the forked server workers), threads included."""
+    tick = os.sysconf("SC_CLK_TCK")
+    pids = [pid]
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            pids += [int(p) for p in (task / "children").read_text().split()]
+    except OSError:
+        pass
+    total = 0.0
+    for p in pids:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def start_process(args, env, ready, log_name):
     log = open(OUT / log_name, "w")
     proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
@@ -267,7 +286,9 @@ def main():
             env, "listening", "submission-server.log",
         )
         try:
+            before = cpu_seconds(server.pid)
             done, elapsed = asyncio.run(run_clients(port, tls, args.clients, args.messages, args.seconds))
+            cpu = cpu_seconds(server.pid) - before
         finally:
             stop(server)
         from delivery.submission.models import OutboundMessage
@@ -276,6 +297,10 @@ def main():
         print(f"submission {args.clients} clients, STARTTLS + AUTH, 10 KB, {args.processes} server process(es): "
               f"{done} accepted in {elapsed:.2f}s = "
               f"{done / elapsed:,.0f} msg/s durably accepted ({stored} rows committed)")
+        # Wall-clock rates depend on what else the machine runs; CPU per message does not.
+        print(f"server CPU {cpu / max(done, 1) * 1000:.2f} ms per message (all server processes and threads); "
+              f"one free core would accept about {done / cpu if cpu else 0:,.0f} msg/s; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
         if args.e2e:
             end_to_end(args, env, tls, sink_port)
     finally:

@@ -22,7 +22,7 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 import redis.asyncio as aioredis
-from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupException
 from django.conf import settings
 from django.db import connections
 
@@ -107,12 +107,14 @@ class Committer:
 class Handoff:
     """Hands committed sends to the engine from one thread, after the clients had their 250.
 
-    Sends that pile up while one hand-off runs go together in the next, so the
-    engine gets fewer, fuller batch tasks per domain group than one call per
-    commit would give it.
+    Each hand-off publishes one task per destination domain group, which costs
+    more than storing the message. So hand-offs are at most one per ``window``
+    seconds: a lone message goes at once, and under load everything that piled
+    up in the meantime goes together, in fewer and fuller batch tasks.
     """
 
-    def __init__(self):
+    def __init__(self, window: float | None = None):
+        self.window = getattr(settings, "HERALD_SUBMISSION_HANDOFF_WINDOW", 0.5) if window is None else window
         self.queue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="submission-handoff", daemon=True)
         self.thread.start()
@@ -122,10 +124,14 @@ class Handoff:
             self.queue.put(send_ids)
 
     def _run(self):
+        last = 0.0
         while True:
             ids = self.queue.get()
             if ids is None:
                 break
+            wait = last + self.window - time.monotonic()
+            if wait > 0:
+                time.sleep(wait)
             stopping = False
             while not self.queue.empty():
                 more = self.queue.get()
@@ -134,6 +140,7 @@ class Handoff:
                     break
                 ids = ids + more
             hand_to_engine(ids)
+            last = time.monotonic()
             if stopping:
                 break
         connections.close_all()
@@ -177,6 +184,31 @@ class SubmissionSMTP(SMTP):
         # RFC 4954's AUTH= parameter names the submitter for relays between
         # trusted servers; the session's own login is what counts here.
         await super().smtp_MAIL(_AUTH_PARAM.sub("", arg) if arg else arg)
+
+    async def smtp_STARTTLS(self, arg):
+        """STARTTLS through the event loop's own TLS (uvloop's is in C), not aiosmtpd's pure-Python layer."""
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if not self.tls_context or self._tls_protocol:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        plain = self.transport
+        try:
+            secure = await self.loop.start_tls(plain, self, self.tls_context, server_side=True, ssl_handshake_timeout=60)
+        except Exception as error:
+            raise TLSSetupException() from error
+        self.transport = self._reader._transport = self._writer._transport = secure
+        # aiosmtpd tests _tls_protocol only for "TLS is on".
+        self._tls_protocol = secure
+        # RFC 3207 4.2: forget everything the client said before TLS.
+        self._reader._buffer.clear()
+        self._set_rset_state()
+        self.session = self._create_session()
+        self.session.peer = secure.get_extra_info("peername")
+        self.session.ssl = {"cipher": secure.get_extra_info("cipher"), "peercert": secure.get_extra_info("peercert")}
+        self._tls_handshake_okay = True
 
     def _getaddr(self, arg):
         # aiosmtpd parses every address with the email package's full RFC 5322
