@@ -177,6 +177,7 @@ class DomainSink:
         self.accepted = defaultdict(list)  # domain -> [time]
         self.deferred_once = set()
         self.dsn_sent = []
+        self.dsn_due = 0  # late bounces decided, sent or not yet
         self.lock = threading.Lock()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port, ready_timeout=10)
 
@@ -197,13 +198,15 @@ class DomainSink:
                 first = [r for r in rcpts if r not in self.deferred_once]
                 self.deferred_once.update(first)
             if first:
-                return "451 4.3.0 greylisted, try again later"
+                return "451 4.3.0 Greylisted, please come back later"
         now = time.time()
         with self.lock:
             for r in rcpts:
                 self.accepted[r.rpartition("@")[2]].append(now)
         moved = [r for r in rcpts if r.partition("@")[0].startswith("moved")]
         if moved and envelope.mail_from:
+            with self.lock:
+                self.dsn_due += len(moved)
             threading.Thread(target=self.send_dsn, args=(envelope.mail_from, moved), daemon=True).start()
         return f"250 2.0.0 queued as {secrets.token_hex(6)}"
 
@@ -232,6 +235,8 @@ class DomainSink:
                 self.dsn_sent.extend(recipients)
         except (OSError, smtplib.SMTPException) as exc:
             log(f"sink: the bounce server refused a DSN: {exc}")
+            with self.lock:
+                self.dsn_due -= len(recipients)
 
     def peak_rates(self):
         """Per domain: the most recipients accepted within any one second."""
@@ -356,7 +361,7 @@ def watch(campaign_id, processes, timeout):
 
 
 def summarise(campaign_id, sink, contacts, wait_dsn):
-    from django.db.models import Max, Min
+    from django.db.models import Count, Max, Min
 
     from campaigns.models import Campaign, Suppression
     from delivery.models import DomainThrottle, Send
@@ -367,10 +372,12 @@ def summarise(campaign_id, sink, contacts, wait_dsn):
     sent = sends.filter(status=Send.Status.SENT)
     span = sent.aggregate(first=Min("sent_at"), last=Max("sent_at"))
     seconds = (span["last"] - campaign.started_at).total_seconds() if span["last"] else 0.0
+    deadline = time.monotonic() + 30
+    while wait_dsn and len(sink.dsn_sent) < sink.dsn_due and time.monotonic() < deadline:
+        time.sleep(0.1)
     moved = list(sink.dsn_sent)
     if wait_dsn and moved:
         # The bounce server records what the DSNs report; give it a moment.
-        deadline = time.monotonic() + 30
         while time.monotonic() < deadline and Event.objects.filter(
                 campaign_id=campaign_id, type=Event.Type.BOUNCE, source="bounce-server").count() < len(moved):
             time.sleep(0.2)
@@ -386,6 +393,8 @@ def summarise(campaign_id, sink, contacts, wait_dsn):
         "deferred_then_delivered": sent.filter(attempts__gt=1).count(),
         "bounced": sends.filter(status=Send.Status.BOUNCED).count(),
         "failed": sends.filter(status=Send.Status.FAILED).count(),
+        "failed_reply": (sends.filter(status=Send.Status.FAILED).values("smtp_reply").annotate(n=Count("id"))
+                         .order_by("-n").values_list("smtp_reply", flat=True).first() or ""),
         "late_bounces": Event.objects.filter(campaign_id=campaign_id, type=Event.Type.BOUNCE,
                                              source="bounce-server").count(),
         "suppressed_now": Suppression.objects.filter(email_key__in=sends.values("email")).count(),
@@ -408,6 +417,8 @@ def print_summary(s):
     log(f"  sent                         {s['sent']}")
     log(f"    of which deferred first    {s['deferred_then_delivered']}  (451, then delivered on retry)")
     log(f"  bounced                      {s['bounced']}  (550 at RCPT; suppressed at once)")
+    if s["failed"]:
+        log(f"  failed                       {s['failed']}  (most often: {s['failed_reply'][:70]})")
     log(f"  bounced later                {s['late_bounces']}  (DSN through the bounce server)")
     log(f"  suppressed after this send   {s['suppressed_now']}")
     log(f"  messages per second          {s['per_second']}  ({s['sent']} in {s['seconds']} s, retries included)")
