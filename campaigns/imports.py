@@ -343,7 +343,7 @@ class _PostgresStage(_Stage):
                 "attributes = c.attributes || EXCLUDED.attributes, updated_at = EXCLUDED.updated_at "
                 "RETURNING c.id, (xmax = 0) AS inserted), "
                 "sub AS (INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at) "
-                "SELECT id, %s, %s, %s, %s FROM up ON CONFLICT (mailing_list_id, contact_id) DO NOTHING) "
+                "SELECT id, %s, %s, %s, %s FROM up ON CONFLICT (contact_id, mailing_list_id) DO NOTHING) "
                 "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted), 0 FROM up"
             )
             args = [*params, now, now, list_id, sub_status, now, now]
@@ -354,7 +354,7 @@ class _PostgresStage(_Stage):
                 "old AS (SELECT c.id FROM src JOIN campaigns_contact c ON c.email_key = src.s_key), "
                 "sub AS (INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at) "
                 "SELECT id, %s, %s, %s, %s FROM (SELECT id FROM up UNION ALL SELECT id FROM old) ids "
-                "ON CONFLICT (mailing_list_id, contact_id) DO NOTHING) "
+                "ON CONFLICT (contact_id, mailing_list_id) DO NOTHING) "
                 "SELECT (SELECT count(*) FROM up), 0, (SELECT count(*) FROM old)"
             )
             args = [*params, now, now, list_id, sub_status, now, now]
@@ -455,7 +455,7 @@ class _SqliteStage(_Stage):
             "INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at) "
             f"SELECT c.id, %s, %s, %s, %s FROM (SELECT DISTINCT s_key FROM {self.table}) s "
             "JOIN campaigns_contact c ON c.email_key = s.s_key "
-            "ON CONFLICT (mailing_list_id, contact_id) DO NOTHING",
+            "ON CONFLICT (contact_id, mailing_list_id) DO NOTHING",
             [list_id, sub_status, now, now],
         )
         if mode == Import.Mode.UPSERT:
