@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from campaigns.models import Contact, Suppression, email_key
 from delivery.models import Send
+from delivery.signals import send_outcome
 from delivery.submission.models import OutboundMessage
 
 log = logging.getLogger(__name__)
@@ -85,10 +86,18 @@ def store_batch(items: list[Accepted]) -> list[int]:
                     "outbound_id": item.outbound_id, "next_attempt_at": now, "created_at": now, "updated_at": now,
                 })
         stored = insert(Send, sends)
+    announce_skipped([row for row in sends if row["status"] == Send.Status.SKIPPED])
     by_message = {item.outbound_id: item for item in items}
     for pk, row in zip(stored, sends, strict=True):
         by_message[row["outbound_id"]].send_ids.append(pk)
     return [pk for pk, row in zip(stored, sends, strict=True) if row["status"] == Send.Status.QUEUED]
+
+
+def announce_skipped(rows: list[dict]) -> None:
+    """Tell listeners (tracking records Events) that suppressed recipients were not sent, and why."""
+    for row in rows:
+        send = Send(**{k: v for k, v in row.items()})
+        send_outcome.send(sender=Send, send=send, outcome="skipped", code=None, reply=row["smtp_reply"])
 
 
 def _new_ids(model, count: int) -> list[int | None]:

@@ -175,3 +175,35 @@ def test_default_tag_applies_when_the_message_has_none(server, client_tls, db):
         smtp.sendmail("alice@example.com", ["bob@dest.test"], message())
         smtp.sendmail("alice@example.com", ["bob@dest.test"], message(extra="X-Herald-Tag: reset\r\n"))
     assert sorted(OutboundMessage.objects.values_list("tag", flat=True)) == ["app", "reset"]
+
+
+def test_lines_starting_with_a_dot_arrive_intact(server, client_tls, alice):
+    raw = message(body=".hidden line\r\n..two dots\r\nend\r\n")
+    with connect(server, client_tls) as smtp:
+        smtp.sendmail("alice@example.com", ["bob@dest.test"], raw)
+    assert bytes(OutboundMessage.objects.get().raw) == raw
+
+
+def test_message_without_from_header_is_refused(server, client_tls, alice):
+    with connect(server, client_tls) as smtp:
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            smtp.sendmail("alice@example.com", ["bob@dest.test"], b"Subject: anonymous\r\n\r\nhi\r\n")
+    assert refused.value.smtp_code == 550 and b"no From header" in refused.value.smtp_error
+
+
+def test_skipped_recipient_is_announced_to_listeners(server, client_tls, alice):
+    from delivery.signals import send_outcome
+
+    heard = []
+
+    def listener(sender, send, outcome, reply="", **kwargs):
+        heard.append((send.email, outcome, reply))
+
+    send_outcome.connect(listener, dispatch_uid="test-skipped")
+    try:
+        Suppression.objects.create(email="gone@dest.test", reason=Suppression.Reason.COMPLAINT)
+        with connect(server, client_tls) as smtp:
+            smtp.sendmail("alice@example.com", ["gone@dest.test"], message())
+    finally:
+        send_outcome.disconnect(dispatch_uid="test-skipped")
+    assert heard == [("gone@dest.test", "skipped", "Not sent: the address is suppressed (complaint)")]
