@@ -49,4 +49,4 @@ def test_compose_runs_every_role_with_health_checks():
     assert "gunicorn" in services["web"]["command"]
     assert "DatabaseScheduler" in " ".join(services["beat"]["command"])
     assert "run_bounce_server" in services["bounces"]["command"]
-    assert services["worker"]["env_file"] == "deploy/herald.env"
+    assert services["worker"]["env_file"][0]["path"] == "deploy/herald.env"
