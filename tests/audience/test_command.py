@@ -86,5 +86,9 @@ def test_the_command_on_a_sqlite_file(tmp_path):
     shell = manage("shell", "-c", "from campaigns.models import Contact as C; a = C.objects.get(email_key='anna@example.com');"
                                   " print(a.first_name, sorted(a.attributes.items()), C.objects.count())")
     assert shell.stdout.strip().splitlines()[-1] == "Anne [('plan', 'gold'), ('stadt', 'Köln')] 2", shell.stderr
+    path.write_bytes(b"email,vorname\nanna@example.com,Changed\n")
+    third = manage("import_contacts", str(path), "--list", "Other", "--mode", "skip-existing")
+    assert "1 rows, 0 created, 0 updated, 1 skipped" in third.stdout, third.stderr
+    assert 'The list "Other" now has 1 subscriptions.' in third.stdout
     rejected = manage("import_contacts", str(tmp_path), "--list", "Demo")
     assert rejected.returncode != 0 and "Traceback" not in rejected.stderr
