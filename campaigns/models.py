@@ -4,7 +4,9 @@ import hashlib
 import secrets
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
+from email_validator import EmailNotValidError, validate_email
 
 
 def email_key(address: str) -> str:
@@ -45,6 +47,18 @@ class Contact(models.Model):
         self.email = self.email.strip()
         self.email_key = email_key(self.email)
         super().save(*args, **kwargs)
+
+    def clean(self):
+        # Forms never see email_key, so the unique constraint would only show
+        # up as a database error: check it here, on the field people type in.
+        self.email = (self.email or "").strip()
+        try:
+            validate_email(self.email, check_deliverability=False)
+        except EmailNotValidError as exc:
+            raise ValidationError({"email": str(exc)}) from None
+        other = Contact.objects.filter(email_key=email_key(self.email)).exclude(pk=self.pk).first()
+        if other is not None:
+            raise ValidationError({"email": f"Contact {other.pk} has this address already (addresses ignore case)."})
 
     @property
     def domain(self):

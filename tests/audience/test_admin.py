@@ -102,3 +102,16 @@ def test_api_token_created_in_the_admin_is_shown_once_and_works(staff, admin_use
     token = next(m.split("The new token is ")[1].split(" ")[0] for m in shown if "The new token is" in m)
     assert ApiToken.objects.get().digest == ApiToken.hash(token)
     assert Client(headers={"Authorization": f"Bearer {token}"}).get("/api/v1/lists").status_code == 200
+
+
+def test_adding_a_case_variant_of_a_known_address_is_a_form_error(staff, readers):
+    Contact.objects.create(email="anna@example.com")
+    url = reverse("admin:campaigns_contact_add")
+    form = {"email": "ANNA@example.com", "first_name": "", "last_name": "", "attributes": "{}", "status": "active",
+            "subscriptions-TOTAL_FORMS": "0", "subscriptions-INITIAL_FORMS": "0"}
+    response = staff.post(url, form)
+    assert response.status_code == 200
+    assert "has this address already" in response.content.decode()
+    response = staff.post(url, {**form, "email": "not an address"})
+    assert response.status_code == 200 and "errorlist" in response.content.decode()
+    assert Contact.objects.count() == 1
