@@ -35,8 +35,14 @@ class ErrorItem(Schema):
 
 
 class ContentErrorOut(Schema):
-    detail: str
-    errors: list[ErrorItem]
+    """Herald's 422: ``detail`` names field and line, ``errors`` lists each problem.
+
+    Request validation by django-ninja answers 422 too, with ``detail`` as a
+    list of ``{loc, msg, type}``: the schema admits both.
+    """
+
+    detail: str | list[dict]
+    errors: list[ErrorItem] | None = None
 
 
 class TemplateIn(Schema):
