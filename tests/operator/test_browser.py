@@ -110,8 +110,10 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
     page.click("input[type=submit].default")
     page.wait_for_selector("#herald-bar")
     # The page reloads itself when the campaign finishes; wait for the refreshed counts.
-    page.wait_for_function("document.getElementById('herald-status').textContent === 'finished'"
-                           " && document.getElementById('herald-percent').textContent === '100%'", timeout=60_000)
+    page.wait_for_function("""() => {
+        const status = document.getElementById('herald-status'), percent = document.getElementById('herald-percent');
+        return status && percent && status.textContent === 'finished' && percent.textContent === '100%';
+    }""", timeout=60_000)
     assert "sent 3" in page.inner_text("#herald-counts")
     assert sorted(sink.recipients()[1:]) == ["ann@example.com", "bob@example.org", "cy@example.net"]
 
