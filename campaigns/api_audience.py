@@ -72,7 +72,9 @@ class FieldError(Schema):
 
 
 class ErrorOut(Schema):
-    detail: str
+    # Herald's own errors say it in a sentence; django-ninja's request
+    # validation answers 422 with a list of {loc, msg, type}.
+    detail: str | list[dict]
     errors: list[FieldError] = []
 
 
@@ -424,9 +426,9 @@ class ImportPage(Schema):
     items: list[ImportOut]
 
 
-def _too_large(request, upload=None):
+def _too_large(upload):
     limit = settings.HERALD_IMPORT_MAX_BYTES
-    size = upload.size if upload is not None else int(request.META.get("CONTENT_LENGTH") or 0)
+    size = upload.size
     if size > limit:
         return 413, {
             "detail": f"file: the upload has {size:,} bytes, over the import limit of {limit:,} (HERALD_IMPORT_MAX_BYTES)",
@@ -452,7 +454,7 @@ def create_import(
 ):
     _require(request, "add_import")
     delimiter, encoding = delimiter or "", (encoding or "").strip()
-    refused = _too_large(request, file)
+    refused = _too_large(file)
     if refused:
         return refused
     try:
