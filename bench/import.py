@@ -18,12 +18,14 @@ the same file a second time (every row an update).
 """
 
 import argparse
+import contextlib
 import csv
 import os
 import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -32,6 +34,51 @@ ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 TARGET_ROWS_PER_S = 50_000
 TARGET_PEAK_MB = 200
+
+APP_NAME = "herald-bench-import"
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BackendCPU:
+    """CPU seconds spent by the PostgreSQL backends serving the command.
+
+    On a busy machine wall time says little; the CPU both sides used says
+    what the import costs. Backends are found by application_name and their
+    /proc/<pid>/stat read until they exit.
+    """
+
+    def __init__(self, database_url):
+        import psycopg
+
+        self._conn = psycopg.connect(database_url.split("?")[0], autocommit=True)
+        self._seen = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(0.2):
+            pids = [r[0] for r in self._conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", [APP_NAME])]
+            for pid in pids:
+                try:
+                    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                self._seen[pid] = (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self._conn.close()
+
+    @property
+    def seconds(self):
+        return sum(self._seen.values())
+
 
 CITIES = ["Berlin", "Köln", "Paris", "Lyon", "Madrid", "Porto", "Oslo", "Wien"]
 PLANS = ["free", "pro", "team"]
@@ -54,7 +101,7 @@ def generate(path: Path, rows: int, seed=7):
 
 
 def run_child(args, env):
-    """Run a child process; return (seconds, peak RSS in MB, stdout, stderr)."""
+    """Run a child process; return (seconds, peak RSS in MB, stdout, stderr, CPU seconds)."""
     started = time.perf_counter()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=err)
@@ -66,7 +113,7 @@ def run_child(args, env):
         stdout, stderr = out.read().decode(), err.read().decode()
     if proc.returncode != 0:
         sys.exit(f"{' '.join(map(str, args))} failed ({proc.returncode}):\n{stdout}\n{stderr}")
-    return elapsed, usage.ru_maxrss / 1024, stdout, stderr
+    return elapsed, usage.ru_maxrss / 1024, stdout, stderr, usage.ru_utime + usage.ru_stime
 
 
 def child_env(database_url):
@@ -105,16 +152,25 @@ print(n / (time.perf_counter() - started))
 
 def baseline(env, rows):
     env = dict(env, DJANGO_SETTINGS_MODULE="herald.settings")
-    _, _, out, _ = run_child([sys.executable, "-c", BASELINE, str(rows)], env)
+    out = run_child([sys.executable, "-c", BASELINE, str(rows)], env)[2]
     return float(out.strip().splitlines()[-1])
 
 
 def import_once(env, path, list_name):
-    seconds, peak, out, err = run_child(
-        [sys.executable, "manage.py", "import_contacts", str(path), "--list", list_name], env)
+    database_url = env["DATABASE_URL"]
+    if database_url.startswith("postgres"):
+        env = dict(env, DATABASE_URL=f"{database_url}?application_name={APP_NAME}")
+        sampler = BackendCPU(database_url)
+    else:
+        sampler = None
+    with sampler or contextlib.nullcontext():
+        seconds, peak, out, err, cpu = run_child(
+            [sys.executable, "manage.py", "import_contacts", str(path), "--list", list_name], env)
     summary = next((line for line in out.splitlines() if " rows, " in line), out.strip())
     phases = next((line.split("campaigns.imports: ")[1] for line in err.splitlines() if "campaigns.imports:" in line), "")
-    return seconds, peak, summary, phases
+    backend = f", PostgreSQL backend {sampler.seconds:.1f} s" if sampler else " (SQLite runs in-process)"
+    cpu_line = f"CPU: command {cpu:.1f} s{backend}"
+    return seconds, peak, summary, f"{phases}; {cpu_line}"
 
 
 def report(label, rows, seconds, peak, summary, phases):
