@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import logging
 import os
-import queue
 import re
 import ssl
 import threading
@@ -27,7 +26,8 @@ from django.conf import settings
 from django.db import connections
 
 from delivery.submission.auth import Limits, Login, Verifier
-from delivery.submission.store import Accepted, hand_to_engine, store_batch
+from delivery.submission.handoff import Handoff, HandoffProcess
+from delivery.submission.store import Accepted, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,14 +54,16 @@ class Committer:
     commits, the next batch gathers, so commits overlap with reading DATA.
     """
 
-    def __init__(self, workers: int = 2, max_batch: int = 200):
+    def __init__(self, workers: int = 2, max_batch: int = 200, handoff_process: bool = False):
         self.max_batch = max_batch
         self.queue: asyncio.Queue | None = None
         self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"submission-store-{n}") for n in range(workers)]
         self.tasks = []
-        self.handoff = Handoff()
+        self.handoff_process = handoff_process
+        self.handoff = None
 
     def start(self):
+        self.handoff = HandoffProcess() if self.handoff_process else Handoff()
         self.queue = asyncio.Queue()
         self.tasks = [asyncio.create_task(self._run(executor)) for executor in self.executors]
 
@@ -101,53 +103,8 @@ class Committer:
         for executor in self.executors:
             await loop.run_in_executor(executor, connections.close_all)
             executor.shutdown()
-        await loop.run_in_executor(None, self.handoff.stop)
-
-
-class Handoff:
-    """Hands committed sends to the engine from one thread, after the clients had their 250.
-
-    Each hand-off publishes one task per destination domain group, which costs
-    more than storing the message. So hand-offs are at most one per ``window``
-    seconds: a lone message goes at once, and under load everything that piled
-    up in the meantime goes together, in fewer and fuller batch tasks.
-    """
-
-    def __init__(self, window: float | None = None):
-        self.window = getattr(settings, "HERALD_SUBMISSION_HANDOFF_WINDOW", 0.5) if window is None else window
-        self.queue = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="submission-handoff", daemon=True)
-        self.thread.start()
-
-    def put(self, send_ids):
-        if send_ids:
-            self.queue.put(send_ids)
-
-    def _run(self):
-        last = 0.0
-        while True:
-            ids = self.queue.get()
-            if ids is None:
-                break
-            wait = last + self.window - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            stopping = False
-            while not self.queue.empty():
-                more = self.queue.get()
-                if more is None:
-                    stopping = True
-                    break
-                ids = ids + more
-            hand_to_engine(ids)
-            last = time.monotonic()
-            if stopping:
-                break
-        connections.close_all()
-
-    def stop(self):
-        self.queue.put(None)
-        self.thread.join(timeout=60)
+        if self.handoff is not None:
+            await loop.run_in_executor(None, self.handoff.stop)
 
 
 class _Session(Session):
@@ -396,14 +353,14 @@ class SubmissionServer:
     """One listening socket. ``serve_forever`` for the command; ``start_in_thread`` for tests."""
 
     def __init__(self, host: str, port: int, *, context: ssl.SSLContext, implicit_tls: bool = False,
-                 hostname: str | None = None, committers: int = 2):
+                 hostname: str | None = None, committers: int = 2, handoff_process: bool = False):
         self.host, self.port = host, port
         self.context = context
         self.implicit_tls = implicit_tls
         self.hostname = hostname or getattr(settings, "HERALD_SUBMISSION_HOSTNAME", "") or "localhost"
         self.max_size = getattr(settings, "HERALD_SUBMISSION_MAX_SIZE", 25 * 1024 * 1024)
         self.max_recipients = getattr(settings, "HERALD_SUBMISSION_MAX_RECIPIENTS", 500)
-        self.committer = Committer(workers=committers)
+        self.committer = Committer(workers=committers, handoff_process=handoff_process)
         self.auth_executor = ThreadPoolExecutor(1, thread_name_prefix="submission-auth")
         self.verifier = Verifier()
         self.limits = None

@@ -9,7 +9,7 @@ from django.utils import timezone
 from delivery import dispatch, engine, routing, tokens
 from delivery.models import Send
 from tests.delivery.workers import Worker
-from tests.submission.conftest import connect, message
+from tests.submission.conftest import ServerProcess, connect, make_credential, message
 from tests.support.smtp import Rules, Sink
 from tests.support.wait import wait_until
 
@@ -30,9 +30,13 @@ def all_sent(count):
     return Send.objects.filter(status=Send.Status.SENT).count() == count
 
 
-def test_submitted_message_is_delivered_with_verp_and_without_internal_headers(server, client_tls, alice, relay_to, tmp_path):
+def test_submitted_message_is_delivered_with_verp_and_without_internal_headers(tls_files, client_tls, redis_client,
+                                                                                transactional_db, relay_to, tmp_path):
+    # The server as operators run it: its own process, handing sends to the engine from its helper process.
+    make_credential(hasher="pbkdf2_sha256")
     with Sink() as sink:
         relay_to(sink.port)
+        server = ServerProcess(tls_files)
         worker = Worker("submit", tmp_path).wait_ready()
         try:
             with connect(server, client_tls) as smtp:
@@ -42,6 +46,7 @@ def test_submitted_message_is_delivered_with_verp_and_without_internal_headers(s
             wait_until(lambda: all_sent(1), timeout=30, message="the send recorded as sent")
         finally:
             worker.stop()
+            server.stop()
     got = sink.received[0]
     send = Send.objects.get()
     assert got.rcpt_tos == ["bob@dest.test"] and got.mail_from == tokens.verp_address(send.pk)

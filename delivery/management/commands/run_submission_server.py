@@ -58,7 +58,7 @@ class Command(BaseCommand):
     def _server(self):
         o = self.options
         return SubmissionServer(o["host"], o["port"], context=self.context, implicit_tls=o["implicit_tls"],
-                                hostname=o["hostname"] or None, committers=max(1, o["committers"]))
+                                hostname=o["hostname"] or None, committers=max(1, o["committers"]), handoff_process=True)
 
     async def _serve(self, sock):
         stop = asyncio.Event()
