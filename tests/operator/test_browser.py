@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connections
 
 from campaigns.models import Campaign, Contact
 from delivery import routing
@@ -47,6 +48,9 @@ def page(browser, live_server):
     tab = context.new_page()
     yield tab
     context.close()
+    # The test's queries ran beside Playwright's event loop, on a connection of
+    # their own that the database teardown would not know about.
+    connections.close_all()
 
 
 @pytest.fixture
