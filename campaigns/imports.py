@@ -300,6 +300,18 @@ class _Stage:
     def drop(self, cursor):
         cursor.execute(f"DROP TABLE IF EXISTS {self.table}")
 
+    def duplicates_sql(self):
+        """(row, email, first row) for every later occurrence of an address, in row order.
+
+        Grouping by key (a hash aggregate) finds the few repeated addresses
+        without sorting the whole staging table again.
+        """
+        return (
+            f"WITH d AS (SELECT s_key, min(s_row) AS first_row FROM {self.table} GROUP BY s_key HAVING count(*) > 1) "
+            f"SELECT s.s_row, s.s_email, d.first_row FROM {self.table} s JOIN d ON d.s_key = s.s_key "
+            "WHERE s.s_row <> d.first_row ORDER BY s.s_row"
+        )
+
     def analyse(self, cursor):
         # Temporary tables get no statistics from autovacuum; without them the
         # planner guesses a handful of rows and may pick nested loops.
@@ -370,16 +382,10 @@ class _PostgresStage(_Stage):
         return cursor.fetchone()
 
     def duplicates(self):
-        """(row, email, first row) for every later occurrence of an address, in row order."""
-        sql = (
-            f"SELECT s_row, s_email, first_row FROM (SELECT s_row, s_email, "
-            f"min(s_row) OVER (PARTITION BY s_key) AS first_row FROM {self.table}) d "
-            "WHERE s_row <> first_row ORDER BY s_row"
-        )
         # A server-side cursor: a file full of duplicates must not fill memory.
         with connection.connection.cursor(name=self.table + "_dups") as cursor:
             cursor.itersize = 5000
-            cursor.execute(sql)
+            cursor.execute(self.duplicates_sql())
             yield from cursor
 
 
@@ -470,13 +476,8 @@ class _SqliteStage(_Stage):
         return distinct - existing, 0, existing
 
     def duplicates(self):
-        sql = (
-            f"SELECT s_row, s_email, first_row FROM (SELECT s_row, s_email, "
-            f"min(s_row) OVER (PARTITION BY s_key) AS first_row FROM {self.table}) d "
-            "WHERE s_row <> first_row ORDER BY s_row"
-        )
         with connection.cursor() as cursor:
-            cursor.execute(sql)
+            cursor.execute(self.duplicates_sql())
             while batch := cursor.fetchmany(5000):
                 yield from batch
 
@@ -712,9 +713,13 @@ def _merge(stage, columns, outcome, mailing_list, mode, errors, report):
         created, updated, skipped = stage.merge(cursor, mailing_list.pk, sub_status, mode, keys, timezone.now())
     outcome.created, outcome.updated, outcome.skipped = created, updated, skipped
     email_col = columns.header[columns.email]
+    # Every distinct address was created, updated or skipped as known: when they
+    # add up to the rows staged, no address repeats and there is nothing to look for.
+    staged = outcome.rows - outcome.invalid
+    repeats = stage.duplicates() if created + updated + skipped < staged else iter(())
     duplicates = (
         (row, email_col, email, f"duplicate of row {first} (same address, ignoring case)")
-        for row, email, first in stage.duplicates()
+        for row, email, first in repeats
     )
     writer = csv.writer(report) if report is not None else None
     if writer:
