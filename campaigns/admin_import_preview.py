@@ -138,9 +138,14 @@ def progress_data(imp: Import) -> dict:
         list_url += f"?subscriptions__mailing_list__id__exact={imp.mailing_list_id}"
     except NoReverseMatch:  # the contact admin is not installed
         list_url = ""
+    try:
+        report_url = reverse("admin:campaigns_import_errors", args=[imp.pk]) if imp.error_report else ""
+    except NoReverseMatch:
+        report_url = ""
     return {"id": imp.pk, "status": imp.status, "rows": imp.rows_processed, "created": imp.created, "updated": imp.updated,
             "skipped": imp.skipped, "invalid": imp.invalid, "error": imp.error,
-            "list": str(imp.mailing_list) if imp.mailing_list else "", "contacts_url": list_url}
+            "list": str(imp.mailing_list) if imp.mailing_list else "", "contacts_url": list_url,
+            "error_report": report_url}
 
 
 @staff_member_required

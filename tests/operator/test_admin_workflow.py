@@ -110,6 +110,8 @@ def test_import_shows_the_first_rows_and_the_mapping_before_anything_is_stored(
     progress = client.get(f"/admin/herald/imports/{imp.pk}/progress.json").json()
     assert progress["status"] == "done"
     assert (progress["created"], progress["invalid"]) == (2, 1)
+    report = client.get(progress["error_report"])
+    assert b"not-an-address" in b"".join(report.streaming_content if report.streaming else [report.content])
     assert set(MailingList.objects.get(name="Leads").subscriptions.values_list("contact__email", flat=True)) == {
         "ann@example.com", "bob@example.com"}
 
