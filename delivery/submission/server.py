@@ -59,6 +59,7 @@ class Committer:
         self.queue: asyncio.Queue | None = None
         self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"submission-store-{n}") for n in range(workers)]
         self.tasks = []
+        self.inflight = 0
         self.handoff_process = handoff_process
         self.handoff = None
 
@@ -78,6 +79,7 @@ class Committer:
             batch = [await self.queue.get()]
             while len(batch) < self.max_batch and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
+            self.inflight += 1
             try:
                 queued = await loop.run_in_executor(executor, store_batch, [item for item, _ in batch])
             except Exception as exc:
@@ -92,9 +94,13 @@ class Committer:
                     if not future.done():
                         future.set_result(item)
                 self.handoff.put(queued)
+            finally:
+                self.inflight -= 1
 
-    async def stop(self):
-        while self.queue is not None and not self.queue.empty():
+    async def stop(self, timeout: float = 30):
+        """Finish the batches already received (their clients are waiting for a 250), then stop."""
+        deadline = time.monotonic() + timeout
+        while self.queue is not None and (not self.queue.empty() or self.inflight) and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         for task in self.tasks:
             task.cancel()
