@@ -77,3 +77,19 @@ def test_server_refuses_to_start_without_a_certificate(tmp_path):
         env=subprocess_env(HERALD_TLS_CERT=missing, HERALD_TLS_KEY=missing), capture_output=True, text=True, timeout=60,
     )
     assert f"HERALD_TLS_CERT='{missing}': no such file" in result.stderr
+
+
+def test_several_processes_share_the_port_and_stop_cleanly(tls_files, client_tls, transactional_db):
+    make_credential(hasher="pbkdf2_sha256")
+    server = ServerProcess(tls_files, "--processes", "2")
+    try:
+        for n in range(4):  # separate connections, spread over the processes by the kernel
+            with smtplib.SMTP("127.0.0.1", server.port, timeout=30) as smtp:
+                smtp.starttls(context=client_tls)
+                smtp.login("alice", ALICE_SECRET)
+                smtp.sendmail("alice@example.com", [f"r{n}@dest.test"], message())
+        server.kill(signal.SIGTERM)
+        assert server.proc.returncode == 0, server.proc.stdout.read()
+    finally:
+        server.stop()
+    assert Send.objects.count() == 4
