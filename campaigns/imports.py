@@ -709,6 +709,10 @@ def _merge(stage, columns, outcome, mailing_list, mode, errors, report):
         Subscription.Status.UNCONFIRMED if mailing_list.optin == MailingList.OptIn.DOUBLE else Subscription.Status.CONFIRMED
     )
     keys = [name for _, name in columns.attributes]
+    # Subscriptions carry no foreign-key constraint: hold the list until commit
+    # so that it cannot be deleted under the import.
+    if not MailingList.objects.select_for_update(no_key=True).filter(pk=mailing_list.pk).exists():
+        raise ImportRejected(f"The list {mailing_list.name!r} was deleted during the import; nothing was imported.")
     with connection.cursor() as cursor:
         created, updated, skipped = stage.merge(cursor, mailing_list.pk, sub_status, mode, keys, timezone.now())
     outcome.created, outcome.updated, outcome.skipped = created, updated, skipped
