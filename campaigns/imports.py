@@ -2,16 +2,16 @@
 
 How a file travels:
 
-1. ``inspect`` reads a sample of the bytes and decides the encoding (UTF-8 with or
-   without BOM; cp1252 only when the sample is not UTF-8) and the delimiter
-   (``csv.Sniffer`` among comma, semicolon and tab). Files that cannot be a
-   contact list (NUL bytes, over the size limit, no email column) are rejected
-   before anything is written.
+1. The first 64 KB decide the encoding (UTF-8 with or without BOM; cp1252 only
+   when the sample is not UTF-8) and the delimiter (``csv.Sniffer`` among comma,
+   semicolon and tab). Files that cannot be a contact list (NUL bytes, over the
+   size limit, no email column) are rejected before anything is written.
 2. The file is streamed row by row into a temporary staging table (``COPY`` on
    PostgreSQL, batched inserts on SQLite) in constant memory. Invalid rows go to
    the error report instead. Nothing outside the staging table is touched yet, so
-   a failure half-way through (a later chunk that is not UTF-8, a NUL byte) leaves
-   the audience exactly as it was.
+   a failure half-way through (a NUL byte, an undecodable chunk) leaves the
+   audience exactly as it was; a later chunk that is not UTF-8 after a UTF-8
+   looking start makes the read start over as cp1252.
 3. One transaction merges the staging table into contacts and subscriptions with
    set-based statements (``INSERT ... ON CONFLICT``), de-duplicating addresses
    case-insensitively, and stores the counts. Either all of it lands or none.
@@ -54,6 +54,8 @@ ALIASES = {
     "e mail": "email",
     "email address": "email",
     "e mail address": "email",
+    "email adresse": "email",
+    "e mail adresse": "email",
     "mail": "email",
     "first name": "first_name",
     "firstname": "first_name",
