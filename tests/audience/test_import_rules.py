@@ -242,3 +242,11 @@ def test_the_fast_address_check_agrees_with_email_validator(address):
     except EmailNotValidError:
         expected = False
     assert (is_valid_address(address) is None) == expected
+
+
+def test_progress_is_reported_after_each_chunk(readers, monkeypatch):
+    monkeypatch.setattr("campaigns.imports.CHUNK_ROWS", 2)
+    seen = []
+    rows = b"".join(b"user%d@example.com\n" % i for i in range(5))
+    import_contacts(io.BytesIO(b"email\n" + rows), readers, progress=seen.append)
+    assert seen == [2, 4, 5]
