@@ -53,44 +53,59 @@ def store_batch(items: list[Accepted]) -> list[int]:
     """
     if not connection.in_atomic_block:  # a worker thread's own connection, between batches
         close_old_connections()
-    keys = {email_key(r) for item in items for r in item.rcpt_tos}
+    keys = sorted({email_key(r) for item in items for r in item.rcpt_tos})
     now = timezone.now()
-    insert = _insert_unnest if connection.vendor == "postgresql" else _insert_orm
+    postgres = connection.vendor == "postgresql"
     with transaction.atomic():
-        ids = _new_ids(OutboundMessage, len(items))
-        messages = []
-        for item, pk in zip(items, ids, strict=True):
-            messages.append({
-                "id": pk, "credential_id": item.credential_id, "mail_from": item.mail_from,
-                "from_header": item.from_header[:998], "subject": item.subject[:998], "message_id": item.message_id[:255],
-                "raw": item.raw, "size": len(item.raw), "recipients": len(item.rcpt_tos), "tag": item.tag[:100],
-                "peer": item.peer[:64], "created_at": now,
-            })
-        insert(OutboundMessage, messages)
-        for item, row in zip(items, messages, strict=True):
-            item.outbound_id = row["id"]
-        # Set-based look-ups: one query each per batch, never one per recipient.
-        suppressed = dict(Suppression.objects.filter(email_key__in=keys).values_list("email_key", "reason"))
-        contacts = dict(Contact.objects.filter(email_key__in=keys).values_list("email_key", "id"))
-        sends = []
-        send_ids = iter(_new_ids(Send, sum(len(item.rcpt_tos) for item in items)))
-        for item in items:
-            for rcpt in item.rcpt_tos:
-                key = email_key(rcpt)
-                reason = suppressed.get(key)
-                sends.append({
-                    "id": next(send_ids), "campaign_id": None, "contact_id": contacts.get(key),
-                    "email": rcpt, "domain": recipient_domain(rcpt),
-                    "status": Send.Status.SKIPPED if reason else Send.Status.QUEUED,
-                    "smtp_reply": f"Not sent: the address is suppressed ({reason})" if reason else "",
-                    "outbound_id": item.outbound_id, "next_attempt_at": now, "created_at": now, "updated_at": now,
-                })
-        stored = insert(Send, sends)
-    announce_skipped([row for row in sends if row["status"] == Send.Status.SKIPPED])
+        if postgres:
+            message_ids, send_ids, suppressed, contacts = _prepare_postgres(items, keys)
+        else:
+            message_ids, send_ids = [None] * len(items), None
+            suppressed = dict(Suppression.objects.filter(email_key__in=keys).values_list("email_key", "reason"))
+            contacts = dict(Contact.objects.filter(email_key__in=keys).values_list("email_key", "id"))
+        messages = [_message_row(item, pk, now) for item, pk in zip(items, message_ids, strict=True)]
+        if postgres:
+            for item, row in zip(items, messages, strict=True):
+                item.outbound_id = row["id"]
+            sends = _send_rows(items, send_ids, suppressed, contacts, now)
+            _insert_postgres(messages, sends)
+        else:
+            _insert_orm(OutboundMessage, messages)
+            for item, row in zip(items, messages, strict=True):
+                item.outbound_id = row["id"]
+            sends = _send_rows(items, None, suppressed, contacts, now)
+            _insert_orm(Send, sends)
     by_message = {item.outbound_id: item for item in items}
-    for pk, row in zip(stored, sends, strict=True):
-        by_message[row["outbound_id"]].send_ids.append(pk)
-    return [pk for pk, row in zip(stored, sends, strict=True) if row["status"] == Send.Status.QUEUED]
+    for row in sends:
+        by_message[row["outbound_id"]].send_ids.append(row["id"])
+    announce_skipped([row for row in sends if row["status"] == Send.Status.SKIPPED])
+    return [row["id"] for row in sends if row["status"] == Send.Status.QUEUED]
+
+
+def _message_row(item: Accepted, pk, now) -> dict:
+    return {
+        "id": pk, "credential_id": item.credential_id, "mail_from": item.mail_from,
+        "from_header": item.from_header[:998], "subject": item.subject[:998], "message_id": item.message_id[:255],
+        "raw": item.raw, "size": len(item.raw), "recipients": len(item.rcpt_tos), "tag": item.tag[:100],
+        "peer": item.peer[:64], "created_at": now,
+    }
+
+
+def _send_rows(items, ids, suppressed, contacts, now) -> list[dict]:
+    ids = iter(ids) if ids is not None else None
+    rows = []
+    for item in items:
+        for rcpt in item.rcpt_tos:
+            key = email_key(rcpt)
+            reason = suppressed.get(key)
+            rows.append({
+                "id": next(ids) if ids else None, "campaign_id": None, "contact_id": contacts.get(key),
+                "email": rcpt, "domain": recipient_domain(rcpt),
+                "status": Send.Status.SKIPPED if reason else Send.Status.QUEUED,
+                "smtp_reply": f"Not sent: the address is suppressed ({reason})" if reason else "",
+                "outbound_id": item.outbound_id, "next_attempt_at": now, "created_at": now, "updated_at": now,
+            })
+    return rows
 
 
 def announce_skipped(rows: list[dict]) -> None:
@@ -100,58 +115,86 @@ def announce_skipped(rows: list[dict]) -> None:
         send_outcome.send(sender=Send, send=send, outcome="skipped", code=None, reply=row["smtp_reply"])
 
 
-def _new_ids(model, count: int) -> list[int | None]:
-    """Primary keys taken from the table's sequence up front, so rows map to items whatever order they insert in."""
-    if connection.vendor != "postgresql":
-        return [None] * count
-    with connection.cursor() as cur:
-        cur.execute("SELECT nextval(pg_get_serial_sequence(%s, 'id')) FROM generate_series(1, %s)",
-                    [model._meta.db_table, count])
-        return [row[0] for row in cur.fetchall()]
+# --- PostgreSQL: three round trips per batch (look-ups, one INSERT, COMMIT) -----------------
+#
+# A batch's fixed cost is paid by every message in it, and with many clients
+# batches are small; so the look-ups share one query and both tables one
+# statement. Ids come from the sequences up front, so rows map to their
+# messages whatever order they are inserted in. Parameters travel separately
+# from the SQL text, bytea in binary (Django would quote 10 KB into the query).
+
+def _cursor():
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
-def _insert_orm(model, rows: list[dict]) -> list[int]:
-    created = model.objects.bulk_create([model(**{k: v for k, v in row.items() if v is not None or k != "id"}) for row in rows])
-    for row, obj in zip(rows, created, strict=True):
-        row["id"] = obj.pk
-    return [obj.pk for obj in created]
+def _prepare_postgres(items, keys):
+    """New ids for both tables, and the recipients' suppressions and contacts, in one query."""
+    recipients = sum(len(item.rcpt_tos) for item in items)
+    sql = f"""
+        SELECT 'm', nextval(pg_get_serial_sequence('{OutboundMessage._meta.db_table}', 'id'))::text, ''
+          FROM generate_series(1, %(messages)s)
+        UNION ALL
+        SELECT 's', nextval(pg_get_serial_sequence('{Send._meta.db_table}', 'id'))::text, ''
+          FROM generate_series(1, %(recipients)s)
+        UNION ALL
+        SELECT 'x', email_key, reason FROM {Suppression._meta.db_table} WHERE email_key = ANY(%(keys)s)
+        UNION ALL
+        SELECT 'c', email_key, id::text FROM {Contact._meta.db_table} WHERE email_key = ANY(%(keys)s)
+    """  # noqa: S608 - table names from the models, values as parameters
+    message_ids, send_ids, suppressed, contacts = [], [], {}, {}
+    with _cursor() as cur:
+        cur.execute(sql, {"messages": len(items), "recipients": recipients, "keys": keys})
+        for kind, a, b in cur.fetchall():
+            if kind == "m":
+                message_ids.append(int(a))
+            elif kind == "s":
+                send_ids.append(int(a))
+            elif kind == "x":
+                suppressed[a] = b
+            else:
+                contacts[a] = int(b)
+    return message_ids, send_ids, suppressed, contacts
 
 
-def _insert_unnest(model, rows: list[dict]) -> list[int]:
-    """One INSERT ... SELECT FROM unnest(arrays) per table: a fraction of bulk_create's per-row cost.
+def _unnest(model, rows: list[dict], params: dict, prefix: str) -> str:
+    """``INSERT INTO table (...) SELECT * FROM unnest(arrays)``, every column of the model.
 
-    Rows carry their ids (from _new_ids), so nothing depends on insertion order.
-
-    Columns are taken from the model, so a field added later (with a default)
-    is filled from its default rather than breaking the insert.
+    A field added to the model later (with a default) is filled from its default.
     """
     given = rows[0].keys()
-    columns, arrays, casts = [], [], []
-    for model_field in model._meta.concrete_fields:
+    columns, casts = [], []
+    for n, model_field in enumerate(model._meta.concrete_fields):
         if model_field.attname in given:
             values = [row[model_field.attname] for row in rows]
         else:
-            default = model_field.get_db_prep_save(model_field.get_default(), connection)
-            values = [default] * len(rows)
+            values = [model_field.get_db_prep_save(model_field.get_default(), connection)] * len(rows)
+        name = f"{prefix}{n}"
+        params[name] = values
         columns.append(connection.ops.quote_name(model_field.column))
-        arrays.append(values)
-        casts.append(f"%b::{_array_type(model_field)}[]")
-    sql = (
-        f"INSERT INTO {connection.ops.quote_name(model._meta.db_table)} ({', '.join(columns)}) "  # noqa: S608
-        f"SELECT * FROM unnest({', '.join(casts)})"
-    )
-    # Django binds parameters on the client (quoting a 10 KB message into the
-    # SQL text); a plain psycopg cursor on the same connection and transaction
-    # sends them separately, bytea in binary.
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cur:
-        cur.execute(sql, arrays)
-    return [row["id"] for row in rows]
+        casts.append(f"%({name})b::{_array_type(model_field)}[]")
+    table = connection.ops.quote_name(model._meta.db_table)
+    return f"INSERT INTO {table} ({', '.join(columns)}) SELECT * FROM unnest({', '.join(casts)})"  # noqa: S608
 
 
-def _array_type(field) -> str:
-    db_type = field.db_type(connection)
+def _insert_postgres(messages: list[dict], sends: list[dict]) -> None:
+    params = {}
+    sql = _unnest(OutboundMessage, messages, params, "m")
+    if sends:
+        sql = f"WITH stored AS ({sql}) " + _unnest(Send, sends, params, "s")
+    with _cursor() as cur:
+        cur.execute(sql, params)
+
+
+def _array_type(model_field) -> str:
+    db_type = model_field.db_type(connection)
     return {"bigserial": "bigint", "serial": "integer"}.get(db_type, db_type)
+
+
+def _insert_orm(model, rows: list[dict]) -> None:
+    created = model.objects.bulk_create([model(**{k: v for k, v in row.items() if k != "id"}) for row in rows])
+    for row, obj in zip(rows, created, strict=True):
+        row["id"] = obj.pk
 
 
 def hand_to_engine(send_ids: list[int]) -> None:
