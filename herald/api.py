@@ -1,5 +1,6 @@
 """The JSON API under /api/v1/: one NinjaAPI with a router per app."""
 
+from django.db import DataError
 from django.utils import timezone
 from ninja import NinjaAPI
 from ninja.security import HttpBearer
@@ -30,6 +31,13 @@ api = NinjaAPI(
     openapi_url="/openapi.json",
     docs_url="/docs",
 )
+
+
+@api.exception_handler(DataError)
+def _unstorable_value(request, exc):
+    """A number past its column's range, a NUL byte in text, a date PostgreSQL cannot hold: a 422, not a 500."""
+    reason = str(exc).splitlines()[0] if str(exc) else "value out of range"
+    return api.create_response(request, {"detail": f"A value in this request cannot be stored: {reason}"}, status=422)
 
 
 def _add_routers():

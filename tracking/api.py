@@ -101,14 +101,15 @@ def add_suppression(request, payload: SuppressionIn):
     return (200 if existed else 201), row
 
 
-class ImportOut(Schema):
+class SuppressionImportOut(Schema):
     added: int
     existing: int
     invalid: int
     errors: list[str]
 
 
-@router.post("/suppressions/import", response=ImportOut, summary="Import suppressions from CSV (email[,reason[,detail]])")
+@router.post("/suppressions/import", response=SuppressionImportOut,
+             summary="Import suppressions from CSV (email[,reason[,detail]])")
 def import_suppressions(request, file: File[UploadedFile]):
     result = import_csv(file.read())
     return {"added": result.added, "existing": result.existing, "invalid": result.invalid, "errors": result.errors}

@@ -76,6 +76,10 @@ def import_csv(data: bytes) -> ImportResult:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
+    if "\x00" in text:
+        # csv refuses NUL bytes mid-file; a list of addresses never has them.
+        _error(result, "the file contains binary data (NUL bytes); a suppression list must be a text CSV file")
+        return result
     valid = {}
     for number, email, reason, detail in _rows(text):
         try:

@@ -20,11 +20,19 @@ def parse_domains(text: str) -> list[str]:
     return seen
 
 
+def _is_domain(name: str) -> bool:
+    try:
+        ascii_name = name if name.isascii() else name.encode("idna").decode()
+    except UnicodeError:  # control characters and other code points IDNA refuses
+        return False
+    return bool(_DOMAIN.match(ascii_name))
+
+
 def validate_domains(text: str):
     domains = parse_domains(text)
     if not domains:
         raise ValidationError("Name at least one sender domain, such as example.com.")
-    bad = [d for d in domains if not _DOMAIN.match(d.encode("idna").decode() if not d.isascii() else d)]
+    bad = [d for d in domains if not _is_domain(d)]
     if bad:
         raise ValidationError(f"Not a domain name: {', '.join(bad)}")
 
