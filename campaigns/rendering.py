@@ -35,6 +35,7 @@ from django.db.models import Max
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
+from jinja2.utils import Cycler
 
 from campaigns.models import Campaign, CampaignLink
 
@@ -78,8 +79,33 @@ def _describe(obj, name):
     return name
 
 
+MAX_OUTPUT = 1_000_000  # characters a single multiplication or power may produce
+
+
+class _Sandbox(SandboxedEnvironment):
+    """Jinja's sandbox, plus limits on ``*`` and ``**`` so an author cannot exhaust memory."""
+
+    intercepted_binops = frozenset({"*", "**"})
+
+    def call_binop(self, context, operator, left, right):
+        if operator == "*":
+            for seq, times in ((left, right), (right, left)):
+                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_OUTPUT:
+                    raise SecurityError(f"a repetition of {len(seq) * times} items is beyond the limit of {MAX_OUTPUT}")
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
+            raise SecurityError("an exponent above 64 is not allowed")
+        return super().call_binop(context, operator, left, right)
+
+
+def _cycler(*items):
+    """``cycler()`` with no items cycles over an empty string instead of failing mid-campaign."""
+    return Cycler(*(items or ("",)))
+
+
 def _environment(autoescape, undefined=Undefined):
-    env = SandboxedEnvironment(autoescape=autoescape, undefined=undefined, keep_trailing_newline=True)
+    env = _Sandbox(autoescape=autoescape, undefined=undefined, keep_trailing_newline=True)
+    env.globals["cycler"] = _cycler
+    env.globals.pop("lipsum", None)  # lorem ipsum of any length has no place in a campaign
     return env
 
 

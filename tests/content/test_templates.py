@@ -94,3 +94,16 @@ def test_a_missing_variable_never_stops_a_campaign(alice):
                                        html_body="{{ contact.attributes.nested.deeper | upper }}{{ nothing.at.all }}ok")
     built = compile_campaign(campaign).build(FakeSend(5, alice.email), alice)
     assert b"Subject: x\r\n" in built.data and b"ok" in built.data
+
+
+@pytest.mark.parametrize("source", ["{{ 'x' * 100000000 }}", "{{ [1] * 10**8 }}", "{{ 10 ** 100000 }}"])
+def test_templates_cannot_exhaust_memory(source):
+    from jinja2.exceptions import SecurityError
+
+    with pytest.raises(SecurityError):
+        rendering.html_env.from_string(source).render(contact=ContactData("a@example.com"))
+
+
+def test_an_empty_cycler_does_not_stop_a_campaign():
+    out = rendering.text_env.from_string("{% set c = cycler() %}[{{ c.next() }}]").render()
+    assert out == "[]"
