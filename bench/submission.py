@@ -200,14 +200,17 @@ async def run_clients(port, tls, clients, total, seconds, user="bench", secret=S
 
 
 def cpu_seconds(pid):
-    """User + system CPU of a process and its children (the forked server workers), threads included."""
+    """User + system CPU of a process and all its descendants, threads included."""
     tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            pids += [int(p) for p in (task / "children").read_text().split()]
-    except OSError:
-        pass
+    pids, todo = [], [pid]
+    while todo:  # the server, its forked workers, and their hand-off helpers
+        current = todo.pop()
+        pids.append(current)
+        try:
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(p) for p in (task / "children").read_text().split()]
+        except OSError:
+            pass
     total = 0.0
     for p in pids:
         try:
@@ -259,7 +262,7 @@ def main():
     parser.add_argument("--messages", type=int, default=20000, help="stop after this many messages")
     parser.add_argument("--seconds", type=float, default=30, help="or after this many seconds")
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--committers", type=int, default=2)
+    parser.add_argument("--committers", type=int, default=1)
     parser.add_argument("--processes", type=int, default=2, help="server processes (one per core)")
     parser.add_argument("--e2e", type=int, default=0, help="messages for the end-to-end delivery run (0 skips it)")
     args = parser.parse_args()

@@ -54,7 +54,7 @@ class Committer:
     commits, the next batch gathers, so commits overlap with reading DATA.
     """
 
-    def __init__(self, workers: int = 2, max_batch: int = 200, handoff_process: bool = False):
+    def __init__(self, workers: int = 1, max_batch: int = 200, handoff_process: bool = False):
         self.max_batch = max_batch
         self.queue: asyncio.Queue | None = None
         self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"submission-store-{n}") for n in range(workers)]
@@ -359,7 +359,7 @@ class SubmissionServer:
     """One listening socket. ``serve_forever`` for the command; ``start_in_thread`` for tests."""
 
     def __init__(self, host: str, port: int, *, context: ssl.SSLContext, implicit_tls: bool = False,
-                 hostname: str | None = None, committers: int = 2, handoff_process: bool = False):
+                 hostname: str | None = None, committers: int = 1, handoff_process: bool = False):
         self.host, self.port = host, port
         self.context = context
         self.implicit_tls = implicit_tls

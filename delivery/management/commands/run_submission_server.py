@@ -32,7 +32,8 @@ class Command(BaseCommand):
         parser.add_argument("--implicit-tls", action="store_true", help="TLS from the first byte (port 465, RFC 8314).")
         parser.add_argument("--hostname", default="", help="Name in the greeting and EHLO reply.")
         parser.add_argument("--processes", type=int, default=1, help="Server processes sharing the port (one per core).")
-        parser.add_argument("--committers", type=int, default=2, help="Database writers per process.")
+        parser.add_argument("--committers", type=int, default=1,
+                            help="Database writers per process; one makes the largest group commits.")
 
     def handle(self, *args, **options):
         self.options = options
