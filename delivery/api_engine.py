@@ -21,38 +21,45 @@ router = Router(tags=["delivery"])
 
 SECURITY = tuple(Relay.Security.values)
 PERIODS = tuple(Period.values)
+# No control characters (PostgreSQL cannot even store NUL); host names as DNS has them.
+TEXT = r"^[^\x00-\x1f\x7f]*$"
+HOST = r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$"
+HELO = r"^([A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)?$"
+DOMAINS = r"^[A-Za-z0-9.,\s-]*$"
+WRITE_ONLY = "Write-only; leave out to keep the stored password."
+MAX_INT = 2**31 - 1  # PositiveIntegerField
 
 
 class RelayIn(Schema):
-    name: str = Field(min_length=1, max_length=100)
-    host: str = Field(min_length=1, max_length=255)
+    name: str = Field(min_length=1, max_length=100, pattern=TEXT)
+    host: str = Field(min_length=1, max_length=255, pattern=HOST)
     port: int = Field(587, ge=1, le=65535)
     security: str = Field("starttls", pattern="^(" + "|".join(SECURITY) + ")$")
     verify_certificate: bool = True
-    username: str = ""
-    password: str | None = Field(None, description="Write-only; leave out to keep the stored password.")
-    helo_name: str = ""
-    max_connections: int = Field(8, ge=1)
-    messages_per_connection: int = Field(1000, ge=1)
-    idle_timeout: int = Field(30, ge=1)
-    rate: int = Field(0, ge=0)
+    username: str = Field("", max_length=255, pattern=TEXT)
+    password: str | None = Field(None, max_length=1000, pattern=TEXT, description=WRITE_ONLY)
+    helo_name: str = Field("", max_length=255, pattern=HELO)
+    max_connections: int = Field(8, ge=1, le=MAX_INT)
+    messages_per_connection: int = Field(1000, ge=1, le=MAX_INT)
+    idle_timeout: int = Field(30, ge=1, le=MAX_INT)
+    rate: int = Field(0, ge=0, le=MAX_INT)
     rate_period: str = Field("second", pattern="^(" + "|".join(PERIODS) + ")$")
     enabled: bool = True
 
 
 class RelayPatch(Schema):
-    name: str | None = Field(None, min_length=1, max_length=100)
-    host: str | None = Field(None, min_length=1, max_length=255)
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=TEXT)
+    host: str | None = Field(None, min_length=1, max_length=255, pattern=HOST)
     port: int | None = Field(None, ge=1, le=65535)
     security: str | None = Field(None, pattern="^(" + "|".join(SECURITY) + ")$")
     verify_certificate: bool | None = None
-    username: str | None = None
-    password: str | None = Field(None, description="Write-only; leave out to keep the stored password.")
-    helo_name: str | None = None
-    max_connections: int | None = Field(None, ge=1)
-    messages_per_connection: int | None = Field(None, ge=1)
-    idle_timeout: int | None = Field(None, ge=1)
-    rate: int | None = Field(None, ge=0)
+    username: str | None = Field(None, max_length=255, pattern=TEXT)
+    password: str | None = Field(None, max_length=1000, pattern=TEXT, description=WRITE_ONLY)
+    helo_name: str | None = Field(None, max_length=255, pattern=HELO)
+    max_connections: int | None = Field(None, ge=1, le=MAX_INT)
+    messages_per_connection: int | None = Field(None, ge=1, le=MAX_INT)
+    idle_timeout: int | None = Field(None, ge=1, le=MAX_INT)
+    rate: int | None = Field(None, ge=0, le=MAX_INT)
     rate_period: str | None = Field(None, pattern="^(" + "|".join(PERIODS) + ")$")
     enabled: bool | None = None
 
@@ -86,23 +93,23 @@ class CheckOut(Schema):
 
 
 class ThrottleIn(Schema):
-    name: str = Field(min_length=1, max_length=100)
-    domains: str = ""
+    name: str = Field(min_length=1, max_length=100, pattern=TEXT)
+    domains: str = Field("", max_length=10000, pattern=DOMAINS, description="Comma- or newline-separated domains.")
     is_default: bool = False
-    rate: int = Field(10, ge=1)
+    rate: int = Field(10, ge=1, le=MAX_INT)
     period: str = Field("second", pattern="^(" + "|".join(PERIODS) + ")$")
-    burst: int = Field(0, ge=0)
-    max_connections: int = Field(5, ge=1)
+    burst: int = Field(0, ge=0, le=MAX_INT)
+    max_connections: int = Field(5, ge=1, le=MAX_INT)
 
 
 class ThrottlePatch(Schema):
-    name: str | None = Field(None, min_length=1, max_length=100)
-    domains: str | None = None
+    name: str | None = Field(None, min_length=1, max_length=100, pattern=TEXT)
+    domains: str | None = Field(None, max_length=10000, pattern=DOMAINS)
     is_default: bool | None = None
-    rate: int | None = Field(None, ge=1)
+    rate: int | None = Field(None, ge=1, le=MAX_INT)
     period: str | None = Field(None, pattern="^(" + "|".join(PERIODS) + ")$")
-    burst: int | None = Field(None, ge=0)
-    max_connections: int | None = Field(None, ge=1)
+    burst: int | None = Field(None, ge=0, le=MAX_INT)
+    max_connections: int | None = Field(None, ge=1, le=MAX_INT)
 
 
 class ThrottleOut(Schema):

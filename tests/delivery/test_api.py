@@ -90,3 +90,15 @@ def test_schedule_takes_an_iso_time(client, sender, make_campaign):
     response = client.post(f"/api/v1/campaigns/{campaign.pk}/schedule", {"scheduled_at": "2030-01-01T09:00:00Z"},
                            content_type="application/json", **sender)
     assert response.status_code == 200 and response.json()["status"] == "scheduled"
+
+
+def test_control_characters_and_out_of_range_numbers_are_refused_with_the_field(client, viewer):
+    for body, field in [
+        ({"name": "Main\u0000", "host": "smtp.example.com"}, "name"),
+        ({"name": "Main", "host": "smtp.example.com\r\nRCPT TO:<x@y>"}, "host"),
+        ({"name": "Main", "host": "smtp.example.com", "max_connections": 2**40}, "max_connections"),
+    ]:
+        response = client.post("/api/v1/relays", body, content_type="application/json", **viewer)
+        assert response.status_code == 422, body
+        assert field in response.content.decode()
+    assert not Relay.objects.exists()
