@@ -176,9 +176,27 @@ def check_template(source, field, env=text_env):
         if node.name.startswith("_"):
             raise ContentError(field, f"the name {node.name!r} is not allowed", node.lineno)
     try:
-        env.compile(source)
+        template = env.from_string(source)
     except TemplateSyntaxError as exc:
         raise ContentError(field, exc.message or "syntax error", exc.lineno) from None
+    _trial_render(template, field)
+
+
+def _trial_render(template, field):
+    """Render once for a contact with no fields: an error that does not depend on data
+    (``{{ 1 / 0 }}``, a call with wrong arguments) is reported at save, not mid-campaign."""
+    sample = {"contact": ContactData("preview@example.com"), "unsubscribe_url": "https://example.invalid/u",
+              "view_in_browser_url": "https://example.invalid/v"}
+    try:
+        template.render(sample)
+    except Exception as exc:  # any error an author can cause; reported, never raised mid-send
+        line = None
+        tb = exc.__traceback__
+        while tb is not None:
+            if tb.tb_frame.f_code.co_filename == "<template>":
+                line = tb.tb_lineno
+            tb = tb.tb_next
+        raise ContentError(field, f"{type(exc).__name__}: {exc}", line) from None
 
 
 def check_header_text(value, field):

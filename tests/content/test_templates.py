@@ -107,3 +107,11 @@ def test_templates_cannot_exhaust_memory(source):
 def test_an_empty_cycler_does_not_stop_a_campaign():
     out = rendering.text_env.from_string("{% set c = cycler() %}[{{ c.next() }}]").render()
     assert out == "[]"
+
+
+def test_errors_that_do_not_depend_on_data_are_reported_at_save():
+    with pytest.raises(ContentError) as exc:
+        check_template("<p>fine</p>\n<p>{{ 1 / 0 }}</p>", "html_body", rendering.html_env)
+    assert exc.value.line == 2 and "ZeroDivisionError" in exc.value.message
+    with pytest.raises(ContentError):
+        check_template("{{ 'x' * 10**9 }}", "subject")
