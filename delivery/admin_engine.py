@@ -1,5 +1,7 @@
 """Admin for relays (with the check button), domain throttles and the send ledger."""
 
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
@@ -10,6 +12,8 @@ from delivery import routing
 from delivery.models import DomainThrottle, Relay, Send
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 
 
 class RelayForm(forms.ModelForm):
@@ -23,6 +27,18 @@ class RelayForm(forms.ModelForm):
         model = Relay
         fields = ["name", "host", "port", "security", "verify_certificate", "username", "password", "helo_name",
                   "max_connections", "messages_per_connection", "idle_timeout", "rate", "rate_period", "enabled"]
+
+    def clean_host(self):
+        host = self.cleaned_data["host"].strip()
+        if not _HOST.match(host):
+            raise forms.ValidationError("Enter a host name such as smtp.example.com, or an IP address.")
+        return host
+
+    def clean_helo_name(self):
+        helo = self.cleaned_data.get("helo_name", "").strip()
+        if helo and not _HOST.match(helo):
+            raise forms.ValidationError("Enter a host name such as mail.example.com, or leave it blank.")
+        return helo
 
     def clean_password(self):
         value = self.cleaned_data.get("password")

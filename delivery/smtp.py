@@ -212,6 +212,7 @@ class Connection:
     def _ehlo(self):
         # gethostname, not getfqdn: no reverse DNS look-up on every connection.
         helo = self.endpoint.helo or socket.gethostname() or "localhost"
+        helo = "".join(helo.split()) or "localhost"  # never a CR, LF or space into the command
         code, text = self.command(b"EHLO " + helo.encode("idna"))
         if code != 250:
             code, text = self.command(b"HELO " + helo.encode("idna"))
