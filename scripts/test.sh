@@ -4,7 +4,7 @@
 source "$(dirname "$0")/common.sh"
 
 ensure_venv
-apt_install postfix swaks libsasl2-modules chromium
+apt_install postfix swaks libsasl2-modules chromium redis-server
 ensure_redis 6379
 ensure_postgres
 
