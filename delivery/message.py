@@ -427,9 +427,21 @@ class FastTokens:
         if len(names) < len(link_indexes):
             names.update((i, _b36(i)) for i in link_indexes)
         sign = self._sign
+        # The click tokens, a dozen per message, inline: the same steps as _sign without its calls.
+        inner0, outer0 = self.pads["click"]
+        p = _B32_PAIRS
+        clicks = []
+        for i in link_indexes:
+            body = f"{sid}-{names.get(i) or _b36(i)}"
+            inner = inner0.copy()
+            inner.update(body.encode())
+            outer = outer0.copy()
+            outer.update(inner.digest())
+            n = int.from_bytes(outer.digest()[:10], "big")
+            clicks.append(f"{base}/t/c/{body}-{p[n >> 70]}{p[(n >> 60) & 1023]}{p[(n >> 50) & 1023]}{p[(n >> 40) & 1023]}"
+                          f"{p[(n >> 30) & 1023]}{p[(n >> 20) & 1023]}{p[(n >> 10) & 1023]}{p[n & 1023]}")
         return (f"{base}/t/u/{unsub}", f"{base}/t/v/{sign('view', sid)}", f"{base}/t/o/{sign('open', sid)}.gif",
-                [f"{base}/t/c/{sign('click', sid + '-' + (names.get(i) or _b36(i)))}" for i in link_indexes],
-                f"unsubscribe+{unsub}@{self.bounce_domain}", f"bounces+{self._sign('bounce', sid)}@{self.bounce_domain}")
+                clicks, f"unsubscribe+{unsub}@{self.bounce_domain}", f"bounces+{sign('bounce', sid)}@{self.bounce_domain}")
 
 
 def slow_tokens(send_id, link_indexes):
