@@ -193,3 +193,16 @@ def test_plain_lookups_print_what_jinja_prints(expr, data):
 
     assert str(escape(getter(data))) == rendering.html_env.from_string("{{" + expr + "}}").render(contact=data)
     assert str(getter(data)) == rendering.text_env.from_string("{{" + expr + "}}").render(contact=data)
+
+
+@pytest.mark.parametrize("send_id", [0, 1, 35, 36, 977, 10**9])
+def test_fast_tokens_are_delivery_tokens(send_id):
+    from delivery.message import FastTokens
+
+    fast = FastTokens()
+    assert fast.ok
+    unsub, view, opened, clicks, mailto, verp = fast.for_send(send_id, [0, 1, 36, 1000])
+    assert (unsub, view, opened, mailto, verp) == (tokens.unsubscribe_url(send_id), tokens.view_url(send_id),
+                                                   tokens.open_url(send_id), tokens.unsubscribe_mailto(send_id),
+                                                   tokens.verp_address(send_id))
+    assert clicks == [tokens.click_url(send_id, i) for i in (0, 1, 36, 1000)]
