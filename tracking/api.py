@@ -4,7 +4,7 @@ from datetime import datetime
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
-from ninja import File, Query, Router, Schema
+from ninja import Field, File, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
@@ -16,6 +16,14 @@ from tracking.stats import campaign_stats
 from tracking.suppressions import check_email, check_reason, export_csv, import_csv
 
 router = Router(tags=["tracking"])
+
+
+class Pages(LimitOffsetPagination):
+    """limit/offset with bounds, so a huge number is a 422 naming the field, not a database error."""
+
+    class Input(Schema):
+        limit: int = Field(100, ge=1, le=1000)
+        offset: int = Field(0, ge=0, le=2**31)
 
 
 @router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics", url_name="campaign_stats")
@@ -47,7 +55,7 @@ class EventFilters(Schema):
 
 
 @router.get("/events", response=list[EventOut], summary="Events, newest first")
-@paginate(LimitOffsetPagination)
+@paginate(Pages)
 def events(request, filters: Query[EventFilters]):
     rows = Event.objects.all()
     if filters.campaign is not None:
@@ -76,7 +84,7 @@ class SuppressionIn(Schema):
 
 
 @router.get("/suppressions", response=list[SuppressionOut], summary="Suppressed addresses")
-@paginate(LimitOffsetPagination)
+@paginate(Pages)
 def suppressions(request, reason: str | None = None, q: str | None = None):
     rows = Suppression.objects.all()
     if reason:

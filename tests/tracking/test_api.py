@@ -139,3 +139,9 @@ def test_events_list_is_paginated(api, alice_send):
                              key=f"k{n}")
     page = api.get("/events", limit=2, offset=0).json()
     assert page["count"] == 5 and len(page["items"]) == 2
+
+
+def test_page_bounds_are_checked(api):
+    assert api.get("/events", limit=5000).status_code == 422
+    assert api.get("/suppressions", offset=-1).status_code == 422
+    assert api.get("/events", limit=9223372036854775808).status_code == 422
