@@ -223,8 +223,11 @@ def setup_data(n, domains, throttled_rate, domain_rate):
     return campaign
 
 
-def peak_memory(pgids, stop, peak, names):
-    """Peak resident memory (VmHWM) of every process in the given process groups, from /proc."""
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def peak_memory(pgids, stop, peak, names, cpu):
+    """Peak resident memory (VmHWM) and CPU seconds of every process in the given process groups, from /proc."""
     while not stop.is_set():
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
@@ -237,6 +240,9 @@ def peak_memory(pgids, stop, peak, names):
                     fields = dict(line.split(":", 1) for line in fh if ":" in line)
                 kb = int(fields["VmHWM"].split()[0])
                 peak[int(pid)] = max(peak.get(int(pid), 0), kb)
+                with open(f"/proc/{pid}/stat") as fh:
+                    stat = fh.read().rpartition(")")[2].split()
+                cpu[int(pid)] = (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
                 names[int(pid)] = (pgids[pgid], fields["Name"].strip())
             except (OSError, ProcessLookupError, ValueError, KeyError):
                 continue
@@ -324,8 +330,8 @@ def main():
 
     workers = start_workers(args.workers, args.concurrency, dict(os.environ))
     groups = {w.pid: f"worker{i}" for i, w in enumerate(workers)} | {sink.pid: "sink", os.getpgid(0): "orchestrator"}
-    peak, names, stop = {}, {}, threading.Event()
-    threading.Thread(target=peak_memory, args=(groups, stop, peak, names), daemon=True).start()
+    peak, names, cpu, stop = {}, {}, {}, threading.Event()
+    threading.Thread(target=peak_memory, args=(groups, stop, peak, names, cpu), daemon=True).start()
     time.sleep(5)  # workers boot
 
     queue_peak = 0
@@ -391,10 +397,13 @@ def main():
     print(f"busiest ordinary domain {busiest}: highest 1-s count {others.get(busiest, 0)} against {args.domain_rate}/s")
     print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB); "
           f"celery queue peak {queue_peak} tasks")
-    print("peak memory (VmHWM) of every process started:")
+    print("peak memory (VmHWM) and CPU time of every process started:")
     for pid in sorted(peak):
         group, name = names.get(pid, ("?", "?"))
-        print(f"   {group:12s} pid {pid:7d} {name:16s} {peak[pid] / 1024:7.1f} MB")
+        print(f"   {group:12s} pid {pid:7d} {name:16s} {peak[pid] / 1024:7.1f} MB  {cpu.get(pid, 0):7.1f} CPU s")
+    worker_cpu = sum(v for pid, v in cpu.items() if names.get(pid, ("",))[0].startswith("worker"))
+    print(f"workers' CPU time: {worker_cpu:.1f} s = {1000 * worker_cpu / max(counts['sent'], 1):.2f} CPU s per 1000 messages "
+          f"(one core sends about {counts['sent'] / max(worker_cpu, 0.001):.0f} messages/s)")
     ok = summary["unique"] == n and summary["duplicates"] == 0 and counts["sent"] == n
     print("RESULT: " + ("every recipient exactly once" if ok else "MISMATCH"))
 

@@ -26,14 +26,14 @@ def delivered(relay, n):
 
 
 def test_workers_sigkilled_three_times_mid_campaign_lose_nobody(stack):
-    expected = addresses(600)
+    expected = addresses(450)
     injected, bound = [], 0
     with FaultRelay(reply_delay=0.01) as relay:
         relay_to(relay.port)
         campaign = make_campaign(expected)
         stack.start_workers("a", "b")
         stack.start(campaign)
-        for victim, at in (("a", 100), ("b", 250), ("a", 400)):
+        for victim, at in (("a", 80), ("b", 200), ("a", 320)):
             wait_until(delivered(relay, at), timeout=60, message=f"{at} messages delivered")
             stack.workers[victim].kill()
             flying = in_flight()

@@ -43,7 +43,7 @@ ADDRESS_HEADERS = ["From", "To", "Reply-To"]
 @given(name=st.sampled_from(TEXT_HEADERS + ADDRESS_HEADERS), value=hostile_text)
 @example(name="Subject", value="Sale\r\nBcc: victim@example.net")
 @example(name="From", value="Eve\r\nBcc: victim@example.net")
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=250, deadline=None)
 def test_a_folded_header_is_exactly_one_header_whatever_the_value(name, value):
     if name in ADDRESS_HEADERS:
         # Names are data; addresses were validated when stored.
@@ -124,7 +124,7 @@ LEAKS = ("<module", "__builtins__", "<frame", "Popen", "_wrap_close", "<Environm
 
 
 @given(source=template, html=st.booleans())
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 def test_templates_never_reach_python_internals(source, html):
     env = html_env if html else text_env
     contact = ContactData("alice@example.com", "Alice", "Liddell", {"plan": "gold"})
