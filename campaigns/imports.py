@@ -477,6 +477,15 @@ class _SqliteStage(_Stage):
             return distinct - existing, existing, 0
         return distinct - existing, 0, existing
 
+    def duplicates_sql(self):
+        # SQLite has no hash join: joining the repeated keys back to an
+        # unindexed staging table would scan it once per key. A window does one sort.
+        return (
+            f"SELECT s_row, s_email, first_row FROM (SELECT s_row, s_email, "
+            f"min(s_row) OVER (PARTITION BY s_key) AS first_row FROM {self.table}) d "
+            "WHERE s_row <> first_row ORDER BY s_row"
+        )
+
     def duplicates(self):
         with connection.cursor() as cursor:
             cursor.execute(self.duplicates_sql())
