@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, Suppression
@@ -43,6 +43,9 @@ WRITE_CHUNK = 100
 # has to resume anything.
 RELAY_FAILURE_LIMIT = 5
 RELAY_DOWN_SECONDS = 120
+# How long a worker keeps trying to record outcomes while PostgreSQL restarts
+# (well inside the lease, so no other worker has taken the rows meanwhile).
+WRITE_RETRY_SECONDS = 30
 
 
 def lease_seconds():
@@ -250,8 +253,28 @@ def defer_all(rows, why, now):
     return [outcome_result(r, None, why, "", now)[0] for r in rows]
 
 
+def _recorded(fn, *args):
+    """Run a write of outcomes, riding out a PostgreSQL restart for up to WRITE_RETRY_SECONDS.
+
+    The messages are already on the relay: an outcome lost here means the lease
+    expires and they are sent a second time.
+    """
+    deadline = time.monotonic() + min(WRITE_RETRY_SECONDS, lease_seconds() / 2)
+    delay = 0.2
+    while True:
+        try:
+            return fn(*args)
+        except (OperationalError, InterfaceError):
+            if connection.in_atomic_block or time.monotonic() > deadline:
+                raise
+            log.warning("database unavailable while recording %s outcomes; retrying in %.1fs", len(args[0]), delay)
+            connection.close()
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
 def finish(results, relay_id, now):
-    write_back(results, relay_id, now)
+    _recorded(write_back, results, relay_id, now)
     for r in results:
         if r.status == BOUNCED:
             suppress(r.row.email, "hard_bounce", detail=r.reply)

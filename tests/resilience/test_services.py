@@ -87,6 +87,8 @@ def test_postgresql_restarted_mid_campaign_loses_nobody(tmp_path, redis_client):
             seen = Counter(relay.recipients())
             duplicates = sum(n - 1 for n in seen.values())
             print(f"\ninjected: {injected[0]}\ncampaign {status}; counts {counts}")
+            # Workers ride out the restart while recording outcomes, so duplicates stay
+            # well below the bound (one claimed batch per worker process).
             print(f"receiving server: {len(relay.recipients())} messages, {len(seen)} recipients of {len(expected)}, "
                   f"{duplicates} duplicates (bound {2 * BATCH})")
             assert counts == {"sent": len(expected)}
