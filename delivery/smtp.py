@@ -126,6 +126,7 @@ class Connection:
         self.opened_at = self.last_used = 0.0
         self.tls = False
         self.broken = False
+        self.needs_rset = False  # a failed transaction is still open on the session
         self.steps = []  # what happened while opening, for the relay check
 
     # --- low level -------------------------------------------------------
@@ -312,7 +313,9 @@ class Connection:
         ahead = []  # pulled, not yet sent
         t = self.timeouts
         pipelined = self.pipelining
-        rset = False
+        # A transaction that failed at the end of the previous call left the
+        # session mid-envelope: the next MAIL would be answered 503 "nested".
+        rset = self.needs_rset
         written = False  # cur's envelope already went out with the previous body
         reused, answered = self.sent > 0, False
         try:
@@ -378,6 +381,7 @@ class Connection:
                 return results, [cur] + ahead + list(it)
             results.append((cur, (None, str(exc))))
             return results, ahead + list(it)
+        self.needs_rset = rset
         self.last_used = time.monotonic()
         return results, []
 
