@@ -16,7 +16,7 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
-from campaigns.models import Campaign, Contact, Suppression
+from campaigns.models import Campaign, Contact, Suppression, email_key
 from campaigns.rendering import ContactData
 from campaigns.suppression import suppress
 from delivery import routing, throttle
@@ -93,13 +93,40 @@ class Result:
 
 # --- the database side ---------------------------------------------------------
 
-def claim(ids, now=None) -> list[Row]:
-    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically.
+# SQLite holds at most this many bound parameters per statement in old builds.
+SQLITE_CHUNK = 500
 
-    One statement claims the rows and reads what building needs: the contact's
+
+def _sqlite():
+    return connection.vendor == "sqlite"
+
+
+def _chunks(items, size=SQLITE_CHUNK):
+    items = list(items)
+    return [items[i:i + size] for i in range(0, len(items), size)]
+
+
+def _marks(values):
+    return ", ".join(["%s"] * len(values))
+
+
+def _db_time(value):
+    """A datetime as SQLite stores it (naive UTC text), so raw SQL compares like the ORM."""
+    return connection.ops.adapt_datetimefield_value(value)
+
+
+def claim(ids, now=None) -> list[Row]:
+    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically."""
+    now = now or timezone.now()
+    if _sqlite():
+        return _claim_sqlite(ids, now)
+    return _claim_postgres(ids, now)
+
+
+def _claim_postgres(ids, now) -> list[Row]:
+    """One statement claims the rows and reads what building needs: the contact's
     fields and whether the address was suppressed since the snapshot.
     """
-    now = now or timezone.now()
     with connection.cursor() as cur:
         cur.execute(
             f"""
@@ -125,6 +152,43 @@ def claim(ids, now=None) -> list[Row]:
         )
         rows = cur.fetchall()
     return [Row(*r[:8], r[8], r[9] or "", r[10] or "", r[11], r[12] or "", r[13]) for r in rows]
+
+
+def _claim_sqlite(ids, now) -> list[Row]:
+    """SQLite has one writer at a time: inside an IMMEDIATE transaction (the
+    settings' transaction_mode) a conditional UPDATE ... RETURNING is an atomic
+    claim, and no other worker can take the same row. What building needs is
+    read after the commit, so the write lock is held only for the UPDATE.
+    """
+    lease, at = _db_time(now + timedelta(seconds=lease_seconds())), _db_time(now)
+    claimed = []
+    with transaction.atomic(), connection.cursor() as cur:
+        for chunk in _chunks(ids):
+            cur.execute(
+                f"""
+                UPDATE {SEND} AS s SET status = 'sending', lease_expires_at = %s,
+                       first_attempt_at = COALESCE(s.first_attempt_at, %s), updated_at = %s
+                WHERE s.id IN ({_marks(chunk)}) AND s.status = 'queued'
+                  AND (s.campaign_id IS NULL OR EXISTS (
+                       SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
+                RETURNING id
+                """,  # noqa: S608
+                [lease, at, at, *chunk],
+            )
+            claimed.extend(r[0] for r in cur.fetchall())
+    rows = []
+    for chunk in _chunks(sorted(claimed)):
+        rows.extend(
+            Send.objects.filter(id__in=chunk).order_by("id").values_list(
+                "id", "campaign_id", "contact_id", "email", "domain", "attempts", "first_attempt_at", "outbound_id",
+                "contact__status", "contact__first_name", "contact__last_name", "contact__attributes", "contact__email",
+            )
+        )
+    keys = {email_key(r[3]) for r in rows}
+    suppressed = set()
+    for chunk in _chunks(keys):
+        suppressed.update(Suppression.objects.filter(email_key__in=chunk).values_list("email_key", flat=True))
+    return [Row(*r[:8], r[8], r[9] or "", r[10] or "", r[11], r[12] or "", email_key(r[3]) in suppressed) for r in rows]
 
 
 def release(rows, countdown=0.0, now=None):
@@ -154,6 +218,9 @@ def write_back(results, relay_id=None, now=None):
         (r.row.id, r.status, r.code, r.reply[:2000], r.message_id[:255], r.next_attempt_at, 1 if r.attempted else 0)
         for r in results
     ]
+    if _sqlite():
+        _write_back_sqlite(rows, relay_id, now)
+        return
     cols = list(zip(*rows, strict=True))
     with connection.cursor() as cur:
         cur.execute(
@@ -172,6 +239,27 @@ def write_back(results, relay_id=None, now=None):
         )
 
 
+def _write_back_sqlite(rows, relay_id, now):
+    """One UPDATE per row in one transaction: SQLite commits once and has no array parameters."""
+    at = _db_time(now)
+    params = [
+        (status, code, reply, mid, mid, _db_time(nat) if nat else None, inc, status, at, relay_id, at, send_id)
+        for send_id, status, code, reply, mid, nat, inc in rows
+    ]
+    with transaction.atomic(), connection.cursor() as cur:
+        cur.executemany(
+            f"""
+            UPDATE {SEND} SET status = %s, smtp_code = %s, smtp_reply = %s,
+                   message_id = CASE WHEN %s <> '' THEN %s ELSE message_id END,
+                   next_attempt_at = %s, attempts = attempts + %s, lease_expires_at = NULL,
+                   sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END,
+                   relay_id = COALESCE(%s, relay_id), updated_at = %s
+            WHERE id = %s AND status = 'sending'
+            """,  # noqa: S608
+            params,
+        )
+
+
 def settle_campaigns(campaign_ids, now=None):
     """Cancel leftovers of cancelled campaigns; finish running ones with nothing pending."""
     ids = [c for c in set(campaign_ids) if c is not None]
@@ -181,6 +269,9 @@ def settle_campaigns(campaign_ids, now=None):
     current = dict(Campaign.objects.filter(id__in=ids).values_list("id", "status"))
     cancelled = [c for c, status in current.items() if status == Campaign.Status.CANCELLED]
     running = [c for c, status in current.items() if status == Campaign.Status.SENDING]
+    if _sqlite():
+        _settle_sqlite(cancelled, running, now)
+        return
     with connection.cursor() as cur:
         if cancelled:
             cur.execute(
@@ -196,6 +287,26 @@ def settle_campaigns(campaign_ids, now=None):
                       AND NOT EXISTS (SELECT 1 FROM {SEND} s WHERE s.campaign_id = k.id
                                       AND s.status IN ('queued', 'sending', 'deferred'))""",  # noqa: S608
                 {"ids": running, "now": now},
+            )
+
+
+def _settle_sqlite(cancelled, running, now):
+    at = _db_time(now)
+    with connection.cursor() as cur:
+        for chunk in _chunks(cancelled):
+            cur.execute(
+                f"""UPDATE {SEND} AS s SET status = 'cancelled', lease_expires_at = NULL, updated_at = %s
+                    WHERE s.campaign_id IN ({_marks(chunk)}) AND s.status IN ('queued', 'deferred')
+                      AND EXISTS (SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'cancelled')""",  # noqa: S608
+                [at, *chunk],
+            )
+        for chunk in _chunks(running):
+            cur.execute(
+                f"""UPDATE {CAMPAIGN} AS k SET status = 'finished', finished_at = %s, updated_at = %s
+                    WHERE k.id IN ({_marks(chunk)}) AND k.status = 'sending'
+                      AND NOT EXISTS (SELECT 1 FROM {SEND} s WHERE s.campaign_id = k.id
+                                      AND s.status IN ('queued', 'sending', 'deferred'))""",  # noqa: S608
+                [at, at, *chunk],
             )
 
 
@@ -507,22 +618,25 @@ def sweep(now=None):
     Returns the ids that were enqueued again.
     """
     now = now or timezone.now()
+    times = {"now": now, "old": now - timedelta(seconds=orphan_grace())}
+    if _sqlite():
+        times = {name: _db_time(value) for name, value in times.items()}
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(
             f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, next_attempt_at = %(now)s, updated_at = %(now)s
                 WHERE status = 'sending' AND lease_expires_at < %(now)s RETURNING id""",  # noqa: S608
-            {"now": now},
+            {"now": times["now"]},
         )
         expired = [r[0] for r in cur.fetchall()]
         # Queued rows whose task was lost (a broker restart, a worker killed
         # while holding countdown tasks) are enqueued again after a grace time.
         cur.execute(
-            f"""UPDATE {SEND} s SET next_attempt_at = %(now)s
+            f"""UPDATE {SEND} AS s SET next_attempt_at = %(now)s
                 WHERE s.status = 'queued' AND s.next_attempt_at < %(old)s
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
-                RETURNING s.id""",  # noqa: S608
-            {"now": now, "old": now - timedelta(seconds=orphan_grace())},
+                RETURNING id""",  # noqa: S608
+            times,
         )
         orphans = [r[0] for r in cur.fetchall()]
     settle_campaigns(Campaign.objects.filter(status__in=["sending", "cancelled"]).values_list("id", flat=True), now)
@@ -536,6 +650,6 @@ def due_retries(now=None):
         cur.execute(
             f"""UPDATE {SEND} SET status = 'queued', next_attempt_at = %(now)s, updated_at = %(now)s
                 WHERE status = 'deferred' AND next_attempt_at <= %(now)s RETURNING id""",  # noqa: S608
-            {"now": now},
+            {"now": _db_time(now) if _sqlite() else now},
         )
         return [r[0] for r in cur.fetchall()]

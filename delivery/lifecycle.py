@@ -4,7 +4,7 @@ Every change is a conditional UPDATE on the current status, so two operators
 (or an operator and a worker) racing on one campaign cannot both win.
 """
 
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -35,9 +35,6 @@ def _refuse(campaign, action, allowed):
 
 def start_campaign(campaign_id) -> Campaign:
     """Snapshot the audience into Send rows and enqueue them. Called by the scheduler, API, admin and CLI."""
-    if connection.vendor != "postgresql":
-        # The snapshot, claims and write-backs are set-based PostgreSQL statements.
-        raise LifecycleError(f"sending needs PostgreSQL: set DATABASE_URL=postgres://… (this database is {connection.vendor})")
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
         if campaign is None:

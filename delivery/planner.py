@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import connection
+from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
 from delivery.models import Send
@@ -32,6 +33,36 @@ def audience_sql(count_only=False):
     """  # noqa: S608
 
 
+def sqlite_audience_sql(n_lists, count_only=False):
+    """The same audience for SQLite: lists as an IN list, the domain cut without regular expressions.
+
+    ``rtrim(key, <every character but '@'>)`` leaves the key up to its last '@',
+    so what follows is the domain, as PostgreSQL's ``'@([^@]*)$'`` finds it.
+    """
+    c, s, ml, x = (m._meta.db_table for m in (Contact, Subscription, MailingList, Suppression))
+    lists = ", ".join(["%s"] * n_lists)
+    where = f"""
+        FROM {c} c
+        WHERE c.status = 'active'
+          AND EXISTS (
+            SELECT 1 FROM {s} s JOIN {ml} l ON l.id = s.mailing_list_id
+            WHERE s.contact_id = c.id AND s.mailing_list_id IN ({lists})
+              AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
+          AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
+    """  # noqa: S608
+    if count_only:
+        return "SELECT count(*) " + where
+    return f"""
+        INSERT INTO {Send._meta.db_table}
+            (campaign_id, contact_id, email, domain, status, attempts, next_attempt_at,
+             smtp_reply, message_id, created_at, updated_at)
+        SELECT %s, c.id, c.email, substr(c.email_key, length(rtrim(c.email_key, replace(c.email_key, '@', ''))) + 1),
+               'queued', 0, %s, '', '', %s, %s
+        {where}
+        ON CONFLICT DO NOTHING
+    """  # noqa: S608
+
+
 def _list_ids(campaign):
     return list(campaign.lists.values_list("id", flat=True))
 
@@ -42,14 +73,21 @@ def count_audience(campaign: Campaign) -> int:
     if not lists:
         return 0
     with connection.cursor() as cur:
-        cur.execute(audience_sql(count_only=True), {"lists": lists})
+        if connection.vendor == "sqlite":
+            cur.execute(sqlite_audience_sql(len(lists), count_only=True), lists)
+        else:
+            cur.execute(audience_sql(count_only=True), {"lists": lists})
         return cur.fetchone()[0]
 
 
 def snapshot(campaign: Campaign) -> int:
     """Insert the campaign's Send rows with one set-based statement; returns how many exist."""
     lists = _list_ids(campaign)
-    if lists:
+    if lists and connection.vendor == "sqlite":
+        now = connection.ops.adapt_datetimefield_value(timezone.now())
+        with connection.cursor() as cur:
+            cur.execute(sqlite_audience_sql(len(lists)), [campaign.pk, now, now, now, *lists])
+    elif lists:
         with connection.cursor() as cur:
             cur.execute(audience_sql(), {"campaign": campaign.pk, "lists": lists})
     return Send.objects.filter(campaign_id=campaign.pk).count()
