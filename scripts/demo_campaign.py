@@ -7,9 +7,9 @@ a campaign to them with a progress bar, prints a summary, then serves the admin
 at http://127.0.0.1:8000/admin/ until Ctrl-C, which stops every process it
 started. ``--no-serve`` (or HERALD_DEMO_SERVE=0) stops after the summary.
 
-The send engine needs PostgreSQL (SKIP LOCKED claims, array parameters):
-DATABASE_URL defaults to postgres://herald:herald@127.0.0.1:5432/herald_demo,
-created when missing.
+It runs on Herald's embedded defaults: without DATABASE_URL the database is a
+SQLite file in the scratch directory (var/demo/herald.sqlite3). With
+DATABASE_URL=postgres://… it uses that PostgreSQL database, created when missing.
 """
 
 import argparse
@@ -34,7 +34,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 CELERY = str(Path(PYTHON).with_name("celery"))
 GUNICORN = str(Path(PYTHON).with_name("gunicorn"))
-DEFAULT_DATABASE = "postgres://herald:herald@127.0.0.1:5432/herald_demo"
 
 # The imitated recipient domains: share of the contacts (in twentieths), the
 # throttle Herald is given for each, and how the sink behaves for them.
@@ -148,9 +147,14 @@ def ensure_redis(processes, env):
 
 
 def ensure_database(url):
+    """Nothing to do for the SQLite default (settings create the file); a PostgreSQL database is created."""
+    if not url:
+        return
     parts = urlsplit(url)
+    if parts.scheme == "sqlite":
+        return
     if not parts.scheme.startswith("postgres"):
-        raise SystemExit(f"demo: DATABASE_URL={url} — the send engine needs PostgreSQL")
+        raise SystemExit(f"demo: DATABASE_URL={url} — the demo runs on SQLite (unset it) or PostgreSQL")
     import psycopg
 
     name = parts.path.lstrip("/")
@@ -452,7 +456,6 @@ def main():
     env = dict(os.environ)
     env.update({
         "HERALD_VAR_DIR": str(var_dir),
-        "DATABASE_URL": os.environ.get("DATABASE_URL") or DEFAULT_DATABASE,
         "HERALD_BASE_URL": f"http://127.0.0.1:{args.port}",
         # Deferred recipients come back within seconds, not the production five minutes.
         "HERALD_RETRY_FIRST_DELAY": "3",
@@ -467,7 +470,7 @@ def main():
     signal.signal(signal.SIGTERM, stop)
     try:
         env["REDIS_URL"] = ensure_redis(processes, env)
-        ensure_database(env["DATABASE_URL"])
+        ensure_database(env.get("DATABASE_URL"))
         os.environ.update(env)
         return run(args, env, processes, var_dir, log_dir)
     except KeyboardInterrupt:
