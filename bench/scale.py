@@ -226,9 +226,34 @@ def setup_data(n, domains, throttled_rate, domain_rate):
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def postgres_backends(pids, names):
+    """Add the PostgreSQL server processes serving the scratch database (same machine) to the sampled pids."""
+    import psycopg
+
+    try:
+        with psycopg.connect(f"{PG}/{DB_NAME}", autocommit=True) as conn:
+            rows = conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                                [DB_NAME]).fetchall()
+    except psycopg.Error:
+        return
+    for (pid,) in rows:
+        pids.add(pid)
+        names.setdefault(pid, ("postgres", "backend"))
+
+
 def peak_memory(pgids, stop, peak, names, cpu):
-    """Peak resident memory (VmHWM) and CPU seconds of every process in the given process groups, from /proc."""
+    """Peak resident memory (VmHWM) and CPU seconds of every process in the given process groups, from /proc,
+    and CPU seconds of the PostgreSQL backends serving the scratch database."""
+    backends = set()
     while not stop.is_set():
+        postgres_backends(backends, names)
+        for pid in list(backends):
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    stat = fh.read().rpartition(")")[2].split()
+                cpu[pid] = (int(stat[11]) + int(stat[12])) / CLOCK_TICKS
+            except OSError:
+                backends.discard(pid)
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -398,12 +423,16 @@ def main():
     print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB); "
           f"celery queue peak {queue_peak} tasks")
     print("peak memory (VmHWM) and CPU time of every process started:")
+    pg_cpu = sum(v for pid, v in cpu.items() if names.get(pid, ("",))[0] == "postgres")
+    pg_count = sum(1 for pid in cpu if names.get(pid, ("",))[0] == "postgres")
     for pid in sorted(peak):
         group, name = names.get(pid, ("?", "?"))
         print(f"   {group:12s} pid {pid:7d} {name:16s} {peak[pid] / 1024:7.1f} MB  {cpu.get(pid, 0):7.1f} CPU s")
     worker_cpu = sum(v for pid, v in cpu.items() if names.get(pid, ("",))[0].startswith("worker"))
     print(f"workers' CPU time: {worker_cpu:.1f} s = {1000 * worker_cpu / max(counts['sent'], 1):.2f} CPU s per 1000 messages "
           f"(one core sends about {counts['sent'] / max(worker_cpu, 0.001):.0f} messages/s)")
+    print(f"PostgreSQL backends of {DB_NAME} ({pg_count} seen): {pg_cpu:.1f} CPU s = "
+          f"{1000 * pg_cpu / max(counts['sent'], 1):.2f} CPU s per 1000 messages (snapshot included)")
     ok = summary["unique"] == n and summary["duplicates"] == 0 and counts["sent"] == n
     print("RESULT: " + ("every recipient exactly once" if ok else "MISMATCH"))
 
