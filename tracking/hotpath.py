@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from campaigns.models import CampaignLink
 from delivery.models import Send
+from delivery.submission.build import link_for
 from tracking.machine import CLICK_BURST_SECONDS, SECONDS_AFTER_SENT, is_machine_agent
 from tracking.models import Event
 
@@ -42,6 +43,21 @@ SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
        l.url, l."index", '', '', %s, 'redirect', '', NULL
 FROM {_SEND} s JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s {{relaxed}}
 WHERE s.id = %s
+RETURNING url, machine
+"""  # noqa: S608
+
+# A message submitted over SMTP has no campaign: its links are the ones the
+# stored message itself contains (delivery.submission.build.link_for), looked up
+# in Python and passed in; the Send must be such a message.
+_SUBMITTED_CLICK_SQL = f"""
+INSERT INTO {_EVENT} ({_COLUMNS})
+SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
+       (%s OR s.sent_at IS NULL OR s.sent_at > %s OR EXISTS (
+            SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
+            AND e.link_index <> %s AND e.created_at > %s)),
+       %s, %s, '', '', %s, 'redirect', '', NULL
+FROM {_SEND} s {{relaxed}}
+WHERE s.id = %s AND s.campaign_id IS NULL AND s.outbound_id = %s
 RETURNING url, machine
 """  # noqa: S608
 
@@ -84,7 +100,8 @@ def record_open(send_id: int, user_agent: str) -> bool:
 
 
 def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
-    """Record a click on link ``index`` of a send's campaign; its stored URL, or None for no such link."""
+    """Record a click on link ``index`` of a send's campaign (or of its submitted message); its stored URL,
+    or None for no such link."""
     user_agent = user_agent[:1000]
     now = timezone.now()
     # Link scanners often send HEAD first; a person's browser never does.
@@ -95,9 +112,28 @@ def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
         cursor.execute(_sql(_CLICK_SQL), [now, declared_machine, early, index, burst_since, user_agent, index, send_id])
         row = cursor.fetchone()
         if row is None:
+            row = _record_submitted_click(cursor, send_id, index, [now, declared_machine, early, index, burst_since],
+                                          user_agent)
+        if row is None:
             return None
         url, machine = row
         if machine and not declared_machine:
             # The clicks just before this one were the same scanner walking the links.
             cursor.execute(_MARK_BURST_SQL, [True, send_id, burst_since, False])
     return url
+
+
+def _record_submitted_click(cursor, send_id: int, index: int, head_params: list, user_agent: str):
+    """Record a click on link ``index`` of a message submitted over SMTP; (url, machine) or None.
+
+    Only reached when the campaign look-up found nothing: a campaign send with an
+    index its campaign lacks costs this one extra query and records nothing.
+    """
+    outbound_id = Send.objects.filter(pk=send_id, campaign__isnull=True).values_list("outbound_id", flat=True).first()
+    if outbound_id is None:
+        return None
+    url = link_for(Send(pk=send_id, outbound_id=outbound_id), index)
+    if url is None:
+        return None
+    cursor.execute(_sql(_SUBMITTED_CLICK_SQL), [*head_params, url, index, user_agent, send_id, outbound_id])
+    return cursor.fetchone()

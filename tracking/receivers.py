@@ -11,7 +11,8 @@ from tracking.models import Event
 
 @receiver(send_outcome, dispatch_uid="tracking.send_outcome")
 def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
-    """A 5xx at send time is a bounce Event; giving up on a send is a failed Event.
+    """A 5xx at send time is a bounce Event; giving up on a send is a failed Event; a recipient
+    skipped because it is suppressed is a rejected Event.
 
     The engine has already suppressed a hard bounce through campaigns; applying
     the policy again is idempotent and covers a 5.2.2 (mailbox full) answered at
@@ -26,6 +27,11 @@ def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
                                 source="smtp")
         if created:
             apply_policy(event)
+    elif outcome == "skipped":
+        # A suppressed recipient of a submitted message: never sent, and the
+        # sender should see why (the reply names the suppression reason).
+        record(Event.Type.REJECTED, send, key=f"skipped:{send.pk}", diagnostic=reply[:2000] or "Not sent: suppressed",
+               source="suppression")
     elif outcome == "failed":
         record(Event.Type.FAILED, send, key=f"failed:{send.pk}", status=str(code or "")[:16], diagnostic=reply[:2000],
                source="smtp")
