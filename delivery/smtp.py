@@ -115,6 +115,22 @@ def _addr(address: str) -> bytes:
     return address.replace("\r", "").replace("\n", "").encode("utf-8")
 
 
+def needs(msg) -> tuple[bool, bool]:
+    """(SMTPUTF8, 8BITMIME): what a message needs from the server beyond plain 7-bit SMTP.
+
+    A non-ASCII envelope address or header needs SMTPUTF8 (RFC 6531); 8-bit
+    bytes in the body need BODY=8BITMIME (RFC 6152). Almost every message is
+    ASCII throughout, and for those this is one scan of the bytes.
+    """
+    data = msg.data
+    if data.isascii() and msg.mail_from.isascii() and msg.rcpt.isascii():
+        return False, False
+    end = data.find(b"\r\n\r\n")
+    head, body = (data, b"") if end < 0 else (data[:end], data[end:])
+    utf8 = not (head.isascii() and msg.mail_from.isascii() and msg.rcpt.isascii())
+    return utf8, not body.isascii()
+
+
 class Connection:
     def __init__(self, endpoint: Endpoint, timeouts: Timeouts | None = None):
         self.endpoint = endpoint
@@ -289,10 +305,32 @@ class Connection:
         self.broken = True
 
     # --- transactions ----------------------------------------------------
-    def _envelope(self, msg, rset: bool) -> bytes:
+    def _mail_params(self, msg):
+        """The MAIL FROM parameters for ``msg`` on this session, or None when the server cannot take it."""
+        params = f" SIZE={len(msg.data)}".encode() if "size" in self.extensions else b""
+        utf8, eight_bit = needs(msg)
+        if eight_bit:
+            if "8bitmime" not in self.extensions:
+                return None
+            params += b" BODY=8BITMIME"
+        if utf8:
+            if "smtputf8" not in self.extensions:
+                return None
+            params += b" SMTPUTF8"
+        return params
+
+    def _refusal(self, msg):
+        """The permanent reply for a message the server cannot take; never downgraded (RFC 6531 3.2)."""
+        utf8, _ = needs(msg)
+        if utf8:
+            return (554, f"5.6.7 {self.endpoint.where} does not offer SMTPUTF8, which this message needs "
+                         "(non-ASCII address or header); not sent, as RFC 6531 forbids downgrading it")
+        return (554, f"5.6.3 {self.endpoint.where} does not offer 8BITMIME, which this message needs "
+                     "(8-bit body); not sent")
+
+    def _envelope(self, msg, rset: bool, params: bytes) -> bytes:
         out = b"RSET\r\n" if rset else b""
-        size = f" SIZE={len(msg.data)}" if "size" in self.extensions else ""
-        return (out + b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + size.encode()
+        return (out + b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + params
                 + b"\r\nRCPT TO:<" + _addr(msg.rcpt) + b">\r\nDATA\r\n")
 
     def send_many(self, items, message=lambda item: item):
@@ -321,9 +359,15 @@ class Connection:
         try:
             while cur is not end:
                 msg = message(cur)
+                params = self._mail_params(msg)
+                if params is None:
+                    # Refused here, before any command: the session is as it was.
+                    results.append((cur, self._refusal(msg)))
+                    cur = ahead.pop(0) if ahead else next(it, end)
+                    continue
                 if pipelined:
                     if not written:
-                        self._write(self._envelope(msg, rset))
+                        self._write(self._envelope(msg, rset, params))
                     replies = []
                     for _ in range(4 if rset else 3):
                         replies.append(self._read_reply(t.command))
@@ -336,7 +380,7 @@ class Connection:
                     if rset:
                         replies.pop(0)
                 else:
-                    replies = self._sequential(msg, rset)
+                    replies = self._sequential(msg, rset, params)
                 answered = True
                 written = False
                 (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
@@ -356,9 +400,10 @@ class Connection:
                     nxt = next(it, end)
                     if nxt is not end:
                         ahead.append(nxt)
-                if pipelined and ahead:
+                next_params = self._mail_params(message(ahead[0])) if pipelined and ahead else None
+                if next_params is not None:
                     # Message content may open the next group (RFC 2920 3.1).
-                    self._write(body + self._envelope(message(ahead[0]), False), t.final_dot)
+                    self._write(body + self._envelope(message(ahead[0]), False, next_params), t.final_dot)
                     written = True
                     # Build the one after while the server works on this one.
                     after = next(it, end)
@@ -375,7 +420,7 @@ class Connection:
                 cur = ahead.pop(0) if ahead else end
         except ConnectionLost as exc:
             self.broken = True
-            if reused and not results and not answered:
+            if reused and not answered:
                 # The server dropped the idle connection before we spoke: nothing
                 # was tried, so the caller sends it all on a fresh connection.
                 return results, [cur] + ahead + list(it)
@@ -385,11 +430,10 @@ class Connection:
         self.last_used = time.monotonic()
         return results, []
 
-    def _sequential(self, msg, rset):
+    def _sequential(self, msg, rset, params):
         if rset:
             self.command(b"RSET")
-        size = f" SIZE={len(msg.data)}" if "size" in self.extensions else ""
-        mail = self.command(b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + size.encode())
+        mail = self.command(b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + params)
         if mail[0] >= 300:
             return [mail, (503, "not tried"), (503, "not tried")]
         rcpt = self.command(b"RCPT TO:<" + _addr(msg.rcpt) + b">")
