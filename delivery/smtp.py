@@ -359,7 +359,8 @@ class Connection:
         try:
             while cur is not end:
                 msg = message(cur)
-                params = self._mail_params(msg)
+                # A written envelope was checked before it went out.
+                params = b"" if written else self._mail_params(msg)
                 if params is None:
                     # Refused here, before any command: the session is as it was.
                     results.append((cur, self._refusal(msg)))
