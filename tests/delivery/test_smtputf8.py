@@ -3,10 +3,17 @@
 import pytest
 from aiosmtpd.controller import Controller
 
+from campaigns.models import Suppression
+from delivery import engine, lifecycle
 from delivery.classify import FAILED, classify_reply
 from delivery.message import BuiltMessage
+from delivery.models import Send
 from delivery.smtp import Connection, Endpoint
+from delivery.submission.models import OutboundMessage
+from tests.delivery.conftest import drain
+from tests.submission.conftest import make_credential
 from tests.support.smtp import Sink, SinkHandler
+from tracking.models import Event
 
 
 class OptionsHandler(SinkHandler):
@@ -98,3 +105,35 @@ def test_an_8bit_body_fails_clearly_when_the_server_lacks_8bitmime():
     code, text = replies["eight-bit@herald.test"]
     assert code == 554 and text.startswith("5.6.3") and "does not offer 8BITMIME" in text
     assert replies["ascii1@herald.test"][0] == 250 and list(sink.options) == ["ascii1@herald.test"]
+
+
+@pytest.mark.django_db
+def test_a_campaign_in_german_needs_no_smtputf8(make_relay, make_campaign):
+    # Herald's own messages encode non-ASCII headers (RFC 2047) and bodies, so any relay takes them.
+    campaign = make_campaign(["anna@example.com"], subject="Grüße, {{ contact.first_name }}",
+                             html_body="<p>Schöne Grüße aus Köln</p>", text_body="Schöne Grüße aus Köln")
+    with OptionsSink(smtputf8=False, eight_bit=False) as sink:
+        make_relay(sink.port)
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+    assert Send.objects.get().status == Send.Status.SENT
+    assert sink.received[0].message["Subject"] == "Grüße, anna"
+
+
+@pytest.mark.django_db
+def test_a_submitted_utf8_message_fails_with_its_reason_when_the_relay_lacks_smtputf8(make_relay):
+    raw = "From: Jürgen <jürgen@example.com>\r\nTo: bob@dest.test\r\nSubject: Grüße\r\n\r\nHallo\r\n".encode()
+    outbound = OutboundMessage.objects.create(
+        credential=make_credential(username="shop"), mail_from="jürgen@example.com",
+        from_header="Jürgen <jürgen@example.com>", message_id="<utf8-1@example.com>", raw=raw, size=len(raw),
+        recipients=1,
+    )
+    send = Send.objects.create(email="bob@dest.test", domain="dest.test", outbound_id=outbound.pk)
+    with OptionsSink(smtputf8=False) as sink:
+        make_relay(sink.port)
+        engine.send_batch([send.pk])
+    send.refresh_from_db()
+    assert send.status == Send.Status.FAILED and "does not offer SMTPUTF8" in send.smtp_reply
+    assert not sink.received and not Suppression.objects.exists()
+    event = Event.objects.get()
+    assert event.type == "failed" and "5.6.7" in event.diagnostic
