@@ -6,5 +6,6 @@
 from django.dispatch import Signal
 
 # Sent after a Send's final outcome is written back. kwargs: send (a Send),
-# outcome ("bounced" | "failed" | "deferred" | "sent"), code (int|None), reply (str).
+# outcome ("bounced" | "failed" | "deferred" | "sent" | "skipped"), code (int|None), reply (str).
+# "skipped": a submitted message's recipient was suppressed and never sent; reply says why.
 send_outcome = Signal()
