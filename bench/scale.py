@@ -417,8 +417,10 @@ def main():
     busiest = max(others, key=others.get) if others else "-"
     thr_secs = sorted(int(s) for s in throttled)
     sustained = (sum(throttled.values()) / (thr_secs[-1] - thr_secs[0] + 1)) if thr_secs else 0
+    span = thr_secs[-1] - thr_secs[0] + 1 if thr_secs else 0
     print(f"{THROTTLED}: highest 1-s count {max_window(throttled)} against a limit of {args.throttled_rate}/s "
-          f"(bucket {args.throttled_rate}); sustained {sustained:.0f}/s over {len(thr_secs)} s")
+          f"(bucket {args.throttled_rate}); {sustained:.0f}/s on average over the {span} s from its first message "
+          f"to its last")
     print(f"busiest ordinary domain {busiest}: highest 1-s count {others.get(busiest, 0)} against {args.domain_rate}/s")
     print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB); "
           f"celery queue peak {queue_peak} tasks")
