@@ -91,7 +91,7 @@ class Sink:
         if authenticator is not None:
             kwargs.update(authenticator=authenticator, auth_require_tls=auth_require_tls)
         self.controller = Controller(
-            SinkHandler(self), hostname=hostname, port=self.port, server_kwargs=kwargs, ready_timeout=10
+            SinkHandler(self), hostname=hostname, port=self.port, ready_timeout=10, **kwargs
         )
 
     def record(self, item):
