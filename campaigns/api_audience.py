@@ -17,13 +17,13 @@ from django.db.models import Count, Prefetch, Q
 from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
 from ninja import Field, File, Form, Query, Router, Schema
-from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from pydantic import AfterValidator
 
 from campaigns.exports import contact_rows
 from campaigns.imports import ImportRejected, check_encoding, is_valid_address, parse_delimiter
 from campaigns.models import Contact, Import, MailingList, Subscription, email_key
+from herald.permissions import requires
 
 router = Router(tags=["audience"])
 
@@ -80,12 +80,6 @@ class ErrorOut(Schema):
 
 def _error(status, field, message):
     return status, {"detail": f"{field}: {message}", "errors": [{"field": field, "message": message}]}
-
-
-def _require(request, *perms):
-    for perm in perms:
-        if not request.user.has_perm(f"campaigns.{perm}"):
-            raise HttpError(403, f"this needs the campaigns.{perm} permission")
 
 
 class PageIn(Schema):
@@ -146,14 +140,14 @@ def lists_with_counts():
 
 
 @router.get("/lists", response=ListPage, summary="Mailing lists with subscriber counts")
+@requires("campaigns.view_mailinglist")
 def list_lists(request, page: Query[PageIn]):
-    _require(request, "view_mailinglist")
     return _page(lists_with_counts().order_by("name"), page)
 
 
 @router.post("/lists", response={201: ListOut, 409: ErrorOut}, summary="Add a mailing list")
+@requires("campaigns.add_mailinglist")
 def create_list(request, payload: ListIn):
-    _require(request, "add_mailinglist")
     name = payload.name.strip()
     if not name:
         return _error(422, "name", "must not be blank")
@@ -164,14 +158,14 @@ def create_list(request, payload: ListIn):
 
 
 @router.get("/lists/{list_id}", response=ListOut, summary="One mailing list")
+@requires("campaigns.view_mailinglist")
 def get_list(request, list_id: int):
-    _require(request, "view_mailinglist")
     return get_object_or_404(lists_with_counts(), pk=list_id)
 
 
 @router.patch("/lists/{list_id}", response={200: ListOut, 409: ErrorOut, 422: ErrorOut}, summary="Change a mailing list")
+@requires("campaigns.change_mailinglist")
 def update_list(request, list_id: int, payload: ListPatch):
-    _require(request, "change_mailinglist")
     row = get_object_or_404(MailingList, pk=list_id)
     data = payload.dict(exclude_unset=True)
     if data.get("name") is not None:
@@ -188,8 +182,8 @@ def update_list(request, list_id: int, payload: ListPatch):
 
 
 @router.delete("/lists/{list_id}", response={204: None}, summary="Delete a mailing list and its subscriptions")
+@requires("campaigns.delete_mailinglist")
 def delete_list(request, list_id: int):
-    _require(request, "delete_mailinglist")
     get_object_or_404(MailingList, pk=list_id).delete()
     return 204, None
 
@@ -303,16 +297,16 @@ def _subscribe(contact, list_ids):
 
 
 @router.get("/contacts", response=ContactPage, summary="Contacts, filtered by address, list or status; paginated")
+@requires("campaigns.view_contact")
 def list_contacts(request, filters: Query[ContactFilter], page: Query[PageIn]):
-    _require(request, "view_contact")
     ids = _filtered(filters).order_by("id").values("id")
     qs = _contacts().filter(id__in=ids).order_by("id")
     return _page(qs, page)
 
 
 @router.get("/contacts/export", summary="Contacts as CSV (formula cells neutralised)", response={200: None})
+@requires("campaigns.view_contact")
 def export_contacts(request, filters: Query[ContactFilter]):
-    _require(request, "view_contact")
     qs = Contact.objects.filter(id__in=_filtered(filters).values("id"))
     response = StreamingHttpResponse(contact_rows(qs), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="contacts.csv"'
@@ -320,8 +314,8 @@ def export_contacts(request, filters: Query[ContactFilter]):
 
 
 @router.post("/contacts", response={201: ContactOut, 409: ErrorOut, 422: ErrorOut}, summary="Add a contact")
+@requires("campaigns.add_contact")
 def create_contact(request, payload: ContactIn):
-    _require(request, "add_contact")
     email, reason = _check_email(payload.email)
     if reason:
         return _error(422, "email", reason)
@@ -344,15 +338,15 @@ def create_contact(request, payload: ContactIn):
 
 
 @router.get("/contacts/{contact_id}", response=ContactOut, summary="One contact with its subscriptions")
+@requires("campaigns.view_contact")
 def get_contact(request, contact_id: int):
-    _require(request, "view_contact")
     return get_object_or_404(_contacts(), pk=contact_id)
 
 
 @router.patch("/contacts/{contact_id}", response={200: ContactOut, 409: ErrorOut, 422: ErrorOut},
               summary="Change a contact; attributes are merged, lists replace the subscriptions")
+@requires("campaigns.change_contact")
 def update_contact(request, contact_id: int, payload: ContactPatch):
-    _require(request, "change_contact")
     contact = get_object_or_404(Contact, pk=contact_id)
     data = payload.dict(exclude_unset=True)
     if data.get("email") is not None:
@@ -387,8 +381,8 @@ def update_contact(request, contact_id: int, payload: ContactPatch):
 
 
 @router.delete("/contacts/{contact_id}", response={204: None}, summary="Delete a contact and its subscriptions")
+@requires("campaigns.delete_contact")
 def delete_contact(request, contact_id: int):
-    _require(request, "delete_contact")
     get_object_or_404(Contact, pk=contact_id).delete()
     return 204, None
 
@@ -443,6 +437,7 @@ _LIST_NAME = Form(None, alias="list", max_length=200, description="list name, cr
 
 @router.post("/imports", response={202: ImportOut, 413: ErrorOut, 422: ErrorOut},
              summary="Upload a CSV file to import into a list (multipart); runs in the background")
+@requires("campaigns.add_import")
 def create_import(
     request,
     file: File[UploadedFile],
@@ -452,7 +447,6 @@ def create_import(
     delimiter: Form[Text | None] = None,
     encoding: Form[Text | None] = None,
 ):
-    _require(request, "add_import")
     delimiter, encoding = delimiter or "", (encoding or "").strip()
     refused = _too_large(file)
     if refused:
@@ -487,21 +481,21 @@ def create_import(
 
 
 @router.get("/imports", response=ImportPage, summary="Imports, newest first")
+@requires("campaigns.view_import")
 def list_imports(request, page: Query[PageIn]):
-    _require(request, "view_import")
     return _page(Import.objects.order_by("-created_at", "-id"), page)
 
 
 @router.get("/imports/{import_id}", response=ImportOut, summary="An import's progress, counts and error")
+@requires("campaigns.view_import")
 def get_import(request, import_id: int):
-    _require(request, "view_import")
     return get_object_or_404(Import, pk=import_id)
 
 
 @router.get("/imports/{import_id}/errors", response={200: None, 404: ErrorOut},
             summary="The error report as CSV: row, column, value, reason")
+@requires("campaigns.view_import")
 def import_errors(request, import_id: int):
-    _require(request, "view_import")
     imp = get_object_or_404(Import, pk=import_id)
     if not imp.error_report:
         return 404, {"detail": "error_report: this import has no error report (no row was rejected or skipped)"}

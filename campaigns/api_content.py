@@ -22,6 +22,7 @@ from ninja.errors import HttpError
 
 from campaigns import rendering
 from campaigns.models import Campaign, CampaignLink, Contact, MailingList, Template
+from herald.permissions import requires
 
 router = Router(tags=["content"])
 
@@ -165,12 +166,6 @@ def send_counts(campaign_id):
     return counts
 
 
-def _require(request, *perms):
-    for perm in perms:
-        if not request.user.has_perm(f"campaigns.{perm}"):
-            raise HttpError(403, f"this needs the campaigns.{perm} permission")
-
-
 def _unprocessable(errors):
     items = [{"field": e.field, "line": e.line, "message": e.message} for e in errors]
     return 422, {"detail": "; ".join(str(e) for e in errors), "errors": items}
@@ -208,14 +203,14 @@ def _campaign_errors(campaign, list_ids):
 
 
 @router.get("/templates", response=list[TemplateOut], summary="Layouts")
+@requires("campaigns.view_template")
 def list_templates(request):
-    _require(request, "view_template")
     return Template.objects.all()
 
 
 @router.post("/templates", response={201: TemplateOut, 409: dict, 422: ContentErrorOut}, summary="Add a layout")
+@requires("campaigns.add_template")
 def create_template(request, payload: TemplateIn):
-    _require(request, "add_template")
     errors = rendering.validate_template_row(payload.html, payload.text)
     if errors:
         return _unprocessable(errors)
@@ -225,15 +220,15 @@ def create_template(request, payload: TemplateIn):
 
 
 @router.get("/templates/{template_id}", response=TemplateOut, summary="One layout")
+@requires("campaigns.view_template")
 def get_template(request, template_id: int):
-    _require(request, "view_template")
     return get_object_or_404(Template, pk=template_id)
 
 
 @router.patch("/templates/{template_id}", response={200: TemplateOut, 409: dict, 422: ContentErrorOut},
               summary="Change a layout")
+@requires("campaigns.change_template")
 def update_template(request, template_id: int, payload: TemplatePatch):
-    _require(request, "change_template")
     template = get_object_or_404(Template, pk=template_id)
     for key, value in payload.dict(exclude_unset=True).items():
         if value is not None:
@@ -248,8 +243,8 @@ def update_template(request, template_id: int, payload: TemplatePatch):
 
 
 @router.delete("/templates/{template_id}", response={204: None, 409: dict}, summary="Delete a layout")
+@requires("campaigns.delete_template")
 def delete_template(request, template_id: int):
-    _require(request, "delete_template")
     template = get_object_or_404(Template, pk=template_id)
     used = list(Campaign.objects.filter(template=template).values_list("pk", flat=True)[:10])
     if used:
@@ -262,8 +257,8 @@ def delete_template(request, template_id: int):
 
 
 @router.get("/campaigns", response=list[CampaignOut], summary="Campaigns, newest first")
+@requires("campaigns.view_campaign")
 def list_campaigns(request, status: str | None = None):
-    _require(request, "view_campaign")
     rows = Campaign.objects.prefetch_related("lists")
     if status:
         if status not in Campaign.Status.values:
@@ -273,8 +268,8 @@ def list_campaigns(request, status: str | None = None):
 
 
 @router.post("/campaigns", response={201: CampaignDetail, 422: ContentErrorOut}, summary="Add a campaign (a draft)")
+@requires("campaigns.add_campaign")
 def create_campaign(request, payload: CampaignIn):
-    _require(request, "add_campaign")
     data = payload.dict()
     list_ids = data.pop("lists")
     campaign = Campaign(**data)
@@ -287,15 +282,15 @@ def create_campaign(request, payload: CampaignIn):
 
 
 @router.get("/campaigns/{campaign_id}", response=CampaignDetail, summary="One campaign, with send counts by status")
+@requires("campaigns.view_campaign")
 def get_campaign(request, campaign_id: int):
-    _require(request, "view_campaign")
     return get_object_or_404(Campaign.objects.prefetch_related("lists"), pk=campaign_id)
 
 
 @router.patch("/campaigns/{campaign_id}", response={200: CampaignDetail, 409: dict, 422: ContentErrorOut},
               summary="Change a campaign's content (not while it sends)")
+@requires("campaigns.change_campaign")
 def update_campaign(request, campaign_id: int, payload: CampaignPatch):
-    _require(request, "change_campaign")
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     if campaign.status not in EDITABLE:
         return 409, {"detail": f"status: a {campaign.status} campaign cannot be edited (pause it first)"}
@@ -315,8 +310,8 @@ def update_campaign(request, campaign_id: int, payload: CampaignPatch):
 
 
 @router.delete("/campaigns/{campaign_id}", response={204: None, 409: dict}, summary="Delete a campaign")
+@requires("campaigns.delete_campaign")
 def delete_campaign(request, campaign_id: int):
-    _require(request, "delete_campaign")
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     if campaign.status == Campaign.Status.SENDING:
         return 409, {"detail": "status: a sending campaign cannot be deleted (cancel it first)"}
@@ -326,8 +321,8 @@ def delete_campaign(request, campaign_id: int):
 
 @router.post("/campaigns/{campaign_id}/test", response={200: list[TestResultOut], 422: ContentErrorOut},
              summary="Send the real message to a few addresses now")
+@requires("campaigns.change_campaign")
 def test_send(request, campaign_id: int, payload: TestIn):
-    _require(request, "change_campaign")
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     try:
         results = import_string("delivery.testsend.send_test")(campaign, payload.addresses)
@@ -340,8 +335,8 @@ def test_send(request, campaign_id: int, payload: TestIn):
 
 @router.get("/campaigns/{campaign_id}/preview", response={200: PreviewOut, 404: dict, 422: ContentErrorOut},
             summary="The message a contact would receive, and the variables it lacks", by_alias=True)
+@requires("campaigns.view_campaign")
 def preview(request, campaign_id: int, contact_id: int | None = None, email: str = ""):
-    _require(request, "view_campaign")
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     contact = None
     if contact_id is not None:
@@ -357,8 +352,8 @@ def preview(request, campaign_id: int, contact_id: int | None = None, email: str
 
 
 @router.get("/campaigns/{campaign_id}/links", response=list[LinkOut], summary="The campaign's tracked links")
+@requires("campaigns.view_campaign")
 def links(request, campaign_id: int):
-    _require(request, "view_campaign")
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     try:
         rendering.campaign_links(campaign)

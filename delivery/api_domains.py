@@ -9,6 +9,7 @@ from ninja.errors import HttpError
 
 from delivery import dkim
 from delivery.models import SendingDomain
+from herald.permissions import requires
 
 router = Router(tags=["sending domains"])
 
@@ -73,14 +74,14 @@ def _domain_name(value):
 
 
 @router.get("/sending-domains", response=list[DomainOut], summary="Sending domains and their DKIM records")
+@requires("delivery.view_sendingdomain")
 def list_domains(request):
     return SendingDomain.objects.all()
 
 
 @router.post("/sending-domains", response={201: DomainOut}, summary="Add a sending domain (a key pair is generated)")
+@requires("delivery.add_sendingdomain")
 def create_domain(request, payload: DomainIn):
-    if not request.user.has_perm("delivery.add_sendingdomain"):
-        raise HttpError(403, "this needs the delivery.add_sendingdomain permission")
     row = SendingDomain(domain=_domain_name(payload.domain), selector=payload.selector, algorithm=payload.algorithm)
     if payload.private_key:
         _install_key(row, payload.private_key)
@@ -95,14 +96,14 @@ def create_domain(request, payload: DomainIn):
 
 
 @router.get("/sending-domains/{domain_id}", response=DomainOut, summary="One sending domain")
+@requires("delivery.view_sendingdomain")
 def get_domain(request, domain_id: int):
     return get_object_or_404(SendingDomain, pk=domain_id)
 
 
 @router.patch("/sending-domains/{domain_id}", response=DomainOut, summary="Change the selector or replace the key")
+@requires("delivery.change_sendingdomain")
 def update_domain(request, domain_id: int, payload: DomainPatch):
-    if not request.user.has_perm("delivery.change_sendingdomain"):
-        raise HttpError(403, "this needs the delivery.change_sendingdomain permission")
     row = get_object_or_404(SendingDomain, pk=domain_id)
     if payload.selector:
         row.selector = payload.selector
@@ -116,8 +117,7 @@ def update_domain(request, domain_id: int, payload: DomainPatch):
 
 
 @router.delete("/sending-domains/{domain_id}", response={204: None}, summary="Delete a sending domain")
+@requires("delivery.delete_sendingdomain")
 def delete_domain(request, domain_id: int):
-    if not request.user.has_perm("delivery.delete_sendingdomain"):
-        raise HttpError(403, "this needs the delivery.delete_sendingdomain permission")
     get_object_or_404(SendingDomain, pk=domain_id).delete()
     return 204, None

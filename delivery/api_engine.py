@@ -16,6 +16,7 @@ from delivery.lifecycle import LifecycleError
 from delivery.models import DomainThrottle, Period, Relay
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
+from herald.permissions import requires
 
 router = Router(tags=["delivery"])
 
@@ -155,11 +156,13 @@ def _save(obj, data, unique_field="name"):
 # --- relays ----------------------------------------------------------------------
 
 @router.get("/relays", response=list[RelayOut], summary="SMTP relays")
+@requires("delivery.view_relay")
 def list_relays(request):
     return Relay.objects.all()
 
 
 @router.post("/relays", response={201: RelayOut}, summary="Add a relay")
+@requires("delivery.add_relay")
 def create_relay(request, payload: RelayIn):
     data = payload.dict()
     data["password"] = data.get("password") or ""
@@ -167,11 +170,13 @@ def create_relay(request, payload: RelayIn):
 
 
 @router.get("/relays/{relay_id}", response=RelayOut, summary="One relay")
+@requires("delivery.view_relay")
 def get_relay(request, relay_id: int):
     return get_object_or_404(Relay, pk=relay_id)
 
 
 @router.patch("/relays/{relay_id}", response=RelayOut, summary="Change a relay (password only when given)")
+@requires("delivery.change_relay")
 def update_relay(request, relay_id: int, payload: RelayPatch):
     relay = get_object_or_404(Relay, pk=relay_id)
     data = payload.dict(exclude_unset=True)
@@ -181,6 +186,7 @@ def update_relay(request, relay_id: int, payload: RelayPatch):
 
 
 @router.delete("/relays/{relay_id}", response={204: None}, summary="Delete a relay")
+@requires("delivery.delete_relay")
 def delete_relay(request, relay_id: int):
     get_object_or_404(Relay, pk=relay_id).delete()
     routing.forget_relay()
@@ -188,6 +194,7 @@ def delete_relay(request, relay_id: int):
 
 
 @router.post("/relays/{relay_id}/check", response=CheckOut, summary="Connect, negotiate TLS, authenticate; say what happened")
+@requires("delivery.change_relay")
 def check(request, relay_id: int):
     return check_relay(get_object_or_404(Relay, pk=relay_id)).as_dict()
 
@@ -195,22 +202,26 @@ def check(request, relay_id: int):
 # --- throttles -------------------------------------------------------------------
 
 @router.get("/throttles", response=list[ThrottleOut], summary="Domain throttles")
+@requires("delivery.view_domainthrottle")
 def list_throttles(request):
     return DomainThrottle.objects.all()
 
 
 @router.post("/throttles", response={201: ThrottleOut}, summary="Add a domain throttle")
+@requires("delivery.add_domainthrottle")
 def create_throttle(request, payload: ThrottleIn):
     _check_default(payload.is_default, None)
     return Status(201, _save(DomainThrottle(), payload.dict()))
 
 
 @router.get("/throttles/{throttle_id}", response=ThrottleOut, summary="One domain throttle")
+@requires("delivery.view_domainthrottle")
 def get_throttle(request, throttle_id: int):
     return get_object_or_404(DomainThrottle, pk=throttle_id)
 
 
 @router.patch("/throttles/{throttle_id}", response=ThrottleOut, summary="Change a domain throttle")
+@requires("delivery.change_domainthrottle")
 def update_throttle(request, throttle_id: int, payload: ThrottlePatch):
     row = get_object_or_404(DomainThrottle, pk=throttle_id)
     data = {k: v for k, v in payload.dict(exclude_unset=True).items() if v is not None}
@@ -219,6 +230,7 @@ def update_throttle(request, throttle_id: int, payload: ThrottlePatch):
 
 
 @router.delete("/throttles/{throttle_id}", response={204: None}, summary="Delete a domain throttle")
+@requires("delivery.delete_domainthrottle")
 def delete_throttle(request, throttle_id: int):
     get_object_or_404(DomainThrottle, pk=throttle_id).delete()
     throttles.invalidate()
@@ -233,8 +245,6 @@ def _check_default(is_default, own_pk):
 # --- campaign actions -------------------------------------------------------------
 
 def _act(request, action, *args):
-    if not request.user.has_perm("campaigns.send_campaign"):
-        raise HttpError(403, "sending, scheduling, pausing, resuming and cancelling need the send_campaign permission")
     try:
         campaign = action(*args)
     except LifecycleError as exc:
@@ -245,31 +255,37 @@ def _act(request, action, *args):
 
 
 @router.post("/campaigns/{campaign_id}/send", response=CampaignProgress, summary="Send now: snapshot the audience and start")
+@requires("campaigns.send_campaign")
 def send(request, campaign_id: int):
     return _act(request, lifecycle.start_campaign, campaign_id)
 
 
 @router.post("/campaigns/{campaign_id}/schedule", response=CampaignProgress, summary="Send at a time")
+@requires("campaigns.send_campaign")
 def schedule(request, campaign_id: int, payload: ScheduleIn):
     return _act(request, lifecycle.schedule_campaign, campaign_id, payload.scheduled_at)
 
 
 @router.post("/campaigns/{campaign_id}/pause", response=CampaignProgress, summary="Pause sending")
+@requires("campaigns.send_campaign")
 def pause(request, campaign_id: int):
     return _act(request, lifecycle.pause_campaign, campaign_id)
 
 
 @router.post("/campaigns/{campaign_id}/resume", response=CampaignProgress, summary="Resume sending")
+@requires("campaigns.send_campaign")
 def resume(request, campaign_id: int):
     return _act(request, lifecycle.resume_campaign, campaign_id)
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response=CampaignProgress, summary="Cancel: unsent recipients are not mailed")
+@requires("campaigns.send_campaign")
 def cancel(request, campaign_id: int):
     return _act(request, lifecycle.cancel_campaign, campaign_id)
 
 
 @router.get("/campaigns/{campaign_id}/progress", response=CampaignProgress, summary="Status and counts by send status")
+@requires("campaigns.view_campaign")
 def progress(request, campaign_id: int):
     try:
         return lifecycle.progress(campaign_id)

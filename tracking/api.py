@@ -11,6 +11,7 @@ from ninja.pagination import LimitOffsetPagination, paginate
 
 from campaigns.models import Campaign, Suppression, email_key
 from campaigns.suppression import suppress
+from herald.permissions import requires
 from tracking.models import Event
 from tracking.stats import campaign_stats
 from tracking.suppressions import check_email, check_reason, export_csv, import_csv
@@ -27,6 +28,7 @@ class Pages(LimitOffsetPagination):
 
 
 @router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics", url_name="campaign_stats")
+@requires("campaigns.view_campaign")
 def stats(request, campaign_id: int):
     return campaign_stats(get_object_or_404(Campaign, pk=campaign_id))
 
@@ -56,6 +58,7 @@ class EventFilters(Schema):
 
 @router.get("/events", response=list[EventOut], summary="Events, newest first")
 @paginate(Pages)
+@requires("tracking.view_event")
 def events(request, filters: Query[EventFilters]):
     rows = Event.objects.all()
     if filters.campaign is not None:
@@ -85,6 +88,7 @@ class SuppressionIn(Schema):
 
 @router.get("/suppressions", response=list[SuppressionOut], summary="Suppressed addresses")
 @paginate(Pages)
+@requires("campaigns.view_suppression")
 def suppressions(request, reason: str | None = None, q: str | None = None):
     rows = Suppression.objects.all()
     if reason:
@@ -95,6 +99,7 @@ def suppressions(request, reason: str | None = None, q: str | None = None):
 
 
 @router.post("/suppressions", response={201: SuppressionOut, 200: SuppressionOut}, summary="Suppress an address")
+@requires("campaigns.add_suppression")
 def add_suppression(request, payload: SuppressionIn):
     try:
         email = check_email(payload.email)
@@ -118,12 +123,14 @@ class SuppressionImportOut(Schema):
 
 @router.post("/suppressions/import", response=SuppressionImportOut,
              summary="Import suppressions from CSV (email[,reason[,detail]])")
+@requires("campaigns.add_suppression")
 def import_suppressions(request, file: File[UploadedFile]):
     result = import_csv(file.read())
     return {"added": result.added, "existing": result.existing, "invalid": result.invalid, "errors": result.errors}
 
 
 @router.get("/suppressions/export", summary="Export suppressions as CSV")
+@requires("campaigns.view_suppression")
 def export_suppressions(request):
     response = HttpResponse(content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="suppressions.csv"'
@@ -133,6 +140,7 @@ def export_suppressions(request):
 
 # Declared last: its {email} pattern would otherwise swallow /suppressions/import and /export.
 @router.delete("/suppressions/{email}", response={204: None}, summary="Lift a suppression")
+@requires("campaigns.delete_suppression")
 def remove_suppression(request, email: str):
     deleted, _ = Suppression.objects.filter(email_key=email_key(email)).delete()
     if not deleted:

@@ -18,6 +18,7 @@ from ninja.errors import HttpError
 
 from delivery.models import Send
 from delivery.submission.models import OutboundMessage, SmtpCredential, validate_domains
+from herald.permissions import requires
 
 router = Router(tags=["submission"])
 
@@ -121,11 +122,13 @@ def _domains(values: list[str], field: str) -> str:
 
 
 @router.get("/smtp-credentials", response=list[CredentialOut], summary="SMTP credentials for the submission server")
+@requires("submission.view_smtpcredential")
 def list_credentials(request):
     return list(SmtpCredential.objects.all())
 
 
 @router.post("/smtp-credentials", response={201: CredentialWithSecret}, summary="Create a credential; the secret is shown once")
+@requires("submission.add_smtpcredential")
 def create_credential(request, payload: CredentialIn):
     data = payload.dict()
     data["allowed_domains"] = _domains(payload.allowed_domains, "allowed_domains")
@@ -140,11 +143,13 @@ def create_credential(request, payload: CredentialIn):
 
 
 @router.get("/smtp-credentials/{credential_id}", response=CredentialOut, summary="One credential")
+@requires("submission.view_smtpcredential")
 def get_credential(request, credential_id: int):
     return get_object_or_404(SmtpCredential, pk=credential_id)
 
 
 @router.patch("/smtp-credentials/{credential_id}", response=CredentialOut, summary="Change a credential")
+@requires("submission.change_smtpcredential")
 def update_credential(request, credential_id: int, payload: CredentialPatch):
     row = get_object_or_404(SmtpCredential, pk=credential_id)
     for name, value in payload.dict(exclude_unset=True).items():
@@ -157,6 +162,7 @@ def update_credential(request, credential_id: int, payload: CredentialPatch):
 
 @router.post("/smtp-credentials/{credential_id}/rotate", response=CredentialWithSecret,
              summary="Replace the secret; the old one stops working at once")
+@requires("submission.change_smtpcredential")
 def rotate_credential(request, credential_id: int):
     row = get_object_or_404(SmtpCredential, pk=credential_id)
     secret = row.set_new_secret()
@@ -166,6 +172,7 @@ def rotate_credential(request, credential_id: int):
 
 
 @router.delete("/smtp-credentials/{credential_id}", response={204: None}, summary="Delete a credential with no messages")
+@requires("submission.delete_smtpcredential")
 def delete_credential(request, credential_id: int):
     row = get_object_or_404(SmtpCredential, pk=credential_id)
     try:
@@ -211,6 +218,7 @@ def _present(messages: list[OutboundMessage]) -> list[dict]:
 
 
 @router.get("/messages", response=list[MessageOut], summary="Messages accepted by the submission server, newest first")
+@requires("submission.view_outboundmessage")
 def list_messages(request, filters: Query[MessageFilters]):
     qs = OutboundMessage.objects.select_related("credential").defer("raw")
     if filters.credential:
@@ -233,6 +241,7 @@ def list_messages(request, filters: Query[MessageFilters]):
 
 
 @router.get("/messages/{message_id}", response=MessageOut, summary="One submitted message with its recipients and events")
+@requires("submission.view_outboundmessage")
 def get_message(request, message_id: int):
     message = get_object_or_404(OutboundMessage.objects.select_related("credential").defer("raw"), pk=message_id)
     return _present([message])[0]

@@ -24,7 +24,11 @@ def sender():
 
 @pytest.fixture
 def viewer():
-    return bearer(User.objects.create_user("viewer"))
+    """Manages relays and throttles and follows campaigns, but may not send them."""
+    user = User.objects.create_user("viewer")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="delivery")
+                              | Permission.objects.filter(codename="view_campaign"))
+    return bearer(user)
 
 
 def test_relay_password_is_write_only(client, viewer):

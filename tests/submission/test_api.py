@@ -1,7 +1,7 @@
 """The JSON API for SMTP credentials and submitted messages."""
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from campaigns.models import ApiToken
@@ -15,6 +15,7 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def api():
     user = User.objects.create_user("operator", is_staff=True)
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="submission"))
     _, token = ApiToken.issue(user)
     return Client(headers={"Authorization": f"Bearer {token}"})
 

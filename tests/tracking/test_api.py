@@ -2,7 +2,7 @@
 
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.core.files.uploadedfile import SimpleUploadedFile
 
 from campaigns.models import ApiToken, Contact, Suppression
@@ -21,6 +21,8 @@ BROWSER = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko
 @pytest.fixture
 def api(client):
     user = User.objects.create_user("ops", password="x")
+    user.user_permissions.set(Permission.objects.filter(
+        codename__in=["view_campaign", "view_event", "view_suppression", "add_suppression", "delete_suppression"]))
     _, token = ApiToken.issue(user)
 
     class Api:
