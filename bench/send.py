@@ -190,7 +190,7 @@ def main():
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--domains", type=int, default=20)
     parser.add_argument("--workers", type=int, default=1)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--raw-messages", type=int, default=30_000)
     parser.add_argument("--naive-sample", type=int, default=500)
     args = parser.parse_args()
