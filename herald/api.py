@@ -6,6 +6,7 @@ from ninja import NinjaAPI
 from ninja.security import HttpBearer
 
 from campaigns.models import ApiToken
+from herald.permissions import require
 
 
 class BearerToken(HttpBearer):
@@ -20,6 +21,9 @@ class BearerToken(HttpBearer):
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
         request.user = row.user
+        # Set by herald.permissions.requires on the operation: refuse before the body is read.
+        if perm := getattr(request, "required_permission", None):
+            require(request, perm)
         return row.user
 
 

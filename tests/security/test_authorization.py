@@ -192,3 +192,13 @@ def test_every_api_operation_names_an_existing_permission():
         app_label, codename = view.required_permission.split(".")
         assert Permission.objects.filter(content_type__app_label=app_label, codename=codename).exists(), \
             view.required_permission
+
+
+def test_the_permission_is_checked_before_the_body(client, world):
+    """A caller without the permission learns nothing from validation errors about a resource it may not touch."""
+    for role, status in [("editor", 403), ("superuser", 422)]:
+        token = ApiToken.issue(user_for(role))[1]
+        response = client.post("/api/v1/relays", {"port": "not a port"}, content_type="application/json",
+                               HTTP_AUTHORIZATION=f"Bearer {token}")
+        assert response.status_code == status, (role, response.content)
+    assert client.post("/api/v1/relays", {}, content_type="application/json").status_code == 401
