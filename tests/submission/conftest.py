@@ -1,20 +1,15 @@
-import datetime
-import ipaddress
 import os
 import smtplib
 import ssl
 import sys
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 
 from delivery.submission.models import SmtpCredential
 from delivery.submission.server import SubmissionServer, tls_context
+from tests.support.tls import make_certificate
 
 ALICE_SECRET = "alice-secret-that-is-long-enough"
 
@@ -22,30 +17,7 @@ ALICE_SECRET = "alice-secret-that-is-long-enough"
 @pytest.fixture(scope="session")
 def tls_files(tmp_path_factory):
     """A self-signed certificate for 127.0.0.1 and localhost, as PEM files."""
-    directory = tmp_path_factory.mktemp("tls")
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return str(cert_path), str(key_path)
+    return make_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
