@@ -5,7 +5,7 @@ from delivery import engine, mx, routing
 from delivery.models import Relay, Send
 from delivery.smtp import pool
 from delivery.throttle import throttles
-from tests.delivery.servers import make_certificate
+from tests.support.tls import make_certificate
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Test servers for the send engine: TLS material, a sink with implicit TLS, a loopback DNS server."""
+"""Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server."""
 
 import socket
 import ssl
@@ -12,7 +12,6 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from tests.support.smtp import Sink, SinkHandler
-from tests.support.tls import make_certificate, server_context  # noqa: F401 (re-exported for the tests)
 
 
 class Authenticator:

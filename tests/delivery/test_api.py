@@ -5,8 +5,9 @@ from django.contrib.auth.models import Permission, User
 
 from campaigns.models import ApiToken
 from delivery.models import Relay
-from tests.delivery.servers import Authenticator, server_context
+from tests.delivery.servers import Authenticator
 from tests.support.smtp import Sink
+from tests.support.tls import server_context
 
 pytestmark = pytest.mark.django_db
 

@@ -5,7 +5,8 @@ import pytest
 from delivery import lifecycle, mx, routing
 from delivery.models import Send
 from tests.delivery.conftest import drain
-from tests.delivery.servers import DNSServer, DroppingSink, server_context
+from tests.delivery.servers import DNSServer, DroppingSink
+from tests.support.tls import server_context
 
 pytestmark = pytest.mark.django_db
 

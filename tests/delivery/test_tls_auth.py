@@ -7,8 +7,9 @@ from delivery import lifecycle
 from delivery.models import Relay, Send
 from delivery.relaycheck import check_relay
 from tests.delivery.conftest import drain, statuses
-from tests.delivery.servers import Authenticator, TLSSink, server_context
+from tests.delivery.servers import Authenticator, TLSSink
 from tests.support.smtp import Sink
+from tests.support.tls import server_context
 
 pytestmark = pytest.mark.django_db
 

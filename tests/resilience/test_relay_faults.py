@@ -12,10 +12,11 @@ import pytest
 from campaigns.models import Campaign
 from delivery import lifecycle
 from delivery.models import Relay, Send
-from tests.delivery.servers import Authenticator, make_certificate, server_context
+from tests.delivery.servers import Authenticator
 from tests.resilience.conftest import BATCH, account, addresses, finished, in_flight, make_campaign, relay_to, status_of
 from tests.resilience.relay import FaultRelay
 from tests.support.smtp import Sink
+from tests.support.tls import make_certificate, server_context
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
