@@ -97,10 +97,12 @@ def test_a_dropped_connection_defers_only_the_message_in_flight(make_relay, make
         lifecycle.start_campaign(campaign.pk)
         drain(campaign.pk)
         got = server.recipients()
-        peers = {item.peer for item in server.received}
+        sessions = len(server.sessions)  # SMTP sessions that said EHLO
 
     assert sorted(got) == sorted(a for a in addresses if a != "drop@example.com")
-    assert len(peers) == 2  # reconnected once after the drop
+    # One session until the drop, one more after it: the drop may hit the first
+    # message of the batch, so the first session need not deliver anything.
+    assert sessions == 2
     result = statuses(campaign.pk)
     assert result.pop("drop@example.com") == "deferred"
     assert set(result.values()) == {"sent"}
