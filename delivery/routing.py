@@ -3,10 +3,15 @@
 import time
 from dataclasses import dataclass
 
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from redis.exceptions import RedisError
+
 from delivery import mx
 from delivery.models import Relay
 from delivery.smtp import Endpoint
 from delivery.throttle import Limit, rate_per_second, throttles
+from delivery.throttle import client as throttle_client
 
 
 @dataclass
@@ -20,19 +25,41 @@ class Route:
     relay_limit: Limit | None
 
 
-_relay_cache = {"at": 0.0, "relay": None}
+_relay_cache = {"at": 0.0, "relay": None, "generation": None}
+# Bumped whenever a relay is saved or deleted, so every worker re-reads the
+# relay at its next batch: a corrected password or certificate setting takes
+# effect when the campaign is resumed, not seconds later.
+RELAY_GENERATION_KEY = "herald:relay-generation"
+
+
+def _generation():
+    try:
+        return throttle_client().get(RELAY_GENERATION_KEY)
+    except RedisError:
+        return None  # fall back to the time-based re-read
 
 
 def active_relay():
-    """The first enabled relay by name (re-read every few seconds), or None for direct delivery."""
-    if time.monotonic() - _relay_cache["at"] > 5:
+    """The first enabled relay by name (re-read when a relay changes, or every few seconds), or None for direct delivery."""
+    generation = _generation()
+    if time.monotonic() - _relay_cache["at"] > 5 or generation != _relay_cache["generation"]:
         _relay_cache["relay"] = Relay.objects.filter(enabled=True).order_by("name", "pk").first()
         _relay_cache["at"] = time.monotonic()
+        _relay_cache["generation"] = generation
     return _relay_cache["relay"]
 
 
 def forget_relay():
     _relay_cache["at"] = 0.0
+
+
+@receiver([post_save, post_delete], sender=Relay, dispatch_uid="herald-relay-generation")
+def relay_changed(**kwargs):
+    forget_relay()
+    try:
+        throttle_client().incr(RELAY_GENERATION_KEY)
+    except RedisError:
+        pass  # workers still re-read within seconds
 
 
 def relay_endpoint(relay: Relay) -> Endpoint:

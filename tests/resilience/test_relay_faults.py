@@ -5,7 +5,6 @@ on; the ledger counts every recipient once and the receiving server's log has
 nobody missing and duplicates only within the in-flight bound.
 """
 
-import time
 
 import pytest
 
@@ -140,7 +139,6 @@ def test_refused_auth_pauses_with_the_servers_words_then_resumes(stack):
 
         relay.password = "s3cret-relay-pass"
         relay.save()
-        time.sleep(5.5)  # workers re-read the relay every 5 s (routing.active_relay): a TTL, not a race
         lifecycle.resume_campaign(campaign.pk)
         wait_until(lambda: finished(campaign), timeout=60, message="campaign finished after resume")
         account(campaign, expected, sink.recipients(), ["AUTH refused, then the password corrected"], bound=0)
