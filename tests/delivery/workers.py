@@ -4,10 +4,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from django.db import connection
+
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).with_name("celery"))
@@ -33,14 +34,13 @@ class Worker:
         )
 
     def wait_ready(self, timeout=60):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        def ready():
             if self.proc.poll() is not None:
                 raise AssertionError(f"worker {self.name} exited: {self.log.read_text()[-3000:]}")
-            if b" ready." in self.log.read_bytes():
-                return self
-            time.sleep(0.1)
-        raise AssertionError(f"worker {self.name} not ready within {timeout}s: {self.log.read_text()[-3000:]}")
+            return b" ready." in self.log.read_bytes()
+
+        wait_until(ready, timeout=timeout, interval=0.1, message=f"worker {self.name} to be ready")
+        return self
 
     def kill(self, sig=signal.SIGKILL):
         if self.proc.poll() is None:

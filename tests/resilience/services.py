@@ -3,23 +3,15 @@
 import glob
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 
 from tests.support.smtp import free_port
+from tests.support.wait import port_open, wait_until
 
 
 def _wait_port(port, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+    wait_until(lambda: port_open(port), timeout=timeout, message=f"something to listen on 127.0.0.1:{port}")
 
 
 class PrivateRedis:

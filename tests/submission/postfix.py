@@ -4,13 +4,13 @@ It lives entirely in a temporary directory (its own main.cf, master.cf, queue
 and data directories), listens only on loopback, and is stopped at the end.
 """
 
-import os
 import shutil
 import subprocess
 import tempfile
 import textwrap
-import time
 from pathlib import Path
+
+from tests.support.wait import process_gone, wait_until
 
 MASTER_CF = """\
 127.0.0.1:{smtpd_port} inet n - n - - smtpd
@@ -96,13 +96,8 @@ class PrivatePostfix:
         pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
         self.postfix("stop")
         # master exits asynchronously; wait until its process is gone.
-        deadline = time.monotonic() + 20
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
+        if pid:
+            wait_until(lambda: process_gone(pid), timeout=20, interval=0.1, message="postfix's master to exit")
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def sendmail(self, sender: str, recipients: list[str], message: bytes):

@@ -3,13 +3,12 @@
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 from tests.support.smtp import free_port
+from tests.support.wait import port_open, wait_until
 
 CONF = """
 base_dir = {root}/run
@@ -89,17 +88,14 @@ class Dovecot:
         conf.write_text(CONF.format(root=self.root, imaps=self.imaps, pop3s=self.pop3s, imap=self.imap))
         self.process = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
+
+        def listening():
             if self.process.poll() is not None:
                 raise RuntimeError(f"dovecot exited: {self.process.stderr.read().decode()} {self.log()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.imaps), timeout=1).close()
-                socket.create_connection(("127.0.0.1", self.pop3s), timeout=1).close()
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"dovecot did not listen within 20 s: {self.log()}")
+            return port_open(self.imaps) and port_open(self.pop3s)
+
+        wait_until(listening, timeout=20, interval=0.1, message="dovecot to listen")
+        return self
 
     def log(self):
         path = self.root / "dovecot.log"
