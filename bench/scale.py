@@ -33,6 +33,9 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from benchlib import free_port
+from benchlib import recreate_database as _recreate
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
@@ -168,18 +171,8 @@ def run_sink(port, n, status_path):
 
 # --- the orchestration -----------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def recreate_database():
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+    _recreate(PG, DB_NAME)
 
 
 SUBJECT = "Spring news for {{ contact.first_name }}"

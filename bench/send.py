@@ -22,6 +22,9 @@ import threading
 import time
 from pathlib import Path
 
+from benchlib import free_port
+from benchlib import recreate_database as _recreate
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
@@ -36,18 +39,8 @@ os.environ.setdefault("LOG_LEVEL", "WARNING")
 sys.path.insert(0, str(ROOT))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def recreate_database():
-    import psycopg
-
-    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {DB_NAME} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {DB_NAME}")
+    _recreate(PG, DB_NAME)
 
 
 class SmtpSink:

@@ -29,16 +29,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from benchlib import free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
 SCRATCH = "herald_bench_submission"
 SECRET = "bench-secret-0123456789abcdef"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scratch_database(url):

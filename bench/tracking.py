@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from benchlib import free_port
+from benchlib import recreate_database as _recreate
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -40,19 +43,8 @@ PARTS = urlsplit(BASE_URL)
 BENCH_DB_URL = f"{PARTS.scheme}://{PARTS.netloc}/{DB_NAME}"
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def recreate_database():
-    import psycopg
-
-    admin = f"{PARTS.scheme.replace('postgres', 'postgresql')}://{PARTS.netloc}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}"')
-        conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    _recreate(f"{PARTS.scheme}://{PARTS.netloc}", DB_NAME)
 
 
 def env():
