@@ -7,7 +7,6 @@ chromium, driven by Playwright; nothing is downloaded.
 
 import os
 import re
-import shutil
 
 import pytest
 from django.contrib.auth.models import User
@@ -17,8 +16,8 @@ from campaigns.models import Campaign, Contact
 from delivery import routing
 from delivery.models import Relay
 from tests.delivery.workers import Worker
+from tests.support.programs import program
 
-CHROMIUM = os.environ.get("HERALD_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -31,10 +30,9 @@ def browser(monkeypatch):
     # ORM calls are still plain synchronous ones.
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     playwright_api = pytest.importorskip("playwright.sync_api")
-    if not shutil.which(CHROMIUM):
-        pytest.skip(f"no browser at {CHROMIUM} (apt-get install chromium)")
+    executable = os.environ.get("HERALD_CHROMIUM") or program("chromium")
     with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
+        chromium = p.chromium.launch(executable_path=executable, args=ARGS, headless=True)
         yield chromium
         chromium.close()
 

@@ -1,11 +1,11 @@
 """Private Redis and PostgreSQL servers for the tests that restart them; the shared ones are never touched."""
 
-import glob
 import os
 import shutil
 import subprocess
 import tempfile
 
+from tests.support.programs import program
 from tests.support.smtp import free_port
 from tests.support.wait import port_open, wait_until
 
@@ -28,7 +28,7 @@ class PrivateRedis:
 
     def start(self):
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [program("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.directory)],
             stdout=(self.directory / "redis.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
         )
@@ -39,11 +39,6 @@ class PrivateRedis:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-
-
-def _pg_bin(name):
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
 
 
 class PrivatePostgres:
@@ -57,7 +52,7 @@ class PrivatePostgres:
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         if self.as_postgres:
             shutil.chown(self.dir, "postgres", "postgres")
-        subprocess.run([*self.as_postgres, _pg_bin("initdb"), "-D", self.data, "-U", "herald", "-A", "trust",
+        subprocess.run([*self.as_postgres, program("initdb"), "-D", self.data, "-U", "herald", "-A", "trust",
                         "--no-sync", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL)
 
     @property
@@ -65,7 +60,7 @@ class PrivatePostgres:
         return f"postgres://herald@127.0.0.1:{self.port}/herald"
 
     def _ctl(self, *args):
-        subprocess.run([*self.as_postgres, _pg_bin("pg_ctl"), "-D", self.data, "-l", self.log, *args], check=True,
+        subprocess.run([*self.as_postgres, program("pg_ctl"), "-D", self.data, "-l", self.log, *args], check=True,
                        stdout=subprocess.DEVNULL)
 
     def start(self):
@@ -75,7 +70,7 @@ class PrivatePostgres:
         return self
 
     def create_database(self):
-        subprocess.run([_pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "herald", "herald"],
+        subprocess.run([program("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "herald", "herald"],
                        check=True)
 
     def stop(self):

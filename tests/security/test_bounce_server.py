@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from campaigns.models import Suppression
 from delivery.tokens import sign, verp_address
+from tests.support.programs import program
 from tests.support.smtp import free_port
 from tracking.bounce_server import BounceServer
 from tracking.models import Event
@@ -26,8 +27,8 @@ def server():
 
 
 def swaks(server, to, *extra):
-    result = subprocess.run(["swaks", "--server", "127.0.0.1", "--port", str(server.port), "--from", "spammer@bad.example",
-                             "--to", to, "--helo", "mx.bad.example", "--timeout", "10", *extra],
+    result = subprocess.run([program("swaks"), "--server", "127.0.0.1", "--port", str(server.port),
+                             "--from", "spammer@bad.example", "--to", to, "--helo", "mx.bad.example", "--timeout", "10", *extra],
                             capture_output=True, text=True, timeout=30)
     return result.returncode, result.stdout + result.stderr
 

@@ -10,6 +10,7 @@ import tempfile
 import textwrap
 from pathlib import Path
 
+from tests.support.programs import program
 from tests.support.wait import process_gone, wait_until
 
 MASTER_CF = """\
@@ -83,7 +84,7 @@ class PrivatePostfix:
         (self.dir / "master.cf").write_text(MASTER_CF.format(smtpd_port=smtpd_port))
 
     def postfix(self, *args):
-        return subprocess.run(["postfix", "-c", str(self.dir), *args], capture_output=True, text=True, timeout=60)
+        return subprocess.run([program("postfix"), "-c", str(self.dir), *args], capture_output=True, text=True, timeout=60)
 
     def start(self):
         result = self.postfix("start")
@@ -101,7 +102,7 @@ class PrivatePostfix:
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def sendmail(self, sender: str, recipients: list[str], message: bytes):
-        return subprocess.run(["/usr/sbin/sendmail", "-C", str(self.dir), "-f", sender, "-i", *recipients],
+        return subprocess.run([program("sendmail"), "-C", str(self.dir), "-f", sender, "-i", *recipients],
                               input=message, capture_output=True, timeout=60)
 
     def log(self) -> str:

@@ -7,13 +7,14 @@ import pytest
 from delivery.models import Send
 from delivery.submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET
+from tests.support.programs import program
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def swaks(server, *args, auth="LOGIN", secret=ALICE_SECRET):
     return subprocess.run(
-        ["swaks", "--server", "127.0.0.1", "--port", str(server.port), "--tls", "--auth", auth,
+        [program("swaks"), "--server", "127.0.0.1", "--port", str(server.port), "--tls", "--auth", auth,
          "--auth-user", "alice", "--auth-password", secret, "--ehlo", "client.test", "--timeout", "30", *args],
         capture_output=True, text=True, timeout=60,
     )

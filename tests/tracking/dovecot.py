@@ -7,6 +7,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from tests.support.programs import program
 from tests.support.smtp import free_port
 from tests.support.wait import port_open, wait_until
 
@@ -75,8 +76,15 @@ class Dovecot:
         return f"{scheme}://{self.user}:{self.password}@127.0.0.1:{port}/{folder}"
 
     def start(self):
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()  # a server that never came up leaves no process and no directory behind
+            raise
+
+    def _start(self):
         subprocess.run(
-            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
+            [program("openssl"), "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1",
              "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(self.root / "key.pem"), "-out", self.cafile],
             check=True, capture_output=True,
         )
@@ -86,7 +94,7 @@ class Dovecot:
         os.chown(self.root / "mail", nobody.pw_uid, nobody.pw_gid)
         conf = self.root / "dovecot.conf"
         conf.write_text(CONF.format(root=self.root, imaps=self.imaps, pop3s=self.pop3s, imap=self.imap))
-        self.process = subprocess.Popen(["dovecot", "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+        self.process = subprocess.Popen([program("dovecot"), "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
                                         stderr=subprocess.PIPE)
 
         def listening():

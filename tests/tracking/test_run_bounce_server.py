@@ -9,6 +9,7 @@ import pytest
 from django.conf import settings
 
 from delivery import tokens
+from tests.support.programs import program
 from tests.support.smtp import free_port
 from tests.support.wait import wait_until
 from tests.tracking import samples
@@ -45,8 +46,8 @@ def bounce_server(django_db_setup, django_db_blocker, tmp_path_factory):
 
 
 def swaks(port, to, data=None):
-    args = ["swaks", "--server", "127.0.0.1", "--port", str(port), "--to", to, "--from", "<>", "--helo", "mx.example.net",
-            "--timeout", "20"]
+    args = [program("swaks"), "--server", "127.0.0.1", "--port", str(port), "--to", to, "--from", "<>",
+            "--helo", "mx.example.net", "--timeout", "20"]
     if data is not None:
         args += ["--data", "-"]
     return subprocess.run(args, input=data, capture_output=True, timeout=60)
