@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.programs import MissingProgram, packages, program
+from tests.support.smtp import free_port
+from tests.support.wait import port_open, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPAWNERS = {"run", "Popen", "call", "check_call", "check_output"}
@@ -107,3 +109,11 @@ def test_each_listed_program_comes_from_its_listed_package(package, name):
     owner = _owner(program(name))
     assert owner == package or owner in _dependencies(package), (
         f"{name} is installed by Debian's {owner}, not by {package} (nor anything {package} depends on)")
+
+
+def test_the_set_up_stops_a_redis_it_started_and_only_that(redis_client):
+    port = free_port()
+    script = f"source scripts/common.sh && ensure_redis {port} && ensure_redis 6379 && stop_started_services"
+    subprocess.run(["bash", "-c", script], cwd=ROOT, check=True, capture_output=True, timeout=60)
+    wait_until(lambda: not port_open(port), timeout=10, message=f"the Redis on {port} to stop")
+    assert redis_client.ping()  # the Redis that was already running is left alone
