@@ -38,6 +38,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "anymail",
+    "axes",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
     "campaigns",
     "delivery",
     "delivery.submission",
@@ -54,6 +57,14 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it answers a locked-out sign-in.
+    "axes.middleware.AxesMiddleware",
+]
+
+AUTHENTICATION_BACKENDS = [
+    # Counts failed sign-ins and refuses them while a user or an address is locked out.
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "herald.urls"
@@ -223,3 +234,15 @@ ANYMAIL = {
 # Mailgun signs its webhooks; anymail checks the signature with this key.
 if envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", ""):
     ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", "")
+
+# --- Operator sign-in --------------------------------------------------------
+# After HERALD_LOGIN_FAILURE_LIMIT failed sign-ins, a user name and (separately)
+# an address are locked out for HERALD_LOGIN_LOCKOUT_MINUTES; a success resets.
+AXES_FAILURE_LIMIT = envint("HERALD_LOGIN_FAILURE_LIMIT", 5, minimum=1)
+AXES_COOLOFF_TIME = envint("HERALD_LOGIN_LOCKOUT_MINUTES", 15, minimum=1) / 60  # hours
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "herald.login.locked_out"
+AXES_VERBOSE = False
+# The name authenticator apps show next to the code.
+OTP_TOTP_ISSUER = "Herald"

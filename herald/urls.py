@@ -1,13 +1,17 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from herald import login
 from herald.api import api
+
+login.install(admin.site)
 
 urlpatterns = [
     # Campaign lifecycle pages; before admin/ so the admin site does not claim them.
     path("admin/herald/", include("delivery.admin_urls")),
     path("admin/herald/", include("delivery.admin_operator")),
     path("admin/herald/", include("campaigns.admin_import_preview")),
+    path("admin/herald/", include("herald.login")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),
