@@ -13,6 +13,7 @@ from django.db.models import Count, Q
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import NoReverseMatch, path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from campaigns.exports import contact_rows
@@ -217,29 +218,55 @@ class ImportAdmin(admin.ModelAdmin):
 
 
 class ApiTokenForm(forms.ModelForm):
+    access = forms.ChoiceField(
+        choices=[(ApiToken.FULL, "Everything the user may do"), (ApiToken.READ, "Read only")],
+        initial=ApiToken.FULL, help_text="What the token may do, within the user's own permissions.",
+    )
+
     class Meta:
         model = ApiToken
-        fields = ("user", "name")
+        fields = ("user", "name", "expires_at")
 
 
 @admin.register(ApiToken)
 class ApiTokenAdmin(admin.ModelAdmin):
-    """Tokens are shown once, when created; only their hash is kept."""
+    """Tokens are shown once, when created; only their hash is kept. Revoking is final."""
 
-    list_display = ("prefix", "user", "name", "created_at", "last_used_at")
+    list_display = ("prefix", "user", "name", "scope_list", "state", "expires_at", "created_at", "last_used_at")
     list_select_related = ("user",)
     search_fields = ("user__username", "name", "prefix")
     form = ApiTokenForm
+    actions = ["revoke"]
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj):
+        return ", ".join(obj.scopes)
+
+    @admin.display(description="state")
+    def state(self, obj):
+        if obj.revoked_at:
+            return f"revoked {obj.revoked_at:%Y-%m-%d %H:%M}"
+        return "active" if obj.is_usable(timezone.now()) else "expired"
+
+    @admin.action(description="Revoke the selected tokens (they stop working at once)")
+    def revoke(self, request, queryset):
+        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
+        messages.success(request, f"Revoked {count} token(s).")
 
     def get_fields(self, request, obj=None):
-        return ("user", "name") if obj is None else ("user", "name", "prefix", "created_at", "last_used_at")
+        if obj is None:
+            return ("user", "name", "access", "expires_at")
+        return ("user", "name", "scope_list", "state", "prefix", "expires_at", "created_at", "last_used_at")
 
     def get_readonly_fields(self, request, obj=None):
-        return () if obj is None else ("user", "prefix", "created_at", "last_used_at")
+        if obj is None:
+            return ()
+        return ("user", "scope_list", "state", "prefix", "expires_at", "created_at", "last_used_at")
 
     def save_model(self, request, obj, form, change):
         if change:
             return super().save_model(request, obj, form, change)
-        row, token = ApiToken.issue(obj.user, name=obj.name)
-        obj.pk, obj.prefix, obj.digest = row.pk, row.prefix, row.digest
+        row, token = ApiToken.issue(obj.user, name=obj.name, scopes=[form.cleaned_data["access"]],
+                                    expires_at=obj.expires_at)
+        obj.pk, obj.prefix, obj.digest, obj.scopes = row.pk, row.prefix, row.digest, row.scopes
         messages.warning(request, f"The new token is {token} — copy it now: it is not shown again.")

@@ -183,13 +183,29 @@ class Import(models.Model):
         return f"import {self.pk} ({self.status})"
 
 
+def full_scope():
+    return [ApiToken.FULL]
+
+
 class ApiToken(models.Model):
-    """A bearer token for the JSON API; only its SHA-256 is stored."""
+    """A bearer token for the JSON API; only its SHA-256 is stored.
+
+    A token acts as its user, narrowed by its scopes: ``*`` (all the user may do),
+    ``read`` (every ``view_`` permission) or single permissions (``app.codename``).
+    An expired or revoked token is refused like an unknown one.
+    """
+
+    FULL, READ = "*", "read"
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100, blank=True, default="")
     prefix = models.CharField(max_length=12, editable=False)
     digest = models.CharField(max_length=64, unique=True, editable=False)
+    scopes = models.JSONField(default=full_scope,
+                              help_text='"*" for everything the user may do, "read" for read-only, or permissions '
+                                        'such as "campaigns.view_campaign".')
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Refused from this time on; empty: never.")
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
 
@@ -201,11 +217,20 @@ class ApiToken(models.Model):
         return hashlib.sha256(token.encode()).hexdigest()
 
     @classmethod
-    def issue(cls, user, name=""):
+    def issue(cls, user, name="", scopes=(FULL,), expires_at=None):
         """Create a token and return (row, the token in clear: shown once)."""
         token = "hrld_" + secrets.token_urlsafe(32)
-        row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token))
+        row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token),
+                                 scopes=list(scopes), expires_at=expires_at)
         return row, token
+
+    def is_usable(self, now) -> bool:
+        return self.revoked_at is None and (self.expires_at is None or self.expires_at > now)
+
+    def allows(self, perm: str) -> bool:
+        """Whether the scopes cover ``perm`` (``app_label.codename``); the user's own permissions still apply."""
+        return (self.FULL in self.scopes or perm in self.scopes
+                or (self.READ in self.scopes and perm.partition(".")[2].startswith("view_")))
 
 
 class Template(models.Model):

@@ -14,13 +14,14 @@ class BearerToken(HttpBearer):
 
     def authenticate(self, request, token):
         row = ApiToken.objects.select_related("user").filter(digest=ApiToken.hash(token)).first()
-        if row is None or not row.user.is_active:
+        now = timezone.now()
+        if row is None or not row.user.is_active or not row.is_usable(now):
             return None
         # One write per minute at most, not one per request.
-        now = timezone.now()
         if row.last_used_at is None or (now - row.last_used_at).total_seconds() > 60:
             ApiToken.objects.filter(pk=row.pk).update(last_used_at=now)
         request.user = row.user
+        request.api_token = row
         # Set by herald.permissions.requires on the operation: refuse before the body is read.
         if perm := getattr(request, "required_permission", None):
             require(request, perm)

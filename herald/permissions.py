@@ -14,9 +14,15 @@ from ninja.errors import HttpError
 
 
 def require(request, perm):
-    """Refuse with a 403 that names ``perm`` (``app_label.codename``) unless the caller holds it."""
+    """Refuse with a 403 that names ``perm`` (``app_label.codename``) unless the caller holds it.
+
+    A call made with an API token needs ``perm`` in the token's scopes as well as the user's.
+    """
     if not request.user.has_perm(perm):
         raise HttpError(403, f"this needs the {perm} permission")
+    token = getattr(request, "api_token", None)
+    if token is not None and not token.allows(perm):
+        raise HttpError(403, f"this token's scopes do not include {perm}")
 
 
 def requires(perm):
