@@ -16,6 +16,7 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
+from campaigns import audit
 from campaigns.exports import contact_rows
 from campaigns.imports import ImportRejected, check_encoding, parse_delimiter
 from campaigns.models import ApiToken, Contact, Import, MailingList, Subscription
@@ -250,8 +251,11 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected tokens (they stop working at once)")
     def revoke(self, request, queryset):
-        count = queryset.filter(revoked_at=None).update(revoked_at=timezone.now())
-        messages.success(request, f"Revoked {count} token(s).")
+        revoking = list(queryset.filter(revoked_at=None))
+        ApiToken.objects.filter(pk__in=[t.pk for t in revoking]).update(revoked_at=timezone.now())
+        for token in revoking:
+            audit.record("token.revoke", token)
+        messages.success(request, f"Revoked {len(revoking)} token(s).")
 
     def get_fields(self, request, obj=None):
         if obj is None:

@@ -4,3 +4,13 @@ from django.apps import AppConfig
 class CampaignsConfig(AppConfig):
     name = "campaigns"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from campaigns import audit
+        from campaigns.models import Campaign, Suppression, Template
+
+        # What people change by hand that the audit log keeps; lifecycle actions,
+        # imports, exports and tokens are recorded where they happen.
+        audit.watch(Campaign)
+        audit.watch(Template)
+        audit.watch(Suppression)

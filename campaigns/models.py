@@ -6,6 +6,7 @@ import secrets
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 from email_validator import EmailNotValidError, validate_email
 
 
@@ -222,6 +223,10 @@ class ApiToken(models.Model):
         token = "hrld_" + secrets.token_urlsafe(32)
         row = cls.objects.create(user=user, name=name, prefix=token[:12], digest=cls.hash(token),
                                  scopes=list(scopes), expires_at=expires_at)
+        from campaigns import audit
+
+        audit.record("token.create", row, user=user.get_username(), scopes=row.scopes,
+                     expires_at=expires_at.isoformat() if expires_at else None)
         return row, token
 
     def is_usable(self, now) -> bool:
@@ -301,3 +306,39 @@ class CampaignLink(models.Model):
 
     def __str__(self):
         return self.url
+
+
+class AuditEntry(models.Model):
+    """One operator action that matters, kept for good: who did what to which object, when and from where.
+
+    Append-only: rows are written through ``campaigns.audit.record`` and never changed or deleted
+    (on PostgreSQL a trigger refuses UPDATE and DELETE as well).
+    """
+
+    at = models.DateTimeField(default=timezone.now, db_index=True, editable=False)
+    actor = models.CharField(max_length=150, blank=True, default="", editable=False,
+                             help_text="User name; empty for the system (scheduler, command line, engine).")
+    actor_id = models.IntegerField(null=True, blank=True, editable=False)
+    via = models.CharField(max_length=10, editable=False)  # admin, api, system
+    address = models.GenericIPAddressField(null=True, blank=True, editable=False)
+    action = models.CharField(max_length=60, db_index=True, editable=False)  # e.g. campaign.pause
+    object_type = models.CharField(max_length=60, blank=True, default="", editable=False)
+    object_id = models.CharField(max_length=40, blank=True, default="", editable=False)
+    object_repr = models.CharField(max_length=200, blank=True, default="", editable=False)
+    detail = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self):
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.actor or 'system'} {self.action} {self.object_repr}"
+
+    def save(self, *args, **kwargs):
+        if self.pk is not None:
+            raise PermissionError("the audit log is append-only")
+        super().save(*args, **kwargs)
+
+    def delete(self, *args, **kwargs):
+        raise PermissionError("the audit log is append-only")

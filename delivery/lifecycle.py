@@ -8,6 +8,7 @@ from django.db import transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from campaigns import audit
 from campaigns.models import Campaign
 from delivery import dispatch, engine, planner
 from delivery.models import Send
@@ -33,6 +34,13 @@ def _refuse(campaign, action, allowed):
     )
 
 
+def _recorded(action, campaign_id, **detail) -> Campaign:
+    """The campaign as it is now, with the action in the audit log."""
+    campaign = _get(campaign_id)
+    audit.record(action, campaign, **detail)
+    return campaign
+
+
 def start_campaign(campaign_id) -> Campaign:
     """Snapshot the audience into Send rows and enqueue them. Called by the scheduler, API, admin and CLI."""
     with transaction.atomic():
@@ -51,7 +59,7 @@ def start_campaign(campaign_id) -> Campaign:
     if total:
         dispatch.enqueue_campaign(campaign.pk)
     engine.settle_campaigns([campaign.pk])
-    return _get(campaign.pk)
+    return _recorded("campaign.start", campaign.pk, recipients=total)
 
 
 def schedule_campaign(campaign_id, at) -> Campaign:
@@ -64,7 +72,7 @@ def schedule_campaign(campaign_id, at) -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "be scheduled", STARTABLE)
-    return _get(campaign_id)
+    return _recorded("campaign.schedule", campaign_id, at=at.isoformat())
 
 
 def pause_campaign(campaign_id, reason="") -> Campaign:
@@ -74,7 +82,7 @@ def pause_campaign(campaign_id, reason="") -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "pause", [Campaign.Status.SENDING])
-    return _get(campaign_id)
+    return _recorded("campaign.pause", campaign_id, reason=reason)
 
 
 def resume_campaign(campaign_id) -> Campaign:
@@ -86,7 +94,7 @@ def resume_campaign(campaign_id) -> Campaign:
         _refuse(_get(campaign_id), "resume", [Campaign.Status.PAUSED])
     dispatch.enqueue_campaign(campaign_id)
     engine.settle_campaigns([campaign_id])
-    return _get(campaign_id)
+    return _recorded("campaign.resume", campaign_id)
 
 
 def cancel_campaign(campaign_id) -> Campaign:
@@ -100,7 +108,7 @@ def cancel_campaign(campaign_id) -> Campaign:
     if not updated:
         _refuse(_get(campaign_id), "be cancelled", allowed)
     engine.settle_campaigns([campaign_id])
-    return _get(campaign_id)
+    return _recorded("campaign.cancel", campaign_id)
 
 
 def counts(campaign_id) -> dict:

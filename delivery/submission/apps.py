@@ -6,3 +6,9 @@ class SubmissionConfig(AppConfig):
     label = "submission"
     verbose_name = "SMTP submission"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from campaigns import audit
+        from delivery.submission.models import SmtpCredential
+
+        audit.watch(SmtpCredential, "smtp_credential")

@@ -1,0 +1,28 @@
+"""The audit log in the admin: readable by whoever holds view_auditentry, changeable by nobody."""
+
+from django.contrib import admin
+
+from campaigns.models import AuditEntry
+
+
+@admin.register(AuditEntry)
+class AuditEntryAdmin(admin.ModelAdmin):
+    list_display = ("at", "actor_or_system", "via", "action", "object_repr", "address")
+    list_filter = ("action", "via")
+    search_fields = ("actor", "object_repr", "action", "object_id")
+    date_hierarchy = "at"
+    fields = ("at", "actor", "via", "address", "action", "object_type", "object_id", "object_repr", "detail")
+    readonly_fields = fields
+
+    @admin.display(description="who", ordering="actor")
+    def actor_or_system(self, obj):
+        return obj.actor or "system"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
