@@ -11,6 +11,10 @@ touching the database, so it is fast and testable alone. It understands
 - anything else that reached a VERP address (an MTA's home-made bounce text):
   the signed token identifies the send and the text decides hard or soft.
 
+Parsing believes nothing: a Report carries what the message claims, and
+tracking.feedback decides whether a valid token or Message-ID ties it to a Send.
+Replies are read by delivery.classify, the engine's one classifier.
+
 Garbage never raises: a message that cannot be read yields no Report.
 """
 
@@ -55,6 +59,9 @@ class Report:
     send_id: int | None = None
     message_id: str = ""  # Message-ID of the original message, without <>
     feedback_type: str = ""
+    # False when the recipient is only the returned message's To header, which
+    # feedback loops redact: it then names nobody in particular.
+    recipient_named: bool = True
 
 
 def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
@@ -226,13 +233,14 @@ def _arf(msg, feedback, send_id):
     if send_id is None and original is not None:
         send_id = token_in(str(original.get("Return-Path", "")).encode())
     recipient = _address(fields.get("Original-Rcpt-To") or fields.get("Removal-Recipient") or "")
+    named = bool(recipient)
     if not recipient and original is not None:
         recipient = _address(original.get("To", ""))
-    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type)]
+    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type, named)]
 
 
 def _non_standard(msg, send_id):
-    """A bounce in free text: only trusted with a valid VERP token or a clear failure notice."""
+    """A bounce in free text: read when it carries a VERP token or is clearly a failure notice."""
     text = next((_text(part) for ctype, part in msg.walk() if ctype.startswith("text/")), "")
     headers = msg.msg
     headline = f"{headers.get('From', '')} {headers.get('Subject', '')}"
