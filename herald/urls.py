@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from herald.api import api
+from tracking import webhooks_urls
 
 urlpatterns = [
     # Campaign lifecycle pages; before admin/ so the admin site does not claim them.
@@ -11,6 +12,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),
-    # ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/
-    path("webhooks/anymail/", include("anymail.urls")),
 ]
+# ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/: only with ANYMAIL_WEBHOOK_SECRET set.
+urlpatterns += webhooks_urls.urlpatterns()
