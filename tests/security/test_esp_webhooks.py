@@ -10,6 +10,7 @@ import json
 import pytest
 from django.conf import settings
 from django.core import checks
+from django.test import override_settings
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
 from tests.support.urls import url_settings
@@ -100,8 +101,6 @@ def test_an_event_about_a_send_of_this_herald_applies(client, ceo, ceo_send):
 
 
 def deploy_errors(**overrides):
-    from django.test import override_settings
-
     with override_settings(**overrides):
         return {m.id for m in checks.run_checks(include_deployment_checks=True) if m.id.startswith("tracking.")}
 

@@ -20,10 +20,9 @@ def reload_urls():
 @contextmanager
 def url_settings(**overrides):
     """override_settings for settings read by the URLconf; the shipped URLs come back afterwards."""
-    with override_settings(**overrides):
-        reload_urls()
-        try:
+    try:
+        with override_settings(**overrides):
+            reload_urls()
             yield
-        finally:
-            pass
-    reload_urls()
+    finally:
+        reload_urls()
