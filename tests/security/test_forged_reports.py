@@ -138,3 +138,18 @@ def test_the_bounce_server_trusts_the_token_not_the_report(executives):
         server.stop()
     assert_nobody_suppressed(ceo, cfo)
     assert_unverified(Event.objects.all(), CEO, CFO)
+
+
+@pytest.mark.django_db
+def test_forged_soft_bounces_do_not_count_toward_suppression(settings, campaign, executives):
+    settings.HERALD_SOFT_BOUNCE_LIMIT = 2
+    (ceo, ceo_send), _ = executives
+    forged = undelivered_without_token(CEO).replace(b"550 5.1.1 User unknown", b"552 5.2.2 Mailbox full")
+    for n in range(3):
+        process_message(forged.replace(b"could not", b"could not (%d)" % n), "", source="imap")
+    assert Event.objects.filter(type="soft_bounce", send=None).count() == 3
+    # One real soft bounce is one, not the fourth.
+    verp = tokens.verp_address(ceo_send.pk)
+    (event,) = process_message(samples.postfix(verp, CEO, ceo_send.message_id, status="5.2.2", text="Mailbox full"), verp)
+    assert (event.type, event.send_id) == ("soft_bounce", ceo_send.pk)
+    assert_nobody_suppressed(ceo)
