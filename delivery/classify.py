@@ -1,7 +1,35 @@
 """What an SMTP reply means for one recipient, and when to try again.
 
-``classify_reply(code, text) -> Outcome`` is the one place that reads replies:
-the engine, the retry schedule and the throttles act on its verdict.
+One reading of replies for all of Herald: the engine reads the reply it gets
+at send time through ``classify_reply(code, text) -> Outcome``, and tracking
+reads the same reply when it comes back later (a DSN's Status and
+Diagnostic-Code, an ESP's webhook, a home-made bounce text) through
+``judge(code, text, status) -> Verdict``. Both act on one verdict:
+
+========  ==============================================  ======================  ==================
+verdict   meaning                                         engine                  tracking
+========  ==============================================  ======================  ==================
+hard      the address is dead                             bounced, suppressed     bounce, suppressed
+soft      permanent for this message, the mailbox may     failed                  soft bounce (counted)
+          recover (full, its system not accepting)
+policy    the receiver refused the sender or the message  failed                  rejected
+          (reputation, authentication, content, size)
+transient any 4.x.x / 4xx reply                           deferred, retried       soft bounce, or
+                                                                                  rejected for 4.7.x
+========  ==============================================  ======================  ==================
+
+How a reply is read (RFC 3463 §2–3, RFC 5321 §4.2):
+
+1. The enhanced status code decides first: a DSN's Status field, else the
+   first code in the text. A bare ``x.0.0`` gives way to a more precise code of
+   the same class in the text (Exim writes ``Status: 5.0.0`` over ``550 5.1.1``).
+   Its class decides permanence: 2 delivered, 4 transient, 5 permanent; its
+   subject and detail decide what failed (``_PERMANENT`` below).
+2. Without an enhanced code, the basic reply code does (``_BASIC`` below).
+3. Words in the text only break ties: where the code is generic (5.0.0, an
+   "other" detail such as 5.2.0, a bare 550 or 554) or absent. A refusal of the
+   sender outranks a full or temporary mailbox, which outranks a dead one: with
+   contradictory words Herald never suppresses at once.
 """
 
 import random
@@ -11,25 +39,99 @@ from datetime import timedelta
 
 from django.conf import settings
 
+# The engine's outcomes for one recipient.
 SENT = "sent"
 DEFERRED = "deferred"
 BOUNCED = "bounced"
 FAILED = "failed"
 
-# RFC 3463 enhanced status code at the start of the text: "5.1.1 no such user".
-_STATUS = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
-# Providers often answer 550 with no enhanced code, or a wrong one: the text
-# tells a dead mailbox from a policy refusal.
-_UNKNOWN_USER = re.compile(
-    r"user unknown|unknown user|no such user|no such mailbox|mailbox unavailable|mailbox not found|"
-    r"does not exist|doesn'?t exist|invalid recipient|recipient rejected|address rejected|"
-    r"unknown recipient|account (?:has been )?disabled|no mailbox|not a valid mailbox|unrouteable",
-    re.IGNORECASE,
+# Verdicts on a reply (the table above).
+DELIVERED = "delivered"
+HARD = "hard"
+SOFT = "soft"
+POLICY = "policy"
+UNKNOWN = "unknown"  # no code and no telling words
+
+# RFC 3463 enhanced status code, not part of a longer dotted number (an IP address).
+STATUS_CODE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)")
+# RFC 5321 basic reply code: "550 …", "550-…", "smtp; 550 …".
+BASIC_CODE = re.compile(r"(?:^|[\s(;:])([245]\d\d)(?=[\s-]|$)")
+
+# Words, for ties only (see the module docstring). A refusal of the sender
+# first, then a full or temporarily unavailable mailbox, then a dead one.
+_POLICY_WORDS = re.compile(
+    r"block(?:ed|list|ing)|blacklist|denylist|spam|reputation|policy|not authori[sz]ed|unauthenticated|authenticat"
+    r"|\bspf\b|\bdkim\b|\bdmarc\b|relay(?:ing)? (?:access )?denied|sender (?:address )?rejected|sender domain"
+    r"|message (?:size|too (?:big|large))|size exceeds|too (?:big|large)|content rejected",
+    re.I,
 )
+_SOFT_WORDS = re.compile(
+    r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the |its )?(?:storage|quota)|insufficient (?:storage|space)"
+    r"|temporar|try (?:again )?later|come back later|greylist|rate limit|too many|too quickly|timed? ?out"
+    r"|connection refused|out of resources",
+    re.I,
+)
+_HARD_WORDS = re.compile(
+    r"user unknown|unknown (?:user|recipient)|no such (?:user|mailbox|recipient|address|account)|does ?n[o']t exist"
+    r"|not exist|doesn'?t have an? [\w.-]+ account|invalid (?:recipient|mailbox|address|user)"
+    r"|recipient (?:address )?rejected|address rejected|mailbox (?:not found|disabled|does not)|no mailbox"
+    r"|not a valid mailbox|account (?:has been |is )?(?:disabled|deactivated|closed)|unrout(?:e)?able"
+    r"|host not found|domain not found|nonexistent domain|no mx|null mx|recipient not found|user not found"
+    r"|address not found|undeliverable address|not our customer|bad destination mailbox",
+    re.I,
+)
+# The engine slows a destination down on these (with any 421 and any 4.7.x).
 _THROTTLE = re.compile(
     r"rate limit|too many|throttl|try again later|temporarily deferred|slow down|exceeded|unusual rate",
     re.IGNORECASE,
 )
+
+
+@dataclass(frozen=True)
+class Rule:
+    kind: str
+    words: bool = False  # a generic code: telling words in the text may overrule ``kind``
+
+
+# Permanent enhanced codes, 5.<subject>.<detail>, by (subject, detail) and then
+# (subject, None) for the rest of the subject (RFC 3463 §3).
+_PERMANENT = {
+    ("0", None): Rule(SOFT, words=True),  # 5.0.0: other or undefined
+    ("1", None): Rule(HARD),  # bad mailbox (1.1), domain (1.2), syntax (1.3), moved (1.6), null MX (1.10)
+    ("1", "0"): Rule(HARD, words=True),  # other address status
+    ("1", "7"): Rule(POLICY),  # the sender's address is bad: our side, not the recipient's
+    ("1", "8"): Rule(POLICY),
+    ("2", None): Rule(SOFT, words=True),  # mailbox status, other
+    ("2", "1"): Rule(HARD),  # mailbox disabled
+    ("2", "2"): Rule(SOFT),  # mailbox full: persistent, not permanent
+    ("2", "3"): Rule(POLICY),  # message longer than the mailbox takes
+    ("3", None): Rule(SOFT, words=True),  # the receiving system is full or not accepting mail
+    ("3", "4"): Rule(POLICY),  # message too big for the system
+    ("4", None): Rule(SOFT, words=True),  # network and routing: no answer, expired, …
+    ("4", "4"): Rule(HARD),  # unable to route: the domain has no mail host
+    ("5", None): Rule(POLICY, words=True),  # protocol: a fault of the sending side
+    ("6", None): Rule(POLICY),  # media and content
+    ("7", None): Rule(POLICY),  # security and policy: reputation, authentication, blocklists
+}
+# Permanent basic codes, when the reply carries no enhanced code (RFC 5321 §4.2.2, RFC 7504).
+_BASIC = {
+    550: Rule(SOFT, words=True),  # "mailbox unavailable": not found, no access and policy alike
+    551: Rule(HARD),  # user not local
+    552: Rule(SOFT, words=True),  # exceeded storage allocation
+    553: Rule(HARD, words=True),  # mailbox name not allowed
+    554: Rule(POLICY, words=True),  # transaction failed
+    521: Rule(HARD),  # the host accepts no mail
+    556: Rule(HARD),  # the domain accepts no mail (null MX)
+}
+_OTHER_PERMANENT = Rule(POLICY)  # 500–504 syntax, 530/535 authentication: the sending side
+
+
+@dataclass(frozen=True)
+class Verdict:
+    kind: str  # delivered | hard | soft | policy | unknown
+    transient: bool = False  # 4.x.x / 4xx: try again later
+    status: str = ""  # the enhanced code it was read from
+    throttle: bool = False  # the destination asks the sender to slow down
 
 
 @dataclass(frozen=True)
@@ -49,30 +151,70 @@ class Outcome:
         return f"{self.code} {self.text}".strip() if self.code else self.text
 
 
-def enhanced_status(text: str) -> str:
-    match = _STATUS.match(text or "")
-    return ".".join(match.groups()) if match else ""
+def best_status(status: str = "", text: str = "") -> str:
+    """The enhanced code: the Status field, unless absent or a bare x.0.0 and the text has a precise one."""
+    match = STATUS_CODE.search(status or "")
+    code = ".".join(match.groups()) if match else ""
+    if not code or code.endswith(".0.0"):
+        found = STATUS_CODE.search(text or "")
+        if found and (not code or found.group(1) == code[0]):
+            return ".".join(found.groups())
+    return code
+
+
+def basic_code(text: str) -> int | None:
+    match = BASIC_CODE.search(text or "")
+    return int(match.group(1)) if match else None
+
+
+def hint(text: str) -> str:
+    """The verdict the words of a reply suggest, or ""."""
+    for kind, words in ((POLICY, _POLICY_WORDS), (SOFT, _SOFT_WORDS), (HARD, _HARD_WORDS)):
+        if words.search(text or ""):
+            return kind
+    return ""
+
+
+def judge(code: int | None = None, text: str = "", status: str = "") -> Verdict:
+    """The verdict on a reply: its basic code (else the first in ``text``), its text, and a DSN's Status field."""
+    text = text or ""
+    if code is None:
+        code = basic_code(text)
+    enhanced = best_status(status, text)
+    if enhanced:
+        klass, subject, detail = enhanced.split(".")
+    elif code:
+        klass, subject, detail = str(code)[0], "", ""
+    else:
+        return Verdict(hint(text) or UNKNOWN)
+    if klass == "2":
+        return Verdict(DELIVERED, status=enhanced)
+    if klass == "4" or code == 421:  # 421: the server is closing the session, whatever else it says
+        throttle = code == 421 or subject == "7" or bool(_THROTTLE.search(text))
+        return Verdict(POLICY if subject == "7" else SOFT, transient=True, status=enhanced, throttle=throttle)
+    if klass != "5":
+        return Verdict(UNKNOWN, status=enhanced)
+    if enhanced:
+        rule = _PERMANENT.get((subject, detail)) or _PERMANENT.get((subject, None)) or Rule(SOFT, words=True)
+    else:
+        rule = _BASIC.get(code, _OTHER_PERMANENT)
+    kind = (hint(text) or rule.kind) if rule.words else rule.kind
+    return Verdict(kind, status=enhanced)
 
 
 def classify_reply(code: int | None, text: str = "") -> Outcome:
-    """Classify one recipient's reply; ``code=None`` means the connection broke or timed out."""
+    """Classify one recipient's reply at send time; ``code=None`` means the connection broke or timed out."""
     text = (text or "").strip()
     if code is None:
         return Outcome(DEFERRED, None, text or "connection lost")
-    status = enhanced_status(text)
-    subject = status.split(".")[1] if status else ""
     if 200 <= code < 300:
         return Outcome(SENT, code, text)
-    if 400 <= code < 500:
-        throttle = code == 421 or subject == "7" or bool(_THROTTLE.search(text))
-        return Outcome(DEFERRED, code, text, throttle=throttle)
-    if 500 <= code < 600:
-        if subject == "7":
-            # Policy (reputation, authentication, content): the address is fine.
-            return Outcome(FAILED, code, text)
-        if subject == "1" or _UNKNOWN_USER.search(text):
-            return Outcome(BOUNCED, code, text, suppress=True)
-        return Outcome(FAILED, code, text)
+    verdict = judge(code, text)
+    if verdict.transient:
+        return Outcome(DEFERRED, code, text, throttle=verdict.throttle)
+    if verdict.kind == HARD:
+        return Outcome(BOUNCED, code, text, suppress=True)
+    # Soft, policy and the unreadable: this message failed, the address stays.
     return Outcome(FAILED, code, text or "unexpected reply")
 
 

@@ -230,10 +230,13 @@ EMAIL_HOST = envstr("EMAIL_HOST", "127.0.0.1")
 EMAIL_PORT = envint("EMAIL_PORT", 25, minimum=1)
 DEFAULT_FROM_EMAIL = envstr("DEFAULT_FROM_EMAIL", "herald@localhost")
 
+# ESP tracking webhooks (/webhooks/anymail/<esp>/tracking/) exist only when this
+# "user:password" is set; each request must carry it as HTTP basic auth. Unset
+# (the default), every webhook URL answers 404 (tracking/webhooks_urls.py).
 ANYMAIL = {
     "WEBHOOK_SECRET": envsecret("ANYMAIL_WEBHOOK_SECRET", None),
 }
-# Mailgun signs its webhooks; anymail checks the signature with this key.
+# Mailgun signs its webhooks; anymail checks the signature with this key as well.
 if envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", ""):
     ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", "")
 

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from herald import login
 from herald.api import api
+from tracking import webhooks_urls
 
 login.install(admin.site)
 
@@ -15,6 +16,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),
-    # ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/
-    path("webhooks/anymail/", include("anymail.urls")),
 ]
+# ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/: only with ANYMAIL_WEBHOOK_SECRET set.
+urlpatterns += webhooks_urls.urlpatterns()

@@ -5,6 +5,10 @@ It is never a relay: RCPT is accepted only for ``bounces+<token>@`` and
 every other recipient gets a 5xx. Messages are size-limited (ESMTP SIZE),
 simultaneous connections are capped, and whatever a message contains, the
 client gets an answer and the server keeps running: parse errors are logged.
+
+A token that verifies lets a message in; it does not make its contents true.
+tracking.feedback applies a report only to the Send its token or Message-ID
+names (never to "the newest send" of an address the report mentions).
 """
 
 import asyncio

@@ -11,6 +11,10 @@ touching the database, so it is fast and testable alone. It understands
 - anything else that reached a VERP address (an MTA's home-made bounce text):
   the signed token identifies the send and the text decides hard or soft.
 
+Parsing believes nothing: a Report carries what the message claims, and
+tracking.feedback decides whether a valid token or Message-ID ties it to a Send.
+Replies are read by delivery.classify, the engine's one classifier.
+
 Garbage never raises: a message that cannot be read yields no Report.
 """
 
@@ -20,35 +24,22 @@ from dataclasses import dataclass
 from email import message_from_bytes
 from email.parser import HeaderParser
 
+from delivery import classify as replies
+from delivery.classify import best_status
 from delivery.tokens import unsign
 
 log = logging.getLogger(__name__)
 
-HARD = "hard"
-SOFT = "soft"
+HARD = replies.HARD
+SOFT = replies.SOFT
+POLICY = replies.POLICY  # the receiver refused the sender or the message, not the mailbox
+DELIVERED = replies.DELIVERED
+UNKNOWN = replies.UNKNOWN
 DELAYED = "delayed"
-POLICY = "policy"  # x.7.x: the receiver refused the sender, not the mailbox
 COMPLAINT = "complaint"
-DELIVERED = "delivered"
-UNKNOWN = "unknown"
 
-# What providers write when the mailbox is gone, and when it is only unavailable
-# for now. RFC 3463 codes are used inconsistently, so the text weighs in too.
-_HARD_TEXT = re.compile(
-    r"user unknown|unknown user|no such (?:user|mailbox|recipient|address|account)|does ?n[o']t exist|not exist"
-    r"|invalid (?:recipient|mailbox|address|user)|recipient (?:address )?rejected|address rejected"
-    r"|mailbox (?:unavailable|not found|disabled|does not)|account (?:has been |is )?(?:disabled|deactivated|closed)"
-    r"|unrout(?:e)?able|host not found|domain not found|no mx|recipient not found|undeliverable address"
-    r"|not our customer|user not found|bad destination mailbox",
-    re.I,
-)
-_SOFT_TEXT = re.compile(
-    r"mailbox (?:is )?full|over ?quota|quota exceeded|exceeded (?:the |its )?(?:storage|quota)|insufficient (?:storage|space)"
-    r"|temporar|try (?:again )?later|greylist|rate limit|too many|timed? ?out|connection refused|out of resources",
-    re.I,
-)
-_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_CODE = re.compile(r"(?:^|[\s(;:])([245])\d\d(?=[\s-])")
+__all__ = ["best_status", "classify", "parse", "token_in", "Report"]
+
 _VERP = re.compile(rb"\b(bounces|unsubscribe)\+([0-9a-z]{1,20}(?:-[0-9a-z]{1,20}){1,3})@", re.I)
 _BOUNCE_HINT = re.compile(
     r"mailer-daemon|postmaster|undeliver|delivery (?:status|has failed|failure|incomplete)|returned mail|failure notice"
@@ -68,47 +59,29 @@ class Report:
     send_id: int | None = None
     message_id: str = ""  # Message-ID of the original message, without <>
     feedback_type: str = ""
+    # False when the recipient is only the returned message's To header, which
+    # feedback loops redact: it then names nobody in particular.
+    recipient_named: bool = True
 
 
 def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
-    """Hard, soft, delayed, policy, delivered or unknown, from a DSN's fields or a bare text."""
+    """Hard, soft, delayed, policy, delivered or unknown, from a DSN's fields or a bare text.
+
+    The reply is read by delivery's one classifier, as the engine reads it at
+    send time; a DSN that reports a transient reply as failed (the reporting MTA
+    gave up retrying) is a soft bounce, or a policy refusal for 4.7.x.
+    """
     action = action.strip().lower()
     if action == "delayed":
         return DELAYED
     if action in ("delivered", "relayed", "expanded"):
         return DELIVERED
-    code = best_status(status, diagnostic)
-    if code:
-        klass, subject, detail = code.split(".")
-        if klass == "2":
-            return DELIVERED
-        if subject == "7" and not _HARD_TEXT.search(diagnostic):
-            return POLICY
-        if klass == "4":
-            return SOFT
-        # 5.2.2 is "mailbox full": persistent but not permanent (RFC 3463).
-        if (subject, detail) == ("2", "2") or (detail == "0" and _SOFT_TEXT.search(diagnostic)):
-            return SOFT
-        return HARD
-    if _HARD_TEXT.search(diagnostic):
-        return HARD
-    if _SOFT_TEXT.search(diagnostic):
+    verdict = replies.judge(None, diagnostic, status)
+    if verdict.transient:
+        return POLICY if verdict.kind == POLICY else SOFT
+    if verdict.kind == UNKNOWN and action == "failed":
         return SOFT
-    match = _SMTP_CODE.search(diagnostic)
-    if match:
-        return HARD if match.group(1) == "5" else SOFT
-    return UNKNOWN if action != "failed" else SOFT
-
-
-def best_status(status: str, diagnostic: str) -> str:
-    """The Status field, unless it is a bare x.0.0 and the diagnostic names a precise code."""
-    match = _STATUS.search(status or "")
-    code = ".".join(match.groups()) if match else ""
-    if not code or code.endswith(".0.0"):
-        found = _STATUS.search(diagnostic or "")
-        if found and (not code or found.group(1) == code[0]):
-            return ".".join(found.groups())
-    return code
+    return verdict.kind
 
 
 def token_in(raw: bytes, envelope_rcpt: str = "", purpose: str = "bounce"):
@@ -260,13 +233,14 @@ def _arf(msg, feedback, send_id):
     if send_id is None and original is not None:
         send_id = token_in(str(original.get("Return-Path", "")).encode())
     recipient = _address(fields.get("Original-Rcpt-To") or fields.get("Removal-Recipient") or "")
+    named = bool(recipient)
     if not recipient and original is not None:
         recipient = _address(original.get("To", ""))
-    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type)]
+    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type, named)]
 
 
 def _non_standard(msg, send_id):
-    """A bounce in free text: only trusted with a valid VERP token or a clear failure notice."""
+    """A bounce in free text: read when it carries a VERP token or is clearly a failure notice."""
     text = next((_text(part) for ctype, part in msg.walk() if ctype.startswith("text/")), "")
     headers = msg.msg
     headline = f"{headers.get('From', '')} {headers.get('Subject', '')}"
@@ -288,6 +262,6 @@ def _diagnostic_line(text: str) -> str:
     """The line of a bounce text that explains the failure."""
     for line in text.splitlines():
         line = line.strip()
-        if _STATUS.search(line) or _SMTP_CODE.search(line) or _HARD_TEXT.search(line) or _SOFT_TEXT.search(line):
+        if replies.STATUS_CODE.search(line) or replies.BASIC_CODE.search(line) or replies.hint(line):
             return line[:1000]
     return ""

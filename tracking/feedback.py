@@ -3,8 +3,20 @@
 Policy: a hard bounce or a complaint suppresses the address at once; soft
 bounces suppress it after HERALD_SOFT_BOUNCE_LIMIT of them within
 HERALD_SOFT_BOUNCE_WINDOW_DAYS; a delay is recorded and nothing more; a policy
-refusal (x.7.x: the receiver rejected the sender) is recorded without
+refusal (the receiver rejected the sender or the message) is recorded without
 suppressing the recipient, whose mailbox is fine.
+
+Trust: anyone can mail the bounce mailbox or the bounce domain, so what a
+report says is believed only when it is tied to a Send of this Herald by
+
+- a valid VERP token (signed with SECRET_KEY, so only Herald can make one, and
+  each one went out in the envelope of exactly one Send), or
+- the exact Message-ID of a Send (Herald writes 72 random bits into each) whose
+  recipient is the one the report names; a report that names nobody (a
+  redacted complaint) matches through a Message-ID only one Send carries.
+
+A report tied to no Send is recorded as an unverified Event (no Send, no
+contact, no campaign) and suppresses no one, whatever address it names.
 """
 
 import hashlib
@@ -15,7 +27,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from campaigns.models import Suppression
+from campaigns.models import Suppression, email_key
 from campaigns.suppression import suppress
 from delivery.models import Send
 from tracking import bounces
@@ -82,19 +94,29 @@ def apply(report, raw: bytes = b"", source: str = "bounce-server"):
     )
     if not created:
         return None
+    if send is None:
+        log.info("unverified %s report for %r from %s: no Send of this Herald; recorded, nobody suppressed",
+                 report.kind, email[:200], source)
     apply_policy(event)
     return event
 
 
 def apply_policy(event):
-    """Suppress the address of a new bounce or complaint Event when the policy says so."""
+    """Suppress the address of a new bounce or complaint Event when the policy says so.
+
+    Only an Event tied to a Send counts: an unverified one (no Send) suppresses
+    no one and is not counted toward anyone's soft bounces.
+    """
+    if event.send_id is None:
+        return
     if event.type == Event.Type.BOUNCE:
         suppress(event.email, Suppression.Reason.HARD_BOUNCE, _detail(event), event.pk)
     elif event.type == Event.Type.COMPLAINT:
         suppress(event.email, Suppression.Reason.COMPLAINT, _detail(event), event.pk)
     elif event.type == Event.Type.SOFT_BOUNCE:
         since = timezone.now() - timedelta(days=settings.HERALD_SOFT_BOUNCE_WINDOW_DAYS)
-        count = Event.objects.filter(email=event.email, type=Event.Type.SOFT_BOUNCE, created_at__gte=since).count()
+        count = Event.objects.filter(email=event.email, type=Event.Type.SOFT_BOUNCE, created_at__gte=since,
+                                     send__isnull=False).count()
         if count >= settings.HERALD_SOFT_BOUNCE_LIMIT:
             suppress(event.email, Suppression.Reason.SOFT_BOUNCE, f"{count} soft bounces; last: {_detail(event)}", event.pk)
 
@@ -104,17 +126,16 @@ def _detail(event):
 
 
 def find_send(report):
-    """The Send a report is about: its VERP token, else the original Message-ID, else the newest send to the address."""
+    """The Send a report is about, or None when nothing ties it to one (see the module docstring)."""
     if report.send_id is not None:
         send = Send.objects.filter(pk=report.send_id).first()
         if send is not None:
             return send
-    if report.message_id:
-        send = Send.objects.filter(message_id=report.message_id).order_by("-pk").first()
-        if send is None:
-            send = Send.objects.filter(message_id=f"<{report.message_id}>").order_by("-pk").first()
-        if send is not None:
-            return send
-    if report.recipient and "@" in report.recipient:
-        return Send.objects.filter(email=report.recipient).order_by("-pk").first()
-    return None
+    if not report.message_id:
+        return None
+    # Submitted messages keep their application's Message-ID, which several Sends may share.
+    candidates = list(Send.objects.filter(message_id__in=[report.message_id, f"<{report.message_id}>"])
+                      .order_by("-pk")[:100])
+    if report.recipient_named:
+        return next((s for s in candidates if email_key(s.email) == email_key(report.recipient)), None)
+    return candidates[0] if len(candidates) == 1 else None
