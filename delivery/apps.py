@@ -8,3 +8,6 @@ class DeliveryConfig(AppConfig):
     def ready(self):
         # Connects the relay-change receiver in every process that may save a relay.
         from delivery import routing  # noqa: F401
+
+        # Registers the deployment checks of keys and proxies (check --deploy).
+        from herald import deploy_checks  # noqa: F401
