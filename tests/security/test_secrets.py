@@ -16,7 +16,6 @@ from django.test import RequestFactory, override_settings
 from campaigns.models import Campaign, Contact, MailingList, Subscription
 from delivery import tokens
 from delivery.models import Relay, Send, SendingDomain
-from herald.proxy import TrustedProxyMiddleware
 from tracking.models import Event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -233,6 +232,8 @@ def test_x_forwarded_proto_from_a_trusted_proxy_does(client):
 
 
 def seen_by_views(remote_addr, **headers):
+    from herald.proxy import TrustedProxyMiddleware
+
     seen = {}
 
     def view(request):
