@@ -42,7 +42,9 @@ def keys() -> tuple[str, ...]:
     """The keys that decrypt, the one that encrypts first."""
     derived = [settings.SECRET_KEY, *key_list(getattr(settings, "SECRET_KEY_FALLBACKS", ()))]
     configured = key_list(getattr(settings, "HERALD_ENCRYPTION_KEY", ()))
-    return tuple(dict.fromkeys(configured + derived))
+    # Before several keys were accepted, a key could contain a comma: it still decrypts.
+    whole = [",".join(configured)] if len(configured) > 1 else []
+    return tuple(dict.fromkeys(configured + derived + whole))
 
 
 @lru_cache(maxsize=8)

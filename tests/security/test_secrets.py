@@ -16,6 +16,7 @@ from django.test import RequestFactory, override_settings
 from campaigns.models import Campaign, Contact, MailingList, Subscription
 from delivery import tokens
 from delivery.models import Relay, Send, SendingDomain
+from herald import fields
 from tracking.models import Event
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -255,3 +256,13 @@ def test_x_forwarded_for_names_the_client_nearest_the_trusted_proxies():
     assert seen["addr"] == "198.51.100.7"
     assert seen_by_views("::ffff:10.0.0.1", HTTP_X_FORWARDED_FOR="198.51.100.8")["addr"] == "198.51.100.8"
     assert seen_by_views("10.0.0.2", HTTP_X_FORWARDED_FOR="198.51.100.8")["addr"] == "10.0.0.2"
+
+
+@pytest.mark.django_db
+def test_a_single_old_key_with_a_comma_in_it_still_decrypts():
+    with override_settings(HERALD_ENCRYPTION_KEY=["first half", "second half"]):
+        encrypted = fields.encrypt("s3cret!")
+    # Written as one key "first half,second half" by a version that took the whole string:
+    legacy = fields._PREFIX + fields._fernet_for("first half,second half").encrypt(b"s3cret!").decode()
+    with override_settings(HERALD_ENCRYPTION_KEY=["first half", "second half"]):
+        assert fields.decrypt(encrypted) == fields.decrypt(legacy) == "s3cret!"
