@@ -16,4 +16,6 @@ ENV STATIC_ROOT=/app/static
 USER herald
 
 EXPOSE 8000 2525
-CMD ["gunicorn", "herald.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", "--access-logfile", "-"]
+# Forwarded headers are believed only from HERALD_TRUSTED_PROXIES (deploy/gunicorn.conf.py).
+CMD ["gunicorn", "-c", "deploy/gunicorn.conf.py", "herald.wsgi:application", "--bind", "0.0.0.0:8000", "--workers", "3", \
+     "--access-logfile", "-"]

@@ -14,3 +14,6 @@ class DeliveryConfig(AppConfig):
         audit.watch(Relay)
         audit.watch(DomainThrottle, "throttle")
         audit.watch(SendingDomain)
+
+        # Registers the deployment checks of keys and proxies (check --deploy).
+        from herald import deploy_checks  # noqa: F401

@@ -3,7 +3,10 @@
 A token is ``<send id in base 36>[-<link index>]-<MAC>``: short enough for the
 64-octet local part of a VERP address, lower-case so that MTAs which fold case
 do not break it, and keyed per purpose so an open token is no click token. The
-MAC is 80 bits of HMAC-SHA256 under a key derived from SECRET_KEY.
+MAC is 80 bits of HMAC-SHA256 under a key derived from SECRET_KEY. Tokens are
+always signed with SECRET_KEY and accepted under it or any key in
+SECRET_KEY_FALLBACKS, so links in mail already sent keep working after a
+rotation for as long as the old key stays listed there.
 """
 
 import base64
@@ -29,21 +32,27 @@ def _b36(number: int) -> str:
             return out
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=64)
 def _key(purpose: str, secret: str) -> bytes:
     return hashlib.sha256(f"herald.tokens:{purpose}:{secret}".encode()).digest()
 
 
-def _mac(purpose: str, body: str) -> str:
+def _mac(purpose: str, body: str, secret: str) -> str:
     if purpose not in PURPOSES:
         raise ValueError(f"unknown token purpose {purpose!r}")
-    digest = hmac.new(_key(purpose, settings.SECRET_KEY), body.encode(), hashlib.sha256).digest()
+    digest = hmac.new(_key(purpose, secret), body.encode(), hashlib.sha256).digest()
     return base64.b32encode(digest).decode().lower()[:_MAC_CHARS]
+
+
+def _verifies(purpose: str, body: str, mac: str) -> bool:
+    if hmac.compare_digest(mac, _mac(purpose, body, settings.SECRET_KEY)):
+        return True
+    return any(hmac.compare_digest(mac, _mac(purpose, body, old)) for old in settings.SECRET_KEY_FALLBACKS)
 
 
 def sign(purpose: str, *parts: int) -> str:
     body = "-".join(_b36(p) for p in parts)
-    return f"{body}-{_mac(purpose, body)}"
+    return f"{body}-{_mac(purpose, body, settings.SECRET_KEY)}"
 
 
 def unsign(purpose: str, token: str):
@@ -52,7 +61,7 @@ def unsign(purpose: str, token: str):
         return None
     token = token.strip().lower()
     body, _, mac = token.rpartition("-")
-    if not body or len(mac) != _MAC_CHARS or not hmac.compare_digest(mac, _mac(purpose, body)):
+    if not body or len(mac) != _MAC_CHARS or not _verifies(purpose, body, mac):
         return None
     try:
         return tuple(int(p, 36) for p in body.split("-"))

@@ -1,5 +1,9 @@
-"""Herald settings, read from the environment with a working default for one machine."""
+"""Herald settings, read from the environment with a working default for one machine.
 
+Only SECRET_KEY has none in production: it must be the same in every process.
+"""
+
+import ipaddress
 import secrets
 from pathlib import Path
 
@@ -10,10 +14,11 @@ from herald.env import envbool, envint, envlist, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("HERALD_VAR_DIR", str(BASE_DIR / "var")))
+DEBUG = envbool("DEBUG", False)
 
 
-def _default_secret_key():
-    """A random key kept in var/ so a single machine needs no configuration."""
+def _development_secret_key():
+    """With DEBUG on, a random key kept in var/ so one machine needs no configuration."""
     path = VAR_DIR / "secret_key"
     if path.exists():
         return path.read_text().strip()
@@ -24,8 +29,43 @@ def _default_secret_key():
     return key
 
 
-SECRET_KEY = envsecret("SECRET_KEY", None) or _default_secret_key()
-DEBUG = envbool("DEBUG", False)
+def _secret_key():
+    key = envsecret("SECRET_KEY", None)
+    if key:
+        return key
+    if DEBUG:
+        return _development_secret_key()
+    # A key made up per host would differ between the web and the workers, and
+    # links signed by one would be refused by the other.
+    raise ImproperlyConfigured(
+        "SECRET_KEY is not set: give every Herald process (web, workers, beat, bounce server) the same long random "
+        "string in SECRET_KEY, or in a file named by SECRET_KEY_FILE "
+        "(python3 -c 'import secrets; print(secrets.token_urlsafe(60))'). Only with DEBUG=true is one made up.")
+
+
+def _keys(value):
+    """Keys separated by commas (or by lines, in a file), newest first."""
+    return [key.strip() for key in (value or "").replace("\n", ",").split(",") if key.strip()]
+
+
+def _networks(name):
+    """IP addresses and CIDR networks, or "*" for every address."""
+    items = envlist(name, [])
+    for item in items:
+        if item == "*":
+            continue
+        try:
+            ipaddress.ip_network(item)
+        except ValueError as exc:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not an IP address or network ({exc})") from None
+    return items
+
+
+SECRET_KEY = _secret_key()
+# Keys SECRET_KEY had before, newest first: links and sessions signed with them
+# are still accepted, while everything new is signed with SECRET_KEY.
+SECRET_KEY_FALLBACKS = _keys(envsecret("SECRET_KEY_FALLBACKS", ""))
+
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
@@ -48,6 +88,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: what follows sees forwarded headers only from trusted proxies.
+    "herald.proxy.TrustedProxyMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -135,6 +177,10 @@ STORAGES = {
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 10 * 1024 * 1024
 
+# X-Forwarded-Proto and X-Forwarded-For are honoured only from these addresses
+# (the TLS proxy in front of web; gunicorn is given the same list by
+# deploy/gunicorn.conf.py); from anyone else they are dropped. Empty: no one.
+HERALD_TRUSTED_PROXIES = _networks("HERALD_TRUSTED_PROXIES")
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if envbool("HERALD_BEHIND_TLS_PROXY", False) else None
 SESSION_COOKIE_SECURE = envbool("SESSION_COOKIE_SECURE", False)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
@@ -200,7 +246,10 @@ HERALD_SUBMISSION_MAX_SIZE = envint("HERALD_SUBMISSION_MAX_SIZE", 25 * 1024 * 10
 HERALD_SUBMISSION_MAX_RECIPIENTS = envint("HERALD_SUBMISSION_MAX_RECIPIENTS", 500, minimum=1)
 HERALD_SUBMISSION_AUTH_FAILURES = envint("HERALD_SUBMISSION_AUTH_FAILURES", 5, minimum=1)
 HERALD_SUBMISSION_AUTH_WINDOW = envint("HERALD_SUBMISSION_AUTH_WINDOW", 300, minimum=1)
-HERALD_ENCRYPTION_KEY = envsecret("HERALD_ENCRYPTION_KEY", "")
+# Keys of the secrets stored in the database (relay passwords, DKIM keys),
+# newest first: the first encrypts, every one decrypts. Empty: derived from
+# SECRET_KEY (and its fallbacks). `manage.py rotate_secrets` re-encrypts.
+HERALD_ENCRYPTION_KEY = _keys(envsecret("HERALD_ENCRYPTION_KEY", ""))
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
 # Send engine: port of recipients' MX hosts in direct mode (25; tests use a

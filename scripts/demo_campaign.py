@@ -448,6 +448,15 @@ def parse_args():
     return args
 
 
+def demo_secret_key(var_dir):
+    """The demo's SECRET_KEY, shared by every process it starts and kept for the next run of the demo."""
+    path = var_dir / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
 def main():
     args = parse_args()
     var_dir = Path(args.var_dir).resolve()
@@ -461,6 +470,8 @@ def main():
         "HERALD_RETRY_FIRST_DELAY": "3",
         "HERALD_RETRY_MAX_DELAY": "30",
         "PYTHONUNBUFFERED": "1",
+        # Herald does not start without one (unless DEBUG is on).
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or demo_secret_key(var_dir),
     })
     processes = Processes(log_dir)
 

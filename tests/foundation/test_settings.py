@@ -25,10 +25,12 @@ def test_bad_setting_fails_at_start_naming_the_variable(name, value):
     assert "Traceback" not in result.stderr
 
 
-def test_defaults_start_without_configuration():
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    result = subprocess.run([sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
+def test_defaults_start_with_only_a_secret_key_or_debug():
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG")}
+    for setting in ({"SECRET_KEY": "a-long-random-string-0123456789-abcdefghijklmnopqrstuvwxyz"}, {"DEBUG": "true"}):
+        result = subprocess.run([sys.executable, "manage.py", "check"], env={**env, **setting}, capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
 
 
 @pytest.mark.django_db
