@@ -1,6 +1,11 @@
-"""What the benchmarks share: a free loopback port and a scratch PostgreSQL database."""
+"""What the benchmarks share: a SECRET_KEY, a free loopback port and a scratch PostgreSQL database."""
 
+import os
 import socket
+
+# Herald refuses to start without SECRET_KEY (unless DEBUG); benchmarks sign
+# tokens like production does, with a key of their own unless one is given.
+os.environ.setdefault("SECRET_KEY", "herald-benchmarks-only-0c7d1e9a4b2f46e8a3d5c1b7f9e2a4d6")
 
 
 def free_port() -> int:

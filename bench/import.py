@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import benchlib  # noqa: F401  (sets a SECRET_KEY for benchmark processes)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 TARGET_ROWS_PER_S = 50_000

@@ -22,6 +22,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib  # noqa: F401  (sets a SECRET_KEY for benchmark processes)
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "herald.settings")

@@ -18,6 +18,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib  # noqa: F401  (sets a SECRET_KEY for benchmark processes)
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 os.environ["DATABASE_URL"] = os.environ.get("BENCH_DATABASE_URL", "sqlite://:memory:")

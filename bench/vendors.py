@@ -20,6 +20,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchlib  # noqa: F401  (sets a SECRET_KEY for benchmark processes)
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
