@@ -174,7 +174,7 @@ def test_an_editor_cannot_manage_relays_credentials_or_suppressions_through_the_
     assert Suppression.objects.filter(email="alice@example.com").exists()
 
 
-LEAF_ROUTERS = ["campaigns.api_audience", "campaigns.api_content", "delivery.api_engine", "delivery.api_domains",
+LEAF_ROUTERS = ["campaigns.api_audience", "campaigns.api_audit", "campaigns.api_content", "delivery.api_engine", "delivery.api_domains",
                 "delivery.submission.api", "tracking.api"]
 
 
