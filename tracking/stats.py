@@ -16,11 +16,12 @@ Engagement figures (opens, clicks, unsubscribes, complaints) are rates of the
 delivered messages. Opens and clicks count people: distinct sends, with
 machine fetches (privacy proxies, link scanners) counted apart.
 
-Queries, whatever the campaign's size: one scan of the sends grouped by
-domain and time bucket (the outcomes, the domain table and the sends over
-time), late bounces by domain, events aggregated once, the last event, events
-by time bucket, clicks by link. Each reads only the campaign's rows through
-the (campaign, …) indexes of Send and Event.
+Queries, whatever the campaign's size: the sends grouped by domain and
+status (the outcomes and the domain table), late bounces by domain, events
+aggregated once, clicks by link, the last event, and the sends and the events
+by time bucket. Each reads only the campaign's rows through the (campaign, …)
+indexes of Send and Event. Two plain scans of the sends cost no more than one
+grouped by domain and time with a count per status (bench/tracking.py).
 """
 
 from datetime import UTC, timedelta
@@ -68,9 +69,15 @@ NON_DELIVERY = [T.BOUNCE, T.SOFT_BOUNCE, T.REJECTED]
 
 # ``attempts`` counts the tries that got an answer (or a broken connection).
 # Every answer but the last one of a finished send was a deferral, and every
-# answer of a send that has none yet (or was skipped or cancelled since) too.
-FINAL_ANSWERS = [S.SENT, S.BOUNCED, S.FAILED]
-DEFERRED_ONCE = Q(attempts__gte=2) | (Q(attempts__gte=1) & ~Q(status__in=FINAL_ANSWERS))
+# answer of a send that has none yet (or was skipped or cancelled since) too:
+# a row was deferred at least once when it has two attempts, or one without
+# a final answer. Counted per status, as two plain filters.
+FINAL_ANSWERS = ("sent", "bounced", "failed")
+TRIES = {"tried": Count("id", filter=Q(attempts__gte=1)), "retried": Count("id", filter=Q(attempts__gte=2))}
+
+
+def _deferred_once(row):
+    return row["retried"] if row["status"] in FINAL_ANSWERS else row["tried"]
 
 
 def _rate(count, base):
@@ -126,12 +133,11 @@ def delivery_outcomes(campaign) -> dict:
     Returns ``{"recipients": int, "outcomes": {key: {"label", "count", "rate"}},
     "deferred_at_least_once": {"label", "count", "rate"}}`` with the keys of OUTCOMES.
     """
-    rows = (Send.objects.filter(campaign=campaign).values("status")
-            .annotate(n=Count("id"), deferred_once=Count("id", filter=DEFERRED_ONCE)).order_by())
+    rows = Send.objects.filter(campaign=campaign).values("status").annotate(n=Count("id"), **TRIES).order_by()
     by_status, deferred_once = {}, 0
     for row in rows:
         by_status[row["status"]] = row["n"]
-        deferred_once += row["deferred_once"]
+        deferred_once += _deferred_once(row)
     counts = _partition(by_status, sum(_bounced_after_delivery(campaign).values()))
     return _outcome_figures(counts, sum(by_status.values()), deferred_once)
 
@@ -149,10 +155,10 @@ def campaign_stats(campaign) -> dict:
     with transaction.atomic():
         _tune_for_aggregates()
         unit = _estimated_unit(campaign)
-        domains, by_status, deferred_once, sent_over_time = _sends(campaign, unit)
+        domains, by_status, deferred_once = _sends(campaign)
         events = _event_totals(campaign)
         links = _links(campaign)
-        timeline = _timeline(campaign, unit, sent_over_time)
+        timeline = _timeline(campaign, unit)
     counts = _partition(by_status, sum(d["bounced_after_delivery"] for d in domains))
     figures = _outcome_figures(counts, sum(by_status.values()), deferred_once)
     delivered = counts["delivered"]
@@ -184,49 +190,44 @@ def _tune_for_aggregates():
             cursor.execute("SET LOCAL jit = off")
 
 
-def _sends(campaign, unit):
-    """One scan of the campaign's sends, grouped by domain and time bucket.
+def _sends(campaign):
+    """One scan of the campaign's sends, grouped by domain and status.
 
-    Returns the domain table, the rows by status, the rows deferred at least
-    once, and the messages sent by time bucket.
+    Returns the domain table, the rows by status and the rows deferred at
+    least once.
     """
     latency = ExpressionWrapper(F("sent_at") - F("created_at"), output_field=DurationField())
-    by_status = {status: Count("id", filter=Q(status=status)) for status in STATUS_OUTCOME}
     rows = (
         Send.objects.filter(campaign=campaign)
-        .values("domain", bucket=Trunc("sent_at", unit))
-        .annotate(**by_status, deferred_once=Count("id", filter=DEFERRED_ONCE), accepted=Count("sent_at"),
-                  latency=Sum(latency))
+        .values("domain", "status")
+        .annotate(n=Count("id"), **TRIES, latency=Sum(latency))
         .order_by()
     )
     totals = dict.fromkeys(STATUS_OUTCOME, 0)
     deferred_once = 0
-    domains, sent_over_time = {}, {}
+    domains = {}
     for row in rows:
         domain = domains.setdefault(row["domain"], {"by_status": dict.fromkeys(STATUS_OUTCOME, 0), "deferred_once": 0,
-                                                    "accepted": 0, "latency": timedelta()})
-        for status in STATUS_OUTCOME:
-            domain["by_status"][status] += row[status]
-            totals[status] += row[status]
-        domain["deferred_once"] += row["deferred_once"]
-        deferred_once += row["deferred_once"]
-        if row["accepted"]:
-            domain["accepted"] += row["accepted"]
+                                                    "latency": timedelta()})
+        domain["by_status"][row["status"]] += row["n"]
+        totals[row["status"]] += row["n"]
+        domain["deferred_once"] += _deferred_once(row)
+        deferred_once += _deferred_once(row)
+        if row["latency"] is not None:
             domain["latency"] += row["latency"]
-            key = _utc(row["bucket"])
-            sent_over_time[key] = sent_over_time.get(key, 0) + row["accepted"]
     bounced_after = _bounced_after_delivery(campaign)
     table = []
     for name, d in domains.items():
+        accepted = d["by_status"]["sent"]  # sent_at is set with "sent", and only then
         table.append({
             "domain": name,
             "recipients": sum(d["by_status"].values()),
             **_partition(d["by_status"], bounced_after.get(name, 0)),
             "deferred_at_least_once": d["deferred_once"],
-            "avg_latency_seconds": round(d["latency"].total_seconds() / d["accepted"], 3) if d["accepted"] else None,
+            "avg_latency_seconds": round(d["latency"].total_seconds() / accepted, 3) if accepted else None,
         })
     table.sort(key=lambda d: (-d["recipients"], d["domain"]))
-    return table, {status: n for status, n in totals.items() if n}, deferred_once, sent_over_time
+    return table, {status: n for status, n in totals.items() if n}, deferred_once
 
 
 def _event_totals(campaign):
@@ -330,14 +331,16 @@ def _slots(first, last, unit):
     return slots
 
 
-def _timeline(campaign, unit, sent_over_time):
+def _timeline(campaign, unit):
     counts = {}  # UTC bucket start -> {series: n}
 
     def add(bucket, series, n):
         counts.setdefault(bucket, dict.fromkeys(SERIES, 0))[series] += n
 
-    for bucket, n in sent_over_time.items():
-        add(bucket, "sent", n)
+    sent = (Send.objects.filter(campaign=campaign, sent_at__isnull=False)
+            .values(bucket=Trunc("sent_at", unit)).annotate(n=Count("id")).order_by())
+    for row in sent:
+        add(_utc(row["bucket"]), "sent", row["n"])
     rows = (Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
             .exclude(type__in=[T.OPEN, T.CLICK], machine=True)
             .values("type", bucket=Trunc("created_at", unit)).annotate(n=Count("id")).order_by())
