@@ -138,11 +138,17 @@ OUTCOME_COLOURS = {"delivered": "#5b9f5b", "bounced_after_delivery": "#b35c9e", 
                    "cancelled": "#555555"}
 
 
+# Where a campaign's recipients end up, shown even at zero; the other outcomes only when some are there.
+ALWAYS_SHOWN = {"delivered", "bounced_after_delivery", "bounced", "failed", "deferred"}
+
+
 def _outcome_rows(stats):
     """The partition: one row per outcome, each with its slice of the stacked bar (widths add up to 100)."""
     rows = []
     for key, label, help_text in OUTCOMES:
         figure = stats["outcomes"][key]
+        if not figure["count"] and key not in ALWAYS_SHOWN:
+            continue
         rows.append({"key": key, "label": label, "help": help_text, "count": figure["count"],
                      "percent": figure["rate"] * 100, "colour": OUTCOME_COLOURS[key]})
     return rows
@@ -168,23 +174,27 @@ def _link_bars(links):
 TIMELINE_SERIES = [("sent", "#79aec8"), ("opens", "#5b9f5b"), ("clicks", "#d98c3a")]
 
 
-def _timeline_chart(timeline, width=720, height=160, axis=22, ticks=8):
-    """Bars per time bucket for sends, opens and clicks, as coordinates for an inline SVG, with labelled ticks."""
+def _timeline_chart(timeline, width=720, height=160, axis=22, margin=24, ticks=8):
+    """Bars per time bucket for sends, opens and clicks, as coordinates for an inline SVG, with labelled ticks.
+
+    The margins leave room for the first and last labels, centred under their bars.
+    """
     buckets = timeline["buckets"]
     if not buckets:
         return None
     top = max(max(slot[name] for name, _ in TIMELINE_SERIES) for slot in buckets) or 1
     plot = height - axis
-    slot_width = width / len(buckets)
+    slot_width = (width - 2 * margin) / len(buckets)
     bar_width = max(0.5, slot_width / (len(TIMELINE_SERIES) + 1))
     bars = []
     for i, slot in enumerate(buckets):
         for j, (name, colour) in enumerate(TIMELINE_SERIES):
             h = slot[name] * (plot - 10) / top
-            bars.append({"x": round(i * slot_width + j * bar_width, 1), "y": round(plot - h, 1), "w": round(bar_width, 1),
-                         "h": round(h, 1), "colour": colour, "title": f"{slot['label']}: {slot[name]} {name}"})
+            bars.append({"x": round(margin + i * slot_width + j * bar_width, 1), "y": round(plot - h, 1),
+                         "w": round(bar_width, 1), "h": round(h, 1), "colour": colour,
+                         "title": f"{slot['label']}: {slot[name]} {name}"})
     every = max(1, -(-len(buckets) // ticks))
-    labels = [{"x": round((i + 0.5) * slot_width, 1), "text": slot["label"]}
+    labels = [{"x": round(margin + (i + 0.5) * slot_width, 1), "text": slot["label"]}
               for i, slot in enumerate(buckets) if i % every == 0]
     return {"width": width, "height": height, "plot": plot, "label_y": height - 6, "bars": bars,
             "series": TIMELINE_SERIES, "top": top, "ticks": labels, "unit": timeline["unit"],
