@@ -287,7 +287,7 @@ def stats_figures(args):
         stats = campaign_stats(campaign)
         timings.append(time.perf_counter() - start)
     print(f"  campaign_stats: {min(timings) * 1000:.0f} ms best of 3 ({', '.join(f'{t * 1000:.0f}' for t in timings)} ms); "
-          f"{len(stats['domains'])} domains, {len(stats['timeline'])} hours")
+          f"{len(stats['domains'])} domains, {len(stats['timeline']['buckets'])} {stats['timeline']['unit']}s")
 
 
 def main():

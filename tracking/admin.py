@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from campaigns.models import Suppression
 from tracking.models import CampaignStatistics, Event
-from tracking.stats import campaign_stats
+from tracking.stats import OUTCOMES, campaign_stats
 from tracking.suppressions import export_csv, import_csv
 
 
@@ -115,32 +115,55 @@ class CampaignStatisticsAdmin(admin.ModelAdmin):
         if campaign is None or not self.has_view_permission(request, campaign):
             raise PermissionDenied
         stats = campaign_stats(campaign)
+        outcomes = _outcome_rows(stats)
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
             "title": f"Statistics: {campaign.name}",
             "campaign": campaign,
             "stats": stats,
-            "bars": _bars(stats),
+            "outcomes": outcomes,
+            "engagement": _engagement_rows(stats),
+            "deferred_once": {"count": stats["deferred_at_least_once"]["count"],
+                              "percent": stats["deferred_at_least_once"]["rate"] * 100},
+            **_domain_table(stats, outcomes),
             "timeline": _timeline_chart(stats["timeline"]),
             "links": _link_bars(stats["links"]),
         }
         return render(request, "admin/tracking/campaign_stats.html", context)
 
 
-def _bars(stats):
-    """Rows of the summary chart: label, count, rate and bar width in percent."""
-    labels = [
-        ("sent", "Sent"), ("deferred", "Deferred"), ("hard_bounced", "Hard bounces"), ("soft_bounced", "Soft bounces"),
-        ("failed", "Failed"), ("human_opens", "Opened (people)"), ("machine_opens", "Opened (machines)"),
-        ("unique_clicks", "Clicked"), ("complaints", "Complaints"), ("unsubscribes", "Unsubscribes"),
-    ]
+OUTCOME_COLOURS = {"delivered": "#5b9f5b", "bounced_after_delivery": "#b35c9e", "bounced": "#ba2121", "failed": "#7a4b2a",
+                   "deferred": "#d98c3a", "queued": "#9aa7b0", "sending": "#79aec8", "skipped": "#c9c26b",
+                   "cancelled": "#555555"}
+
+
+# Where a campaign's recipients end up, shown even at zero; the other outcomes only when some are there.
+ALWAYS_SHOWN = {"delivered", "bounced_after_delivery", "bounced", "failed", "deferred"}
+
+
+def _outcome_rows(stats):
+    """The partition: one row per outcome, each with its slice of the stacked bar (widths add up to 100)."""
     rows = []
-    for key, label in labels:
-        metric = stats["metrics"][key]
-        rows.append({"label": label, "count": metric["count"], "rate": metric["rate"] * 100, "of": metric["of"],
-                     "width": min(100.0, metric["rate"] * 100)})
+    for key, label, help_text in OUTCOMES:
+        figure = stats["outcomes"][key]
+        if not figure["count"] and key not in ALWAYS_SHOWN:
+            continue
+        rows.append({"key": key, "label": label, "help": help_text, "count": figure["count"],
+                     "percent": figure["rate"] * 100, "colour": OUTCOME_COLOURS[key]})
     return rows
+
+
+def _domain_table(stats, outcomes):
+    """The outcomes per domain, with a column only for the outcomes the campaign has."""
+    columns = [row for row in outcomes if row["count"]]
+    rows = [{**d, "cells": [(row["key"], d[row["key"]]) for row in columns]} for d in stats["domains"]]
+    return {"domain_columns": columns, "domain_rows": rows}
+
+
+def _engagement_rows(stats):
+    return [{"key": key, "label": figure["label"], "count": figure["count"], "percent": figure["rate"] * 100,
+             "width": min(100.0, figure["rate"] * 100)} for key, figure in stats["engagement"].items()]
 
 
 def _link_bars(links):
@@ -148,19 +171,31 @@ def _link_bars(links):
     return [{**link, "width": link["clicks"] * 100 / top} for link in links]
 
 
-def _timeline_chart(timeline, width=720, height=160):
-    """Bars per hour for sends, opens and clicks, as coordinates for an inline SVG."""
-    if not timeline:
+TIMELINE_SERIES = [("sent", "#79aec8"), ("opens", "#5b9f5b"), ("clicks", "#d98c3a")]
+
+
+def _timeline_chart(timeline, width=720, height=160, axis=22, margin=24, ticks=8):
+    """Bars per time bucket for sends, opens and clicks, as coordinates for an inline SVG, with labelled ticks.
+
+    The margins leave room for the first and last labels, centred under their bars.
+    """
+    buckets = timeline["buckets"]
+    if not buckets:
         return None
-    series = [("sent", "#79aec8"), ("opens", "#5b9f5b"), ("clicks", "#d98c3a")]
-    top = max(max(slot[name] for name, _ in series) for slot in timeline) or 1
-    slot_width = width / len(timeline)
-    bar_width = max(1.0, slot_width / (len(series) + 1))
+    top = max(max(slot[name] for name, _ in TIMELINE_SERIES) for slot in buckets) or 1
+    plot = height - axis
+    slot_width = (width - 2 * margin) / len(buckets)
+    bar_width = max(0.5, slot_width / (len(TIMELINE_SERIES) + 1))
     bars = []
-    for i, slot in enumerate(timeline):
-        for j, (name, colour) in enumerate(series):
-            h = slot[name] * (height - 20) / top
-            bars.append({"x": round(i * slot_width + j * bar_width, 1), "y": round(height - h, 1), "w": round(bar_width, 1),
-                         "h": round(h, 1), "colour": colour, "title": f"{slot['hour']}: {slot[name]} {name}"})
-    return {"width": width, "height": height, "bars": bars, "series": series, "top": top,
-            "first": timeline[0]["hour"], "last": timeline[-1]["hour"]}
+    for i, slot in enumerate(buckets):
+        for j, (name, colour) in enumerate(TIMELINE_SERIES):
+            h = slot[name] * (plot - 10) / top
+            bars.append({"x": round(margin + i * slot_width + j * bar_width, 1), "y": round(plot - h, 1),
+                         "w": round(bar_width, 1), "h": round(h, 1), "colour": colour,
+                         "title": f"{slot['label']}: {slot[name]} {name}"})
+    every = max(1, -(-len(buckets) // ticks))
+    labels = [{"x": round(margin + (i + 0.5) * slot_width, 1), "text": slot["label"]}
+              for i, slot in enumerate(buckets) if i % every == 0]
+    return {"width": width, "height": height, "plot": plot, "label_y": height - 6, "bars": bars,
+            "series": TIMELINE_SERIES, "top": top, "ticks": labels, "unit": timeline["unit"],
+            "time_zone": timeline["time_zone"], "first": buckets[0]["label"], "last": buckets[-1]["label"]}

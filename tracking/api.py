@@ -1,6 +1,7 @@
 """API: campaign statistics, events, and the suppression list (with CSV import and export)."""
 
 from datetime import datetime
+from typing import Literal
 
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
@@ -8,12 +9,13 @@ from ninja import Field, File, Query, Router, Schema
 from ninja.errors import HttpError
 from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
+from pydantic import create_model
 
 from campaigns.models import Campaign, Suppression, email_key
 from campaigns.suppression import suppress
 from herald.permissions import requires
 from tracking.models import Event
-from tracking.stats import campaign_stats
+from tracking.stats import ENGAGEMENT, OUTCOMES, campaign_stats
 from tracking.suppressions import check_email, check_reason, export_csv, import_csv
 
 router = Router(tags=["tracking"])
@@ -27,7 +29,72 @@ class Pages(LimitOffsetPagination):
         offset: int = Field(0, ge=0, le=2**31)
 
 
-@router.get("/campaigns/{campaign_id}/stats", summary="Campaign statistics", url_name="campaign_stats")
+class Figure(Schema):
+    label: str
+    count: int
+    rate: float = Field(description="A fraction of the recipients (outcomes) or of the delivered (engagement).")
+
+
+Outcomes = create_model(
+    "Outcomes", __base__=Schema, __doc__="Each recipient counted once, by where it stands now: the counts add up to "
+    "the recipients and the rates to 1.", **{key: (Figure, Field(description=meaning)) for key, _, meaning in OUTCOMES},
+)
+Engagement = create_model("Engagement", __base__=Schema, **{key: (Figure, ...) for key, _ in ENGAGEMENT})
+DomainStats = create_model(
+    "DomainStats", __base__=Schema, domain=(str, ...), recipients=(int, ...),
+    **{key: (int, ...) for key, _, _ in OUTCOMES}, deferred_at_least_once=(int, ...),
+    avg_latency_seconds=(float | None, ...),
+)
+
+
+class Totals(Schema):
+    opens: int
+    clicks: int
+    machine_clicks: int
+
+
+class LinkStats(Schema):
+    index: int
+    url: str
+    clicks: int
+    unique_clicks: int
+    machine_clicks: int
+
+
+class Bucket(Schema):
+    start: datetime = Field(description="Start of the bucket, in the operator's time zone.")
+    label: str
+    sent: int
+    opens: int
+    clicks: int
+    bounces: int
+    complaints: int
+    unsubscribes: int
+
+
+class Timeline(Schema):
+    unit: Literal["minute", "hour", "day"]
+    time_zone: str
+    buckets: list[Bucket]
+
+
+class CampaignStatsOut(Schema):
+    campaign_id: int
+    name: str
+    status: str
+    recipients: int
+    outcomes: Outcomes
+    deferred_at_least_once: Figure
+    engagement: Engagement
+    totals: Totals
+    links: list[LinkStats]
+    timeline: Timeline
+    domains: list[DomainStats]
+    domains_truncated: bool
+
+
+@router.get("/campaigns/{campaign_id}/stats", response=CampaignStatsOut, summary="Campaign statistics",
+            url_name="campaign_stats")
 @requires("campaigns.view_campaign")
 def stats(request, campaign_id: int):
     return campaign_stats(get_object_or_404(Campaign, pk=campaign_id))

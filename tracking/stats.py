@@ -1,19 +1,35 @@
 """Campaign statistics, computed with a handful of aggregate queries.
 
-Delivery figures (sent, deferred, bounced, failed) are rates of the recipients;
-engagement figures (opens, clicks, complaints, unsubscribes) are rates of the
-messages sent. Opens and clicks count people: distinct sends, with machine
-fetches (privacy proxies, link scanners) counted apart.
+``campaign_stats(campaign)`` is what the statistics page, the API, the
+dashboard and the demo's summary show; ``delivery_outcomes(campaign)`` is its
+cheaper part (the outcomes alone) for pages that list several campaigns.
 
-Queries, whatever the campaign's size: one scan of the sends grouped by
-domain and hour (the domain table, the totals and the hourly sends), events
-aggregated once, events by hour, late bounces by domain, clicks by link. Each scans only the campaign's rows through
-the (campaign, …) indexes of Send and Event.
+The delivery outcomes are a partition of the recipients: each Send row is
+counted once, by where it stands now, so the outcomes add up to the recipient
+count and their rates to exactly 100 %. A message accepted with a 250 and
+reported undeliverable later (a DSN) is "bounced after delivery", neither
+"delivered" nor "bounced" (a refusal while sending). "Deferred at least once"
+is a figure apart: a greylisted recipient delivered on the second try is
+delivered.
+
+Engagement figures (opens, clicks, unsubscribes, complaints) are rates of the
+delivered messages. Opens and clicks count people: distinct sends, with
+machine fetches (privacy proxies, link scanners) counted apart.
+
+Queries, whatever the campaign's size: the sends grouped by domain and
+status (the outcomes and the domain table), late bounces by domain, events
+aggregated once, clicks by link, the last event, and the sends and the events
+by time bucket. Each reads only the campaign's rows through the (campaign, …)
+indexes of Send and Event. Two plain scans of the sends cost no more than one
+grouped by domain and time with a count per status (bench/tracking.py).
 """
 
+from datetime import UTC, timedelta
+
 from django.db import connection, transaction
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Q, Sum
-from django.db.models.functions import TruncHour
+from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, Sum
+from django.db.models.functions import Trunc
+from django.utils import dateformat, timezone
 
 from campaigns.models import CampaignLink
 from delivery.models import Send
@@ -21,41 +37,138 @@ from tracking.models import Event
 
 DOMAIN_ROWS = 200
 T = Event.Type
+S = Send.Status
+
+# The partition, in the order the pages show it: key, label, what it means.
+OUTCOMES = (
+    ("delivered", "Delivered", "accepted by the receiving server, and no bounce report since"),
+    ("bounced_after_delivery", "Bounced after delivery", "accepted, then reported undeliverable by a bounce message (DSN)"),
+    ("bounced", "Bounced", "refused by the receiving server while sending (5xx)"),
+    ("failed", "Failed", "given up: refused for a policy reason, deferred past the give-up age, or not buildable"),
+    ("deferred", "Deferred now", "refused for now (4xx); will be tried again"),
+    ("queued", "Queued", "waiting for a worker, retries that are due included"),
+    ("sending", "Sending now", "claimed by a worker"),
+    ("skipped", "Skipped", "unsubscribed or suppressed after the campaign started; not sent"),
+    ("cancelled", "Cancelled", "not sent: the campaign was cancelled"),
+)
+OUTCOME_KEYS = [key for key, _, _ in OUTCOMES]
+# Where each Send status lands; "sent" splits into delivered and bounced after delivery.
+STATUS_OUTCOME = {"sent": "delivered", "bounced": "bounced", "failed": "failed", "deferred": "deferred",
+                  "queued": "queued", "sending": "sending", "skipped": "skipped", "cancelled": "cancelled"}
+
+ENGAGEMENT = (
+    ("human_opens", "Opened (people)"),
+    ("machine_opens", "Opened (machines)"),
+    ("unique_clicks", "Clicked"),
+    ("unsubscribes", "Unsubscribed"),
+    ("complaints", "Complained"),
+)
+
+# A report that the message never reached the mailbox, whatever its kind.
+NON_DELIVERY = [T.BOUNCE, T.SOFT_BOUNCE, T.REJECTED]
+
+# ``attempts`` counts the tries that got an answer (or a broken connection).
+# Every answer but the last one of a finished send was a deferral, and every
+# answer of a send that has none yet (or was skipped or cancelled since) too:
+# a row was deferred at least once when it has two attempts, or one without
+# a final answer. Counted per status, as two plain filters.
+FINAL_ANSWERS = ("sent", "bounced", "failed")
+TRIES = {"tried": Count("id", filter=Q(attempts__gte=1)), "retried": Count("id", filter=Q(attempts__gte=2))}
+
+
+def _deferred_once(row):
+    return row["retried"] if row["status"] in FINAL_ANSWERS else row["tried"]
 
 
 def _rate(count, base):
     return round(count / base, 4) if base else 0.0
 
 
+def shares(counts: dict, total: int, scale: int = 10_000) -> dict:
+    """Each count's share of ``total`` to four decimals, adding up to exactly 1.
+
+    Rounded by largest remainder, so the percentages on the page (two
+    decimals) add up to 100.00 rather than 99.99 or 100.01.
+    """
+    if not total:
+        return dict.fromkeys(counts, 0.0)
+    units = {key: n * scale // total for key, n in counts.items()}
+    left = scale - sum(units.values())
+    order = sorted(counts, key=lambda key: -(counts[key] * scale % total))
+    for key in order[:max(left, 0)]:
+        units[key] += 1
+    return {key: n / scale for key, n in units.items()}
+
+
+def _partition(by_status: dict, bounced_after: int) -> dict:
+    """Counts by outcome from rows by Send status and the sent rows reported undeliverable since."""
+    out = dict.fromkeys(OUTCOME_KEYS, 0)
+    for status, n in by_status.items():
+        out[STATUS_OUTCOME[status]] += n
+    out["delivered"] -= bounced_after
+    out["bounced_after_delivery"] = bounced_after
+    return out
+
+
+def _outcome_figures(counts: dict, recipients: int, deferred_once: int) -> dict:
+    rates = shares(counts, recipients)
+    return {
+        "recipients": recipients,
+        "outcomes": {key: {"label": label, "count": counts[key], "rate": rates[key]} for key, label, _ in OUTCOMES},
+        "deferred_at_least_once": {"label": "Deferred at least once", "count": deferred_once,
+                                   "rate": _rate(deferred_once, recipients)},
+    }
+
+
+def _bounced_after_delivery(campaign):
+    """Sent rows reported undeliverable since, by recipient domain."""
+    rows = (Event.objects.filter(campaign=campaign, type__in=NON_DELIVERY, send__status=S.SENT)
+            .values("send__domain").annotate(n=Count("send", distinct=True)).order_by())
+    return {row["send__domain"]: row["n"] for row in rows}
+
+
+def delivery_outcomes(campaign) -> dict:
+    """The outcomes alone, as in ``campaign_stats``: two queries, for pages that list campaigns.
+
+    Returns ``{"recipients": int, "outcomes": {key: {"label", "count", "rate"}},
+    "deferred_at_least_once": {"label", "count", "rate"}}`` with the keys of OUTCOMES.
+    """
+    rows = Send.objects.filter(campaign=campaign).values("status").annotate(n=Count("id"), **TRIES).order_by()
+    by_status, deferred_once = {}, 0
+    for row in rows:
+        by_status[row["status"]] = row["n"]
+        deferred_once += _deferred_once(row)
+    counts = _partition(by_status, sum(_bounced_after_delivery(campaign).values()))
+    return _outcome_figures(counts, sum(by_status.values()), deferred_once)
+
+
 def campaign_stats(campaign) -> dict:
+    """Everything the statistics page shows, as JSON-ready data (the API returns it as it is).
+
+    Keys: campaign_id, name, status; recipients, outcomes and
+    deferred_at_least_once (as ``delivery_outcomes``); engagement (key ->
+    label, count, rate of the delivered); totals (opens, clicks,
+    machine_clicks: every fetch, not people); links; timeline (unit,
+    time_zone, buckets); domains (the outcomes per recipient domain, largest
+    first) and domains_truncated.
+    """
     with transaction.atomic():
         _tune_for_aggregates()
-        domains, totals, hourly_sent = _sends(campaign)
+        unit = _estimated_unit(campaign)
+        domains, by_status, deferred_once = _sends(campaign)
         events = _event_totals(campaign)
         links = _links(campaign)
-        timeline = _timeline(campaign, hourly_sent)
-    recipients, sent = totals["recipients"], totals["sent"]
-    # A 5xx at send time leaves the Send "bounced"; a DSN later adds an Event to a
-    # Send that stays "sent". Either is a hard bounce; the larger count holds both
-    # unless the engine's signal was missed for some.
-    hard = max(events["hard"], totals["bounced"])
-    delivery = {
-        "sent": sent,
-        "deferred": totals["deferred"],
-        "bounced": hard + events["soft"],
-        "hard_bounced": hard,
-        "soft_bounced": events["soft"],
-        "failed": totals["failed"],
-    }
-    engagement = {name: events[name] for name in ("human_opens", "machine_opens", "unique_clicks", "complaints", "unsubscribes")}
-    metrics = {name: {"count": n, "rate": _rate(n, recipients), "of": "recipients"} for name, n in delivery.items()}
-    metrics.update({name: {"count": n, "rate": _rate(n, sent), "of": "sent"} for name, n in engagement.items()})
+        timeline = _timeline(campaign, unit)
+    counts = _partition(by_status, sum(d["bounced_after_delivery"] for d in domains))
+    figures = _outcome_figures(counts, sum(by_status.values()), deferred_once)
+    delivered = counts["delivered"]
     return {
         "campaign_id": campaign.pk,
         "name": campaign.name,
         "status": campaign.status,
-        "recipients": recipients,
-        "metrics": metrics,
+        **figures,
+        "engagement": {key: {"label": label, "count": events[key], "rate": _rate(events[key], delivered)}
+                       for key, label in ENGAGEMENT},
         "totals": {"opens": events["opens"], "clicks": events["clicks"], "machine_clicks": events["machine_clicks"]},
         "links": links,
         "timeline": timeline,
@@ -67,7 +180,7 @@ def campaign_stats(campaign) -> dict:
 def _tune_for_aggregates():
     """For this transaction only: room to hash-aggregate a million rows in memory, and no JIT.
 
-    PostgreSQL guesses many (domain, hour) groups where there are a few
+    PostgreSQL guesses many (domain, time) groups where there are a few
     thousand, and with the default work_mem it sorts a million rows on disk;
     JIT compilation would cost more than it saves on queries this short.
     """
@@ -78,49 +191,43 @@ def _tune_for_aggregates():
 
 
 def _sends(campaign):
-    """One scan of the campaign's sends, grouped by domain and hour: the domain table, the totals and the hourly sends."""
+    """One scan of the campaign's sends, grouped by domain and status.
+
+    Returns the domain table, the rows by status and the rows deferred at
+    least once.
+    """
     latency = ExpressionWrapper(F("sent_at") - F("created_at"), output_field=DurationField())
     rows = (
         Send.objects.filter(campaign=campaign)
-        .values("domain", hour=TruncHour("sent_at"))
-        .annotate(
-            recipients=Count("id"),
-            sent=Count("id", filter=Q(status=Send.Status.SENT)),
-            deferred=Count("id", filter=Q(status=Send.Status.DEFERRED)),
-            bounced=Count("id", filter=Q(status=Send.Status.BOUNCED)),
-            failed=Count("id", filter=Q(status=Send.Status.FAILED)),
-            delivered=Count("sent_at"),
-            latency=Sum(latency),
-        )
+        .values("domain", "status")
+        .annotate(n=Count("id"), **TRIES, latency=Sum(latency))
         .order_by()
     )
-    names = ("recipients", "sent", "deferred", "bounced", "failed")
-    totals = dict.fromkeys(names, 0)
-    domains, hourly = {}, {}
+    totals = dict.fromkeys(STATUS_OUTCOME, 0)
+    deferred_once = 0
+    domains = {}
     for row in rows:
-        domain = domains.setdefault(row["domain"], {"domain": row["domain"], **dict.fromkeys(names, 0),
-                                                     "delivered": 0, "latency": None})
-        for name in names:
-            totals[name] += row[name]
-            domain[name] += row[name]
-        if row["delivered"]:
-            domain["delivered"] += row["delivered"]
-            domain["latency"] = row["latency"] if domain["latency"] is None else domain["latency"] + row["latency"]
-            hourly[row["hour"]] = hourly.get(row["hour"], 0) + row["delivered"]
-    late_bounces = {
-        row["send__domain"]: row["n"]
-        for row in Event.objects.filter(campaign=campaign, type__in=[T.BOUNCE, T.SOFT_BOUNCE])
-        .exclude(send__status=Send.Status.BOUNCED)
-        .values("send__domain")
-        .annotate(n=Count("send", distinct=True))
-    }
+        domain = domains.setdefault(row["domain"], {"by_status": dict.fromkeys(STATUS_OUTCOME, 0), "deferred_once": 0,
+                                                    "latency": timedelta()})
+        domain["by_status"][row["status"]] += row["n"]
+        totals[row["status"]] += row["n"]
+        domain["deferred_once"] += _deferred_once(row)
+        deferred_once += _deferred_once(row)
+        if row["latency"] is not None:
+            domain["latency"] += row["latency"]
+    bounced_after = _bounced_after_delivery(campaign)
     table = []
-    for domain in sorted(domains.values(), key=lambda d: (-d["recipients"], d["domain"])):
-        delivered, total_latency = domain.pop("delivered"), domain.pop("latency")
-        domain["bounced"] += late_bounces.get(domain["domain"], 0)
-        domain["avg_latency_seconds"] = round(total_latency.total_seconds() / delivered, 3) if delivered else None
-        table.append(domain)
-    return table, totals, hourly
+    for name, d in domains.items():
+        accepted = d["by_status"]["sent"]  # sent_at is set with "sent", and only then
+        table.append({
+            "domain": name,
+            "recipients": sum(d["by_status"].values()),
+            **_partition(d["by_status"], bounced_after.get(name, 0)),
+            "deferred_at_least_once": d["deferred_once"],
+            "avg_latency_seconds": round(d["latency"].total_seconds() / accepted, 3) if accepted else None,
+        })
+    table.sort(key=lambda d: (-d["recipients"], d["domain"]))
+    return table, {status: n for status, n in totals.items() if n}, deferred_once
 
 
 def _event_totals(campaign):
@@ -134,8 +241,6 @@ def _event_totals(campaign):
         unique_clicks=unique(type=T.CLICK, machine=False),
         clicks=Count("id", filter=Q(type=T.CLICK, machine=False)),
         machine_clicks=Count("id", filter=Q(type=T.CLICK, machine=True)),
-        hard=unique(type=T.BOUNCE),
-        soft=unique(type=T.SOFT_BOUNCE),
         complaints=unique(type=T.COMPLAINT),
         unsubscribes=unique(type=T.UNSUBSCRIBE),
     )
@@ -165,21 +270,103 @@ def _links(campaign):
     return links
 
 
+# --- over time -------------------------------------------------------------------
+
+UNITS = ("minute", "hour", "day")
+_STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
 _TIMELINE_TYPES = {T.OPEN: "opens", T.CLICK: "clicks", T.BOUNCE: "bounces", T.SOFT_BOUNCE: "bounces",
                    T.COMPLAINT: "complaints", T.UNSUBSCRIBE: "unsubscribes"}
+SERIES = ("sent", "opens", "clicks", "bounces", "complaints", "unsubscribes")
 
 
-def _timeline(campaign, hourly_sent):
-    hours = {}
+def unit_for(span: timedelta) -> str:
+    """Minutes for a campaign that lasts minutes, hours for hours, days beyond a week: a few dozen to 180 bars."""
+    if span <= timedelta(hours=3):
+        return "minute"
+    if span <= timedelta(days=7):
+        return "hour"
+    return "day"
 
-    def slot(hour):
-        return hours.setdefault(hour, {"hour": hour.isoformat(), "sent": 0, "opens": 0, "clicks": 0, "bounces": 0,
-                                       "complaints": 0, "unsubscribes": 0})
 
-    for hour, count in hourly_sent.items():
-        slot(hour)["sent"] += count
-    for row in (Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
-                .exclude(type__in=[T.OPEN, T.CLICK], machine=True)
-                .annotate(hour=TruncHour("created_at")).values("hour", "type").annotate(n=Count("id")).order_by()):
-        slot(row["hour"])[_TIMELINE_TYPES[row["type"]]] += row["n"]
-    return [hours[h] for h in sorted(hours)]
+def _estimated_unit(campaign):
+    """The bucket to group by, from the campaign's own times and its last event (an index look-up).
+
+    A campaign never started through Herald has no start time: minutes, made
+    coarser afterwards if its sends turn out to span longer.
+    """
+    if campaign.started_at is None:
+        return "minute"
+    end = campaign.finished_at or timezone.now()
+    last = Event.objects.filter(campaign=campaign).aggregate(last=Max("created_at"))["last"]
+    if last is not None:
+        end = max(end, last)
+    return unit_for(end - campaign.started_at)
+
+
+def _utc(moment):
+    return moment.astimezone(UTC)
+
+
+def _truncate(moment, unit):
+    """The start of the bucket holding ``moment``, in the operator's time zone; returned in UTC."""
+    local = timezone.localtime(moment)
+    if unit == "minute":
+        local = local.replace(second=0, microsecond=0)
+    elif unit == "hour":
+        local = local.replace(minute=0, second=0, microsecond=0)
+    else:
+        local = local.replace(hour=0, minute=0, second=0, microsecond=0)
+    return _utc(local)
+
+
+def _slots(first, last, unit):
+    """Every bucket from ``first`` to ``last``, empty ones included, so that the bars keep to the time axis."""
+    slots, at = [], first
+    while at <= last:
+        slots.append(at)
+        if unit == "day":  # a calendar day, 23 or 25 hours across a clock change
+            at = _truncate(timezone.localtime(at) + _STEP[unit] + timedelta(hours=2), unit)
+        else:
+            at = at + _STEP[unit]
+    return slots
+
+
+def _timeline(campaign, unit):
+    counts = {}  # UTC bucket start -> {series: n}
+
+    def add(bucket, series, n):
+        counts.setdefault(bucket, dict.fromkeys(SERIES, 0))[series] += n
+
+    sent = (Send.objects.filter(campaign=campaign, sent_at__isnull=False)
+            .values(bucket=Trunc("sent_at", unit)).annotate(n=Count("id")).order_by())
+    for row in sent:
+        add(_utc(row["bucket"]), "sent", row["n"])
+    rows = (Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
+            .exclude(type__in=[T.OPEN, T.CLICK], machine=True)
+            .values("type", bucket=Trunc("created_at", unit)).annotate(n=Count("id")).order_by())
+    for row in rows:
+        add(_utc(row["bucket"]), _TIMELINE_TYPES[row["type"]], row["n"])
+    zone = timezone.get_current_timezone_name()
+    if not counts:
+        return {"unit": unit, "time_zone": zone, "buckets": []}
+    coarser = unit_for(max(counts) - min(counts))
+    if UNITS.index(coarser) > UNITS.index(unit):
+        unit, fine = coarser, counts
+        counts = {}
+        for bucket, series in fine.items():
+            for name, n in series.items():
+                add(_truncate(bucket, unit), name, n)
+    slots = sorted(set(_slots(min(counts), max(counts), unit)) | set(counts))
+    label = _label_format(unit, slots)
+    empty = dict.fromkeys(SERIES, 0)
+    buckets = [{"start": timezone.localtime(slot).isoformat(), "label": dateformat.format(timezone.localtime(slot), label),
+                **counts.get(slot, empty)} for slot in slots]
+    return {"unit": unit, "time_zone": zone, "buckets": buckets}
+
+
+def _label_format(unit, slots):
+    """Times of day within one day; with the weekday when the chart spans days; dates for days."""
+    if unit == "day":
+        return "D j M"
+    first, last = timezone.localtime(slots[0]), timezone.localtime(slots[-1])
+    return "H:i" if first.date() == last.date() else "D H:i"

@@ -25,7 +25,7 @@ def test_campaign_statistics_page_shows_figures_and_charts(admin_client, client,
     assert page.status_code == 200
     html = page.content.decode()
     assert "Statistics: Spring" in html
-    assert "Opened (people)" in html and "50.00 % of sent" in html
+    assert "Opened (people)" in html and "50.00 % of delivered" in html
     assert "<svg" in html and "<rect" in html
     assert "https://shop.example/spring" in html and "example.net" in html
 
