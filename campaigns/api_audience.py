@@ -22,7 +22,7 @@ from pydantic import AfterValidator
 
 from campaigns.exports import contact_rows
 from campaigns.imports import ImportRejected, check_encoding, is_valid_address, parse_delimiter
-from campaigns.models import Contact, Import, MailingList, Subscription, email_key
+from campaigns.models import Contact, Import, MailingList, Subscription, Suppression, email_key
 from herald.permissions import requires
 
 router = Router(tags=["audience"])
@@ -233,6 +233,8 @@ class ResubscribedOut(Schema):
     resubscribed_at: datetime
     resubscribed_by: str
     resubscribe_reason: str
+    suppressed: str | None = Field(None, description="the reason the address is still suppressed, if it is: no "
+                                                     "campaign mails it until the suppression is lifted")
 
 
 class ContactOut(Schema):
@@ -435,6 +437,7 @@ def resubscribe_contact(request, contact_id: int, payload: ResubscribeIn):
         "contact_id": contact.pk, "contact_status": contact.status, "list_id": sub.mailing_list_id,
         "list_name": sub.mailing_list.name, "status": sub.status, "resubscribed_at": sub.resubscribed_at,
         "resubscribed_by": request.user.get_username(), "resubscribe_reason": sub.resubscribe_reason,
+        "suppressed": Suppression.objects.filter(email_key=contact.email_key).values_list("reason", flat=True).first(),
     }
 
 

@@ -9,7 +9,7 @@ from django.test import Client
 from django.urls import reverse
 
 from campaigns.imports import import_contacts
-from campaigns.models import ApiToken, Contact, Subscription
+from campaigns.models import ApiToken, Contact, Subscription, Suppression
 
 pytestmark = pytest.mark.django_db
 
@@ -64,6 +64,12 @@ def test_a_contact_who_unsubscribed_from_everything_is_not_made_active_by_an_edi
     assert "resubscribe" in refused.json()["detail"]
     assert Contact.objects.get(pk=gone.pk).status == "unsubscribed"
 
+    Suppression.objects.create(email=gone.email, reason=Suppression.Reason.UNSUBSCRIBE)
+    back = editor_api.post(f"/api/v1/contacts/{gone.pk}/resubscribe",
+                           {"list": readers.pk, "reason": "Wrote to support asking to get the newsletter again"},
+                           content_type="application/json").json()
+    assert (back["contact_status"], back["status"], back["suppressed"]) == ("active", "confirmed", "unsubscribe")
+
 
 def test_resubscribe_needs_a_reason_and_records_who_and_why(editor_api, editor, readers, gone):
     url = f"/api/v1/contacts/{gone.pk}/resubscribe"
@@ -78,7 +84,7 @@ def test_resubscribe_needs_a_reason_and_records_who_and_why(editor_api, editor, 
     sub = done.json()
     assert (sub["list_id"], sub["status"], sub["resubscribed_by"], sub["resubscribe_reason"]) == (
         readers.pk, "confirmed", "edith", "Asked to be added back by phone on 2 May")
-    assert sub["resubscribed_at"] and status_in(readers, gone) == "confirmed"
+    assert sub["resubscribed_at"] and sub["suppressed"] is None and status_in(readers, gone) == "confirmed"
     entry = LogEntry.objects.get(object_id=str(gone.pk))
     assert entry.user == editor and "Asked to be added back by phone" in entry.change_message
 
