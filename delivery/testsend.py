@@ -133,11 +133,15 @@ def _send_test(campaign, addresses, user):
     take_quota(user, len(clean))
     contacts = {c.email_key: c for c in Contact.objects.filter(email_key__in=[email_key(a) for a in clean])}
     by_group = {}
-    for address in clean:
-        contact = contacts.get(email_key(address))
-        built = compiled.build(_TestSend(address), contact if contact else ContactData(address))
-        domain = address.rpartition("@")[2].lower()
-        by_group.setdefault(routing.group_of(domain), []).append((domain, built))
+    try:
+        for address in clean:
+            contact = contacts.get(email_key(address))
+            built = compiled.build(_TestSend(address), contact if contact else ContactData(address))
+            domain = address.rpartition("@")[2].lower()
+            by_group.setdefault(routing.group_of(domain), []).append((domain, built))
+    except Exception:
+        throttle.give_back(_user_limit(user), len(clean))  # nothing was sent
+        raise
     unsent = 0
     for items in by_group.values():
         group_results = _send_group(items)
