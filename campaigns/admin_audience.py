@@ -8,7 +8,7 @@ are joined, and full result counts are skipped where a table is large.
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
 from django.http import FileResponse, Http404, StreamingHttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -28,11 +28,65 @@ def _csv_response(rows, filename):
     return response
 
 
+UNSUBSCRIBED_HELP = "Unsubscribed: kept as the record. Only Resubscribe, with a reason, brings the contact back."
+
+
+class SubscriptionForm(forms.ModelForm):
+    """An unsubscribed row is the record of an unsubscribe: its list and status cannot be edited away."""
+
+    class Meta:
+        model = Subscription
+        fields = ("contact", "mailing_list", "status")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk and self.instance.is_unsubscribed:
+            for name in ("contact", "mailing_list", "status"):
+                if name in self.fields:
+                    # A disabled field keeps the stored value whatever is posted.
+                    self.fields[name].disabled = True
+            if "status" in self.fields:
+                self.fields["status"].help_text = UNSUBSCRIBED_HELP
+
+
+class SubscriptionFormSet(forms.BaseInlineFormSet):
+    def add_fields(self, form, index):
+        super().add_fields(form, index)
+        if form.instance.pk and form.instance.is_unsubscribed and "DELETE" in form.fields:
+            form.fields["DELETE"].disabled = True
+
+
 class SubscriptionInline(admin.TabularInline):
     model = Subscription
+    form = SubscriptionForm
+    formset = SubscriptionFormSet
     extra = 0
-    fields = ("mailing_list", "status", "created_at")
-    readonly_fields = ("created_at",)
+    fields = ("mailing_list", "status", "resubscribe", "created_at")
+    readonly_fields = ("resubscribe", "created_at")
+
+    @admin.display(description="")
+    def resubscribe(self, obj):
+        if obj.pk and obj.is_unsubscribed:
+            return format_html('<a href="{}">Resubscribe…</a>',
+                               reverse("admin:campaigns_subscription_resubscribe", args=[obj.pk]))
+        if obj.pk and obj.resubscribed_at:
+            who = obj.resubscribed_by.get_username() if obj.resubscribed_by else "the contact"
+            return f"resubscribed {obj.resubscribed_at:%Y-%m-%d} by {who}: {obj.resubscribe_reason}"
+        return ""
+
+
+class ContactForm(forms.ModelForm):
+    class Meta:
+        model = Contact
+        fields = ("email", "first_name", "last_name", "attributes", "status")
+
+    def clean_status(self):
+        status = self.cleaned_data["status"]
+        if (self.instance.pk and self.instance.status == Contact.Status.UNSUBSCRIBED
+                and status == Contact.Status.ACTIVE):
+            raise forms.ValidationError("This contact unsubscribed. Resubscribe them to a list, with a reason, "
+                                        "to make them active again.")
+        return status
 
 
 @admin.register(Contact)
@@ -44,6 +98,7 @@ class ContactAdmin(admin.ModelAdmin):
     search_fields = ("email_key", "first_name", "last_name")
     readonly_fields = ("created_at", "updated_at")
     fields = ("email", "first_name", "last_name", "attributes", "status", "created_at", "updated_at")
+    form = ContactForm
     inlines = [SubscriptionInline]
     actions = ["export_selected"]
     show_full_result_count = False
@@ -97,15 +152,61 @@ class MailingListAdmin(admin.ModelAdmin):
         return _csv_response(contact_rows(contacts), f"list-{mailing_list.pk}.csv")
 
 
+class ResubscribeForm(forms.Form):
+    reason = forms.CharField(widget=forms.Textarea(attrs={"rows": 3}), max_length=2000,
+                             help_text="Why this contact is mailed again (e.g. their written request of 2 May). "
+                                       "Kept with the subscription and in the contact's history.")
+
+
 @admin.register(Subscription)
 class SubscriptionAdmin(admin.ModelAdmin):
+    form = SubscriptionForm
     list_display = ("contact", "mailing_list", "status", "created_at")
     list_filter = ("status", "mailing_list")
     list_select_related = ("contact", "mailing_list")
     search_fields = ("contact__email_key",)
     raw_id_fields = ("contact",)
+    readonly_fields = ("resubscribed_at", "resubscribed_by", "resubscribe_reason")
     show_full_result_count = False
     list_per_page = 100
+
+    def has_delete_permission(self, request, obj=None):
+        if obj is not None and obj.is_unsubscribed:
+            return False  # the record of the unsubscribe
+        return super().has_delete_permission(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        kept = queryset.filter(status=Subscription.Status.UNSUBSCRIBED).count()
+        queryset.exclude(status=Subscription.Status.UNSUBSCRIBED).delete()
+        if kept:
+            messages.warning(request, f"{kept} unsubscribed subscription(s) kept: they record an unsubscribe.")
+
+    def get_urls(self):
+        own = [path("<int:pk>/resubscribe/", self.admin_site.admin_view(self.resubscribe_view),
+                    name="campaigns_subscription_resubscribe")]
+        return own + super().get_urls()
+
+    def resubscribe_view(self, request, pk):
+        """The admin's counterpart of POST /api/v1/contacts/{id}/resubscribe: a reason is required."""
+        if not request.user.has_perm("campaigns.change_contact"):
+            raise PermissionDenied
+        sub = get_object_or_404(Subscription.objects.select_related("contact", "mailing_list"), pk=pk)
+        back = reverse("admin:campaigns_contact_change", args=[sub.contact_id])
+        if not sub.is_unsubscribed:
+            messages.info(request, f"{sub.contact} is not unsubscribed from {sub.mailing_list} ({sub.status}).")
+            return redirect(back)
+        form = ResubscribeForm(request.POST or None)
+        if request.method == "POST" and form.is_valid():
+            try:
+                sub.resubscribe(request.user, form.cleaned_data["reason"])
+            except ValidationError as exc:
+                form.add_error("reason", exc.message_dict.get("reason", exc.messages))
+            else:
+                messages.success(request, f"{sub.contact} is subscribed to {sub.mailing_list} again.")
+                return redirect(back)
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
+                   "subscription": sub, "title": f"Resubscribe {sub.contact} to {sub.mailing_list}"}
+        return render(request, "admin/campaigns/subscription/resubscribe.html", context)
 
 
 class ImportUploadForm(forms.Form):

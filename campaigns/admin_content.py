@@ -187,9 +187,13 @@ class CampaignAdmin(admin.ModelAdmin):
         results = None
         if request.method == "POST" and form.is_valid():
             try:
-                results = import_string("delivery.testsend.send_test")(campaign, form.cleaned_data["addresses"])
+                results = import_string("delivery.testsend.send_test")(campaign, form.cleaned_data["addresses"],
+                                                                      user=request.user)
             except (rendering.ContentError, ValueError) as exc:
+                # Includes the hourly test send limit (delivery.testsend.TestSendLimited), with the wait.
                 form.add_error(None, str(exc))
+                if getattr(exc, "retry_after", None):
+                    messages.error(request, f"Not sent: {exc}")
         return TemplateResponse(request, "admin/campaigns/campaign/send_test.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "original": campaign,
             "title": f"Send a test of {campaign}", "form": form, "results": results,

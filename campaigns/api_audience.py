@@ -22,7 +22,7 @@ from pydantic import AfterValidator
 
 from campaigns.exports import contact_rows
 from campaigns.imports import ImportRejected, check_encoding, is_valid_address, parse_delimiter
-from campaigns.models import Contact, Import, MailingList, Subscription, email_key
+from campaigns.models import Contact, Import, MailingList, Subscription, Suppression, email_key
 from herald.permissions import requires
 
 router = Router(tags=["audience"])
@@ -206,13 +206,35 @@ class ContactPatch(Schema):
     last_name: Text | None = Field(None, max_length=200)
     attributes: Attributes | None = None
     status: ContactStatus | None = None
-    lists: list[int] | None = Field(None, description="the full set of list ids; lists not named are left", max_length=1000)
+    lists: list[int] | None = Field(
+        None, max_length=1000,
+        description="the full set of list ids; lists not named are left. An unsubscribe is kept either way: a list the "
+                    "contact unsubscribed from stays unsubscribed when named again (see POST /contacts/{id}/resubscribe)",
+    )
+
+
+class ResubscribeIn(Schema):
+    list: int = Field(description="id of the list the contact unsubscribed from")
+    reason: Text = Field(min_length=1, max_length=2000, description="why the contact is resubscribed; kept as evidence")
 
 
 class SubscriptionOut(Schema):
     list_id: int
     list_name: str
     status: str
+
+
+class ResubscribedOut(Schema):
+    contact_id: int
+    contact_status: str
+    list_id: int
+    list_name: str
+    status: str
+    resubscribed_at: datetime
+    resubscribed_by: str
+    resubscribe_reason: str
+    suppressed: str | None = Field(None, description="the reason the address is still suppressed, if it is: no "
+                                                     "campaign mails it until the suppression is lifted")
 
 
 class ContactOut(Schema):
@@ -282,6 +304,7 @@ def _unknown_lists(ids):
 
 
 def _subscribe(contact, list_ids):
+    """Subscribe to lists the contact is not on; an existing row, unsubscribed above all, is left as it is."""
     optins = dict(MailingList.objects.filter(pk__in=list_ids).values_list("pk", "optin"))
     Subscription.objects.bulk_create(
         [
@@ -344,7 +367,7 @@ def get_contact(request, contact_id: int):
 
 
 @router.patch("/contacts/{contact_id}", response={200: ContactOut, 409: ErrorOut, 422: ErrorOut},
-              summary="Change a contact; attributes are merged, lists replace the subscriptions")
+              summary="Change a contact; attributes are merged, lists replace the subscriptions but never an unsubscribe")
 @requires("campaigns.change_contact")
 def update_contact(request, contact_id: int, payload: ContactPatch):
     contact = get_object_or_404(Contact, pk=contact_id)
@@ -366,6 +389,9 @@ def update_contact(request, contact_id: int, payload: ContactPatch):
         if data.get(name) is not None:
             setattr(contact, name, data[name].strip())
     if data.get("status") is not None:
+        if contact.status == Contact.Status.UNSUBSCRIBED and data["status"] == Contact.Status.ACTIVE:
+            return _error(409, "status", "the contact unsubscribed; only POST /api/v1/contacts/"
+                                         f"{contact.pk}/resubscribe, with a reason, brings them back")
         contact.status = data["status"]
     if data.get("attributes") is not None:
         contact.attributes = {**(contact.attributes or {}), **data["attributes"]}
@@ -373,11 +399,46 @@ def update_contact(request, contact_id: int, payload: ContactPatch):
         with transaction.atomic():
             contact.save()
             if lists is not None:
-                contact.subscriptions.exclude(mailing_list_id__in=lists).delete()
+                # An unsubscribed row is the record of the unsubscribe: it stays,
+                # so naming the list again cannot turn it into a subscription.
+                contact.subscriptions.exclude(mailing_list_id__in=lists).exclude(
+                    status=Subscription.Status.UNSUBSCRIBED).delete()
                 _subscribe(contact, lists)
     except IntegrityError:
         return _error(409, "email", "another contact has this address")
     return 200, _contacts().get(pk=contact.pk)
+
+
+@router.post("/contacts/{contact_id}/resubscribe", response={200: ResubscribedOut, 409: ErrorOut, 422: ErrorOut},
+             summary="Resubscribe a contact who unsubscribed from a list; who and why are recorded")
+@requires("campaigns.change_contact")
+def resubscribe_contact(request, contact_id: int, payload: ResubscribeIn):
+    """The only way back for a contact who unsubscribed from a list.
+
+    Editing a contact's lists, the admin and CSV imports leave an unsubscribe in
+    place. This sets the subscription to confirmed and keeps the caller, the time
+    and the reason on it (and in the contact's history); a contact unsubscribed
+    from everything becomes active again. A suppression is not lifted here.
+    """
+    contact = get_object_or_404(Contact, pk=contact_id)
+    if not payload.reason.strip():
+        return _error(422, "reason", "say why the contact is resubscribed")
+    if not MailingList.objects.filter(pk=payload.list).exists():
+        return _error(422, "list", f"no list with id {payload.list}")
+    with transaction.atomic():
+        sub = Subscription.objects.select_for_update().filter(contact=contact, mailing_list_id=payload.list).first()
+        if sub is None or not sub.is_unsubscribed:
+            state = sub.status if sub else "not on the list"
+            return _error(409, "list", f"the contact has not unsubscribed from list {payload.list} ({state}); "
+                                       f"add lists with PATCH /api/v1/contacts/{contact.pk}")
+        sub.resubscribe(request.user, payload.reason)
+    contact.refresh_from_db(fields=["status"])
+    return 200, {
+        "contact_id": contact.pk, "contact_status": contact.status, "list_id": sub.mailing_list_id,
+        "list_name": sub.mailing_list.name, "status": sub.status, "resubscribed_at": sub.resubscribed_at,
+        "resubscribed_by": request.user.get_username(), "resubscribe_reason": sub.resubscribe_reason,
+        "suppressed": Suppression.objects.filter(email_key=contact.email_key).values_list("reason", flat=True).first(),
+    }
 
 
 @router.delete("/contacts/{contact_id}", response={204: None}, summary="Delete a contact and its subscriptions")

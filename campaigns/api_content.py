@@ -14,6 +14,7 @@ from datetime import datetime
 
 from django.apps import apps
 from django.db import models
+from django.http import HttpResponse
 from django.shortcuts import get_object_or_404
 from django.utils.module_loading import import_string
 from email_validator import EmailNotValidError, validate_email
@@ -138,6 +139,7 @@ class TestResultOut(Schema):
     address: str
     ok: bool
     detail: str
+    status: str = Field("", description="sent, failed, invalid, suppressed (not mailed) or throttled (try again later)")
 
 
 class PreviewOut(Schema):
@@ -319,18 +321,23 @@ def delete_campaign(request, campaign_id: int):
     return 204, None
 
 
-@router.post("/campaigns/{campaign_id}/test", response={200: list[TestResultOut], 422: ContentErrorOut},
-             summary="Send the real message to a few addresses now")
+@router.post("/campaigns/{campaign_id}/test", response={200: list[TestResultOut], 422: ContentErrorOut, 429: dict},
+             summary="Send the real message to a few addresses now (limited per user; suppressed addresses skipped)")
 @requires("campaigns.change_campaign")
-def test_send(request, campaign_id: int, payload: TestIn):
+def test_send(request, campaign_id: int, payload: TestIn, response: HttpResponse):
+    """Each user may mail HERALD_TEST_SEND_LIMIT recipients per hour; over it the answer is 429 with Retry-After.
+    Test sends take the same relay, throttles and connection caps as campaign sends."""
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     try:
-        results = import_string("delivery.testsend.send_test")(campaign, payload.addresses)
+        results = import_string("delivery.testsend.send_test")(campaign, payload.addresses, user=request.user)
     except rendering.ContentError as exc:
         return _unprocessable([exc])
     except ValueError as exc:
+        if retry_after := getattr(exc, "retry_after", None):  # delivery.testsend.TestSendLimited
+            response["Retry-After"] = str(retry_after)
+            return 429, {"detail": f"addresses: {exc}", "retry_after": retry_after}
         return _unprocessable([rendering.ContentError("addresses", str(exc))])
-    return 200, [{"address": r.address, "ok": r.ok, "detail": r.detail} for r in results]
+    return 200, [{"address": r.address, "ok": r.ok, "detail": r.detail, "status": r.status} for r in results]
 
 
 @router.get("/campaigns/{campaign_id}/preview", response={200: PreviewOut, 404: dict, 422: ContentErrorOut},

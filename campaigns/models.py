@@ -105,6 +105,13 @@ class Subscription(models.Model):
     mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, related_name="subscriptions", db_index=False,
                                      db_constraint=False)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.CONFIRMED)
+    # Evidence of the last resubscribe: an unsubscribe is reversed only on
+    # purpose, by someone named, for a stated reason. Defaults live in the
+    # database too, since the import inserts rows with SQL of its own.
+    resubscribed_at = models.DateTimeField(null=True, blank=True)
+    resubscribed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
+                                        related_name="+", db_constraint=False, db_index=False)
+    resubscribe_reason = models.TextField(blank=True, default="", db_default="")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -115,6 +122,42 @@ class Subscription(models.Model):
 
     def __str__(self):
         return f"{self.contact_id} in {self.mailing_list_id} ({self.status})"
+
+    @property
+    def is_unsubscribed(self) -> bool:
+        return self.status == self.Status.UNSUBSCRIBED
+
+    def resubscribe(self, by, reason: str) -> None:
+        """Bring back a contact who unsubscribed from this list, recording who did it and why.
+
+        The only way an unsubscribed row becomes a subscription again: editing
+        a contact's lists, the admin and imports leave it unsubscribed. ``by``
+        is the operator; the contact's own confirmed opt-in (a confirmation or
+        preference-centre POST, once Herald has one) is meant to call this with
+        ``by=None`` and its consent evidence as the reason. A contact who
+        unsubscribed from everything becomes active again as well; a
+        suppression, if any, stays until it is lifted on its own page.
+        """
+        from django.contrib.admin.models import CHANGE, LogEntry
+        from django.contrib.contenttypes.models import ContentType
+        from django.utils import timezone
+
+        reason = reason.strip()
+        if not reason:
+            raise ValidationError({"reason": "Say why this contact is resubscribed."})
+        self.status = self.Status.CONFIRMED
+        self.resubscribed_at = timezone.now()
+        self.resubscribed_by = by
+        self.resubscribe_reason = reason
+        self.save()
+        Contact.objects.filter(pk=self.contact_id, status=Contact.Status.UNSUBSCRIBED).update(status=Contact.Status.ACTIVE)
+        if by is not None:
+            # Each resubscribe stays in the contact's history, not only the last one on the row.
+            LogEntry.objects.create(
+                user=by, content_type=ContentType.objects.get_for_model(Contact), object_id=str(self.contact_id),
+                object_repr=str(self.contact)[:200], action_flag=CHANGE,
+                change_message=f"Resubscribed to {self.mailing_list.name}: {reason}"[:2000],
+            )
 
 
 class Suppression(models.Model):

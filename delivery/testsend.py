@@ -1,27 +1,45 @@
-"""Test sends: the real message for a few addresses, sent at once through the configured relay.
+"""Test sends: the real message for a few addresses, sent at once the way the engine sends.
 
 The message is built exactly as the campaign will build it, for the contact
 with that address when there is one (else for a contact with empty fields),
-and handed over synchronously: through the first enabled Relay (its host,
-port, TLS mode, certificate check and credentials), or through EMAIL_HOST and
-EMAIL_PORT when no relay is configured. Each address gets its own result; a
-relay error says what the server answered and which server it was.
+and handed over synchronously through the engine's own route, SMTP client and
+limits: the active relay (delivery.routing) or the recipients' MX hosts in
+direct mode, HERALD_SMTP_CA_FILE for certificates, and a token from the same
+Redis buckets as campaign sends (the domain group's and the relay's) and a
+connection slot under the same cap. A test send is still mail to a person, so:
+
+- a suppressed address is skipped and reported, never mailed;
+- each user may mail HERALD_TEST_SEND_LIMIT recipients per hour (a token
+  bucket in Redis, shared by every web process); a request over it is refused
+  as a whole with the seconds to wait;
+- when a throttle has no token left, the address is reported as throttled with
+  the seconds to wait, rather than sent over the limit.
+
+Each address gets its own result; a relay error says what the server answered
+and which server it was.
 """
 
-import smtplib
-import ssl
+import math
+import os
+import socket
 from dataclasses import dataclass
 
 from django.conf import settings
 from email_validator import EmailNotValidError, validate_email
 
-from campaigns.models import Contact, email_key
+from campaigns.models import Contact, Suppression, email_key
 from campaigns.rendering import ContactData
+from delivery import routing, throttle
 from delivery.message import compile_campaign
-from delivery.models import Relay
+from delivery.mx import NoRoute
+from delivery.smtp import Connection, SMTPFailure, Timeouts
 
 MAX_ADDRESSES = 10
+# A person waits for the answer: no SMTP step may take longer than this.
 TIMEOUT = 30
+HOUR = 3600
+
+SENT, FAILED, INVALID, SUPPRESSED, THROTTLED = "sent", "failed", "invalid", "suppressed", "throttled"
 
 
 @dataclass
@@ -29,8 +47,19 @@ class TestResult:
     address: str
     ok: bool
     detail: str
+    status: str = ""
 
     __test__ = False  # not a pytest class
+
+
+class TestSendLimited(ValueError):
+    """The user has used up their test sends for now; ``retry_after`` seconds until the request fits."""
+
+    __test__ = False
+
+    def __init__(self, message, retry_after: int):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -39,71 +68,6 @@ class _TestSend:
 
     email: str
     pk: int = 0
-
-
-@dataclass
-class _Server:
-    host: str
-    port: int
-    security: str = Relay.Security.NONE
-    verify_certificate: bool = True
-    username: str = ""
-    password: str = ""
-    helo_name: str = ""
-
-    @property
-    def where(self):
-        return f"{self.host}:{self.port}"
-
-
-def _server():
-    relay = Relay.objects.filter(enabled=True).order_by("pk").first()
-    if relay is not None:
-        return _Server(relay.host, relay.port, relay.security, relay.verify_certificate, relay.username,
-                       relay.password, relay.helo_name)
-    security = Relay.Security.TLS if getattr(settings, "EMAIL_USE_SSL", False) else (
-        Relay.Security.STARTTLS if getattr(settings, "EMAIL_USE_TLS", False) else Relay.Security.NONE)
-    return _Server(settings.EMAIL_HOST, settings.EMAIL_PORT, security, True,
-                   getattr(settings, "EMAIL_HOST_USER", ""), getattr(settings, "EMAIL_HOST_PASSWORD", ""))
-
-
-def _tls_context(server):
-    context = ssl.create_default_context()
-    if not server.verify_certificate:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-def _reply(exc):
-    """``535 5.7.8 Authentication failed`` from an smtplib error."""
-    code = getattr(exc, "smtp_code", None)
-    text = getattr(exc, "smtp_error", b"")
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", "replace")
-    return f"{code} {text}".strip() if code else str(exc)
-
-
-def _connect(server):
-    helo = server.helo_name or None
-    if server.security == Relay.Security.TLS:
-        conn = smtplib.SMTP_SSL(server.host, server.port, local_hostname=helo, timeout=TIMEOUT,
-                                context=_tls_context(server))
-    else:
-        conn = smtplib.SMTP(server.host, server.port, local_hostname=helo, timeout=TIMEOUT)
-    try:
-        conn.ehlo()
-        if server.security == Relay.Security.STARTTLS:
-            if not conn.has_extn("starttls"):
-                raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS, which this relay requires")
-            conn.starttls(context=_tls_context(server))
-            conn.ehlo()
-        if server.username:
-            conn.login(server.username, server.password)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
 
 
 def check_addresses(addresses):
@@ -118,59 +82,162 @@ def check_addresses(addresses):
         try:
             validate_email(address, check_deliverability=False)
         except EmailNotValidError as exc:
-            errors.append(TestResult(address, False, f"not a valid address: {exc}"))
+            errors.append(TestResult(address, False, f"not a valid address: {exc}", INVALID))
             continue
         clean.append(address)
     return clean, errors
 
 
-def send_test(campaign, addresses):
-    """Send the campaign's real message to each address now; a TestResult per address, in the order given."""
-    results = _send_test(campaign, addresses)
+def _user_limit(user) -> throttle.Limit:
+    per_hour = settings.HERALD_TEST_SEND_LIMIT
+    who = getattr(user, "pk", None) or "anonymous"
+    return throttle.Limit(f"testsend:user:{who}", per_hour / HOUR, per_hour)
+
+
+def take_quota(user, n: int) -> None:
+    """Count ``n`` recipients against the user's hourly test sends, all or none; raises TestSendLimited."""
+    limit = _user_limit(user)
+    grant = throttle.take_tokens(limit, n)
+    if grant.granted == n:
+        return
+    throttle.give_back(limit, grant.granted)
+    wait = max(1, math.ceil((n - grant.granted) / limit.rate))
+    raise TestSendLimited(
+        f"test send limit reached: at most {settings.HERALD_TEST_SEND_LIMIT} recipients per user per hour "
+        f"(HERALD_TEST_SEND_LIMIT); this request has {n}; try again in {wait} s", wait)
+
+
+def send_test(campaign, addresses, user=None):
+    """Send the campaign's real message to each address now; a TestResult per address, in the order given.
+
+    Raises ValueError for a bad address list and TestSendLimited when ``user``
+    has no test sends left for this many recipients.
+    """
+    results = _send_test(campaign, addresses, user)
     order = {(a or "").strip(): n for n, a in reversed(list(enumerate(addresses)))}
     return sorted(results, key=lambda r: order.get(r.address, len(order)))
 
 
-def _send_test(campaign, addresses):
+def _send_test(campaign, addresses, user):
     clean, results = check_addresses(addresses)
+    suppressed = dict(Suppression.objects.filter(email_key__in=[email_key(a) for a in clean])
+                      .values_list("email_key", "reason"))
+    for address in clean:
+        if email_key(address) in suppressed:
+            results.append(TestResult(address, False, f"suppressed ({suppressed[email_key(address)]}): not sent",
+                                      SUPPRESSED))
+    clean = [a for a in clean if email_key(a) not in suppressed]
     if not clean:
         return results
-    compiled = compile_campaign(campaign)
+    compiled = compile_campaign(campaign)  # a template error refuses the request before any quota is spent
+    take_quota(user, len(clean))
     contacts = {c.email_key: c for c in Contact.objects.filter(email_key__in=[email_key(a) for a in clean])}
-    built = []
-    for address in clean:
-        contact = contacts.get(email_key(address))
-        built.append(compiled.build(_TestSend(address), contact if contact else ContactData(address)))
-    server = _server()
+    by_group = {}
     try:
-        conn = _connect(server)
-    except smtplib.SMTPException as exc:
-        return results + [TestResult(a, False, f"{_reply(exc)} from {server.where}") for a in clean]
-    except OSError as exc:  # refused, timed out, or TLS failed (ssl.SSLError is an OSError)
-        reason = exc.strerror or str(exc)
-        return results + [TestResult(a, False, f"cannot connect to {server.where}: {reason}") for a in clean]
-    try:
-        for message in built:
-            results.append(_send_one(conn, server, message))
-    finally:
-        try:
-            conn.quit()
-        except (smtplib.SMTPException, OSError):
-            conn.close()
+        for address in clean:
+            contact = contacts.get(email_key(address))
+            built = compiled.build(_TestSend(address), contact if contact else ContactData(address))
+            domain = address.rpartition("@")[2].lower()
+            by_group.setdefault(routing.group_of(domain), []).append((domain, built))
+    except Exception:
+        throttle.give_back(_user_limit(user), len(clean))  # nothing was sent
+        raise
+    unsent = 0
+    for items in by_group.values():
+        group_results = _send_group(items)
+        unsent += sum(1 for r in group_results if r.status == THROTTLED)
+        results.extend(group_results)
+    # Addresses a throttle held back were never mailed: they do not count.
+    throttle.give_back(_user_limit(user), unsent)
     return results
 
 
-def _send_one(conn, server, message):
+def _throttled(items, wait, why):
+    wait = max(1, math.ceil(wait))
+    return [TestResult(b.rcpt, False, f"throttled: {why}; try again in {wait} s", THROTTLED) for _, b in items]
+
+
+def _send_group(items):
+    """Send one domain group's messages under its throttles, as the engine's _send_group does."""
+    domain = items[0][0]
     try:
-        conn.sendmail(message.mail_from, [message.rcpt], message.data)
-    except smtplib.SMTPRecipientsRefused as exc:
-        code, text = next(iter(exc.recipients.values()))
-        return TestResult(message.rcpt, False, f"{code} {text.decode('utf-8', 'replace')} from {server.where}")
-    except smtplib.SMTPResponseException as exc:
-        return TestResult(message.rcpt, False, f"{_reply(exc)} from {server.where}")
-    except (smtplib.SMTPException, OSError) as exc:
-        return TestResult(message.rcpt, False, f"{exc} ({server.where})")
-    return TestResult(message.rcpt, True, f"accepted by {server.where} (Message-ID <{message.message_id}>)")
+        route = routing.route_for(domain)
+    except NoRoute as exc:
+        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b in items]
+    limit = routing.limit_for(domain)
+    grant = throttle.take_tokens(limit, len(items))
+    granted, wait, why = grant.granted, grant.wait, f"the rate limit for {domain}"
+    if route.relay_limit is not None and granted:
+        relay_grant = throttle.take_tokens(route.relay_limit, granted)
+        throttle.give_back(limit, granted - relay_grant.granted)
+        if relay_grant.granted < granted:
+            granted, wait, why = relay_grant.granted, max(wait, relay_grant.wait), f"the rate of relay {route.relay.name}"
+    go, later = items[:granted], items[granted:]
+    results = _throttled(later, wait, why)
+    if go:
+        try:
+            results.extend(_deliver(route, go))
+        except _NoSlot as exc:
+            throttle.give_back(limit, len(go))
+            if route.relay_limit is not None:
+                throttle.give_back(route.relay_limit, len(go))
+            results.extend(_throttled(go, 5, str(exc)))
+    return results
+
+
+class _NoSlot(Exception):
+    pass
+
+
+def _deliver(route, items):
+    try:
+        conn, holder = _open(route)
+    except SMTPFailure as exc:
+        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b in items]
+    try:
+        replies, leftovers = conn.send_many([b for _, b in items])
+    finally:
+        conn.close()
+        throttle.release_slot(route.pool_key, holder)
+    results = []
+    for built, (code, text) in replies:
+        where = conn.endpoint.where
+        if code is not None and 200 <= code < 300:
+            results.append(TestResult(built.rcpt, True, f"accepted by {where} (Message-ID <{built.message_id}>)", SENT))
+        elif code is None:
+            results.append(TestResult(built.rcpt, False, text, FAILED))
+        else:
+            results.append(TestResult(built.rcpt, False, f"{code} {text} from {where}", FAILED))
+    results.extend(TestResult(b.rcpt, False, "not sent: the connection closed first", FAILED) for b in leftovers)
+    return results
+
+
+def _open(route):
+    """A connection of the engine's own client to the first endpoint that answers, under the route's connection cap.
+
+    Not the engine's pool: a web process has nobody to close idle connections,
+    so this one is closed (and its slot freed) as soon as the test is sent.
+    """
+    timeouts = Timeouts.from_settings()
+    for name in ("connect", "greeting", "command", "data_start", "final_dot"):
+        setattr(timeouts, name, min(getattr(timeouts, name), TIMEOUT))
+    holder = f"{socket.gethostname()}:{os.getpid()}:testsend:{id(route)}"
+    if not throttle.acquire_slot(route.pool_key, route.cap, holder, TIMEOUT * 6):
+        where = f"relay {route.relay.name}" if route.relay else route.pool_key
+        raise _NoSlot(f"all {route.cap} connections to {where} are in use")
+    last = None
+    try:
+        for endpoint in route.endpoints:
+            try:
+                return Connection(endpoint, timeouts).open(), holder
+            except SMTPFailure as exc:
+                if exc.fatal and route.relay is not None:
+                    raise
+                last = exc  # next MX host
+        raise last or SMTPFailure("no host to connect to")
+    except BaseException:
+        throttle.release_slot(route.pool_key, holder)
+        raise
 
 
 def preview(campaign, contact=None, address=""):

@@ -273,6 +273,8 @@ HERALD_BOUNCE_MAX_CONNECTIONS = envint("HERALD_BOUNCE_MAX_CONNECTIONS", 100, min
 HERALD_BOUNCE_MAILBOX = envsecret("HERALD_BOUNCE_MAILBOX", "")
 HERALD_BOUNCE_MAILBOX_CAFILE = envstr("HERALD_BOUNCE_MAILBOX_CAFILE", "")
 HERALD_BOUNCE_MAILBOX_INTERVAL = envint("HERALD_BOUNCE_MAILBOX_INTERVAL", 300, minimum=10)
+# Test sends: recipients per user per hour (a token bucket in Redis).
+HERALD_TEST_SEND_LIMIT = envint("HERALD_TEST_SEND_LIMIT", 50, minimum=1)
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
 EMAIL_HOST = envstr("EMAIL_HOST", "127.0.0.1")

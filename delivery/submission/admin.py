@@ -92,8 +92,8 @@ class OutboundMessageAdmin(admin.ModelAdmin):
     date_hierarchy = "created_at"
     list_select_related = ("credential",)
     exclude = ("raw",)
-    readonly_fields = ("credential", "mail_from", "from_header", "subject", "message_id", "size", "recipients", "tag",
-                       "peer", "created_at", "headers", "deliveries")
+    readonly_fields = ("credential", "mail_from", "from_header", "from_domain", "subject", "message_id", "size",
+                       "recipients", "tag", "peer", "created_at", "headers", "deliveries")
 
     def get_queryset(self, request):
         return super().get_queryset(request).defer("raw")

@@ -91,6 +91,8 @@ class MessageOut(Schema):
     credential: str
     mail_from: str
     from_header: str
+    from_domain: str = Field(description="The From domain checked against the credential at acceptance; the only "
+                                         "domain the message is DKIM-signed for.")
     subject: str
     message_id: str
     tag: str
@@ -206,7 +208,8 @@ def _present(messages: list[OutboundMessage]) -> list[dict]:
         rows = by_message.get(m.pk, [])
         out.append({
             "id": m.pk, "credential": m.credential.username, "mail_from": m.mail_from, "from_header": m.from_header,
-            "subject": m.subject, "message_id": m.message_id, "tag": m.tag, "size": m.size, "created_at": m.created_at,
+            "from_domain": m.from_domain, "subject": m.subject, "message_id": m.message_id, "tag": m.tag, "size": m.size,
+            "created_at": m.created_at,
             "state": _state([s.status for s in rows]),
             "recipients": [{
                 "send_id": s.pk, "email": s.email, "status": s.status, "attempts": s.attempts, "smtp_code": s.smtp_code,

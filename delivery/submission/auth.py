@@ -30,7 +30,12 @@ class Login:
     default_tag: str
 
     def may_send_from(self, address: str) -> bool:
-        return address.rpartition("@")[2].strip().lower().rstrip(".") in self.domains
+        return address_domain(address) in self.domains
+
+
+def address_domain(address: str) -> str:
+    """The domain of an address already parsed out of its header (never of a raw header value)."""
+    return address.rpartition("@")[2].strip().lower().rstrip(".")
 
 
 class Verifier:

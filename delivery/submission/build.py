@@ -7,7 +7,8 @@ re-encoded, so what the client signed or wrote survives); Herald only
   recipients must not see it) and any ``Return-Path`` (set at final delivery),
 - adds the Message-ID and Date fixed at acceptance when the client gave none,
 - rewrites links and adds an open pixel when the credential enables tracking,
-- sets the VERP envelope sender, and DKIM-signs for a configured sending domain.
+- sets the VERP envelope sender, and DKIM-signs when Herald holds a key for the From
+  domain validated at acceptance (never a domain read again from the raw header).
 """
 
 import html
@@ -128,6 +129,17 @@ def dkim_sign(data: bytes, from_domain: str) -> bytes:
     return signer.sign(headers, body) + data
 
 
+def signing_domain(outbound: OutboundMessage) -> str:
+    """The domain Herald may sign this message for, or "" for none.
+
+    Only the From domain validated at acceptance counts, and only while it is
+    still one of the credential's domains: one tenant's message is never
+    signed with another tenant's key, whatever its raw From header says.
+    """
+    domain = outbound.from_domain
+    return domain if domain and domain in outbound.credential.domain_list() else ""
+
+
 def build_for_send(send) -> BuiltMessage:
     outbound = OutboundMessage.objects.select_related("credential").get(pk=send.outbound_id)
     raw = bytes(outbound.raw)
@@ -142,6 +154,7 @@ def build_for_send(send) -> BuiltMessage:
     if b"date" not in names:
         added.append(f"Date: {format_datetime(outbound.created_at)}\r\n".encode())
     data = b"".join(added + kept) + b"\r\n" + body
-    from_domain = outbound.from_header.rpartition("@")[2].strip(" >").lower()
-    data = dkim_sign(data, from_domain)
+    domain = signing_domain(outbound)
+    if domain:
+        data = dkim_sign(data, domain)
     return BuiltMessage(tokens.verp_address(send.pk), send.email, data, outbound.message_id.strip("<>"))

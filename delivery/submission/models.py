@@ -89,6 +89,14 @@ class OutboundMessage(models.Model):
     credential = models.ForeignKey(SmtpCredential, on_delete=models.PROTECT, related_name="messages")
     mail_from = models.CharField(max_length=320, help_text="Envelope sender given by the client.")
     from_header = models.CharField(max_length=998, blank=True, default="")
+    # The From header is data from the client and may be crafted so that a
+    # naive reading finds another domain in it; this is the domain that was
+    # parsed and checked against the credential at acceptance, and the only one
+    # Herald will ever DKIM-sign the message for.
+    from_domain = models.CharField(
+        max_length=253, blank=True, default="",
+        help_text="From domain checked against the credential at acceptance; the only domain the message is signed for.",
+    )
     subject = models.CharField(max_length=998, blank=True, default="")
     # Message-ID and Date that the delivered copies carry: the client's, or
     # ours when it gave none, fixed at acceptance so every retry is the same message.

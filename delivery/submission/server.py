@@ -25,7 +25,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupExce
 from django.conf import settings
 from django.db import connections
 
-from delivery.submission.auth import Limits, Login, Verifier
+from delivery.submission.auth import Limits, Login, Verifier, address_domain
 from delivery.submission.handoff import Handoff, HandoffProcess
 from delivery.submission.store import Accepted, store_batch
 
@@ -335,14 +335,18 @@ def read_message(raw: bytes, login: Login) -> tuple[Accepted | None, str | None]
                 f"550 5.7.1 From address <{address}> is not allowed for login {login.username!r};"
                 f" it may send from: {', '.join(login.domains)}"
             )
+    # The domain just checked is the one kept for DKIM: the raw header may hide
+    # another domain in a comment or a stray bracket, and is never read again for signing.
+    from_domain = address_domain(addresses[0])
     if not message_id:
-        message_id = new_message_id(addresses[0].rpartition("@")[2].lower())
+        message_id = new_message_id(from_domain)
     item = Accepted(
         credential_id=login.id,
         mail_from="",
         rcpt_tos=[],
         raw=raw,
         from_header=" ".join(from_headers[0].split()),
+        from_domain=from_domain,
         subject=subject,
         message_id=message_id,
         tag=tag or login.default_tag,

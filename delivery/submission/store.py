@@ -31,6 +31,7 @@ class Accepted:
     rcpt_tos: list
     raw: bytes
     from_header: str = ""
+    from_domain: str = ""
     subject: str = ""
     message_id: str = ""
     tag: str = ""
@@ -85,7 +86,8 @@ def store_batch(items: list[Accepted]) -> list[int]:
 def _message_row(item: Accepted, pk, now) -> dict:
     return {
         "id": pk, "credential_id": item.credential_id, "mail_from": item.mail_from,
-        "from_header": item.from_header[:998], "subject": item.subject[:998], "message_id": item.message_id[:255],
+        "from_header": item.from_header[:998], "from_domain": item.from_domain[:253],
+        "subject": item.subject[:998], "message_id": item.message_id[:255],
         "raw": item.raw, "size": len(item.raw), "recipients": len(item.rcpt_tos), "tag": item.tag[:100],
         "peer": item.peer[:64], "created_at": now,
     }

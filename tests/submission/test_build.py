@@ -29,7 +29,7 @@ HTML_MESSAGE = (
 def stored(raw, **credential_fields):
     credential = make_credential(username="shop", **credential_fields)
     outbound = OutboundMessage.objects.create(
-        credential=credential, mail_from="shop@example.com", from_header="Shop <shop@example.com>",
+        credential=credential, mail_from="shop@example.com", from_header="Shop <shop@example.com>", from_domain="example.com",
         message_id="<fixed-1@example.com>", raw=raw, size=len(raw), recipients=1, tag="receipts",
     )
     send = Send.objects.create(email="bob@dest.test", domain="dest.test", outbound_id=outbound.pk)
