@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0005_subscription_index_without_include'),
+        ('campaigns', '0007_audit_log'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
