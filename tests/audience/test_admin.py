@@ -97,7 +97,8 @@ def test_export_action_neutralises_formulas(staff, readers):
 
 
 def test_api_token_created_in_the_admin_is_shown_once_and_works(staff, admin_user):
-    response = staff.post(reverse("admin:campaigns_apitoken_add"), {"user": admin_user.pk, "name": "ci", "access": "*"}, follow=True)
+    response = staff.post(reverse("admin:campaigns_apitoken_add"), {"user": admin_user.pk, "name": "ci", "access": "*"},
+                          follow=True)
     shown = [str(m) for m in response.context["messages"]]
     token = next(m.split("The new token is ")[1].split(" ")[0] for m in shown if "The new token is" in m)
     assert ApiToken.objects.get().digest == ApiToken.hash(token)
