@@ -396,7 +396,7 @@ class Progress:
         return f"{(counts['sent'] - sent_then) / (now - then):.0f}/s (last {min(now - then, self.window):.0f} s)"
 
 
-def watch(campaign_id, processes, timeout, recipients):
+def watch(campaign_id, processes, timeout):
     from django.db import close_old_connections
 
     from campaigns.models import Campaign
@@ -410,8 +410,7 @@ def watch(campaign_id, processes, timeout, recipients):
         close_old_connections()
         data = lifecycle.progress(campaign_id)
         counts = data["counts"]
-        recipients.feed()
-        line = progress.line(counts, time.monotonic()) + recipients.progress()
+        line = progress.line(counts, time.monotonic())
         if tty:
             print("\r" + line + "\x1b[K", end="", flush=True)
         elif time.monotonic() - last_print >= 5:
@@ -431,20 +430,22 @@ def watch(campaign_id, processes, timeout, recipients):
 # --- engagement ----------------------------------------------------------------------
 
 class Recipients:
-    """The recipients the demo plays: each starts once their message is in the sink and old enough.
+    """The recipients the demo plays, once the campaign has finished.
 
     A fetch within seconds of the send is a prefetch, not a person
     (tracking.machine): a recipient is played only once the ledger shows their
     message sent longer ago than that, so every run classifies the same way.
+    (Playing them while the campaign sends would also make the web server and
+    the worker queue for SQLite's single writer.)
     """
 
     def __init__(self, campaign_id, sink):
         self.campaign_id = campaign_id
         self.sink = sink
         self.audience = demo_engagement.Audience()
-        self.started = None
 
     def feed(self):
+        """Start every recipient whose message is old enough; how many still wait."""
         from datetime import timedelta
 
         from django.utils import timezone
@@ -458,23 +459,34 @@ class Recipients:
         for chunk in range(0, len(waiting), 500):
             ready = Send.objects.filter(campaign_id=self.campaign_id, email__in=waiting[chunk:chunk + 500],
                                         status=Send.Status.SENT, sent_at__lte=cutoff).values_list("email", flat=True)
-            if ready and self.started is None:
-                self.started = time.monotonic()
             self.audience.play({email: received[email] for email in ready})
         return len(received) - len(self.audience.submitted)
 
-    def progress(self):
-        return f"  played {self.audience.done()}" if self.audience.submitted else ""
-
-    def finish(self):
-        """Once the campaign is over: play everyone still waiting, then what they did, as a dict."""
-        deadline = time.monotonic() + demo_engagement.TIME_LIMIT
-        while self.feed() and time.monotonic() < deadline:
+    def play(self):
+        """Play them all, with a progress line; what they did, as a dict."""
+        log(f"Playing the recipients among the first {demo_engagement.PLAYED_CONTACTS} contacts: opening, "
+            "clicking and unsubscribing over HTTP…")
+        tty = sys.stdout.isatty()
+        t0 = time.monotonic()
+        last_print = 0.0
+        while True:
+            waiting = self.feed()
+            done, total = self.audience.done(), len(self.audience.submitted)
+            line = f"  played {done} of {total + waiting} recipients"
+            if tty:
+                print("\r" + line + "\x1b[K", end="", flush=True)
+            elif time.monotonic() - last_print >= 5:
+                log(line)
+                last_print = time.monotonic()
+            if not waiting and done == total:
+                break
             time.sleep(0.5)
+        if tty:
+            print(flush=True)
         played = self.audience.result()
         result = played.as_dict()
         result["recipients"] = len(self.audience.submitted)
-        result["seconds"] = round(time.monotonic() - (self.started or time.monotonic()), 1)
+        result["seconds"] = round(time.monotonic() - t0, 1)
         for error in played.errors[:5]:
             log(f"  did not play: {error}")
         return result
@@ -540,7 +552,7 @@ def wait_for_late_bounces(campaign_id, sink):
 
 
 def summarise(campaign_id, sink, contacts, played, inbox):
-    from django.db.models import Max
+    from django.db.models import Max, Sum
 
     from campaigns.models import Campaign, Suppression
     from delivery.models import DomainThrottle, Send
@@ -551,6 +563,8 @@ def summarise(campaign_id, sink, contacts, played, inbox):
     last = sends.filter(status=Send.Status.SENT).aggregate(last=Max("sent_at"))["last"]
     seconds = (last - campaign.started_at).total_seconds() if last else 0.0
     throttles = {t.domain_list()[0]: t for t in DomainThrottle.objects.filter(name__startswith="demo ")}
+    attempts = dict(sends.values_list("domain").annotate(n=Sum("attempts")))
+    slowest = max(DOMAINS, key=lambda d: (attempts.get(d) or 0) / throttles[d].rate)
     peaks = sink.peak_rates()
     domains = {}
     for domain, spec in DOMAINS.items():
@@ -569,6 +583,8 @@ def summarise(campaign_id, sink, contacts, played, inbox):
         "seconds": round(seconds, 1),
         "per_second": round(figures["sent"] / seconds, 1) if seconds else 0.0,
         "limits_add_up_to": sum(throttle.rate for throttle in throttles.values()),
+        "slowest_domain": {"domain": slowest, "attempts": attempts.get(slowest) or 0, "limit": throttles[slowest].rate,
+                           "seconds": round((attempts.get(slowest) or 0) / throttles[slowest].rate)},
         "domains": domains,
         "inbox": [{"to": rcpt, "eml": str(eml), "txt": str(txt)} for rcpt, eml, txt in inbox.in_order()],
     }
@@ -597,11 +613,14 @@ def print_summary(s):
     log(f"  clicked                      {s['clicked']} people ({_share(s['click_rate'])})")
     log(f"  unsubscribed                 {s['unsubscribes']}  ({s['one_click_unsubscribes']} one-click from the "
         f"mail client, {s['page_unsubscribes']} on the page)")
-    log(f"    as {played['recipients']} recipients did over HTTP: {played['requests']} requests to the web server "
-        f"in {played['seconds']} s")
+    log(f"    as {played['recipients']} recipients among the first {demo_engagement.PLAYED_CONTACTS} contacts did "
+        f"over HTTP: {played['requests']} requests to the web server in {played['seconds']} s")
+    if played["not_played"] or played["error_count"]:
+        log(f"    ({played['not_played']} left out at the time limit, {played['error_count']} stopped by an error)")
     log(f"  messages per second          {s['per_second']}  ({s['sent']} in {s['seconds']} s, retries included)")
-    log(f"    not thousands: the demo's {len(s['domains'])} domain limits add up to {s['limits_add_up_to']}/s, "
-        "and no domain goes faster than its own")
+    slowest = s["slowest_domain"]
+    log(f"    not thousands: the demo's {len(s['domains'])} domain limits add up to {s['limits_add_up_to']}/s, and "
+        f"{slowest['domain']} alone takes {slowest['seconds']} s ({slowest['attempts']} attempts at {slowest['limit']}/s)")
     log("  busiest second per domain (limit N/s with a burst of B: at most N+B in any one second):")
     for domain, d in s["domains"].items():
         verdict = "within" if d["within"] else "OVER"
@@ -718,11 +737,11 @@ def run(args, env, processes, var_dir, log_dir):
         test_send(campaign)
         log(f"Sending “{campaign.name}”…")
         lifecycle.start_campaign(campaign.pk)
+        watch(campaign.pk, processes, args.timeout)
+        wait_for_late_bounces(campaign.pk, sink)
         recipients = Recipients(campaign.pk, sink)
         try:
-            watch(campaign.pk, processes, args.timeout, recipients)
-            wait_for_late_bounces(campaign.pk, sink)
-            played = recipients.finish()
+            played = recipients.play()
         finally:
             recipients.close()
         summary = summarise(campaign.pk, sink, args.contacts, played, inbox)
