@@ -379,7 +379,7 @@ class Progress:
         total = counts["total"]
         pending = total - final
         # Rounded down, so it reads 100 % only when every recipient has its outcome.
-        share = 1.0 if not pending else int(final * 1000 / total) / 1000
+        share = (int(final * 1000 / total) / 1000 if pending else 1.0) if total else 0.0
         width = 32
         bar = "█" * int(share * width) + "░" * (width - int(share * width))
         return (f"[{bar}] {share:6.1%} done ({counts['deferred']} deferred)  sent {counts['sent']}  "
@@ -480,10 +480,13 @@ class Recipients:
                 last_print = time.monotonic()
             if not waiting and done == total:
                 break
+            if waiting and done == total and time.monotonic() - t0 > demo_engagement.TIME_LIMIT:
+                break  # messages whose send never shows as sent (a duplicate on the wire, say)
             time.sleep(0.5)
         if tty:
             print(flush=True)
         played = self.audience.result()
+        played.not_played += waiting
         result = played.as_dict()
         result["recipients"] = len(self.audience.submitted)
         result["seconds"] = round(time.monotonic() - t0, 1)
