@@ -94,8 +94,22 @@ class RelayAdmin(admin.ModelAdmin):
         routing.forget_relay()
 
 
+class DomainThrottleForm(forms.ModelForm):
+    class Meta:
+        model = DomainThrottle
+        fields = ["name", "domains", "is_default", "rate", "period", "burst", "max_connections"]
+        # The token bucket (delivery.throttle) lets a burst go on top of the rate: say so where both are set.
+        help_texts = {
+            "rate": "Messages per period, on average.",
+            "burst": "Messages that may go at once after a quiet spell, on top of the rate: any one period sees "
+                     "at most rate + burst (100/s with a burst of 20: at most 120 in any one second). "
+                     "0 means a burst as large as the rate.",
+        }
+
+
 @admin.register(DomainThrottle)
 class DomainThrottleAdmin(admin.ModelAdmin):
+    form = DomainThrottleForm
     list_display = ("name", "domains", "is_default", "rate", "period", "burst", "max_connections")
     list_filter = ("is_default", "period")
     search_fields = ("name", "domains")

@@ -86,3 +86,11 @@ def test_the_send_ledger_is_read_only(operator, make_campaign):
     assert listing.status_code == 200 and "a@example.com" in listing.content.decode()
     send = Send.objects.get()
     assert operator.post(reverse("admin:delivery_send_change", args=[send.pk]), {"status": "sent"}).status_code == 403
+
+
+def test_the_throttle_form_says_a_burst_goes_on_top_of_the_rate(client):
+    admin = User.objects.create_superuser("root", password="x")
+    client.force_login(admin)
+    page = client.get(reverse("admin:delivery_domainthrottle_add")).content.decode()
+    assert "at most rate + burst" in page
+    assert "100/s with a burst of 20: at most 120 in any one second" in page
