@@ -501,7 +501,7 @@ class Recipients:
 # --- summary -------------------------------------------------------------------------
 
 def campaign_figures(campaign):
-    """The campaign's figures, as the statistics page and the API show them (tracking.stats)."""
+    """The campaign's figures, from the one function behind the statistics page, the API and the dashboard."""
     from django.db.models import Count
 
     from delivery.models import Send
@@ -509,33 +509,34 @@ def campaign_figures(campaign):
     from tracking.stats import campaign_stats
 
     stats = campaign_stats(campaign)
-    count = {name: metric["count"] for name, metric in stats["metrics"].items()}
-    rate = {name: metric["rate"] for name, metric in stats["metrics"].items()}
+    outcome = {key: line["count"] for key, line in stats["outcomes"].items()}
+    engagement = stats["engagement"]
     sends = Send.objects.filter(campaign=campaign)
-    # campaign_stats counts a 550 at RCPT and a DSN after delivery as one "hard bounce", and no
-    # retries: the summary tells them apart from the ledger.
-    late = (Event.objects.filter(campaign=campaign, type=Event.Type.BOUNCE).exclude(send__status=Send.Status.BOUNCED)
-            .values("send").distinct().count())
     unsubscribes = dict(Event.objects.filter(campaign=campaign, type=Event.Type.UNSUBSCRIBE)
                         .values_list("source").annotate(n=Count("send", distinct=True)))
     return {
         "recipients": stats["recipients"],
-        "sent": count["sent"],
-        "deferred": count["deferred"],
-        "failed": count["failed"],
+        # The partition, as the page shows it: every recipient once, by where it stands now.
+        "outcomes": {key: line for key, line in stats["outcomes"].items()
+                     if line["count"] or key in ("delivered", "bounced_after_delivery", "bounced")},
+        "sent": outcome["delivered"] + outcome["bounced_after_delivery"],  # accepted with a 250
+        "delivered": outcome["delivered"],
+        "deferred": outcome["deferred"],
+        "failed": outcome["failed"],
         "failed_reply": (sends.filter(status=Send.Status.FAILED).values("smtp_reply").annotate(n=Count("id"))
                          .order_by("-n").values_list("smtp_reply", flat=True).first() or ""),
-        "bounced": sends.filter(status=Send.Status.BOUNCED).count(),
-        "late_bounces": late,
+        "bounced": outcome["bounced"],
+        "late_bounces": outcome["bounced_after_delivery"],
+        "deferred_at_least_once": stats["deferred_at_least_once"]["count"],
         "deferred_then_delivered": sends.filter(status=Send.Status.SENT, attempts__gt=1).count(),
-        "human_opens": count["human_opens"],
-        "human_open_rate": rate["human_opens"],
-        "machine_opens": count["machine_opens"],
+        "human_opens": engagement["human_opens"]["count"],
+        "human_open_rate": engagement["human_opens"]["rate"],
+        "machine_opens": engagement["machine_opens"]["count"],
         "pixel_fetches": stats["totals"]["opens"],
-        "clicked": count["unique_clicks"],
-        "click_rate": rate["unique_clicks"],
-        "complaints": count["complaints"],
-        "unsubscribes": count["unsubscribes"],
+        "clicked": engagement["unique_clicks"]["count"],
+        "click_rate": engagement["unique_clicks"]["rate"],
+        "complaints": engagement["complaints"]["count"],
+        "unsubscribes": engagement["unsubscribes"]["count"],
         "one_click_unsubscribes": unsubscribes.get("one-click", 0),
         "page_unsubscribes": unsubscribes.get("page", 0),
     }
@@ -594,7 +595,7 @@ def summarise(campaign_id, sink, contacts, played, inbox):
 
 
 def _share(rate):
-    return f"{rate:.1%} of sent"
+    return f"{rate:.1%} of delivered"
 
 
 def print_summary(s):
@@ -604,12 +605,15 @@ def print_summary(s):
     log(f"  contacts imported            {s['contacts']}")
     log(f"  suppressed before sending    {s['suppressed_before']}  (earlier unsubscribes and complaints)")
     log(f"  recipients                   {s['recipients']}")
-    log(f"  sent                         {s['sent']}")
-    log(f"    of which deferred first    {s['deferred_then_delivered']}  (451, then delivered on retry)")
-    log(f"  bounced                      {s['bounced']}  (550 at RCPT; suppressed at once)")
+    log("  outcomes, as the statistics page shows them (each recipient once; they add up to 100 %):")
+    for line in s["outcomes"].values():
+        log(f"    {line['label'] + ' ':.<26} {line['count']:6}  {line['rate']:7.2%}")
     if s["failed"]:
-        log(f"  failed                       {s['failed']}  (most often: {s['failed_reply'][:70]})")
-    log(f"  bounced later                {s['late_bounces']}  (DSN through the bounce server)")
+        log(f"    (failed, most often: {s['failed_reply'][:70]})")
+    log(f"  deferred at least once       {s['deferred_at_least_once']}  ({s['deferred_then_delivered']} were 451 first, "
+        f"then delivered on retry)")
+    log(f"  bounced                      {s['bounced']} with 550 at RCPT (suppressed at once), {s['late_bounces']} "
+        f"after delivery (DSN through the bounce server)")
     log(f"  suppressed after this send   {s['suppressed_now']}  (bounces, and unsubscribes from everything)")
     log(f"  opened                       {s['human_opens']} people ({_share(s['human_open_rate'])}), "
         f"{s['machine_opens']} more by mail privacy proxies  ({s['pixel_fetches']} fetches of the pixel)")

@@ -111,8 +111,9 @@ def printed_summary(out):
 @pytest.mark.timeout(900)
 def test_the_demo_sends_plays_its_recipients_and_a_second_run_prints_the_same(tmp_path, demo_env):
     out, summary = run_demo(demo_env, tmp_path)
-    for line in ("Summary", "sent", "deferred first", "bounced later", "opened", "clicked", "unsubscribed",
-                 "messages per second", "busiest second per domain", "inbox"):
+    for line in ("Summary", "as the statistics page shows them", "Delivered", "Bounced after delivery",
+                 "deferred at least once", "opened", "clicked", "unsubscribed", "messages per second",
+                 "busiest second per domain", "inbox"):
         assert line in out, out
 
     # Numbers a reader of the summary can check against the generated contacts:
@@ -122,6 +123,11 @@ def test_the_demo_sends_plays_its_recipients_and_a_second_run_prints_the_same(tm
     assert summary["contacts"] == CONTACTS
     assert summary["suppressed_before"] == CONTACTS // 400
     assert summary["sent"] + summary["bounced"] + summary["failed"] == summary["recipients"]
+    # The outcomes are the statistics page's partition: each recipient once, 100 % in all.
+    assert sum(line["count"] for line in summary["outcomes"].values()) == summary["recipients"]
+    assert round(sum(line["rate"] for line in summary["outcomes"].values()), 6) == 1
+    assert summary["delivered"] + summary["late_bounces"] == summary["sent"]
+    assert summary["deferred_at_least_once"] >= summary["deferred_then_delivered"]
     # Nothing fails outright: every recipient is sent, bounced at RCPT, or
     # delivered after its deferral.
     assert summary["failed"] == 0, summary["failed_reply"]
