@@ -538,9 +538,12 @@ class _Builder:
             with render_budget(RENDER_SECONDS):
                 return compiled.build(row, contact)
         except SoftTimeLimitExceeded:
-            if row.campaign_id is not None and time.monotonic() - started >= STUCK_RENDER_SECONDS:
-                self._halt(row, "template took longer than the worker's time limit to render")
-            raise
+            if row.campaign_id is None or time.monotonic() - started < STUCK_RENDER_SECONDS:
+                raise  # the time went elsewhere: the batch stops and its rows go back to the queue
+            # The render itself is stuck: its campaign pauses and the batch goes
+            # on, so the message on the wire still gets its outcome recorded.
+            self._halt(row, "template took longer than the worker's time limit to render")
+            return None
         except Exception as exc:
             if row.campaign_id is not None and (isinstance(exc, BudgetExceeded)
                                                 or isinstance(exc, ContentError) and exc.budget):
