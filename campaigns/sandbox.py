@@ -34,6 +34,7 @@ render, where the budget applies.
 
 import contextvars
 import re
+import sys
 import time
 import types
 from contextlib import contextmanager
@@ -88,6 +89,7 @@ _VIEWS = (type({}.keys()), type({}.values()), _ITEMS)
 _WEIGHED = frozenset((*_CONTAINERS, *_VIEWS, Namespace))
 _TEXTS = frozenset((str, Markup, bytes))
 _INTS = frozenset((int, bool))
+_MEASURED = frozenset((*_TEXTS, *_CONTAINERS, *_VIEWS, int))
 
 
 class Budget:
@@ -136,30 +138,29 @@ class Budget:
                                  f" at most {_size(self.max_value)} (HERALD_TEMPLATE_MAX_OUTPUT)")
 
     def spend(self, size):
+        """``size`` bytes of new values (their memory, as sys.getsizeof tells it)."""
         self.build -= size
         if self.build < 0:
-            raise BudgetExceeded(f"template builds more than {_size(self.max_value * BUILD_FACTOR)} of text"
+            raise BudgetExceeded(f"template builds more than {_size(self.max_value * BUILD_FACTOR)} of values"
                                  f" ({BUILD_FACTOR} × HERALD_TEMPLATE_MAX_OUTPUT)")
         self.turns += 1
         if not self.turns & 255 or size > 65536:
             self.check_time()
 
-    def took(self, value, what):
-        """A value a filter or method returned: it counts, and must fit."""
+    def took(self, value, what, given=None):
+        """A value a filter, method or operator returned: it must fit, and its memory counts
+        (unless it is ``given``, the value it was called on, handed back as it was)."""
         t = type(value)
-        if t is str or t is Markup or t is bytes:
-            size = len(value)
-        elif t in _CONTAINERS or t in _VIEWS:
-            size = self.weigh(value)
-        elif t is int:
+        if value is given or t not in _MEASURED:
+            return value
+        if t is int:
             self.check_int(value, what)
-            return value
         else:
-            return value
-        if size > self.max_value:
-            raise BudgetExceeded(f"{what} made a value of {size:,} characters; a template value may have"
-                                 f" at most {_size(self.max_value)} (HERALD_TEMPLATE_MAX_OUTPUT)")
-        self.spend(len(value))
+            size = len(value) if t is str or t is Markup or t is bytes else self.weigh(value)
+            if size > self.max_value:
+                raise BudgetExceeded(f"{what} made a value of {size:,} characters; a template value may have"
+                                     f" at most {_size(self.max_value)} (HERALD_TEMPLATE_MAX_OUTPUT)")
+        self.spend(sys.getsizeof(value))
         return value
 
     def check_int(self, value, what):
@@ -224,7 +225,7 @@ class Budget:
         if weight > self.max_value:
             raise BudgetExceeded(f"a list or dict of {weight:,} characters; a template value may have"
                                  f" at most {_size(self.max_value)} (HERALD_TEMPLATE_MAX_OUTPUT)")
-        self.spend(len(value))
+        self.spend(sys.getsizeof(value))
         return value
 
 
@@ -392,7 +393,7 @@ def _join(eval_ctx, value, d="", attribute=None):
     """``join`` that adds up the size of what it joins before joining it."""
     b = current()
     items = list(value)
-    b.spend(len(items))
+    b.spend(sys.getsizeof(items))
     if attribute is not None:
         items = list(map(make_attrgetter(eval_ctx.environment, attribute), items))
     size = sum(b.weigh(item) for item in items) + len(str(d)) * max(len(items) - 1, 0)
@@ -422,7 +423,7 @@ def _guard_filter(name, func):
             raise _Unbudgeted(name)
         if check is not None:
             check(b, *args[skip:], **kwargs)
-        return b.took(func(*args, **kwargs), what)
+        return b.took(func(*args, **kwargs), what, args[skip] if len(args) > skip else None)
 
     return update_wrapper(guarded, func)
 
@@ -527,8 +528,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
         b = current()
         size = sum(b.weigh(p) for p in parts)
         b.fits(size, "the ~ operator")
-        b.spend(size)
-        return join(parts)
+        return b.took(join(parts), "the ~ operator")
 
     def built(self, value):
         return current().built(value)
@@ -559,7 +559,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
     def getitem(self, obj, argument):
         value = super().getitem(obj, argument)
         if type(argument) is slice:
-            current().took(value, "a slice")
+            current().took(value, "a slice", obj)
         return value
 
     def call(__self, __context, __obj, *args, **kwargs):  # noqa: N805 - Jinja's signature
@@ -575,7 +575,7 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             items = list(args[0])
             b.fits(sum(b.weigh(i) for i in items) + len(owner) * max(len(items) - 1, 0), "join()")
             args = (items,)
-        return b.took(super().call(__context, __obj, *args, **kwargs), f"{name or 'a call'}()")
+        return b.took(super().call(__context, __obj, *args, **kwargs), f"{name or 'a call'}()", owner)
 
     def wrap_str_format(self, value):
         if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (

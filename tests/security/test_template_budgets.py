@@ -6,15 +6,22 @@ blowing up on one contact's data) pauses with that reason; its rows go back
 to the queue untouched, so resuming after a fix sends them all.
 """
 
+import gc
 import signal
+import time
+import tracemalloc
 
 import pytest
 from celery.exceptions import SoftTimeLimitExceeded
 from django.contrib.auth.models import Permission, User
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+from jinja2 import TemplateSyntaxError
 
 from campaigns.models import ApiToken, Campaign, Contact, MailingList, Subscription
 from campaigns.rendering import ContactData, check_template, html_env
-from campaigns.sandbox import BudgetExceeded, render_budget
+from campaigns.sandbox import BUILD_FACTOR, BudgetExceeded, render_budget
 from delivery import engine, lifecycle, routing, tasks
 from delivery.models import Relay, Send
 from delivery.smtp import pool
@@ -296,3 +303,94 @@ def test_a_batch_stopped_at_the_soft_time_limit_goes_back_to_the_queue(relay, si
     assert campaign.status == Campaign.Status.SENDING
     assert not Send.objects.filter(campaign=campaign, status="sending").exists(), "no row is left claimed"
     assert enqueued == [ids]
+
+
+# --- fuzz: no template goes far over its memory or time budget -------------------------------------
+
+NUMBER = st.sampled_from([0, 1, 3, 80, 1000, 65536, 10**6, 2**31, 900000000, 10**18])
+TEXT = st.sampled_from(["'x'", "'a b\\tc\\n'", "s", "ns.v", "contact.email", "'€'"])
+SEQUENCE = st.sampled_from(["range(N)", "[s, s, s]", "(ns.v, ns.v)", "s|list", "[1, 2, 3]", "{'k': s}"])
+
+
+def _fill(template, n):
+    return template.replace("N", str(n))
+
+
+def expression(depth=2):
+    leaf = st.one_of(TEXT, SEQUENCE.flatmap(lambda q: NUMBER.map(lambda n: _fill(q, n))), NUMBER.map(str))
+    if depth == 0:
+        return leaf
+    inner = expression(depth - 1)
+
+    def combine(kind, a, b, n):
+        return {
+            "center": f"({a})|center({n})", "indent": f"({a})|indent({n}, true)", "wordwrap": f"({a})|wordwrap(1, true, {b})",
+            "truncate": f"({a})|truncate({n}, end={b})", "replace": f"({a})|replace('x', {b})", "join": f"({a})|join({b})",
+            "format": f"'%{n}s%s'|format({a}, {b})", "batch": f"({a})|batch({n}, {b})", "slice": f"({a})|slice({n})",
+            "ljust": f"({a}|string).ljust({n})", "zfill": f"({a}|string).zfill({n})",
+            "mreplace": f"({a}|string).replace('', {b}|string)",
+            "mjoin": f"({a}|string).join({b})", "fmt": f"'{{:>{n}}}{{}}'.format({a}, {b})", "times": f"({a}) * {n}",
+            "plus": f"({a}) + ({b})", "pow": f"{n} ** {n} ** {n}", "tilde": f"{a} ~ {b} ~ {a}", "percent": f"'%*s' % ({n}, {a})",
+            "list": f"({a})|list", "string": f"({a})|string", "tojson": f"({a})|tojson", "map": f"({a})|map('string')|list",
+            "urlize": f"({a}|string)|urlize(target={b})", "expandtabs": f"({a}|string).expandtabs({n})",
+            "nest": f"[{a}, {b}, {a}, {b}]",
+        }[kind]
+
+    return st.builds(combine, st.sampled_from(["center", "indent", "wordwrap", "truncate", "replace", "join", "format",
+                                               "batch", "slice", "ljust", "zfill", "mreplace", "mjoin", "fmt", "times",
+                                               "plus", "pow", "tilde", "percent", "list", "string", "tojson", "map",
+                                               "urlize", "expandtabs", "nest"]),
+                     inner, inner, NUMBER)
+
+
+def statement(depth=2):
+    expr = expression()
+    simple = st.one_of(expr.map(lambda e: "{{ " + e + " }}"), expr.map(lambda e: "{% set ns.v = " + e + " %}"),
+                       st.just("{{ m(30) }}"), st.just("{% set x %}{{ ns.v }}{{ ns.v }}{% endset %}{% set ns.v = x %}"))
+    if depth == 0:
+        return simple
+    body = st.lists(statement(depth - 1), min_size=1, max_size=3).map("".join)
+    loop = st.builds(lambda n, b, test: "{% for i in range(" + str(n) + ")" + (" if i >= 0" if test else "") + " %}"
+                     + b + "{% endfor %}", NUMBER.filter(lambda n: n < 10**7), body, st.booleans())
+    return st.one_of(simple, loop)
+
+
+PRELUDE = ("{% set s = 'xy' * 100 %}{% set ns = namespace(v='ab') %}"
+           "{% macro m(k) %}{% if k > 0 %}{{ m(k - 1) }}{{ m(k - 1) }}{% endif %}{% endmacro %}")
+FUZZ_OUTPUT = 64 * 1024
+FUZZ_SECONDS = 0.2
+
+
+@pytest.fixture
+def small_budgets(settings):
+    """Budgets scaled down so that each example is quick; the checks scale with them."""
+    settings.HERALD_TEMPLATE_MAX_OUTPUT = FUZZ_OUTPUT
+    settings.HERALD_TEMPLATE_MAX_LOOP = 2_000
+
+
+@given(body=st.lists(statement(), min_size=1, max_size=4).map("".join))
+@pytest.mark.timeout(120)
+@hypothesis_settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                  HealthCheck.too_slow])
+def test_no_template_goes_far_over_its_memory_or_time_budget(small_budgets, body):
+    source = PRELUDE + body
+    try:
+        template = html_env.from_string(source)
+    except TemplateSyntaxError:
+        return
+    memory_budget = (BUILD_FACTOR + 1) * FUZZ_OUTPUT  # new values, plus the output itself
+    gc.collect()
+    tracemalloc.start()
+    # CPU time, so that other processes on the machine do not count; the
+    # render's own deadline is wall-clock, which only stops it sooner.
+    started = time.process_time()
+    try:
+        with render_budget(FUZZ_SECONDS):
+            template.render(contact=ContactData("ann@example.com", "Ann"))
+    except Exception:  # noqa: BLE001, S110 - refusals of every kind are fine; only the cost is judged
+        pass
+    spent = time.process_time() - started
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak <= 4 * memory_budget, f"{peak:,} bytes at peak for {source!r}"
+    assert spent <= 4 * FUZZ_SECONDS, f"{spent:.2f} s of CPU for {source!r}"
