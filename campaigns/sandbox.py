@@ -37,22 +37,21 @@ import re
 import sys
 import time
 import types
-from contextlib import contextmanager
 from functools import update_wrapper
 
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.environment import Template
 from jinja2.exceptions import SecurityError
 from jinja2.filters import make_attrgetter, sync_do_join
 from jinja2.runtime import Macro
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, _mutable_spec, is_internal_attribute
 from jinja2.utils import Namespace, pass_environment, pass_eval_context
 from markupsafe import EscapeFormatter, Markup, escape
 
-DEFAULT_MAX_OUTPUT = 2 * 1024 * 1024
-DEFAULT_MAX_LOOP = 100_000
 BUILD_FACTOR = 8  # new text a render may build, as a multiple of the output budget
 RENDER_SECONDS = 2.0  # wall-clock budget of one render unless the caller gives another
 MAX_INT_DIGITS = 4300  # Python's own limit for printing an int (sys.int_info.str_digits_check_threshold)
@@ -75,14 +74,27 @@ def _size(n):
     return f"{n:,} characters"
 
 
-def max_output():
-    return getattr(settings, "HERALD_TEMPLATE_MAX_OUTPUT", DEFAULT_MAX_OUTPUT)
+_limits = None  # (max output, max loop), read once: a Budget is made for every render
+
+
+def _read_limits():
+    global _limits
+    _limits = (settings.HERALD_TEMPLATE_MAX_OUTPUT, settings.HERALD_TEMPLATE_MAX_LOOP)
+    return _limits
+
+
+@receiver(setting_changed)
+def _forget_limits(setting, **kwargs):
+    global _limits
+    if setting.startswith("HERALD_TEMPLATE_"):
+        _limits = None
 
 
 def max_loop():
-    return getattr(settings, "HERALD_TEMPLATE_MAX_LOOP", DEFAULT_MAX_LOOP)
+    return (_limits or _read_limits())[1]
 
 
+_MUTATING = frozenset().union(*(names for _types, names in _mutable_spec))
 _ITEMS = type({}.items())
 _CONTAINERS = (list, tuple, dict, set, frozenset)
 _VIEWS = (type({}.keys()), type({}.values()), _ITEMS)
@@ -98,10 +110,9 @@ class Budget:
     __slots__ = ("max_value", "output", "build", "loops", "deadline", "seconds", "weights", "turns")
 
     def __init__(self, seconds=RENDER_SECONDS):
-        self.max_value = max_output()
+        self.max_value, self.loops = _limits or _read_limits()
         self.output = self.max_value
         self.build = self.max_value * BUILD_FACTOR
-        self.loops = max_loop()
         self.seconds = seconds
         self.deadline = time.monotonic() + seconds if seconds else None
         self.weights = {}  # id -> (container, weight): containers seen in this render
@@ -124,12 +135,6 @@ class Budget:
     def check_time(self):
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise BudgetExceeded(f"template took longer than {self.seconds:g} s to render")
-
-    def printed(self, value):
-        """A value about to be printed: count it against the output budget."""
-        self.output -= self.weigh(value)
-        if self.output < 0:
-            raise self.over_output()
 
     def fits(self, size, what):
         """Refuse to build a value of ``size`` characters (or items), before building it."""
@@ -237,14 +242,22 @@ def current():
     return _current.get() or Budget(None)
 
 
-@contextmanager
+class _Scope:
+    __slots__ = ("seconds", "token")
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def __enter__(self):
+        self.token = _current.set(Budget(self.seconds))
+
+    def __exit__(self, *exc):
+        _current.reset(self.token)
+
+
 def render_budget(seconds=RENDER_SECONDS):
-    """Run the renders inside under one new budget (one message, one trial render)."""
-    token = _current.set(Budget(seconds))
-    try:
-        yield
-    finally:
-        _current.reset(token)
+    """``with render_budget():`` runs the renders inside under one new budget (one message, one trial render)."""
+    return _Scope(seconds)
 
 
 # --- checks of operations that multiply sizes -------------------------------------
@@ -477,8 +490,11 @@ class _Template(Template):
     def render(self, *args, **kwargs):
         if _current.get() is not None:
             return super().render(*args, **kwargs)
-        with render_budget():
+        token = _current.set(Budget())  # not render_budget(): this is the hot path
+        try:
             return super().render(*args, **kwargs)
+        finally:
+            _current.reset(token)
 
 
 def _range(*args):
@@ -577,8 +593,16 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
             args = (items,)
         return b.took(super().call(__context, __obj, *args, **kwargs), f"{name or 'a call'}()", owner)
 
+    def is_safe_attribute(self, obj, attr, value):
+        # The immutable sandbox's check of the receiver's type (abstract base
+        # classes, slow) only matters for the names of mutating methods.
+        if attr in _MUTATING:
+            return super().is_safe_attribute(obj, attr, value)
+        return not (attr.startswith("_") or is_internal_attribute(obj, attr))
+
     def wrap_str_format(self, value):
-        if not isinstance(value, types.MethodType | types.BuiltinMethodType) or value.__name__ not in (
+        t = type(value)
+        if t is not types.BuiltinMethodType and t is not types.MethodType or value.__name__ not in (
                 "format", "format_map"):
             return None
         f_self = value.__self__
@@ -605,6 +629,8 @@ class BudgetedSandbox(ImmutableSandboxedEnvironment):
 def _printed(value):
     b = _current.get()
     if b is not None:
-        b.printed(value)
+        b.output -= len(value) if type(value) is str else b.weigh(value)
+        if b.output < 0:
+            raise b.over_output()
     return value
 
