@@ -11,14 +11,19 @@ for ten billion loop turns. Here every render runs under a ``Budget``:
 * loops: at most ``HERALD_TEMPLATE_MAX_LOOP`` loop turns and macro calls in
   total (100,000), counted by a call the code generator puts in every loop;
 * values: no value a template builds (a string, a list, a number) may be
-  larger than the output budget, and the new values built in one render add
-  up to at most ``BUILD_FACTOR`` times it. Operations that multiply sizes
-  (``center``, ``ljust``, format widths, ``*``, ``**``, ``replace``,
-  ``indent``, ``join``, ...) check the size of their result *before* making
-  it; every filter and method checks what it returned;
+  larger than the output budget, counting a list by what it prints as (a
+  list of two references to a list of two ... prints as terabytes), and the
+  memory of the new values built in one render adds up to at most
+  ``BUILD_FACTOR`` times the output budget. Operations that multiply sizes
+  (``center``, ``ljust``, format widths, ``*``, ``**``, ``+``, ``~``,
+  ``replace``, ``indent``, ``join``, ...) check the size of their result
+  *before* making it; every filter, method and operator checks what it
+  returned;
 * time: a wall-clock deadline (``RENDER_SECONDS``, or what the caller asks
   for), checked in the same loop and value hooks, so a render that spins
-  stops without threads or signals.
+  stops without threads or signals. One operation on values within the caps
+  (sorting 100,000 items) runs to its end; at send time the Celery task's
+  soft time limit stops whatever the hooks do not see.
 
 A render that goes over a budget raises ``BudgetExceeded`` with a message
 that names the budget, e.g. "template output exceeds 2 MB
