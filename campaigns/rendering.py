@@ -34,10 +34,10 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
-from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Cycler
 
 from campaigns.models import Campaign, CampaignLink
+from campaigns.sandbox import BudgetedSandbox, BudgetExceeded, render_budget
 
 CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
@@ -79,31 +79,13 @@ def _describe(obj, name):
     return name
 
 
-MAX_OUTPUT = 1_000_000  # characters a single multiplication or power may produce
-
-
-class _Sandbox(SandboxedEnvironment):
-    """Jinja's sandbox, plus limits on ``*`` and ``**`` so an author cannot exhaust memory."""
-
-    intercepted_binops = frozenset({"*", "**"})
-
-    def call_binop(self, context, operator, left, right):
-        if operator == "*":
-            for seq, times in ((left, right), (right, left)):
-                if isinstance(seq, str | list | tuple) and isinstance(times, int) and len(seq) * times > MAX_OUTPUT:
-                    raise SecurityError(f"a repetition of {len(seq) * times} items is beyond the limit of {MAX_OUTPUT}")
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 64:
-            raise SecurityError("an exponent above 64 is not allowed")
-        return super().call_binop(context, operator, left, right)
-
-
 def _cycler(*items):
     """``cycler()`` with no items cycles over an empty string instead of failing mid-campaign."""
     return Cycler(*(items or ("",)))
 
 
 def _environment(autoescape, undefined=Undefined):
-    env = _Sandbox(autoescape=autoescape, undefined=undefined, keep_trailing_newline=True)
+    env = BudgetedSandbox(autoescape=autoescape, undefined=undefined, keep_trailing_newline=True)
     env.globals["cycler"] = _cycler
     env.globals.pop("lipsum", None)  # lorem ipsum of any length has no place in a campaign
     return env
@@ -147,12 +129,17 @@ class ContactData:
 
 
 class ContentError(ValueError):
-    """A template problem, naming the field and (when known) the line."""
+    """A template problem, naming the field and (when known) the line.
 
-    def __init__(self, field, message, line=None):
+    ``budget`` is true when the template went over a resource budget (see
+    campaigns.sandbox) rather than failing outright.
+    """
+
+    def __init__(self, field, message, line=None, budget=False):
         self.field = field
         self.line = line
         self.message = message
+        self.budget = budget
         where = f"{field}, line {line}" if line else field
         super().__init__(f"{where}: {message}")
 
@@ -182,13 +169,17 @@ def check_template(source, field, env=text_env):
     _trial_render(template, field)
 
 
+TRIAL_SECONDS = 2.0  # a save-time trial render that takes longer is refused
+
+
 def _trial_render(template, field):
     """Render once for a contact with no fields: an error that does not depend on data
     (``{{ 1 / 0 }}``, a call with wrong arguments) is reported at save, not mid-campaign."""
     sample = {"contact": ContactData("preview@example.com"), "unsubscribe_url": "https://example.invalid/u",
               "view_in_browser_url": "https://example.invalid/v"}
     try:
-        template.render(sample)
+        with render_budget(TRIAL_SECONDS):
+            template.render(sample)
     except Exception as exc:  # any error an author can cause; reported, never raised mid-send
         line = None
         tb = exc.__traceback__
@@ -196,6 +187,8 @@ def _trial_render(template, field):
             if tb.tb_frame.f_code.co_filename == "<template>":
                 line = tb.tb_lineno
             tb = tb.tb_next
+        if isinstance(exc, BudgetExceeded):
+            raise ContentError(field, str(exc), line, budget=True) from None
         raise ContentError(field, f"{type(exc).__name__}: {exc}", line) from None
 
 

@@ -12,12 +12,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from itertools import chain, islice
 
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, Suppression, email_key
-from campaigns.rendering import ContactData
+from campaigns.rendering import ContactData, ContentError
+from campaigns.sandbox import BudgetExceeded, render_budget
 from campaigns.suppression import suppress
 from delivery import routing, throttle
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
@@ -46,6 +48,12 @@ RELAY_DOWN_SECONDS = 120
 # How long a worker keeps trying to record outcomes while PostgreSQL restarts
 # (well inside the lease, so no other worker has taken the rows meanwhile).
 WRITE_RETRY_SECONDS = 30
+# Wall-clock budget of the renders of one message (a normal one takes well
+# under a millisecond); a message over it, or over the output or loop budget,
+# pauses its campaign. A render still running when the task's soft time limit
+# strikes, and running for at least STUCK_RENDER_SECONDS, does as well.
+RENDER_SECONDS = 10.0
+STUCK_RENDER_SECONDS = 1.0
 
 
 def lease_seconds():
@@ -497,6 +505,7 @@ class _Builder:
         self.rows = rows
         self.next = 0
         self.done = []
+        self.halted = set()  # campaigns paused for their template while building this batch
         self.versions = dict(
             Campaign.objects.filter(id__in={r.campaign_id for r in rows if r.campaign_id}).values_list("id", "updated_at")
         )
@@ -514,6 +523,9 @@ class _Builder:
         raise StopIteration
 
     def _build(self, row):
+        if row.campaign_id in self.halted:
+            return None  # released when its campaign was paused
+        started = time.monotonic()
         try:
             if row.campaign_id is None:
                 return _build_submitted(row)
@@ -522,11 +534,35 @@ class _Builder:
                 self.done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
                 return None
             contact = ContactData(row.contact_email, row.first_name, row.last_name, row.attributes)
-            return compiled_for(row.campaign_id, self.versions.get(row.campaign_id)).build(row, contact)
+            compiled = compiled_for(row.campaign_id, self.versions.get(row.campaign_id))
+            with render_budget(RENDER_SECONDS):
+                return compiled.build(row, contact)
+        except SoftTimeLimitExceeded:
+            if row.campaign_id is None or time.monotonic() - started < STUCK_RENDER_SECONDS:
+                raise  # the time went elsewhere: the batch stops and its rows go back to the queue
+            # The render itself is stuck: its campaign pauses and the batch goes
+            # on, so the message on the wire still gets its outcome recorded.
+            self._halt(row, "template took longer than the worker's time limit to render")
+            return None
         except Exception as exc:
+            if row.campaign_id is not None and (isinstance(exc, BudgetExceeded)
+                                                or isinstance(exc, ContentError) and exc.budget):
+                self._halt(row, str(exc))
+                return None
             log.exception("building send %s failed", row.id)
             self.done.append(Result(row, FAILED, reply=f"message could not be built: {exc}"[:2000]))
             return None
+
+    def _halt(self, row, problem):
+        """Pause a campaign whose template went over a budget; its rows here go back to the queue.
+
+        Every recipient would cost the same again, so nothing is tried and
+        nothing fails: once the template is fixed, resume sends them all.
+        """
+        campaign_id = row.campaign_id
+        self.halted.add(campaign_id)
+        pause_campaigns({campaign_id}, f"rendering the message to {row.email} stopped: {problem}")
+        release([row] + [r for r in self.rows[self.next:] if r.campaign_id == campaign_id])
 
     def more(self):
         return self.next < len(self.rows)

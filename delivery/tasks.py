@@ -1,20 +1,43 @@
 """Thin Celery tasks around the engine; the behaviour lives in delivery.engine and delivery.lifecycle."""
 
+import logging
+
 import redis
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_shutdown
+from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
 from delivery import dispatch, engine, lifecycle
 from delivery.smtp import pool
 
+log = logging.getLogger(__name__)
+
 # A restarting Redis or PostgreSQL delays a batch; it is not lost.
 TRANSIENT = (redis.ConnectionError, redis.TimeoutError, InterfaceError, OperationalError)
+# A batch normally takes seconds. One still running at half its lease is
+# stopped (a template stuck in a long operation the render budgets cannot
+# interrupt, a server that answers at a crawl): its rows go back to the queue.
+# The hard limit ends the process before the lease runs out, so no other
+# worker is ever handed rows that this one is still sending.
+BATCH_SOFT_LIMIT = max(30, settings.HERALD_SEND_LEASE // 2)
+BATCH_HARD_LIMIT = max(BATCH_SOFT_LIMIT + 10, settings.HERALD_SEND_LEASE * 9 // 10)
 
 
-@shared_task(name="delivery.send_batch", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=None)
+@shared_task(name="delivery.send_batch", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=None,
+             soft_time_limit=BATCH_SOFT_LIMIT, time_limit=BATCH_HARD_LIMIT)
 def send_batch(send_ids):
-    for ids, countdown in engine.send_batch(send_ids):
+    try:
+        requeue = engine.send_batch(send_ids)
+    except SoftTimeLimitExceeded:
+        # The engine released the rows it still held (and paused the campaign
+        # if a render was stuck): whatever is still queued goes round again.
+        log.warning("batch of %d sends stopped at the %d s time limit; unsent rows are queued again",
+                    len(send_ids), BATCH_SOFT_LIMIT)
+        dispatch.enqueue_sends(send_ids, 5.0)
+        return
+    for ids, countdown in requeue:
         dispatch.enqueue_sends(ids, countdown)
 
 

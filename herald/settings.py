@@ -238,6 +238,11 @@ HERALD_GIVE_UP_AFTER = envint("HERALD_GIVE_UP_AFTER", 72 * 3600, minimum=0)
 # is not started silently: it waits as "missed" for an operator.
 HERALD_SCHEDULE_CUTOFF = envint("HERALD_SCHEDULE_CUTOFF", 6 * 3600, minimum=60)
 HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
+# Budgets of one template render (one message at send time): characters of
+# output, and loop turns plus macro calls. A template over either is refused at
+# save, and pauses its campaign at send time (campaigns/sandbox.py).
+HERALD_TEMPLATE_MAX_OUTPUT = envint("HERALD_TEMPLATE_MAX_OUTPUT", 2 * 1024 * 1024, minimum=1024)
+HERALD_TEMPLATE_MAX_LOOP = envint("HERALD_TEMPLATE_MAX_LOOP", 100_000, minimum=100)
 HERALD_TLS_CERT = envstr("HERALD_TLS_CERT", "")
 HERALD_TLS_KEY = envstr("HERALD_TLS_KEY", "")
 # The SMTP submission server (run_submission_server).
