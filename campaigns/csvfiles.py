@@ -10,8 +10,9 @@ preview in the admin, suppression imports (admin, API). Each gets the same rules
   a UTF-8-looking file is not UTF-8, ``CsvFile.read`` reads it again as cp1252;
 * delimiter: ``csv.Sniffer`` among comma, semicolon and tab, checked against the header;
 * line ends: LF, CRLF, or CR alone (Excel for Mac), as the first 64 KB use them.
-  In a file of LF or CRLF lines a CR that ends no line is read as a space, so a
-  stray CR in a cell can neither split a row nor make it unreadable;
+  In a file of LF or CRLF lines a CR that ends no line, outside quotes, is read
+  as a space, so a stray CR in a cell can neither split a row nor make it
+  unreadable (inside a quoted cell it is content, and kept);
 * records stream in constant memory as lists of strings, with the quote that an
   export put before formula-like cells taken off again (``unneutralise``). A
   row of only delimiters (a spreadsheet's empty row) is blank: ``is_blank``.
@@ -222,6 +223,11 @@ def rejected(exc: Exception, row: int) -> CsvRejected:
 READ_ERRORS = (csv.Error, _BadBytes)
 
 
+def _lines(text):
+    # Lines end at CR, LF or CRLF and keep their ends, as the csv module wants them.
+    return io.StringIO(text, newline="")
+
+
 def describe(row: int, column: str, value: str, reason: str) -> str:
     """A problem with one cell, for people: where, what, and why."""
     return f"row {row}, column {column!r}, value {value!r}: {reason}"
@@ -298,10 +304,10 @@ class CsvFile:
         ``quotes_seen`` is false: no row read until then holds a quote at all.
         """
         self._file.seek(self._start)
-        self.quotes_seen = False
+        self.quotes_seen = self._in_quotes = False
         # The reader pulls lines from StringIOs over big decoded chunks: the per-line
         # work stays in C, and the Python generator runs once per chunk.
-        lines = itertools.chain.from_iterable(map(io.StringIO, self._chunks()))
+        lines = itertools.chain.from_iterable(map(_lines, self._chunks()))
         return csv.reader(lines, delimiter=self.delimiter)
 
     def _chunks(self):
@@ -354,7 +360,7 @@ class CsvFile:
                 return
 
     def _split(self, text, final):
-        """(complete lines with plain line ends, the unfinished line to carry)."""
+        """(complete lines, the unfinished line to carry), stray CRs made spaces."""
         if final:
             tail = ""
         else:
@@ -364,7 +370,26 @@ class CsvFile:
                 cut = max(cut, text.rfind("\r", 0, len(text) - 1))
             text, tail = text[: cut + 1], text[cut + 1 :]
         if self._cr_lines:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        elif "\r" in text and text.count("\r") != text.count("\r\n"):
-            text = _LONE_CR.sub(" ", text)
+            return text, tail  # every CR ends a line (the reader splits lines at CR, LF and CRLF)
+        if "\r" in text and text.count("\r") != text.count("\r\n"):
+            return self._stray_crs_as_spaces(text), tail
+        self._in_quotes ^= text.count('"') & 1
         return text, tail
+
+    def _stray_crs_as_spaces(self, text):
+        """In a file of LF lines, a CR outside quotes that ends no line is a space.
+
+        Inside a quoted cell it stays, as the cell's content. Whether a CR is
+        inside quotes follows from the number of quote characters before it,
+        since a quoted cell doubles its quotes (a quote inside an unquoted cell,
+        which csv reads as text, is the one case this misjudges).
+        """
+        parts, last, inside = [], 0, self._in_quotes
+        for match in _LONE_CR.finditer(text):
+            inside ^= text.count('"', last, match.start()) & 1
+            parts.append(text[last : match.start()])
+            parts.append("\r" if inside else " ")
+            last = match.end()
+        self._in_quotes = inside ^ (text.count('"', last) & 1)
+        parts.append(text[last:])
+        return "".join(parts)
