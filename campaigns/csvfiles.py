@@ -256,7 +256,9 @@ class CsvFile:
         if not sample.strip():
             raise CsvRejected("The file is empty.")
         if _NUL in sample:
-            raise CsvRejected(f"The file contains binary data (NUL bytes); a {what} must be a text CSV file.")
+            # Before the header is read: an image or a spreadsheet is not a CSV file without an email column.
+            raise CsvRejected(f"The file contains binary data (a NUL byte at byte {sample.index(_NUL):,}); "
+                              f"a {what} must be a text CSV file (UTF-8 or Windows-1252).")
         if encoding:
             self.encoding = check_encoding(encoding)
             if self.encoding == "utf-8" and sample.startswith(codecs.BOM_UTF8):
