@@ -229,7 +229,9 @@ def _lines(text):
 
 
 def describe(row: int, column: str, value: str, reason: str) -> str:
-    """A problem with one cell, for people: where, what, and why."""
+    """A problem with one cell, for people: where, what (cut short when long), and why."""
+    if len(value) > 80:
+        value = value[:77] + "…"
     return f"row {row}, column {column!r}, value {value!r}: {reason}"
 
 
@@ -255,6 +257,8 @@ class CsvFile:
         fileobj.seek(self._start)
         if not sample.strip():
             raise CsvRejected("The file is empty.")
+        if not encoding and sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+            raise CsvRejected("The file is UTF-16; save it as UTF-8 CSV and import it again.")
         if _NUL in sample:
             # Before the header is read: an image or a spreadsheet is not a CSV file without an email column.
             raise CsvRejected(f"The file contains binary data (a NUL byte at byte {sample.index(_NUL):,}); "
