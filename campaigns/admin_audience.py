@@ -6,7 +6,6 @@ are joined, and full result counts are skipped where a table is large.
 """
 
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Count, Q
@@ -17,8 +16,8 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from campaigns import audit
+from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, size_refusal
 from campaigns.exports import contact_rows
-from campaigns.imports import ImportRejected, check_encoding, parse_delimiter
 from campaigns.models import ApiToken, Contact, Import, MailingList, Subscription
 
 
@@ -223,7 +222,7 @@ class ImportUploadForm(forms.Form):
         value = self.cleaned_data["delimiter"]
         try:
             parse_delimiter(value)
-        except ImportRejected as exc:
+        except CsvRejected as exc:
             raise forms.ValidationError(str(exc)) from None
         return value
 
@@ -232,7 +231,7 @@ class ImportUploadForm(forms.Form):
         if value:
             try:
                 check_encoding(value)
-            except ImportRejected as exc:
+            except CsvRejected as exc:
                 raise forms.ValidationError(str(exc)) from None
         return value
 
@@ -241,9 +240,9 @@ class ImportUploadForm(forms.Form):
         if not data.get("mailing_list") and not (data.get("new_list") or "").strip():
             raise forms.ValidationError("Choose a list or name a new one.")
         upload = data.get("file")
-        if upload is not None and upload.size > settings.HERALD_IMPORT_MAX_BYTES:
-            self.add_error("file", f"The file has {upload.size:,} bytes, over the import limit of "
-                                   f"{settings.HERALD_IMPORT_MAX_BYTES:,} (HERALD_IMPORT_MAX_BYTES).")
+        refusal = size_refusal(upload.size) if upload is not None else None
+        if refusal:
+            self.add_error("file", refusal)
         return data
 
 

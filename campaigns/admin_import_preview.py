@@ -6,9 +6,6 @@ import then runs on a worker (campaigns.run_import) and its page follows the
 row counts as they grow. Mounted under /admin/herald/.
 """
 
-import csv
-import io
-
 from django import forms
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
@@ -19,8 +16,8 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
 from django.views.decorators.http import require_GET
 
-from campaigns import imports
-from campaigns.imports import ImportRejected
+from campaigns import csvfiles, imports
+from campaigns.csvfiles import CsvRejected
 from campaigns.models import Import, MailingList
 from campaigns.tasks import enqueue_import
 
@@ -36,6 +33,13 @@ class UploadForm(forms.Form):
     mode = forms.ChoiceField(choices=Import.Mode.choices, initial=Import.Mode.UPSERT,
                              help_text="upsert: update names and attributes of known contacts; "
                                        "skip-existing: leave them as they are.")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        refusal = csvfiles.size_refusal(upload.size)
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return upload
 
     def clean(self):
         data = super().clean()
@@ -69,22 +73,11 @@ def upload(request):
 
 
 def read_preview(imp: Import, rows=PREVIEW_ROWS) -> dict:
-    """The first rows as the import will read them, and what each column becomes. Raises ImportRejected."""
+    """The first rows as the import will read them, and what each column becomes. Raises CsvRejected."""
     with imp.file.open("rb") as fh:
-        sample = fh.read(imports.SAMPLE_BYTES)
-        complete = not fh.read(1)
-    if not sample.strip():
-        raise ImportRejected("The file is empty.")
-    if b"\x00" in sample:
-        raise ImportRejected("The file contains binary data (NUL bytes); a contact list must be a text CSV file.")
-    encoding = imports.check_encoding(imp.encoding) if imp.encoding else imports._detect_encoding(sample, complete)
-    text = sample.decode(encoding, errors="replace")
-    delimiter = imports.parse_delimiter(imp.delimiter) or imports._detect_delimiter(text)
-    lines = text.splitlines(keepends=True)
-    if not complete and len(lines) > 1:
-        lines = lines[:-1]  # a cut-off last line is not shown
-    reader = csv.reader(io.StringIO("".join(lines)), delimiter=delimiter)
-    header = next(reader, [])
+        source = csvfiles.CsvFile(fh, encoding=imp.encoding or None, delimiter=imp.delimiter or None)
+        header, body = source.read(lambda records: _first_rows(records, rows))
+    encoding, delimiter = source.encoding_name, source.delimiter
     columns = imports.map_columns(header)
     known = {columns.email: "email", columns.first_name: "first name", columns.last_name: "last name",
              columns.name: "full name (split into first and last)"}
@@ -98,9 +91,25 @@ def read_preview(imp: Import, rows=PREVIEW_ROWS) -> dict:
         else:
             target = "ignored (no name)"
         mapping.append({"column": name.strip(), "target": target})
-    body = [row for _, row in zip(range(rows), reader, strict=False)]
     return {"encoding": encoding, "delimiter": "tab" if delimiter == "\t" else delimiter, "header": [h.strip() for h in header],
             "rows": body, "mapping": mapping}
+
+
+def _first_rows(records, count):
+    """(header, up to ``count`` rows that are not blank); raises CsvRejected naming the row."""
+    header, body, row = [], [], 0  # row: the records read so far
+    try:
+        header = next(records, [])
+        row = 1
+        for cells in records:
+            row += 1
+            if not csvfiles.is_blank(cells):
+                body.append(cells)
+                if len(body) == count:
+                    break
+    except csvfiles.READ_ERRORS as exc:
+        raise csvfiles.rejected(exc, row + 1) from None
+    return header, body
 
 
 @staff_member_required
@@ -111,7 +120,7 @@ def preview(request, import_id):
         return redirect("import-admin:progress", imp.pk)
     try:
         shown, error = read_preview(imp), ""
-    except ImportRejected as exc:
+    except CsvRejected as exc:
         shown, error = None, str(exc)
     if request.method == "POST":
         if error:

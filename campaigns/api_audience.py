@@ -11,7 +11,6 @@ import math
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Count, Prefetch, Q
 from django.http import FileResponse, StreamingHttpResponse
@@ -20,8 +19,9 @@ from ninja import Field, File, Form, Query, Router, Schema
 from ninja.files import UploadedFile
 from pydantic import AfterValidator
 
+from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, size_refusal
 from campaigns.exports import contact_rows
-from campaigns.imports import ImportRejected, check_encoding, is_valid_address, parse_delimiter
+from campaigns.imports import is_valid_address
 from campaigns.models import Contact, Import, MailingList, Subscription, Suppression, email_key
 from herald.permissions import requires
 
@@ -482,14 +482,8 @@ class ImportPage(Schema):
 
 
 def _too_large(upload):
-    limit = settings.HERALD_IMPORT_MAX_BYTES
-    size = upload.size
-    if size > limit:
-        return 413, {
-            "detail": f"file: the upload has {size:,} bytes, over the import limit of {limit:,} (HERALD_IMPORT_MAX_BYTES)",
-            "errors": [{"field": "file", "message": f"larger than {limit:,} bytes"}],
-        }
-    return None
+    refusal = size_refusal(upload.size)
+    return _error(413, "file", refusal) if refusal else None
 
 
 # "list" is the form field's name; the parameter cannot be called that.
@@ -514,12 +508,12 @@ def create_import(
         return refused
     try:
         parse_delimiter(delimiter)
-    except ImportRejected as exc:
+    except CsvRejected as exc:
         return _error(422, "delimiter", str(exc))
     if encoding:
         try:
             check_encoding(encoding)
-        except ImportRejected as exc:
+        except CsvRejected as exc:
             return _error(422, "encoding", str(exc))
     if list_id is not None:
         mailing_list = MailingList.objects.filter(pk=list_id).first()

@@ -2,15 +2,15 @@
 
 Cells that a spreadsheet would run as a formula (starting with = + - @, tab or
 CR) get a leading single quote: the stored data keeps them as typed, the export
-neutralises them (CSV injection, CWE-1236).
+neutralises them (CSV injection, CWE-1236) through ``campaigns.csvfiles``, whose
+reader takes the quote off again when the file is imported.
 """
 
-import csv
 import json
 
 from django.db import connection
 
-from campaigns.imports import neutralise
+from campaigns import csvfiles
 from campaigns.models import Contact
 
 FIXED = ["email", "first_name", "last_name", "status"]
@@ -45,7 +45,7 @@ def contact_rows(queryset=None):
     """CSV lines (header first) for the contacts, streamed in constant memory."""
     queryset = (queryset if queryset is not None else Contact.objects.all()).order_by("id")
     keys = attribute_keys(queryset)
-    writer = csv.writer(_Echo())
+    writer = csvfiles.writer(_Echo())
     yield writer.writerow(FIXED + keys)
     rows = queryset.values_list("email", "first_name", "last_name", "status", "attributes")
     for email, first, last, status, attributes in rows.iterator(chunk_size=2000):
@@ -53,7 +53,7 @@ def contact_rows(queryset=None):
             attributes = json.loads(attributes)
         attributes = attributes or {}
         extra = [_cell(attributes.get(k)) for k in keys]
-        yield writer.writerow([neutralise(v) for v in (email, first, last, status, *extra)])
+        yield writer.writerow([email, first, last, status, *extra])
 
 
 def _cell(value):

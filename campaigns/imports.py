@@ -2,10 +2,10 @@
 
 How a file travels:
 
-1. The first 64 KB decide the encoding (UTF-8 with or without BOM; cp1252 only
-   when the sample is not UTF-8) and the delimiter (``csv.Sniffer`` among comma,
-   semicolon and tab). Files that cannot be a contact list (NUL bytes, over the
-   size limit, no email column) are rejected before anything is written.
+1. ``campaigns.csvfiles`` (the reader of every CSV file Herald accepts) checks
+   the size, detects the encoding, the delimiter and the line ends, and refuses
+   what is not a text CSV file. A file without an email column is rejected
+   before anything is written.
 2. The file is streamed row by row into a temporary staging table (``COPY`` on
    PostgreSQL, batched inserts on SQLite) in constant memory. Invalid rows go to
    the error report instead. Nothing outside the staging table is touched yet, so
@@ -21,11 +21,9 @@ How a file travels:
 # name, column numbers); every value from a file travels as a query parameter.
 # ruff: noqa: S608
 
-import codecs
 import contextlib
 import csv
 import heapq
-import io
 import logging
 import os
 import re
@@ -34,19 +32,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
+from campaigns import csvfiles
 from campaigns.models import Import, MailingList, Subscription
 
 log = logging.getLogger(__name__)
 
-SAMPLE_BYTES = 64 * 1024
 CHUNK_ROWS = 50_000
 MAX_COLUMNS = 200
-DELIMITERS = ",;\t"
 
 # Header names (lower-cased, spaces/underscores/hyphens folded) and what they mean.
 ALIASES = {
@@ -84,16 +80,9 @@ _PLAIN_ADDRESS = re.compile(
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}"
 ).fullmatch
 _SPECIAL_SUFFIXES = tuple("." + name for name in SPECIAL_USE_DOMAIN_NAMES)
-# Characters that make a spreadsheet treat a cell as a formula (CSV injection).
-FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
-
-class ImportRejected(Exception):
-    """The file as a whole cannot be imported; the message says why, for a person."""
-
-
-class _Restart(Exception):
-    """A chunk after the sample was not UTF-8: read the file again as cp1252."""
+# The file as a whole cannot be imported; the message says why, for a person.
+ImportRejected = csvfiles.CsvRejected
 
 
 @dataclass
@@ -134,109 +123,17 @@ def is_valid_address(address: str) -> str | None:
     return None
 
 
-def neutralise(value: str) -> str:
-    """A cell made safe for spreadsheets: formulas become text with a leading quote."""
-    if value and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
-    return value
-
-
 # --- reading ---------------------------------------------------------------
-
-
-class _GuardedRaw(io.RawIOBase):
-    """Bytes from the file, refusing NUL bytes (binary data) and more than the size limit."""
-
-    def __init__(self, fileobj, limit):
-        self._file = fileobj
-        self._limit = limit
-        self.consumed = 0
-
-    def readable(self):
-        return True
-
-    def readinto(self, buffer):
-        data = self._file.read(len(buffer))
-        if not data:
-            return 0
-        if b"\x00" in data:
-            where = self.consumed + data.index(b"\x00")
-            raise ImportRejected(
-                f"The file contains binary data (a NUL byte at byte {where}); "
-                "a contact list must be a text CSV file (UTF-8 or Windows-1252)."
-            )
-        self.consumed += len(data)
-        if self.consumed > self._limit:
-            raise ImportRejected(_too_large(self.consumed, self._limit))
-        buffer[: len(data)] = data
-        return len(data)
-
-
-def _too_large(size, limit):
-    return f"The file is larger than the import limit of {limit:,} bytes (HERALD_IMPORT_MAX_BYTES); split it or raise the limit."
-
-
-def _file_size(fileobj):
-    try:
-        return os.fstat(fileobj.fileno()).st_size
-    except (AttributeError, OSError, io.UnsupportedOperation):
-        pass
-    size = getattr(fileobj, "size", None)
-    return size if isinstance(size, int) else None
-
-
-def check_encoding(name):
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        raise ImportRejected(f"Unknown encoding {name!r}: use e.g. utf-8 or cp1252.") from None
-
-
-def _detect_encoding(sample: bytes, complete: bool) -> str:
-    if sample.startswith(codecs.BOM_UTF8):
-        return "utf-8-sig"
-    if sample.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ImportRejected("The file is UTF-16; save it as UTF-8 CSV and import it again.")
-    try:
-        codecs.getincrementaldecoder("utf-8")().decode(sample, final=complete)
-        return "utf-8"
-    except UnicodeDecodeError:
-        return "cp1252"
-
-
-def parse_delimiter(value: str | None) -> str | None:
-    """``--delimiter`` as a user writes it: ``,`` ``;`` ``\\t`` or ``tab``; None to detect."""
-    if value in (None, ""):
-        return None
-    named = {"tab": "\t", "\\t": "\t", "comma": ",", "semicolon": ";"}
-    value = named.get(value.lower(), value)
-    if len(value) != 1 or value in "\"\r\n" or value.isalnum():
-        raise ImportRejected(f"Delimiter {value!r} cannot be used: give one character such as , ; or tab.")
-    return value
-
-
-def _detect_delimiter(text: str) -> str:
-    # The sniffer gets whole lines only: a cut-off last line would skew its counts.
-    lines = text[: 16 * 1024].splitlines()
-    if len(lines) > 1:
-        lines = lines[:-1]
-    sample = "\n".join(lines[:50])
-    header = lines[0] if lines else ""
-    counts = {d: header.count(d) for d in DELIMITERS}
-    try:
-        sniffed = csv.Sniffer().sniff(sample, delimiters=DELIMITERS).delimiter
-    except csv.Error:
-        sniffed = None
-    # The sniffer can be misled by a quoted column full of commas; a header
-    # normally has no quotes, so a delimiter missing from it is not the one.
-    if sniffed and counts[sniffed]:
-        return sniffed
-    best = max(counts, key=counts.get)
-    return best if counts[best] else ","
 
 
 def _fold(name: str) -> str:
     return " ".join(re.split(r"[\s_\-]+", name.strip().lower())).strip()
+
+
+def field_for(name: str) -> str | None:
+    """The field a header name gives (email, first_name, …), or the folded name when it is no known field."""
+    folded = _fold(name)
+    return ALIASES.get(folded, folded)
 
 
 def map_columns(header: list) -> Columns:
@@ -562,38 +459,17 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
     """
     if mode not in Import.Mode.values:
         raise ImportRejected(f"Unknown mode {mode!r}: use one of {', '.join(Import.Mode.values)}.")
-    delimiter = parse_delimiter(delimiter)
-    limit = settings.HERALD_IMPORT_MAX_BYTES
-    size = _file_size(fileobj)
-    if size is not None and size > limit:
-        raise ImportRejected(_too_large(size, limit))
-    if not fileobj.seekable():
-        raise ImportRejected("The import needs a file it can read twice (a seekable file).")
-    start = fileobj.tell()
-
-    sample = fileobj.read(SAMPLE_BYTES)
-    fileobj.seek(start)
-    if not sample.strip():
-        raise ImportRejected("The file is empty.")
-    if b"\x00" in sample:
-        raise ImportRejected("The file contains binary data (NUL bytes); a contact list must be a text CSV file.")
-    chosen = check_encoding(encoding) if encoding else _detect_encoding(sample, len(sample) < SAMPLE_BYTES)
-    if delimiter is None:
-        delimiter = _detect_delimiter(sample.decode(chosen, errors="replace"))
-
+    source = csvfiles.CsvFile(fileobj, encoding=encoding, delimiter=delimiter, what="contact list")
     errors = ErrorReport()
     started = time.monotonic()
+
+    def read(records):
+        # A second reading (as cp1252) starts with an empty report.
+        errors.reset()
+        return _read_into_stage(source, records, errors, progress)
+
     try:
-        try:
-            outcome, stage, columns = _read_into_stage(fileobj, limit, chosen, delimiter, errors, progress,
-                                                       fallback=not encoding)
-        except _Restart:
-            # The sample was UTF-8 but a later chunk is not: the file is cp1252 with
-            # a plain-ASCII start. Nothing was merged yet; read it again from the top.
-            fileobj.seek(start)
-            errors.reset()
-            outcome, stage, columns = _read_into_stage(fileobj, limit, "cp1252", delimiter, errors, progress,
-                                                       fallback=False)
+        outcome, stage, columns = source.read(read, raw=True)
         staged = time.monotonic()
         try:
             with transaction.atomic():
@@ -610,70 +486,63 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
     return outcome
 
 
-def _read_into_stage(fileobj, limit, encoding, delimiter, errors, progress, fallback):
-    """Stream the file into a new staging table; returns (outcome, stage, columns)."""
-    guarded = _GuardedRaw(fileobj, limit)
-    text = io.TextIOWrapper(io.BufferedReader(guarded, 1 << 16), encoding=encoding, newline="")
-    reader = csv.reader(text, delimiter=delimiter)
+def read_header(records) -> Columns:
+    """The first of the raw records, mapped to fields; raises ImportRejected."""
     try:
-        header = next(reader, None)
-    except UnicodeDecodeError as exc:
-        if fallback and encoding == "utf-8":
-            raise _Restart() from None
-        raise ImportRejected(f"The header is not valid {encoding}: {exc.reason}.") from None
-    except csv.Error as exc:
-        raise ImportRejected(f"The header cannot be read as CSV: {exc}.") from None
-    if not header or not any(cell.strip() for cell in header):
+        header = next(records, None)
+    except csvfiles.READ_ERRORS as exc:
+        raise csvfiles.rejected(exc, 1) from None
+    if not header or csvfiles.is_blank(header):
         raise ImportRejected("The first row must be a header naming the columns; it is empty.")
-    columns = map_columns(header)
+    return map_columns(csvfiles.unneutralised(header))
+
+
+def _read_into_stage(source, records, errors, progress):
+    """Stream the records into a new staging table; returns (outcome, stage, columns)."""
+    columns = read_header(records)
     stage = _stage_for(len(columns.attributes))
-    outcome = Outcome(encoding="utf-8" if encoding == "utf-8-sig" else encoding, delimiter=delimiter)
+    outcome = Outcome(encoding=source.encoding_name, delimiter=source.delimiter)
     # Inside a caller's transaction a failed COPY would abort it: a savepoint
     # keeps the failure (and the staging table) to this step.
     scope = transaction.atomic() if connection.in_atomic_block else contextlib.nullcontext()
     try:
         with scope, connection.cursor() as cursor:
             stage.create(cursor)
-            _stream_rows(reader, columns, stage.writer(cursor), outcome, errors, progress)
+            _stream_rows(source, records, columns, stage.writer(cursor), outcome, errors, progress)
             stage.analyse(cursor)
-    except BaseException as exc:
+    except BaseException:
         if not connection.in_atomic_block or not connection.needs_rollback:
             with connection.cursor() as cursor:
                 stage.drop(cursor)
-        if isinstance(exc, UnicodeDecodeError):
-            if fallback and encoding == "utf-8":
-                raise _Restart() from None
-            # The decoder reads ahead of the CSV reader, so the row is approximate.
-            raise ImportRejected(
-                f"The file is not valid {encoding} near byte {guarded.consumed:,} (around row {outcome.rows + 2}): "
-                f"{exc.reason}. Save it as UTF-8 and import it again."
-            ) from None
-        if isinstance(exc, csv.Error):
-            raise ImportRejected(f"Row {outcome.rows + 2} cannot be read as CSV: {exc}.") from None
         raise
     return outcome, stage, columns
 
 
-def _stream_rows(reader, columns, writer, outcome, errors, progress):
-    """The hot loop: validate each row and hand the good ones to the staging writer."""
+def _stream_rows(source, reader, columns, writer, outcome, errors, progress):
+    """The hot loop: validate each row of the raw records and hand the good ones to the staging writer."""
     email_i, first_i, last_i, name_i = columns.email, columns.first_name, columns.last_name, columns.name
     attr_idx = [i for i, _ in columns.attributes]
     header = columns.header
     email_col = header[email_i]
     width = max([email_i, *(i for i in (first_i, last_i, name_i) if i is not None), *attr_idx]) + 1
     valid = is_valid_address
+    is_blank, unneutralised = csvfiles.is_blank, csvfiles.unneutralised
     row_no = 1
     in_chunk = 0
     write = writer.open()
     try:
         for row in reader:
             row_no += 1
+            if source.quotes_seen:
+                row = unneutralised(row)
             if len(row) < width:
-                if not any(cell.strip() for cell in row):
+                if is_blank(row):
                     continue  # blank lines are not rows
                 row = row + [""] * (width - len(row))
-            outcome.rows += 1
             email = row[email_i].strip()
+            if not email and is_blank(row):
+                continue  # nor are lines of only delimiters, a spreadsheet's empty rows
+            outcome.rows += 1
             reason = valid(email) if email else "the address is missing"
             if reason is not None:
                 outcome.invalid += 1
@@ -698,6 +567,9 @@ def _stream_rows(reader, columns, writer, outcome, errors, progress):
                 in_chunk = 0
                 write = writer.open()
         writer.close()
+    except csvfiles.READ_ERRORS as exc:
+        writer.abort(exc)
+        raise csvfiles.rejected(exc, row_no + 1) from None
     except BaseException as exc:
         writer.abort(exc)
         raise
@@ -736,7 +608,8 @@ def _merge(stage, columns, outcome, mailing_list, mode, errors, report):
         (row, email_col, email, f"duplicate of row {first} (same address, ignoring case)")
         for row, email, first in repeats
     )
-    writer = csv.writer(report) if report is not None else None
+    # Column names and values come from the file: the report neutralises them like any export.
+    writer = csvfiles.writer(report) if report is not None else None
     if writer:
         writer.writerow(REPORT_HEADER)
     for row, column, value, reason in heapq.merge(errors.rows(), _counting(duplicates, outcome)):
@@ -744,7 +617,7 @@ def _merge(stage, columns, outcome, mailing_list, mode, errors, report):
         if len(outcome.first_errors) < 10:
             outcome.first_errors.append((row, column, value, reason))
         if writer:
-            writer.writerow([row, column, neutralise(value), reason])
+            writer.writerow([row, column, value, reason])
 
 
 def _counting(duplicates, outcome):

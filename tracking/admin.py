@@ -8,6 +8,7 @@ from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
+from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression
 from tracking.models import CampaignStatistics, Event
 from tracking.stats import OUTCOMES, campaign_stats
@@ -34,6 +35,13 @@ class EventAdmin(admin.ModelAdmin):
 
 class ImportForm(forms.Form):
     file = forms.FileField(help_text="CSV: email, and optionally reason and detail; a header row is optional.")
+
+    def clean_file(self):
+        upload = self.cleaned_data["file"]
+        refusal = size_refusal(upload.size)
+        if refusal:
+            raise forms.ValidationError(refusal)
+        return upload
 
 
 @admin.register(Suppression)
@@ -80,13 +88,17 @@ class SuppressionAdmin(admin.ModelAdmin):
             raise PermissionDenied
         form = ImportForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
-            result = import_csv(form.cleaned_data["file"].read())
-            messages.success(request, f"{result.added} address(es) suppressed, {result.existing} already were.")
-            if result.invalid:
-                shown = "; ".join(result.errors[:10])
-                more = f" (and {result.invalid - 10} more)" if result.invalid > 10 else ""
-                messages.warning(request, f"{result.invalid} row(s) skipped: {shown}{more}")
-            return redirect("admin:campaigns_suppression_changelist")
+            try:
+                result = import_csv(form.cleaned_data["file"])
+            except CsvRejected as exc:
+                form.add_error("file", f"{exc} Nothing was imported.")
+            else:
+                messages.success(request, f"{result.added} address(es) suppressed, {result.existing} already were.")
+                if result.invalid:
+                    shown = "; ".join(result.errors[:10])
+                    more = f" (and {result.invalid - 10} more)" if result.invalid > 10 else ""
+                    messages.warning(request, f"{result.invalid} row(s) skipped: {shown}{more}")
+                return redirect("admin:campaigns_suppression_changelist")
         context = {**self.admin_site.each_context(request), "opts": self.model._meta, "form": form,
                    "title": "Import suppressions from CSV"}
         return render(request, "admin/tracking/suppression_import.html", context)

@@ -11,6 +11,8 @@ from ninja.files import UploadedFile
 from ninja.pagination import LimitOffsetPagination, paginate
 from pydantic import create_model
 
+from campaigns.api_audience import ErrorOut
+from campaigns.csvfiles import CsvRejected, TooLarge
 from campaigns.models import Campaign, Suppression, email_key
 from campaigns.suppression import suppress
 from herald.permissions import requires
@@ -188,12 +190,21 @@ class SuppressionImportOut(Schema):
     errors: list[str]
 
 
-@router.post("/suppressions/import", response=SuppressionImportOut,
-             summary="Import suppressions from CSV (email[,reason[,detail]])")
+@router.post("/suppressions/import", response={200: SuppressionImportOut, 413: ErrorOut, 422: ErrorOut},
+             summary="Import suppressions from CSV (email[,reason[,detail]]); over HERALD_IMPORT_MAX_BYTES is a 413")
 @requires("campaigns.add_suppression")
 def import_suppressions(request, file: File[UploadedFile]):
-    result = import_csv(file.read())
+    try:
+        result = import_csv(file)
+    except TooLarge as exc:
+        return _file_error(413, exc)
+    except CsvRejected as exc:
+        return _file_error(422, exc)
     return {"added": result.added, "existing": result.existing, "invalid": result.invalid, "errors": result.errors}
+
+
+def _file_error(status, exc):
+    return status, {"detail": f"file: {exc}", "errors": [{"field": "file", "message": str(exc)}]}
 
 
 @router.get("/suppressions/export", summary="Export suppressions as CSV")

@@ -3,6 +3,7 @@
 import io
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import Client
 from django.urls import reverse
 
@@ -116,3 +117,32 @@ def test_adding_a_case_variant_of_a_known_address_is_a_form_error(staff, readers
     response = staff.post(url, {**form, "email": "not an address"})
     assert response.status_code == 200 and "errorlist" in response.content.decode()
     assert Contact.objects.count() == 1
+
+
+def test_preview_reads_cr_line_ends_skips_empty_rows_and_shows_cells_as_they_will_be_stored(staff, readers):
+    data = b"email;phone\r;\ranna@example.com;'+49 30 1234\r;\rbert@example.com;\r"
+    staff.post(reverse("import-admin:upload"), {"file": SimpleUploadedFile("mac.csv", data), "mailing_list": readers.pk,
+                                                "mode": "upsert"})
+    imp = Import.objects.get()
+    page = staff.get(reverse("import-admin:preview", args=[imp.pk]))
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "<tr><td>anna@example.com</td><td>+49 30 1234</td></tr><tr><td>bert@example.com</td><td></td></tr>" in html
+
+
+def test_preview_upload_over_the_size_limit_is_refused_naming_it(staff, readers, settings):
+    settings.HERALD_IMPORT_MAX_BYTES = 10
+    response = staff.post(reverse("import-admin:upload"), {
+        "file": SimpleUploadedFile("big.csv", b"email\nanna@example.com\n"), "mailing_list": readers.pk, "mode": "upsert"})
+    assert response.status_code == 200
+    assert "over the import limit of 10 bytes (HERALD_IMPORT_MAX_BYTES)" in response.content.decode()
+    assert Import.objects.count() == 0
+
+
+def test_preview_of_a_file_that_is_not_text_says_where(staff, readers):
+    data = b"email\n" + b"".join(b"user%d@example.com\n" % i for i in range(3)) + b"\x00\x01"
+    staff.post(reverse("import-admin:upload"), {"file": SimpleUploadedFile("x.csv", data), "mailing_list": readers.pk,
+                                                "mode": "upsert"})
+    page = staff.get(reverse("import-admin:preview", args=[Import.objects.get().pk]))
+    assert page.status_code == 422
+    assert "binary data (a NUL byte at byte 60)" in page.content.decode()

@@ -132,6 +132,17 @@ def test_import_through_the_api_reports_progress_counts_and_errors(api, readers,
     assert Contact.objects.get(email_key="anna@example.com").first_name == "Anna"
 
 
+def test_import_of_an_excel_for_mac_file_through_the_api(api, readers, django_capture_on_commit_callbacks):
+    data = b"Email;First name;Phone\ranna@example.com;Anna;'+49 30 1234\r;;\rbroken;X;\r"
+    with django_capture_on_commit_callbacks(execute=False):
+        response = upload(api, data, list_id=readers.pk)
+    run_import_task(response.json()["id"])
+    done = api.get(f"/api/v1/imports/{response.json()['id']}").json()
+    assert {k: done[k] for k in ("status", "rows_processed", "created", "invalid")} == {
+        "status": "done", "rows_processed": 2, "created": 1, "invalid": 1}
+    assert Contact.objects.get().attributes == {"Phone": "+49 30 1234"}
+
+
 def test_import_into_a_new_list_by_name(api, django_capture_on_commit_callbacks):
     with django_capture_on_commit_callbacks(execute=False):
         response = upload(api, b"email\nanna@example.com\n", list="Newcomers")

@@ -35,6 +35,17 @@ def test_import_creates_the_list_and_prints_counts(tmp_path):
     assert Import.objects.get().status == Import.Status.DONE
 
 
+def test_import_reads_cr_line_ends_stray_crs_and_empty_spreadsheet_rows(tmp_path):
+    path = tmp_path / "mac.csv"
+    path.write_bytes(b"email,first name\ranna@example.com,Anna\r,\rbert@example.com,Bert\r")
+    out = command("import_contacts", str(path), "--list", "Readers")
+    assert "2 rows, 2 created, 0 updated, 0 skipped, 0 invalid" in out
+    path.write_bytes(b"email,first name\r\ncarl@example.com,Ca\rrl\r\n,\r\n")
+    out = command("import_contacts", str(path), "--list", "Readers")
+    assert "1 rows, 1 created, 0 updated, 0 skipped, 0 invalid" in out
+    assert Contact.objects.get(email_key="carl@example.com").first_name == "Ca rl"
+
+
 def test_skip_existing_mode_and_explicit_delimiter(tmp_path):
     Contact.objects.create(email="anna@example.com", first_name="Kept")
     path = tmp_path / "people.csv"

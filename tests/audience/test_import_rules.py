@@ -250,3 +250,64 @@ def test_progress_is_reported_after_each_chunk(readers, monkeypatch):
     rows = b"".join(b"user%d@example.com\n" % i for i in range(5))
     import_contacts(io.BytesIO(b"email\n" + rows), readers, progress=seen.append)
     assert seen == [2, 4, 5]
+
+
+def test_cr_only_line_ends_as_excel_for_mac_writes_them(readers):
+    data = b"email,first name,city\ranna@example.com,Anna,Paris\rnot-an-address,X,\rbert@example.com,Bert,Lyon\r"
+    outcome, report = run(data, readers)
+    assert (outcome.rows, outcome.created, outcome.invalid) == (3, 2, 1)
+    assert contact("bert@example.com").attributes == {"city": "Lyon"}
+    assert [r[:3] for r in report] == [["3", "email", "not-an-address"]]
+
+
+def test_a_stray_cr_in_a_cell_neither_splits_nor_breaks_the_row(readers):
+    data = b"email,first name,city\r\nanna@example.com\r,Anna,Pa\rris\r\nbert@example.com,Bert,Lyon\r\nbad,X,Y\r\n"
+    outcome, report = run(data, readers)
+    assert (outcome.rows, outcome.created, outcome.invalid) == (3, 2, 1)
+    assert contact("anna@example.com").attributes == {"city": "Pa ris"}
+    assert [r[0] for r in report] == ["4"]
+
+
+def test_a_line_of_only_delimiters_is_a_blank_line(readers):
+    # What a spreadsheet writes for an empty row: as many cells as columns, all empty.
+    data = b"email,first name,city\n,,\nanna@example.com,Anna,Paris\n , ,\n\"\",,\nbert@example.com,Bert,\n,,\n"
+    outcome, report = run(data, readers)
+    assert (outcome.rows, outcome.created, outcome.invalid) == (2, 2, 0)
+    assert report == []
+
+
+def test_cells_an_export_neutralised_come_back_as_they_were(readers):
+    Contact.objects.create(email="anna@example.com", first_name="'quoted", last_name="=SUM(A1)",
+                           attributes={"phone": "+49 30 1234", "note": "'=already quoted", "=key": "-1"})
+    exported = "".join(contact_rows()).encode()
+    assert b"'+49 30 1234" in exported and b"''=already quoted" in exported
+    Contact.objects.all().delete()
+    outcome, _ = run(exported, readers)
+    assert outcome.created == 1
+    anna = contact("anna@example.com")
+    assert (anna.first_name, anna.last_name) == ("'quoted", "=SUM(A1)")
+    assert anna.attributes == {"phone": "+49 30 1234", "note": "'=already quoted", "=key": "-1"}
+
+
+def test_a_quote_typed_before_a_formula_by_hand_is_read_like_an_export(readers):
+    run(b"email,phone\nanna@example.com,'+49 30 1234\n", readers)
+    assert contact("anna@example.com").attributes == {"phone": "+49 30 1234"}
+
+
+def test_bytes_no_encoding_reads_are_reported_in_their_row(readers):
+    rows = b"".join(b"user%d@example.com,x\n" % i for i in range(8000))
+    data = b"email,name\n" + rows + b'late@example.com,"two\nlines"\nbad@example.com,\x81\n'
+    with pytest.raises(ImportRejected, match=r"Row 8003 is not valid cp1252 .* at byte [\d,]+; save the file as UTF-8"):
+        run(data, readers)
+    assert Contact.objects.count() == 0
+
+
+def test_an_unclosed_quote_is_reported_in_the_row_it_opens(readers):
+    data = b'email,note\nanna@example.com,fine\nbert@example.com,"never closed\n' + b"x" * 200_000 + b"\n"
+    with pytest.raises(ImportRejected, match=r"Row 3 cannot be read as CSV: .* never closed"):
+        run(data, readers)
+
+
+def test_the_error_report_neutralises_what_came_from_the_file(readers):
+    _, report = run(b"email,name\n=HYPERLINK(\"http://evil\"),X\n", readers)
+    assert report[0][:3] == ["2", "email", "'=HYPERLINK(\"http://evil\")"]

@@ -11,12 +11,15 @@ from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from jinja2.exceptions import SecurityError, TemplateError
 
+from campaigns.csvfiles import FORMULA_PREFIXES, CsvRejected, neutralise, unneutralise
+from campaigns.exports import contact_rows
 from campaigns.imports import ImportRejected, import_contacts, is_valid_address
-from campaigns.models import Campaign, Contact, MailingList
+from campaigns.models import Campaign, Contact, MailingList, Suppression
 from campaigns.rendering import ContactData, ContentError, check_template, html_env, text_env
 from delivery.message import address_header, compile_campaign, fold_header
 from delivery.tokens import sign, verp_address
 from tracking.bounces import parse
+from tracking.suppressions import export_csv, import_csv
 
 FIXTURES_OK = settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 # Text with every kind of line break and control character mixed in.
@@ -252,9 +255,10 @@ def test_any_csv_either_imports_exactly_its_valid_rows_or_is_refused_with_a_reas
         return
     valid = {}
     for email, first, _last, _city in rows:
-        email = email.strip()
-        if email and is_valid_address(email) is None and len(first.strip()) <= 200:
-            valid.setdefault(email.lower(), first.strip())
+        # An export's neutralising quote is taken off, then the cell trimmed.
+        email, first = unneutralise(email).strip(), unneutralise(first).strip()
+        if email and is_valid_address(email) is None and len(first) <= 200:
+            valid.setdefault(email.lower(), first)
     stored = dict(Contact.objects.values_list("email_key", "first_name"))
     assert set(stored) == set(valid)
     assert outcome.invalid + outcome.created + outcome.updated + outcome.skipped <= outcome.rows
@@ -270,3 +274,70 @@ def test_arbitrary_bytes_are_imported_or_refused_never_a_crash(db, data):
         assert str(exc)
         return
     assert outcome.rows >= outcome.invalid
+
+
+# --- CSV export and import round trip -----------------------------------------------------------
+
+formula_text = st.lists(st.one_of(cell, st.sampled_from(["'", "''", "=", "+", "-", "@", "\t", "\r", "=HYPERLINK("])),
+                        max_size=6).map("".join)
+
+
+@given(value=formula_text)
+@example(value="'=already quoted")
+@example(value="'+49 30 1234")
+@settings(max_examples=500, deadline=None)
+def test_neutralised_cells_never_start_a_formula_and_unneutralise_gives_them_back(value):
+    safe = neutralise(value)
+    assert not safe.startswith(FORMULA_PREFIXES)
+    assert unneutralise(safe) == value
+
+
+# What a contact can hold that an import gives back: trimmed text without NUL (the import trims cells).
+stored_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=["Cs"], exclude_characters="\x00"),
+                      max_size=30).map(lambda v: v.strip())
+formula_value = st.one_of(stored_text, st.tuples(st.sampled_from(["=", "+", "-", "@", "'=", "''+"]), stored_text)
+                          .map("".join).map(lambda v: v.strip()))
+
+
+@given(prefix=st.sampled_from(["", "=", "+", "-"]), local=st.from_regex(r"[a-z0-9]{1,10}", fullmatch=True),
+       first=formula_value, last=formula_value,
+       attributes=st.dictionaries(st.sampled_from(["phone", "=key", "+k", "note", "@at", "-x", "'q"]),
+                                  formula_value.filter(bool), max_size=4))
+@example(prefix="", local="anna", first="'quoted", last="=SUM(A1)", attributes={"phone": "+49 30 1234"})
+@FIXTURES_OK
+def test_a_contact_export_imports_back_to_the_same_values(db, prefix, local, first, last, attributes):
+    mailing_list, _ = MailingList.objects.get_or_create(name="round trip")
+    Contact.objects.all().delete()
+    email = f"{prefix}{local}@example.com"
+    Contact.objects.create(email=email, first_name=first, last_name=last, attributes=attributes)
+    exported = "".join(contact_rows()).encode()
+    Contact.objects.all().delete()
+    outcome = import_contacts(io.BytesIO(exported), mailing_list)
+    assert (outcome.created, outcome.invalid) == (1, 0)
+    back = Contact.objects.get()
+    assert (back.email, back.first_name, back.last_name, back.attributes) == (email, first, last, attributes)
+
+
+@given(email=st.sampled_from(["ann@example.com", "+ann@example.com", "-x@example.com", "=x@example.com"]),
+       detail=formula_value)
+@FIXTURES_OK
+def test_a_suppression_export_imports_back_to_the_same_values(db, email, detail):
+    Suppression.objects.all().delete()
+    Suppression.objects.create(email=email, reason="complaint", detail=detail)
+    out = io.StringIO()
+    export_csv(Suppression.objects.all(), out)
+    Suppression.objects.all().delete()
+    result = import_csv(io.BytesIO(out.getvalue().encode()))
+    assert (result.added, result.invalid) == (1, 0)
+    assert list(Suppression.objects.values_list("email", "reason", "detail")) == [(email, "complaint", detail)]
+
+
+@given(data=st.binary(max_size=400))
+@FIXTURES_OK
+def test_arbitrary_bytes_are_suppressed_or_refused_never_a_crash(db, data):
+    try:
+        result = import_csv(io.BytesIO(data))
+    except CsvRejected as exc:
+        assert str(exc)
+        return
+    assert result.added + result.existing + result.invalid >= 0

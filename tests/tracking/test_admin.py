@@ -49,10 +49,31 @@ def test_suppression_admin_imports_and_exports_csv(admin_client):
     upload = SimpleUploadedFile("s.csv", b"eve@example.com\nnot an address\nfrank@example.com,complaint,fbl\n")
     response = admin_client.post("/admin/campaigns/suppression/import/", {"file": upload}, follow=True)
     text = response.content.decode()
-    assert "2 address(es) suppressed" in text and "row 2, column email" in text
+    assert "2 address(es) suppressed" in text and "row 2, column &#x27;email&#x27;, value &#x27;not an address&#x27;" in text
     assert Suppression.objects.get(email_key="frank@example.com").reason == "complaint"
     exported = admin_client.get("/admin/campaigns/suppression/export/").content.decode().splitlines()
     assert exported[0] == "email,reason,detail,created_at" and len(exported) == 3
+
+
+def test_suppression_admin_imports_a_file_with_cr_line_ends(admin_client):
+    upload = SimpleUploadedFile("mac.csv", b"email;reason\rann@example.com;complaint\rbob@example.com;\r")
+    response = admin_client.post("/admin/campaigns/suppression/import/", {"file": upload}, follow=True)
+    assert response.status_code == 200 and "2 address(es) suppressed" in response.content.decode()
+    assert Suppression.objects.get(email_key="ann@example.com").reason == "complaint"
+
+
+def test_suppression_admin_refuses_a_file_over_the_limit_or_not_text_and_keeps_the_list(admin_client, settings):
+    Suppression.objects.create(email="kept@example.com")
+    settings.HERALD_IMPORT_MAX_BYTES = 20
+    upload = SimpleUploadedFile("big.csv", b"email\nann@example.com\nbob@example.com\n")
+    response = admin_client.post("/admin/campaigns/suppression/import/", {"file": upload})
+    assert response.status_code == 200
+    assert "over the import limit of 20 bytes (HERALD_IMPORT_MAX_BYTES)" in response.content.decode()
+    settings.HERALD_IMPORT_MAX_BYTES = 1000
+    upload = SimpleUploadedFile("bin.csv", b"email\nann@example.com\n\x00\x01\x02")
+    response = admin_client.post("/admin/campaigns/suppression/import/", {"file": upload})
+    assert response.status_code == 200 and "binary data" in response.content.decode()
+    assert list(Suppression.objects.values_list("email", flat=True)) == ["kept@example.com"]
 
 
 def test_suppression_added_in_the_admin_gets_its_key(admin_client):

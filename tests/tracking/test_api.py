@@ -1,5 +1,7 @@
 """The statistics, events and suppressions API."""
 
+import csv
+import io
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -129,14 +131,82 @@ def test_suppressions_csv_import_and_export(api):
     upload = SimpleUploadedFile("suppressions.csv", data, content_type="text/csv")
     result = api.post("/suppressions/import", {"file": upload}).json()
     assert (result["added"], result["existing"], result["invalid"]) == (2, 1, 2)
-    assert result["errors"][0].startswith("row 4, column email: 'broken-address'")
-    assert result["errors"][1].startswith("row 6, column reason:")
+    assert result["errors"][0].startswith("row 4, column 'email', value 'broken-address': ")
+    assert result["errors"][1].startswith("row 6, column 'reason', value 'dislike': ")
     assert Suppression.objects.get(email_key="new2@example.com").reason == "manual"
     exported = api.get("/suppressions/export")
     assert exported["Content-Type"].startswith("text/csv")
     lines = exported.content.decode().splitlines()
     assert lines[0] == "email,reason,detail,created_at"
     assert [line.split(",")[0] for line in lines[1:]] == ["new1@example.com", "new2@example.com", "old@example.com"]
+
+
+def import_file(api, data: bytes):
+    return api.post("/suppressions/import", {"file": SimpleUploadedFile("s.csv", data, content_type="text/csv")})
+
+
+def test_suppressions_import_reads_cr_line_ends_and_stray_crs(api):
+    mac = import_file(api, b"email,reason\rann@example.com,complaint\rbad address,manual\rbob@example.com,\r")
+    assert mac.status_code == 200, mac.content
+    assert (mac.json()["added"], mac.json()["invalid"]) == (2, 1)
+    assert mac.json()["errors"][0].startswith("row 3, column 'email', value 'bad address': ")
+    stray = import_file(api, b"email,reason,detail\r\ncarl@example.com\r,hard_bounce,550 user\runknown\r\n")
+    assert stray.status_code == 200, stray.content
+    assert Suppression.objects.get(email_key="carl@example.com").detail == "550 user unknown"
+    assert Suppression.objects.get(email_key="ann@example.com").reason == "complaint"
+
+
+def test_suppressions_import_skips_rows_of_only_delimiters_and_counts_repeats_as_existing(api):
+    data = b"email,reason,detail\n,,\ndave@example.com,,\n;;\n,,\nDAVE@example.com,,\n"
+    result = import_file(api, data).json()
+    assert (result["added"], result["existing"], result["invalid"]) == (1, 1, 1)  # ";;" has no address
+    assert [e.split(": ")[0] for e in result["errors"]] == ["row 4, column 'email', value ';;'"]
+
+
+def test_suppressions_import_streams_a_file_larger_than_a_batch(api):
+    Suppression.objects.create(email="user4000@example.com", reason="complaint")
+    rows = b"".join(b"user%d@example.com\n" % (i % 4500) for i in range(5000))
+    result = import_file(api, b"email\n" + rows).json()
+    assert (result["added"], result["existing"], result["invalid"]) == (4499, 501, 0)
+    assert Suppression.objects.count() == 4500
+    assert Suppression.objects.get(email_key="user4000@example.com").reason == "complaint"
+
+
+def test_suppressions_import_over_the_size_limit_is_a_413_naming_it(api, settings):
+    Suppression.objects.create(email="kept@example.com", reason="complaint")
+    settings.HERALD_IMPORT_MAX_BYTES = 50
+    response = import_file(api, b"email\n" + b"".join(b"user%d@example.com\n" % i for i in range(10)))
+    assert response.status_code == 413
+    assert "HERALD_IMPORT_MAX_BYTES" in response.json()["detail"] and "50 bytes" in response.json()["detail"]
+    assert response.json()["errors"][0]["field"] == "file"
+    assert list(Suppression.objects.values_list("email", flat=True)) == ["kept@example.com"]
+
+
+def test_a_file_that_is_not_text_is_refused_whole_naming_the_row(api):
+    Suppression.objects.create(email="kept@example.com", reason="complaint")
+    rows = b"".join(b"user%d@example.com\n" % i for i in range(9000))
+    response = import_file(api, b"email\n" + rows + b"bin\x00ary@example.com\n")
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("file: Row 9002 contains binary data (a NUL byte) at byte ")
+    assert list(Suppression.objects.values_list("email", flat=True)) == ["kept@example.com"]
+    assert import_file(api, b"").status_code == 422
+    utf16 = import_file(api, "email\nann@example.com\n".encode("utf-16"))
+    assert utf16.status_code == 422 and "UTF-16" in utf16.json()["detail"]
+
+
+def test_suppressions_export_neutralises_remote_text_and_imports_back(api):
+    Suppression.objects.create(email="eve@example.com", reason="hard_bounce",
+                               detail='=HYPERLINK("http://evil.example/","click")')
+    Suppression.objects.create(email="+tag@example.com", reason="manual", detail="@SUM(1)")
+    exported = api.get("/suppressions/export").content
+    rows = list(csv.reader(io.StringIO(exported.decode())))
+    assert rows[1][:3] == ["'+tag@example.com", "manual", "'@SUM(1)"]
+    assert rows[2][:3] == ["eve@example.com", "hard_bounce", "'=HYPERLINK(\"http://evil.example/\",\"click\")"]
+    Suppression.objects.all().delete()
+    result = import_file(api, exported).json()
+    assert (result["added"], result["invalid"]) == (2, 0)
+    assert Suppression.objects.get(email_key="eve@example.com").detail == '=HYPERLINK("http://evil.example/","click")'
+    assert Suppression.objects.get(email_key="+tag@example.com").detail == "@SUM(1)"
 
 
 def test_events_list_is_paginated(api, alice_send):

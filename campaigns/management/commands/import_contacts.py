@@ -5,7 +5,8 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
 
-from campaigns.imports import ImportRejected, parse_delimiter, run_import
+from campaigns.csvfiles import CsvRejected, describe, parse_delimiter
+from campaigns.imports import run_import
 from campaigns.models import Import, MailingList
 
 
@@ -36,7 +37,7 @@ class Command(BaseCommand):
             raise CommandError("--list needs a name")
         try:
             parse_delimiter(delimiter)
-        except ImportRejected as exc:
+        except CsvRejected as exc:
             raise CommandError(f"--delimiter: {exc}") from None
         mailing_list, created = MailingList.objects.get_or_create(name=list_name)
         if created:
@@ -54,7 +55,7 @@ class Command(BaseCommand):
             f"(encoding {imp.encoding}, delimiter {imp.delimiter!r})."
         )
         for row, column, value, reason in imp.outcome.first_errors:
-            self.stdout.write(f"  row {row}, column {column!r}, value {value!r}: {reason}")
+            self.stdout.write(f"  {describe(row, column, value, reason)}")
         if imp.error_report:
             if errors:
                 with imp.error_report.open("rb") as src, open(errors, "wb") as dst:
