@@ -110,6 +110,7 @@ class ContactAdmin(admin.ModelAdmin):
 
     @admin.action(description="Export selected contacts as CSV")
     def export_selected(self, request, queryset):
+        audit.record("contacts.export", selected=queryset.count())
         return _csv_response(contact_rows(queryset), "contacts.csv")
 
 
@@ -148,6 +149,7 @@ class MailingListAdmin(admin.ModelAdmin):
             raise PermissionDenied
         mailing_list = get_object_or_404(MailingList, pk=pk)
         contacts = Contact.objects.filter(subscriptions__mailing_list=mailing_list)
+        audit.record("contacts.export", mailing_list)
         return _csv_response(contact_rows(contacts), f"list-{mailing_list.pk}.csv")
 
 

@@ -19,6 +19,7 @@ from ninja import Field, File, Form, Query, Router, Schema
 from ninja.files import UploadedFile
 from pydantic import AfterValidator
 
+from campaigns import audit
 from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, size_refusal
 from campaigns.exports import contact_rows
 from campaigns.imports import is_valid_address
@@ -331,6 +332,7 @@ def list_contacts(request, filters: Query[ContactFilter], page: Query[PageIn]):
 @requires("campaigns.view_contact")
 def export_contacts(request, filters: Query[ContactFilter]):
     qs = Contact.objects.filter(id__in=_filtered(filters).values("id"))
+    audit.record("contacts.export", filters=filters.dict(exclude_none=True))
     response = StreamingHttpResponse(contact_rows(qs), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = 'attachment; filename="contacts.csv"'
     return response

@@ -7,10 +7,11 @@ class CampaignsConfig(AppConfig):
 
     def ready(self):
         from campaigns import audit
-        from campaigns.models import Campaign, Suppression, Template
+        from campaigns.models import Campaign, Import, Suppression, Template
 
         # What people change by hand that the audit log keeps; lifecycle actions,
         # imports, exports and tokens are recorded where they happen.
         audit.watch(Campaign)
         audit.watch(Template)
         audit.watch(Suppression)
+        audit.watch(Import)  # an upload in the admin or the API: import.create

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from django.db import transaction
 
-from campaigns import csvfiles
+from campaigns import audit, csvfiles
 from campaigns.imports import field_for, is_valid_address
 from campaigns.models import Suppression, email_key
 
@@ -58,7 +58,9 @@ def import_csv(fileobj) -> ImportResult:
     when the file as a whole cannot be read; then nothing is added.
     """
     source = csvfiles.CsvFile(fileobj, what="suppression list")
-    return source.read(_import_records)
+    result = source.read(_import_records)
+    audit.record("suppressions.import", added=result.added, existing=result.existing, errors=len(result.errors))
+    return result
 
 
 def _import_records(records) -> ImportResult:
@@ -139,6 +141,7 @@ def export_csv(queryset, out):
 
     The detail is often text from a remote mail server, so it is never trusted.
     """
+    audit.record("suppressions.export", rows=queryset.count())
     writer = csvfiles.writer(out)
     writer.writerow(EXPORT_FIELDS)
     for row in queryset.order_by("email_key").values_list("email", "reason", "detail", "created_at").iterator(2000):

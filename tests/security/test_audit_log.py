@@ -110,3 +110,18 @@ def test_entries_cannot_be_changed_or_deleted_even_in_the_database(sending):
         with pytest.raises(DatabaseError, match="append-only"), transaction.atomic():
             sneaky()
     assert AuditEntry.objects.get(pk=entry.pk).actor == ""
+
+
+def test_imports_and_exports_of_contacts_and_suppressions_are_recorded(client, bearer):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    client.get("/api/v1/contacts/export", {"email_contains": "example.com"}, **bearer)
+    client.get("/api/v1/suppressions/export", **bearer)
+    upload = SimpleUploadedFile("s.csv", b"email\nann@example.com\nbroken\n", content_type="text/csv")
+    client.post("/api/v1/suppressions/import", {"file": upload}, **bearer)
+    (contacts,) = entries("contacts.export")
+    assert contacts.actor == "root" and contacts.via == "api"
+    assert contacts.detail == {"filters": {"email_contains": "example.com"}}
+    assert entries("suppressions.export")[0].actor == "root"
+    (imported,) = entries("suppressions.import")
+    assert imported.detail == {"added": 1, "existing": 0, "errors": 1}
