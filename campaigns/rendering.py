@@ -6,11 +6,13 @@ sandbox with ``contact`` (email, first_name, last_name, attributes),
 lacks renders as empty (or its ``default``), never as an error mid-campaign.
 
 Compiling a campaign does the expensive work once: the layout and the body
-are joined, CSS is inlined, the text part is derived from the HTML when the
-campaign has none, and links are rewritten for click tracking. Jinja
+are joined, CSS is inlined and links are rewritten for click tracking. Jinja
 constructs are swapped for inert placeholders while the HTML goes through the
-CSS inliner and html2text, then put back, so the result is still one Jinja
-template rendered per recipient in microseconds.
+CSS inliner, then put back, so the result is still one Jinja template rendered
+per recipient in microseconds. A campaign without a text body gets a text part
+derived per recipient from that recipient's HTML (``DerivedText``), so it
+carries the same values, branches and links; every text part carries the
+unsubscribe URL.
 
 Click tracking: every http(s) href becomes a call into the render context.
 A link with a literal URL gets its CampaignLink index at compile time; a link
@@ -23,7 +25,9 @@ message builder in ``delivery.message`` provides the tracking callables.
 """
 
 import html
+import itertools
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
@@ -32,10 +36,11 @@ import css_inline
 import html2text
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_context
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Cycler
+from markupsafe import Markup, escape
 
 from campaigns.models import Campaign, CampaignLink
 
@@ -257,6 +262,11 @@ class CompiledContent:
     dynamic_links: list = dataclass_field(default_factory=list)  # compiled templates of URLs with expressions
     inlined: bool = True
 
+    @property
+    def text_derived(self):
+        """True when the text part is derived per recipient from the HTML (``text`` is a DerivedText)."""
+        return isinstance(self.text, DerivedText)
+
 
 def _protect(source, statements_as_comments):
     """Swap Jinja constructs for inert placeholders; return (text, list of originals)."""
@@ -301,22 +311,216 @@ def _inline_css(source):
     return (restored, True) if restored is not None else (source, False)
 
 
-def html_to_text(source):
-    """A readable text version of an HTML template, keeping its Jinja constructs."""
-    protected, originals = _protect(source, statements_as_comments=False)
+def html_to_text(html_text):
+    """The readable text of a rendered HTML part: html2text's Markdown-like reading text.
+
+    Links keep their URLs (``[Unsubscribe](https://...)``), images show their
+    alt text, tables are flattened. This is the text part Herald derives for a
+    recipient from that recipient's HTML; ``DerivedText`` computes the same
+    string without converting the whole document per recipient.
+    """
     converter = html2text.HTML2Text()
     converter.body_width = 0
-    converter.ignore_images = True
+    converter.images_to_alt = True
     converter.ignore_tables = True
     converter.unicode_snob = True
     converter.single_line_break = False
-    text = converter.handle(protected)
-    restored = _restore(text, originals, comments=False)
-    if restored is None:
-        # Some construct did not survive conversion: fall back to the text
-        # without it rather than a broken template.
-        restored = _PLACEHOLDER.sub("", text)
-    return restored.strip() + "\n"
+    return converter.handle(html_text).strip() + "\n"
+
+
+TEXT_UNSUBSCRIBE = "Unsubscribe: {{ unsubscribe_url }}\n"
+
+
+def with_unsubscribe(text, url):
+    """``text`` with the unsubscribe URL appended when it does not carry it already."""
+    if url and url not in text:
+        return f"{text}\nUnsubscribe: {url}\n"
+    return text
+
+
+# --- the derived text part ---------------------------------------------------
+#
+# Converting an HTML newsletter with html2text costs milliseconds; doing it for
+# each recipient would cut the send rate tenfold. DerivedText renders the
+# recipient's HTML with every printed value swapped for a marker word (the
+# "skeleton"), converts each distinct skeleton once, and puts the values back
+# into the converted text. Statements run with the real values, so conditionals
+# and loops take the recipient's branch; the skeleton differs between two
+# recipients only where their branches do.
+#
+# The result equals ``html_to_text`` of the recipient's HTML because a value is
+# replaced by a marker only when html2text treats the two alike (``_marker_class``):
+# plain words and punctuation, no Markdown that html2text would escape where the
+# value stands, no markup, no line breaks. Every other value (and empty ones)
+# goes into the skeleton as it is, which is then simply the recipient's HTML.
+# tests/content/test_text_part.py checks the equality on every shipped layout
+# and on adversarial templates, for fixed and generated contact data; bench/render.py
+# measures the cost.
+
+MARKS_VAR = "_herald_marks"
+_TEXT_CACHE_LIMIT = 512
+# A printed value is cut into words at white space and at the characters that
+# autoescaping turns into references (html2text starts a new chunk of text after
+# each). The separators stay as they are; each word becomes a marker of its kind.
+_SEPARATORS = re.compile(r"([&<>'\"]|[ \t\n]+)")
+_WORD = re.compile(r"[^\s\\\[\]()`{}|&<>'\"]+")  # no character html2text escapes inside links or alt text
+_CHUNK_START = re.compile(r"[^\W_]|[@,;:/=%~$]")  # no Markdown html2text escapes at the start of a line
+_ALPHA = re.compile(r"[a-zA-Z+]+")
+_ABSOLUTE_URL = re.compile(r"[a-zA-Z+]+://")  # html2text's test for an automatic link <url>
+_NUMBERED = re.compile(r"\d+\.")
+# Constructs that capture output into a value a template can test or transform
+# (a filter over a block, a macro's result): markers might leak into logic there,
+# so each recipient's skeleton is checked against the real render.
+_CAPTURING = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block)
+
+
+def _word_kind(word, chunk_start):
+    """How html2text sees ``word``: "digits", "alpha", "url" or "other"; None when no marker can stand for it.
+
+    html2text escapes ``1.``, ``-`` and ``+`` at the start of a line or of a
+    chunk of text and any backslash before Markdown, escapes ``[]()`` in URLs
+    and alt texts, and writes a link whose text equals its absolute URL as
+    ``<url>``; a marker of the same kind is treated alike in every one of those.
+    """
+    if not _WORD.fullmatch(word):
+        return None
+    if word.isdigit() and word.isascii():
+        return "digits"
+    if chunk_start and (not _CHUNK_START.match(word) or _NUMBERED.fullmatch(word)):
+        return None
+    if _ALPHA.fullmatch(word):
+        return "alpha"
+    return "url" if _ABSOLUTE_URL.match(word) else "other"
+
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9@,;:/=%~$][\w.@%+/:=?~$,;!#*-]*")  # the common value: one word, no reference
+_CODES = ["".join(c) for c in itertools.product("abcdefghijklmnopqrstuvwxyz", repeat=3)]
+
+
+class _Marks:
+    """The words printed in one skeleton render, each with its marker."""
+
+    __slots__ = ("letters", "digits", "words", "markers")
+
+    def __init__(self, letters, digits):
+        self.letters, self.digits = letters, digits
+        self.words, self.markers = [], {}
+
+    def mark(self, printed):
+        """``printed`` with its words swapped for markers, or as it is when some word cannot be."""
+        if _PLAIN_WORD.fullmatch(printed) and not _NUMBERED.fullmatch(printed):
+            return self.markers.get(printed) or self._new(printed, _word_kind(printed, True))
+        raw = html.unescape(printed)
+        if not raw or str(escape(raw)) != printed:
+            return printed
+        out = []
+        chunk_start = True
+        for i, token in enumerate(_SEPARATORS.split(raw)):
+            if i % 2:  # a separator
+                out.append(str(escape(token)))
+                # After a reference or a line break a new chunk (or line) starts, and
+                # white space at its start does not change that.
+                chunk_start = chunk_start or not token.isspace() or "\n" in token
+                continue
+            if not token:
+                continue
+            marker = self.markers.get(token)
+            if marker is None:
+                kind = _word_kind(token, chunk_start)
+                if kind is None:
+                    return printed
+                marker = self._new(token, kind)
+            elif chunk_start and _word_kind(token, True) is None:
+                return printed
+            out.append(marker)
+            chunk_start = False
+        return "".join(out)
+
+    def _new(self, word, kind):
+        n = len(self.words)
+        if n >= len(_CODES):
+            return word  # beyond any sane template: the skeleton keeps the word itself
+        if kind == "digits":
+            marker = f"9{self.digits}{n:05d}"
+        else:
+            marker = f"{'x://' if kind == 'url' else ''}{self.letters}{_CODES[n]}{'q' if kind == 'alpha' else '9'}"
+        self.markers[word] = marker
+        self.words.append(word)
+        return marker
+
+
+@pass_context
+def _mark_value(context, value):
+    """Jinja's ``finalize`` for skeleton renders: a printed value becomes its marker."""
+    autoescape = context.eval_ctx.autoescape
+    printed = str(escape(value)) if autoescape else str(value)
+    marks = context.get(MARKS_VAR)
+    out = marks.mark(printed) if marks is not None else printed
+    return Markup(out) if autoescape else out  # noqa: S704 - already escaped, or a marker word
+
+
+_skeleton_env = _environment(True)
+_skeleton_env.finalize = _mark_value
+
+
+class DerivedText:
+    """The text part of a campaign that has none: per recipient, ``html_to_text`` of that recipient's HTML.
+
+    ``render(context)`` is called like a template's. The HTML is the
+    campaign's HTML part as the recipient gets it, before links are rewritten
+    for tracking (the text shows where links lead). The unsubscribe URL is
+    appended when the HTML does not show it.
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self.template = _skeleton_env.from_string(source)
+        self.html = html_env.from_string(source)
+        self.checked = any(True for _ in _skeleton_env.parse(source).find_all(_CAPTURING))
+        self.letters = self.digits = ""
+        while not self.letters or self.letters in source or self.digits in source:
+            self.letters = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
+            self.digits = "".join(secrets.choice("012345678") for _ in range(9))
+        self._markers = re.compile(rf"(?:x://)?{self.letters}([a-z]{{3}})[q9]|9{self.digits}(\d{{5}})")
+        self._texts = {}
+
+    def render(self, context):
+        marks = _Marks(self.letters, self.digits)
+        skeleton = self.template.render({**context, MARKS_VAR: marks})
+        if self.checked and self._fill(self._split(skeleton), marks.words) != self.html.render(context):
+            text = html_to_text(self.html.render(context))
+        else:
+            pieces = self._texts.get(skeleton)
+            if pieces is None:
+                pieces = self._split(html_to_text(skeleton))
+                if len(self._texts) < _TEXT_CACHE_LIMIT:
+                    self._texts[skeleton] = pieces
+            text = self._fill(pieces, marks.words)
+        return with_unsubscribe(text, str(context.get("unsubscribe_url") or ""))
+
+    def _split(self, text):
+        """``text`` as literal pieces and word indexes, alternating: [str, int, str, ..., str]."""
+        pieces = []
+        last = 0
+        for match in self._markers.finditer(text):
+            pieces += [text[last:match.start()], _marker_index(match)]
+            last = match.end()
+        pieces.append(text[last:])
+        return pieces
+
+    @staticmethod
+    def _fill(pieces, words):
+        if len(pieces) == 1:
+            return pieces[0]
+        return "".join([p if p.__class__ is str else words[p] for p in pieces])
+
+
+def _marker_index(match):
+    letters, digits = match.groups()
+    if digits is not None:
+        return int(digits)
+    a, b, c = (ord(x) - 97 for x in letters)
+    return (a * 26 + b) * 26 + c
 
 
 def _track(source, track_clicks, track_opens):
@@ -367,10 +571,9 @@ def compile_content(campaign, track=True):
     if errors:
         raise errors[0]
     html_source = join_layout(layout.html if layout else "", campaign.html_body or "")
-    if campaign.text_body:
-        text_source = join_layout(layout.text if layout else "", campaign.text_body)
-    else:
-        text_source = html_to_text(html_source) if html_source.strip() else ""
+    text_source = join_layout(layout.text if layout else "", campaign.text_body) if campaign.text_body else ""
+    if text_source and "unsubscribe_url" not in meta.find_undeclared_variables(text_env.parse(text_source)):
+        text_source = text_source.rstrip("\n") + "\n\n" + TEXT_UNSUBSCRIBE
     inlined_ok = True
     if html_source.strip():
         html_source, inlined_ok = _inline_css(html_source)
@@ -379,11 +582,15 @@ def compile_content(campaign, track=True):
     else:
         tracked, static, dynamic = "", [], []
     try:
+        if text_source or not html_source.strip():
+            text = text_env.from_string(text_source)
+        else:
+            text = DerivedText(html_source)
         return CompiledContent(
             subject=text_env.from_string(campaign.subject or ""),
             from_name=text_env.from_string(campaign.from_name or ""),
             html=html_env.from_string(tracked),
-            text=text_env.from_string(text_source),
+            text=text,
             html_source=tracked,
             text_source=text_source,
             static_links=static,

@@ -535,7 +535,8 @@ class CompiledCampaign:
         base_safe = str(escape(settings.HERALD_BASE_URL)) == settings.HERALD_BASE_URL and _QP_PLAIN.fullmatch(
             settings.HERALD_BASE_URL) is not None
         self.html_plan = BodyPlan.compile(c.html_source, len(self.link_indexes), base_safe)
-        self.text_plan = BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
+        # A derived text part is made per recipient from the HTML (rendering.DerivedText), not from a plan.
+        self.text_plan = None if c.text_derived else BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
         self._compile_values()
         self.html_plan = self._checked(self.html_plan, c.html, 0)
         self.text_plan = self._checked(self.text_plan, c.text, 1)
