@@ -36,7 +36,7 @@ import css_inline
 import html2text
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_context
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_eval_context
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.sandbox import SandboxedEnvironment
 from jinja2.utils import Cycler
@@ -357,7 +357,6 @@ def with_unsubscribe(text, url):
 # and on adversarial templates, for fixed and generated contact data; bench/render.py
 # measures the cost.
 
-MARKS_VAR = "_herald_marks"
 _TEXT_CACHE_LIMIT = 512
 # A printed value is cut into words at white space and at the characters that
 # autoescaping turns into references (html2text starts a new chunk of text after
@@ -400,16 +399,23 @@ _CODES = ["".join(c) for c in itertools.product("abcdefghijklmnopqrstuvwxyz", re
 class _Marks:
     """The words printed in one skeleton render, each with its marker."""
 
-    __slots__ = ("letters", "digits", "words", "markers")
+    __slots__ = ("letters", "digits", "words", "markers", "index")
 
     def __init__(self, letters, digits):
         self.letters, self.digits = letters, digits
-        self.words, self.markers = [], {}
+        self.words, self.markers, self.index = [], {}, {}
 
     def mark(self, printed):
         """``printed`` with its words swapped for markers, or as it is when some word cannot be."""
-        if _PLAIN_WORD.fullmatch(printed) and not _NUMBERED.fullmatch(printed):
-            return self.markers.get(printed) or self._new(printed, _word_kind(printed, True))
+        if _PLAIN_WORD.fullmatch(printed) and not (printed[-1] == "." and _NUMBERED.fullmatch(printed)):
+            marker = self.markers.get(printed)
+            if marker is not None:
+                return marker
+            if printed.isdigit() and printed.isascii():
+                return self._new(printed, "digits")
+            if _ALPHA.fullmatch(printed):
+                return self._new(printed, "alpha")
+            return self._new(printed, "url" if _ABSOLUTE_URL.match(printed) else "other")
         raw = html.unescape(printed)
         if not raw or str(escape(raw)) != printed:
             return printed
@@ -445,18 +451,30 @@ class _Marks:
         else:
             marker = f"{'x://' if kind == 'url' else ''}{self.letters}{_CODES[n]}{'q' if kind == 'alpha' else '9'}"
         self.markers[word] = marker
+        self.index[word] = n
         self.words.append(word)
         return marker
 
 
-@pass_context
-def _mark_value(context, value):
-    """Jinja's ``finalize`` for skeleton renders: a printed value becomes its marker."""
-    autoescape = context.eval_ctx.autoescape
-    printed = str(escape(value)) if autoescape else str(value)
-    marks = context.get(MARKS_VAR)
-    out = marks.mark(printed) if marks is not None else printed
-    return Markup(out) if autoescape else out  # noqa: S704 - already escaped, or a marker word
+_skeleton = threading.local()
+
+
+@pass_eval_context
+def _mark_value(eval_ctx, value):
+    """Jinja's ``finalize`` for skeleton renders: a printed value becomes its markers.
+
+    (Taking the evaluation context also keeps Jinja from finalizing constants
+    once at compile time: each render marks its own values.)
+    """
+    marks = getattr(_skeleton, "marks", None)
+    if not eval_ctx.autoescape:
+        return marks.mark(str(value)) if marks is not None else value
+    printed = escape(value)
+    if marks is None:
+        return printed
+    out = marks.mark(str(printed))
+    # A single-word marker needs no escaping (Jinja's escape of it is cheap); anything else is already escaped.
+    return out if out.isalnum() else Markup(out)  # noqa: S704
 
 
 _skeleton_env = _environment(True)
@@ -485,34 +503,69 @@ class DerivedText:
         self._texts = {}
 
     def render(self, context):
-        marks = _Marks(self.letters, self.digits)
-        skeleton = self.template.render({**context, MARKS_VAR: marks})
-        if self.checked and self._fill(self._split(skeleton), marks.words) != self.html.render(context):
-            text = html_to_text(self.html.render(context))
-        else:
-            pieces = self._texts.get(skeleton)
-            if pieces is None:
-                pieces = self._split(html_to_text(skeleton))
-                if len(self._texts) < _TEXT_CACHE_LIMIT:
-                    self._texts[skeleton] = pieces
-            text = self._fill(pieces, marks.words)
-        return with_unsubscribe(text, str(context.get("unsubscribe_url") or ""))
+        shape, marks = self.shape(context)
+        if shape is None:
+            return marks
+        return with_unsubscribe(self.fill(shape, marks), str(context.get("unsubscribe_url") or ""))
+
+    def shape(self, context):
+        """(TextShape, marks) of this recipient's text, or (None, the whole text) when it had to be converted whole.
+
+        The text is ``fill(shape, marks)``, followed by the unsubscribe URL
+        unless ``carries`` says it shows it already.
+        """
+        marks = _skeleton.marks = _Marks(self.letters, self.digits)
+        try:
+            skeleton = self.template.render(context)
+        finally:
+            _skeleton.marks = None
+        if self.checked:
+            real = self.html.render(context)
+            if self.fill(self._split(skeleton), marks) != real:
+                return None, with_unsubscribe(html_to_text(real), str(context.get("unsubscribe_url") or ""))
+        shape = self._texts.get(skeleton)
+        if shape is None:
+            shape = self._split(html_to_text(skeleton))
+            if len(self._texts) < _TEXT_CACHE_LIMIT:
+                self._texts[skeleton] = shape
+        return shape, marks
+
+    @staticmethod
+    def carries(shape, marks, url):
+        """True when the text of ``shape`` shows ``url`` (a printed value) without the appended footer."""
+        n = marks.index.get(url)
+        return n is not None and n in shape.uses
 
     def _split(self, text):
-        """``text`` as literal pieces and word indexes, alternating: [str, int, str, ..., str]."""
         pieces = []
         last = 0
         for match in self._markers.finditer(text):
             pieces += [text[last:match.start()], _marker_index(match)]
             last = match.end()
         pieces.append(text[last:])
-        return pieces
+        return TextShape(pieces)
 
     @staticmethod
-    def _fill(pieces, words):
+    def fill(shape, marks):
+        pieces = shape.pieces
         if len(pieces) == 1:
             return pieces[0]
+        words = marks.words
         return "".join([p if p.__class__ is str else words[p] for p in pieces])
+
+
+class TextShape:
+    """A converted skeleton: literal text and word indexes, alternating ([str, int, str, ..., str]).
+
+    ``plan`` belongs to the message builder, which caches its encoding here.
+    """
+
+    __slots__ = ("pieces", "uses", "plan")
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.uses = frozenset(pieces[1::2])
+        self.plan = None
 
 
 def _marker_index(match):

@@ -701,6 +701,29 @@ class CompiledCampaign:
                 return encoded
         return encoder(template.render(ctx))
 
+    def _derived_text(self, ctx):
+        """The encoded text part derived from this recipient's HTML (rendering.DerivedText).
+
+        Each shape of the text (one per branch the template takes) gets a
+        BodyPlan of its own once, checked against the encoder; a recipient's
+        words then fill its holes as the HTML's values fill the HTML plan.
+        """
+        derived = self.content.text
+        shape, marks = derived.shape(ctx)
+        if shape is None:
+            return self._text_qp(marks)
+        unsubscribe = ctx["unsubscribe_url"]
+        if shape.plan is not False and derived.carries(shape, marks, unsubscribe):
+            if shape.plan is None:
+                shape.plan = _shape_plan(shape, marks, derived.fill(shape, marks))
+            if shape.plan:
+                plan, order = shape.plan
+                words = marks.words
+                encoded = plan.encode([], [words[k] for k in order])
+                if encoded is not None:
+                    return encoded
+        return self._text_qp(rendering.with_unsubscribe(derived.fill(shape, marks), unsubscribe))
+
     def build(self, send, contact) -> BuiltMessage:
         send_id = send.pk
         data = contact if isinstance(contact, rendering.ContactData) else rendering.ContactData.of(contact)
@@ -726,7 +749,10 @@ class CompiledCampaign:
         if self.reply_to_line:
             headers.append((b"reply-to", self.reply_to_line))
         headers.append((b"list-unsubscribe", self._list_unsubscribe(toks[0], toks[4])))
-        text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
+        if c.text_derived:
+            text = self._derived_text(ctx)
+        else:
+            text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
         if self.has_html:
             html = self._body(self.html_plan, c.html, self._html_qp, ctx, token_list, values and values[0])
             body = b"".join((self.text_head, text, self.html_head, html, self.close))
@@ -738,6 +764,20 @@ class CompiledCampaign:
             head = self.signer.sign(headers + self.signed_tail, body[2:]) + head
         # The body starts with "\r\n": the blank line ending the headers.
         return BuiltMessage(toks[5], rcpt, head + body, message_id)
+
+
+def _shape_plan(shape, marks, text):
+    """(BodyPlan, word index of each hole) for a derived text's shape, or False when no plan reproduces ``text``."""
+    if any(p.__class__ is str and ("{" in p or "}" in p) for p in shape.pieces):
+        return False  # literal braces would read as holes
+    source = "".join(p if p.__class__ is str else "{{ " + str(p) + " }}" for p in shape.pieces)
+    plan = BodyPlan.compile(source, 0, True)
+    if plan is None:
+        return False
+    order = [int(e) for e in plan.exprs]
+    if plan.encode([], [marks.words[k] for k in order]) != QPEncoder()(text):
+        return False
+    return plan, order
 
 
 def _b36(number: int) -> str:
