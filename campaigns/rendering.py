@@ -31,6 +31,7 @@ import secrets
 import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from html.parser import HTMLParser
 
 import css_inline
 import html2text
@@ -695,6 +696,97 @@ def campaign_links(campaign):
     content = compile_content(campaign)
     register_links(campaign.pk, content.static_links)
     return list(CampaignLink.objects.filter(campaign_id=campaign.pk).order_by("index").values_list("index", "url"))
+
+
+# --- what the text part cannot show ------------------------------------------
+
+# Attributes that only style or structure the HTML: a value there is not content.
+_PRESENTATIONAL = {"style", "class", "id", "width", "height", "align", "valign", "bgcolor", "background-color",
+                   "border", "cellpadding", "cellspacing", "color", "dir", "lang", "role", "target", "rel", "type",
+                   "name", "charset", "content", "http-equiv", "face", "size", "span", "colspan", "rowspan", "nowrap",
+                   "hspace", "vspace", "frame", "rules", "xmlns", "aria-hidden", "media", "scope", "headers"}
+_INVISIBLE = {"head", "title", "style", "script", "template"}
+_LOST_MARK = re.compile(r"herald(\d{5})lost", re.I)
+
+
+class _Lost(HTMLParser):
+    """Where each marked expression of an HTML source sits, and whether a text part can show it from there."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.hidden = 0
+        self.lost = {}  # expression number -> where
+
+    def handle_starttag(self, tag, attrs):
+        self._attributes(tag, attrs)
+        if tag in _INVISIBLE:
+            self.hidden += 1
+
+    def handle_startendtag(self, tag, attrs):
+        self._attributes(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag in _INVISIBLE and self.hidden:
+            self.hidden -= 1
+
+    def _attributes(self, tag, attrs):
+        if self.hidden:
+            return
+        for name, value in attrs:
+            for n in _LOST_MARK.findall(name):
+                self.lost.setdefault(int(n), f"inside the <{tag}> tag")
+            shown = name == "href" or (tag == "img" and name == "alt")
+            if shown or name in _PRESENTATIONAL or name.startswith("data-"):
+                continue
+            for n in _LOST_MARK.findall(value or ""):
+                self.lost.setdefault(int(n), f"in the {name} of <{tag}>")
+
+
+def campaign_text_warnings(layout, html_body, text_body):
+    """``text_part_warnings`` for a campaign's body and its layout (a Template or None), each naming its lines."""
+    if text_body and text_body.strip():
+        return text_part_warnings("", join_layout(layout.text if layout else "", text_body))
+    warnings = text_part_warnings(html_body, "", "HTML body")
+    if layout is not None:
+        warnings += text_part_warnings(CONTENT_MARKER.sub("", layout.html or "", count=1), "", f"Layout {layout.name!r}")
+    return warnings
+
+
+def text_part_warnings(html_source, text_source, where="HTML"):
+    """What the text part will not carry that the HTML part shows, as sentences for a person.
+
+    With a text body: only whether it has the unsubscribe link (Herald then
+    appends one). Without: each expression the HTML shows where no text can
+    (an image's source, a tooltip), with its line. Expressions in the head, in
+    comments and in style attributes show nowhere, so they are not reported.
+    """
+    if text_source and text_source.strip():
+        try:
+            names = meta.find_undeclared_variables(text_env.parse(text_source))
+        except TemplateSyntaxError:
+            return []
+        if "unsubscribe_url" not in names:
+            return ["The text part has no {{ unsubscribe_url }}: Herald adds an unsubscribe line at its end."]
+        return []
+    if not (html_source or "").strip():
+        return []
+    expressions = []
+
+    def swap(match):
+        token = match.group(0)
+        if not token.startswith("{{"):
+            return "\n" * token.count("\n")
+        expressions.append((token, html_source.count("\n", 0, match.start()) + 1))
+        return f"herald{len(expressions) - 1:05d}lost"
+
+    parser = _Lost()
+    parser.feed(_JINJA.sub(swap, html_source))
+    parser.close()
+    warnings = []
+    for n, place in sorted(parser.lost.items()):
+        token, line = expressions[n]
+        warnings.append(f"{where}, line {line}: {' '.join(token.split())} is {place}, which the text part cannot show.")
+    return warnings
 
 
 # --- preview -----------------------------------------------------------------

@@ -207,3 +207,63 @@ def test_test_sends_carry_the_derived_text_part(sink, alice):
     assert "# Hi Alice!" in text and "Upgrade to VIP today." in text
     assert "because alice@example.com subscribed" in text
     assert f"[Unsubscribe]({tokens.unsubscribe_url(0)})" in text
+
+
+@pytest.fixture
+def staff(client, db):
+    from django.contrib.auth.models import User
+
+    client.force_login(User.objects.create_superuser("admin", "admin@example.com", "pw"))
+    return client
+
+
+CAMPAIGN_FORM = {"name": "Spring", "subject": "Hi", "from_name": "Herald", "from_email": "news@example.com",
+                 "reply_to": "", "text_body": "", "track_opens": "on", "track_clicks": "on"}
+SHOWN_NOWHERE = '<p>Hi {{ contact.first_name }}</p>\n<img src="https://example.com/{{ contact.email }}.png" alt="">'
+
+
+def test_saving_warns_of_what_the_text_part_cannot_show(staff):
+    response = staff.post("/admin/campaigns/campaign/add/", CAMPAIGN_FORM | {"html_body": SHOWN_NOWHERE}, follow=True)
+    page = response.content.decode()
+    assert Campaign.objects.count() == 1, "a warning never stops the save"
+    assert "HTML body, line 2: {{ contact.email }} is in the src of &lt;img&gt;" in page
+    assert "contact.first_name }} is" not in page
+
+    response = staff.post("/admin/campaigns/campaign/add/", CAMPAIGN_FORM | {"name": "Plain", "html_body": "<p>Hi</p>",
+                                                                           "text_body": "Hi\n"}, follow=True)
+    assert "The text part has no {{ unsubscribe_url }}" in response.content.decode()
+
+
+def test_the_starter_layout_saves_without_warnings(staff):
+    response = staff.post("/admin/campaigns/template/add/", {
+        "name": "Starter", "html": SHIPPED[0].read_text(encoding="utf-8"), "text": ""}, follow=True)
+    assert Template.objects.count() == 1
+    assert "cannot show" not in response.content.decode()
+    response = staff.post("/admin/campaigns/template/add/", {
+        "name": "Avatar", "html": '<body>{{ content }}<img src="{{ contact.attributes.avatar }}"></body>', "text": ""},
+        follow=True)
+    assert "Layout &#x27;Avatar&#x27;, line 1: {{ contact.attributes.avatar }} is in the src of &lt;img&gt;" in (
+        response.content.decode())
+
+
+def test_warnings_name_exactly_the_expressions_the_text_part_lacks():
+    assert rendering.text_part_warnings(ADVERSARIAL["attributes"], "") == [
+        "HTML, line 1: {{ contact.first_name }} is in the title of <p>, which the text part cannot show.",
+        "HTML, line 1: {{ contact.last_name }} is in the title of <a>, which the text part cannot show.",
+    ]
+    assert rendering.text_part_warnings(ADVERSARIAL["img"], "") == [
+        "HTML, line 1: {{ contact.email }} is in the src of <img>, which the text part cannot show."]
+    # The head, comments, style and classes show nowhere; links and alt texts reach the text part.
+    for name in ("title", "comments", "style", "automatic links", "captured", "line starts"):
+        assert rendering.text_part_warnings(ADVERSARIAL[name], "") == [], name
+
+
+@pytest.mark.django_db
+def test_preview_shows_the_text_part_and_its_warnings(staff, alice):
+    layout = Template.objects.create(name="Starter", html=SHIPPED[0].read_text(encoding="utf-8"))
+    campaign = _campaign(BODY + '\n<img src="https://example.com/{{ contact.email }}.png" alt="">', layout)
+    page = staff.get(f"/admin/campaigns/campaign/{campaign.pk}/preview/", {"contact": alice.pk}).content.decode()
+    assert 'id="text-warnings"' in page and "{{ contact.email }} is in the src of &lt;img&gt;" in page
+    text = page.split('id="text-part"')[1].split("</pre>")[0]
+    assert "# Hi Alice!" in text and "Upgrade to VIP today." in text
+    assert f"[Unsubscribe]({tokens.unsubscribe_url(0)})" in text
