@@ -149,6 +149,38 @@ class ContactData:
         return self.email
 
 
+_FIELD_EXPR = re.compile(r"""\s*contact\.([A-Za-z]\w*)(?:\.([A-Za-z]\w*))?\s*"""
+                         r"""(?:\|\s*default\(\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\)\s*)?""")
+_CONTACT_FIELDS = {"email", "first_name", "last_name", "name"}
+_MISSING = object()
+
+
+def field_getter(expr):
+    """A function reading ``expr`` from a ContactData as Jinja would print it, or None when it is no plain look-up.
+
+    For the hot paths, which skip a Jinja render for ``contact.first_name``,
+    ``contact.attributes.city | default('x')`` and the like
+    (tests/content/test_equivalence.py checks they print what Jinja prints).
+    """
+    match = _FIELD_EXPR.fullmatch(expr)
+    if match is None:
+        return None
+    field, key, single, double = match.groups()
+    default = single if single is not None else (double if double is not None else "")
+    if key is None:
+        if field not in _CONTACT_FIELDS:
+            return None
+        return lambda data: getattr(data, field, default)
+    if field != "attributes" or hasattr(dict, key):
+        return None  # contact.attributes.items is the dict method in Jinja, not a key
+
+    def attribute(data):
+        value = data.attributes.get(key, _MISSING)
+        return default if value is _MISSING else value
+
+    return attribute
+
+
 # --- validation --------------------------------------------------------------
 
 
@@ -502,6 +534,9 @@ class DerivedText:
             self.digits = "".join(secrets.choice("012345678") for _ in range(9))
         self._markers = re.compile(rf"(?:x://)?{self.letters}([a-z]{{3}})[q9]|9{self.digits}(\d{{5}})")
         self._texts = {}
+        self.plain = _PlainSource.of(source)
+        if self.plain is not None and not all(self._plain_agrees(sample) for sample in _SAMPLE_CONTEXTS):
+            self.plain = None
 
     def render(self, context):
         shape, marks = self.shape(context)
@@ -515,11 +550,18 @@ class DerivedText:
         The text is ``fill(shape, marks)``, followed by the unsubscribe URL
         unless ``carries`` says it shows it already.
         """
-        marks = _skeleton.marks = _Marks(self.letters, self.digits)
-        try:
-            skeleton = self.template.render(context)
-        finally:
-            _skeleton.marks = None
+        marks = _Marks(self.letters, self.digits)
+        if self.plain is not None:
+            marked = self.plain.marked(context, marks)
+            if marked is not None:
+                shape = self._texts.get(marked)
+                if shape is None:
+                    shape = self._split(html_to_text(self.plain.join(marked)))
+                    if len(self._texts) < _TEXT_CACHE_LIMIT:
+                        self._texts[marked] = shape
+                return shape, marks
+            marks = _Marks(self.letters, self.digits)
+        skeleton = self._skeleton(context, marks)
         if self.checked:
             real = self.html.render(context)
             if self.fill(self._split(skeleton), marks) != real:
@@ -530,6 +572,18 @@ class DerivedText:
             if len(self._texts) < _TEXT_CACHE_LIMIT:
                 self._texts[skeleton] = shape
         return shape, marks
+
+    def _skeleton(self, context, marks):
+        _skeleton.marks = marks
+        try:
+            return self.template.render(context)
+        finally:
+            _skeleton.marks = None
+
+    def _plain_agrees(self, context):
+        marked = self.plain.marked(context, _Marks(self.letters, self.digits))
+        return marked is not None and self.plain.join(marked) == self._skeleton(
+            context, _Marks(self.letters, self.digits))
 
     @staticmethod
     def carries(shape, marks, url):
@@ -553,6 +607,76 @@ class DerivedText:
             return pieces[0]
         words = marks.words
         return "".join([p if p.__class__ is str else words[p] for p in pieces])
+
+
+_HOLE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_URL_NAMES = ("unsubscribe_url", "view_in_browser_url")
+_SAMPLE_CONTEXTS = [
+    {"contact": ContactData(), "unsubscribe_url": "https://example.invalid/t/u/1-a", "view_in_browser_url": ""},
+    {"contact": ContactData("a@example.com", "Zoë", "O'Neil & <Co>", {"x": "=3D", "n": 3}),
+     "unsubscribe_url": "https://example.invalid/t/u/2-b", "view_in_browser_url": "https://example.invalid/t/v/2-c"},
+]
+
+
+class _PlainSource:
+    """A source of literal text and ``{{ expressions }}`` only, whose skeleton is made without rendering it.
+
+    Plain look-ups are read directly (``field_getter``), the other expressions
+    in one small render; DerivedText uses it only after it made the very
+    skeleton of Jinja's render for sample contacts. The marked values, a short
+    tuple, key the converted text instead of the whole skeleton.
+    """
+
+    def __init__(self, literals, getters, rest):
+        self.literals, self.getters, self.rest = literals, getters, rest
+        self.n_rest = sum(1 for g in getters if g is None)
+
+    @classmethod
+    def of(cls, source):
+        if "{%" in source or "{#" in source or "\x00" in source:
+            return None
+        pieces = _HOLE.split(source)
+        getters, rest = [], []
+        for expr in pieces[1::2]:
+            if expr.startswith("-") or expr.endswith("-"):
+                return None  # white space control changes the literals around it
+            getter = expr.strip() if expr.strip() in _URL_NAMES else field_getter(expr)
+            if getter is None:
+                rest.append(expr)
+            getters.append(getter)
+        try:
+            template = html_env.from_string("".join("{{" + e + "}}\x00" for e in rest)) if rest else None
+        except TemplateSyntaxError:
+            return None
+        return cls(pieces[0::2], getters, template)
+
+    def marked(self, context, marks):
+        """The printed values of ``context``, marked, in order; None when they cannot be told apart."""
+        values = ()
+        if self.rest is not None:
+            values = self.rest.render(context).split("\x00")
+            if len(values) != self.n_rest + 1:
+                return None
+        values = iter(values)
+        data = context.get("contact")
+        out = []
+        for getter in self.getters:
+            if getter is None:
+                printed = next(values)
+            elif getter.__class__ is str:
+                value = context.get(getter, "")
+                printed = value if value.__class__ is str and _PLAIN_WORD.fullmatch(value) else str(escape(value))
+            else:
+                printed = str(escape(getter(data)))
+            out.append(marks.mark(printed) if printed else "")
+        return tuple(out)
+
+    def join(self, marked):
+        literals = self.literals
+        parts = [literals[0]]
+        for i, value in enumerate(marked):
+            parts += [value, literals[i + 1]]
+        return "".join(parts)
 
 
 class TextShape:

@@ -463,31 +463,8 @@ def _date_line(cache={}):  # noqa: B006 - one folded Date per second, shared by 
     return line
 
 
-_FIELD_EXPR = re.compile(r"""\s*contact\.([A-Za-z]\w*)(?:\.([A-Za-z]\w*))?\s*"""
-                         r"""(?:\|\s*default\(\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\)\s*)?""")
-_CONTACT_FIELDS = {"email", "first_name", "last_name", "name"}
-_MISSING = object()
-
-
-def _field_getter(expr):
-    """A function reading ``expr`` from a ContactData as Jinja would print it, or None when it is no plain look-up."""
-    match = _FIELD_EXPR.fullmatch(expr)
-    if match is None:
-        return None
-    field, key, single, double = match.groups()
-    default = single if single is not None else (double if double is not None else "")
-    if key is None:
-        if field not in _CONTACT_FIELDS:
-            return None
-        return lambda data: getattr(data, field, default)
-    if field != "attributes" or hasattr(dict, key):
-        return None  # contact.attributes.items is the dict method in Jinja, not a key
-
-    def attribute(data):
-        value = data.attributes.get(key, _MISSING)
-        return default if value is _MISSING else value
-
-    return attribute
+# Plain look-ups read without Jinja: rendering.field_getter (shared with the derived text part).
+_field_getter = rendering.field_getter
 
 
 def _simple_parts(source):

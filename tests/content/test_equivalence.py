@@ -211,7 +211,8 @@ def test_fast_tokens_are_delivery_tokens(send_id):
 @pytest.mark.django_db
 @pytest.mark.parametrize("first_name,attributes", [("Ann", {"vip": True, "plan": "gold"}), ("", {}),
                                                    ("Zoë O'Neil & <Co>", {"plan": "a=b " * 30})])
-def test_derived_text_part_matches_email_package(first_name, attributes):
+@pytest.mark.parametrize("statements", [True, False])
+def test_derived_text_part_matches_email_package(first_name, attributes, statements):
     """The derived text part's encoding plans give the bytes of the email package too."""
     from pathlib import Path
 
@@ -222,8 +223,9 @@ def test_derived_text_part_matches_email_package(first_name, attributes):
 
     layout = Template.objects.create(name="Starter", html=(
         Path(django_settings.BASE_DIR) / "templates" / "email" / "default_layout.html").read_text(encoding="utf-8"))
+    body = BODY if statements else "<h1>Hi {{ contact.first_name }}</h1>\n<p>" + "Plan {{ contact.attributes.plan }}. " * 9
     campaign = Campaign.objects.create(name="eq", subject="Hi", from_name="News", from_email="news@example.com",
-                                       html_body=BODY, template=layout)
+                                       html_body=body, template=layout)
     contact = Contact.objects.create(email="bob.smith+tag@example.com", first_name=first_name, attributes=attributes)
     compiled = compile_campaign(campaign)
     for send_id in (1, 977, 36**5, 2):

@@ -267,3 +267,15 @@ def test_preview_shows_the_text_part_and_its_warnings(staff, alice):
     text = page.split('id="text-part"')[1].split("</pre>")[0]
     assert "# Hi Alice!" in text and "Upgrade to VIP today." in text
     assert f"[Unsubscribe]({tokens.unsubscribe_url(0)})" in text
+
+
+def test_each_way_of_deriving_is_among_those_tested():
+    """Statement-free templates skip the skeleton render; captured blocks are checked per recipient."""
+    plain = [name for name, source in ADVERSARIAL.items() if "{%" not in source and "{#" not in source]
+    assert len(plain) >= 5
+    for name in plain:
+        assert DerivedText(ADVERSARIAL[name]).plain is not None, name
+    assert DerivedText(BODY).plain is None
+    assert DerivedText(ADVERSARIAL["captured"]).checked
+    # A plain template whose split the fast path would get wrong falls back to the render.
+    assert DerivedText('<p>{{ "}}" ~ contact.first_name }}</p>').plain is None
