@@ -381,14 +381,15 @@ def with_unsubscribe(text, url):
 # and loops take the recipient's branch; the skeleton differs between two
 # recipients only where their branches do.
 #
-# The result equals ``html_to_text`` of the recipient's HTML because a value is
-# replaced by a marker only when html2text treats the two alike (``_marker_class``):
-# plain words and punctuation, no Markdown that html2text would escape where the
-# value stands, no markup, no line breaks. Every other value (and empty ones)
-# goes into the skeleton as it is, which is then simply the recipient's HTML.
-# tests/content/test_text_part.py checks the equality on every shipped layout
-# and on adversarial templates, for fixed and generated contact data; bench/render.py
-# measures the cost.
+# The result equals ``html_to_text`` of the recipient's HTML because a word of a
+# value is replaced by a marker only when html2text treats the two alike
+# (``_word_kind``): no Markdown that html2text would escape where the word
+# stands, no markup, and white space and references kept as they are. A value
+# with any other word (and an empty one) goes into the skeleton as it is, which
+# is then that much closer to the recipient's HTML; a value unique to each
+# recipient there costs a conversion per message. tests/content/test_text_part.py
+# checks the equality on every shipped layout and on adversarial templates, for
+# fixed and generated contact data; bench/render.py measures the cost.
 
 _TEXT_CACHE_LIMIT = 512
 # A printed value is cut into words at white space and at the characters that
@@ -659,6 +660,8 @@ class _PlainSource:
                 return None
         values = iter(values)
         data = context.get("contact")
+        if not isinstance(data, ContactData):
+            return None  # the look-ups read a ContactData; anything else goes through Jinja
         out = []
         for getter in self.getters:
             if getter is None:
