@@ -540,13 +540,13 @@ class DerivedText:
             self.plain = None
 
     def render(self, context):
-        shape, marks = self.shape(context)
-        if shape is None:
-            return marks
+        shape, marks, whole = self.shape(context)
+        if whole is not None:
+            return whole
         return with_unsubscribe(self.fill(shape, marks), str(context.get("unsubscribe_url") or ""))
 
     def shape(self, context):
-        """(TextShape, marks) of this recipient's text, or (None, the whole text) when it had to be converted whole.
+        """(TextShape, marks, None) for this recipient, or (None, None, text) when the text was converted whole.
 
         The text is ``fill(shape, marks)``, followed by the unsubscribe URL
         unless ``carries`` says it shows it already.
@@ -560,19 +560,19 @@ class DerivedText:
                     shape = self._split(html_to_text(self.plain.join(marked)))
                     if len(self._texts) < _TEXT_CACHE_LIMIT:
                         self._texts[marked] = shape
-                return shape, marks
+                return shape, marks, None
             marks = _Marks(self.letters, self.digits)
         skeleton = self._skeleton(context, marks)
         if self.checked:
             real = self.html.render(context)
             if self.fill(self._split(skeleton), marks) != real:
-                return None, with_unsubscribe(html_to_text(real), str(context.get("unsubscribe_url") or ""))
+                return None, None, with_unsubscribe(html_to_text(real), str(context.get("unsubscribe_url") or ""))
         shape = self._texts.get(skeleton)
         if shape is None:
             shape = self._split(html_to_text(skeleton))
             if len(self._texts) < _TEXT_CACHE_LIMIT:
                 self._texts[skeleton] = shape
-        return shape, marks
+        return shape, marks, None
 
     def _skeleton(self, context, marks):
         _skeleton.marks = marks

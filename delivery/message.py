@@ -23,6 +23,11 @@ varying pieces are produced:
   by its source line; a 20 KB newsletter re-encodes only the few lines that
   carry personal fields or tokens.
 
+The text part of a campaign without a text body is derived per recipient
+from the HTML (``rendering.DerivedText``); each shape of it (one per branch a
+template takes) gets a plan like the bodies' above, filled with the
+recipient's words.
+
 No header value ever carries CR or LF from data: values are folded to a single
 line first (``one_line``), so a name like ``"Bob\\r\\nBcc: x"`` stays inside its
 own header.
@@ -686,9 +691,9 @@ class CompiledCampaign:
         words then fill its holes as the HTML's values fill the HTML plan.
         """
         derived = self.content.text
-        shape, marks = derived.shape(ctx)
-        if shape is None:
-            return self._text_qp(marks)
+        shape, marks, whole = derived.shape(ctx)
+        if whole is not None:
+            return self._text_qp(whole)
         unsubscribe = ctx["unsubscribe_url"]
         if shape.plan is not False and derived.carries(shape, marks, unsubscribe):
             if shape.plan is None:
