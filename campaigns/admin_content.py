@@ -4,7 +4,8 @@ Templates are checked when saved: a syntax error is shown on its field with
 its line number, and nothing is stored. The preview builds the real message
 for a chosen contact and shows the HTML in a sandboxed iframe (no scripts, no
 same-origin access), the text part, the raw headers and the variables the
-contact lacks. "Send test" sends the real message to a few addresses through
+contact lacks, and warns of what the text part cannot carry of the HTML (the
+same warnings follow a save). "Send test" sends the real message to a few addresses through
 the configured relay. Both are the delivery layer's work, reached by dotted
 path so that campaigns never imports delivery.
 """
@@ -61,6 +62,12 @@ class TemplateAdmin(admin.ModelAdmin):
             initial.setdefault("html", DEFAULT_LAYOUT.read_text(encoding="utf-8"))
         return initial
 
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        html = rendering.CONTENT_MARKER.sub("", obj.html or "", count=1)
+        for warning in rendering.text_part_warnings(html, obj.text, f"Layout {obj.name!r}"):
+            messages.warning(request, warning)
+
 
 class CampaignForm(forms.ModelForm):
     class Meta:
@@ -89,6 +96,12 @@ class CampaignForm(forms.ModelForm):
         if not (data.get("html_body") or "").strip() and not (data.get("text_body") or "").strip():
             self.add_error("html_body", "A campaign needs an HTML body or a text body.")
         return data
+
+
+def _text_warnings(campaign):
+    """What the campaign's text part cannot carry of its HTML part (see rendering.text_part_warnings)."""
+    layout = campaign.template if campaign.template_id else None
+    return rendering.campaign_text_warnings(layout, campaign.html_body or "", campaign.text_body or "")
 
 
 class PreviewForm(forms.Form):
@@ -125,6 +138,11 @@ class CampaignAdmin(admin.ModelAdmin):
         ("Content", {"fields": ("template", "html_body", "text_body", "track_opens", "track_clicks")}),
         ("Status", {"fields": ("status", "status_reason", "scheduled_at", "total", "started_at", "finished_at")}),
     )
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        for warning in _text_warnings(obj):
+            messages.warning(request, warning)
 
     def get_readonly_fields(self, request, obj=None):
         fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at"]
@@ -177,6 +195,7 @@ class CampaignAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "admin/campaigns/campaign/preview.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "original": campaign,
             "title": f"Preview: {campaign}", "form": form, "contact": contact, "preview": result, "error": error,
+            "text_warnings": _text_warnings(campaign) if not error else [],
         })
 
     def test_view(self, request, campaign_id):

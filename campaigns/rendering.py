@@ -6,11 +6,13 @@ sandbox with ``contact`` (email, first_name, last_name, attributes),
 lacks renders as empty (or its ``default``), never as an error mid-campaign.
 
 Compiling a campaign does the expensive work once: the layout and the body
-are joined, CSS is inlined, the text part is derived from the HTML when the
-campaign has none, and links are rewritten for click tracking. Jinja
+are joined, CSS is inlined and links are rewritten for click tracking. Jinja
 constructs are swapped for inert placeholders while the HTML goes through the
-CSS inliner and html2text, then put back, so the result is still one Jinja
-template rendered per recipient in microseconds.
+CSS inliner, then put back, so the result is still one Jinja template rendered
+per recipient in microseconds. A campaign without a text body gets a text part
+derived per recipient from that recipient's HTML (``DerivedText``), so it
+carries the same values, branches and links; every text part carries the
+unsubscribe URL.
 
 Click tracking: every http(s) href becomes a call into the render context.
 A link with a literal URL gets its CampaignLink index at compile time; a link
@@ -23,18 +25,22 @@ message builder in ``delivery.message`` provides the tracking callables.
 """
 
 import html
+import itertools
 import re
+import secrets
 import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
+from html.parser import HTMLParser
 
 import css_inline
 import html2text
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from jinja2 import ChainableUndefined, TemplateSyntaxError, nodes
+from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_eval_context
 from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.utils import Cycler
+from markupsafe import Markup, escape
 
 from campaigns.models import Campaign, CampaignLink
 from campaigns.sandbox import BudgetedSandbox, BudgetExceeded, render_budget
@@ -123,6 +129,38 @@ class ContactData:
 
     def __str__(self):
         return self.email
+
+
+_FIELD_EXPR = re.compile(r"""\s*contact\.([A-Za-z]\w*)(?:\.([A-Za-z]\w*))?\s*"""
+                         r"""(?:\|\s*default\(\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\)\s*)?""")
+_CONTACT_FIELDS = {"email", "first_name", "last_name", "name"}
+_MISSING = object()
+
+
+def field_getter(expr):
+    """A function reading ``expr`` from a ContactData as Jinja would print it, or None when it is no plain look-up.
+
+    For the hot paths, which skip a Jinja render for ``contact.first_name``,
+    ``contact.attributes.city | default('x')`` and the like
+    (tests/content/test_equivalence.py checks they print what Jinja prints).
+    """
+    match = _FIELD_EXPR.fullmatch(expr)
+    if match is None:
+        return None
+    field, key, single, double = match.groups()
+    default = single if single is not None else (double if double is not None else "")
+    if key is None:
+        if field not in _CONTACT_FIELDS:
+            return None
+        return lambda data: getattr(data, field, default)
+    if field != "attributes" or hasattr(dict, key):
+        return None  # contact.attributes.items is the dict method in Jinja, not a key
+
+    def attribute(data):
+        value = data.attributes.get(key, _MISSING)
+        return default if value is _MISSING else value
+
+    return attribute
 
 
 # --- validation --------------------------------------------------------------
@@ -250,6 +288,11 @@ class CompiledContent:
     dynamic_links: list = dataclass_field(default_factory=list)  # compiled templates of URLs with expressions
     inlined: bool = True
 
+    @property
+    def text_derived(self):
+        """True when the text part is derived per recipient from the HTML (``text`` is a DerivedText)."""
+        return isinstance(self.text, DerivedText)
+
 
 def _protect(source, statements_as_comments):
     """Swap Jinja constructs for inert placeholders; return (text, list of originals)."""
@@ -294,22 +337,364 @@ def _inline_css(source):
     return (restored, True) if restored is not None else (source, False)
 
 
-def html_to_text(source):
-    """A readable text version of an HTML template, keeping its Jinja constructs."""
-    protected, originals = _protect(source, statements_as_comments=False)
+def html_to_text(html_text):
+    """The readable text of a rendered HTML part: html2text's Markdown-like reading text.
+
+    Links keep their URLs (``[Unsubscribe](https://...)``), images show their
+    alt text, tables are flattened. This is the text part Herald derives for a
+    recipient from that recipient's HTML; ``DerivedText`` computes the same
+    string without converting the whole document per recipient.
+    """
     converter = html2text.HTML2Text()
     converter.body_width = 0
-    converter.ignore_images = True
+    converter.images_to_alt = True
     converter.ignore_tables = True
     converter.unicode_snob = True
     converter.single_line_break = False
-    text = converter.handle(protected)
-    restored = _restore(text, originals, comments=False)
-    if restored is None:
-        # Some construct did not survive conversion: fall back to the text
-        # without it rather than a broken template.
-        restored = _PLACEHOLDER.sub("", text)
-    return restored.strip() + "\n"
+    return converter.handle(html_text).strip() + "\n"
+
+
+TEXT_UNSUBSCRIBE = "Unsubscribe: {{ unsubscribe_url }}\n"
+
+
+def with_unsubscribe(text, url):
+    """``text`` with the unsubscribe URL appended when it does not carry it already."""
+    if url and url not in text:
+        return f"{text}\nUnsubscribe: {url}\n"
+    return text
+
+
+# --- the derived text part ---------------------------------------------------
+#
+# Converting an HTML newsletter with html2text costs milliseconds; doing it for
+# each recipient would cut the send rate tenfold. DerivedText renders the
+# recipient's HTML with every printed value swapped for a marker word (the
+# "skeleton"), converts each distinct skeleton once, and puts the values back
+# into the converted text. Statements run with the real values, so conditionals
+# and loops take the recipient's branch; the skeleton differs between two
+# recipients only where their branches do.
+#
+# The result equals ``html_to_text`` of the recipient's HTML because a word of a
+# value is replaced by a marker only when html2text treats the two alike
+# (``_word_kind``): no Markdown that html2text would escape where the word
+# stands, no markup, and white space and references kept as they are. A value
+# with any other word (and an empty one) goes into the skeleton as it is, which
+# is then that much closer to the recipient's HTML; a value unique to each
+# recipient there costs a conversion per message. tests/content/test_text_part.py
+# checks the equality on every shipped layout and on adversarial templates, for
+# fixed and generated contact data; bench/render.py measures the cost.
+
+_TEXT_CACHE_LIMIT = 512
+# A printed value is cut into words at white space and at the characters that
+# autoescaping turns into references (html2text starts a new chunk of text after
+# each). The separators stay as they are; each word becomes a marker of its kind.
+_SEPARATORS = re.compile(r"([&<>'\"]|[ \t\n]+)")
+_WORD = re.compile(r"[^\s\\\[\]()`{}|&<>'\"]+")  # no character html2text escapes inside links or alt text
+_CHUNK_START = re.compile(r"[^\W_]|[@,;:/=%~$]")  # no Markdown html2text escapes at the start of a line
+_ALPHA = re.compile(r"[a-zA-Z+]+")
+_ABSOLUTE_URL = re.compile(r"[a-zA-Z+]+://")  # html2text's test for an automatic link <url>
+_NUMBERED = re.compile(r"\d+\.")
+# Constructs that capture output into a value a template can test or transform
+# (a filter over a block, a macro's result): markers might leak into logic there,
+# so each recipient's skeleton is checked against the real render.
+_CAPTURING = (nodes.Macro, nodes.CallBlock, nodes.FilterBlock, nodes.AssignBlock, nodes.Block)
+
+
+def _word_kind(word, chunk_start):
+    """How html2text sees ``word``: "digits", "alpha", "url" or "other"; None when no marker can stand for it.
+
+    html2text escapes ``1.``, ``-`` and ``+`` at the start of a line or of a
+    chunk of text and any backslash before Markdown, escapes ``[]()`` in URLs
+    and alt texts, and writes a link whose text equals its absolute URL as
+    ``<url>``; a marker of the same kind is treated alike in every one of those.
+    """
+    if not _WORD.fullmatch(word):
+        return None
+    if word.isdigit() and word.isascii():
+        return "digits"
+    if chunk_start and (not _CHUNK_START.match(word) or _NUMBERED.fullmatch(word)):
+        return None
+    if _ALPHA.fullmatch(word):
+        return "alpha"
+    return "url" if _ABSOLUTE_URL.match(word) else "other"
+
+
+_PLAIN_WORD = re.compile(r"[A-Za-z0-9@,;:/=%~$][\w.@%+/:=?~$,;!#*-]*")  # the common value: one word, no reference
+_CODES = ["".join(c) for c in itertools.product("abcdefghijklmnopqrstuvwxyz", repeat=3)]
+
+
+class _Marks:
+    """The words printed in one skeleton render, each with its marker."""
+
+    __slots__ = ("letters", "digits", "words", "markers", "index")
+
+    def __init__(self, letters, digits):
+        self.letters, self.digits = letters, digits
+        self.words, self.markers, self.index = [], {}, {}
+
+    def mark(self, printed):
+        """``printed`` with its words swapped for markers, or as it is when some word cannot be."""
+        if _PLAIN_WORD.fullmatch(printed) and not (printed[-1] == "." and _NUMBERED.fullmatch(printed)):
+            marker = self.markers.get(printed)
+            if marker is not None:
+                return marker
+            if printed.isdigit() and printed.isascii():
+                return self._new(printed, "digits")
+            if _ALPHA.fullmatch(printed):
+                return self._new(printed, "alpha")
+            return self._new(printed, "url" if _ABSOLUTE_URL.match(printed) else "other")
+        raw = html.unescape(printed)
+        if not raw or str(escape(raw)) != printed:
+            return printed
+        out = []
+        chunk_start = True
+        for i, token in enumerate(_SEPARATORS.split(raw)):
+            if i % 2:  # a separator
+                out.append(str(escape(token)))
+                # After a reference or a line break a new chunk (or line) starts, and
+                # white space at its start does not change that.
+                chunk_start = chunk_start or not token.isspace() or "\n" in token
+                continue
+            if not token:
+                continue
+            marker = self.markers.get(token)
+            if marker is None:
+                kind = _word_kind(token, chunk_start)
+                if kind is None:
+                    return printed
+                marker = self._new(token, kind)
+            elif chunk_start and _word_kind(token, True) is None:
+                return printed
+            out.append(marker)
+            chunk_start = False
+        return "".join(out)
+
+    def _new(self, word, kind):
+        n = len(self.words)
+        if n >= len(_CODES):
+            return word  # beyond any sane template: the skeleton keeps the word itself
+        if kind == "digits":
+            marker = f"9{self.digits}{n:05d}"
+        else:
+            marker = f"{'x://' if kind == 'url' else ''}{self.letters}{_CODES[n]}{'q' if kind == 'alpha' else '9'}"
+        self.markers[word] = marker
+        self.index[word] = n
+        self.words.append(word)
+        return marker
+
+
+_skeleton = threading.local()
+
+
+@pass_eval_context
+def _mark_value(eval_ctx, value):
+    """Jinja's ``finalize`` for skeleton renders: a printed value becomes its markers.
+
+    (Taking the evaluation context also keeps Jinja from finalizing constants
+    once at compile time: each render marks its own values.)
+    """
+    marks = getattr(_skeleton, "marks", None)
+    if not eval_ctx.autoescape:
+        return marks.mark(str(value)) if marks is not None else value
+    printed = escape(value)
+    if marks is None:
+        return printed
+    out = marks.mark(str(printed))
+    # A single-word marker needs no escaping (Jinja's escape of it is cheap); anything else is already escaped.
+    return out if out.isalnum() else Markup(out)  # noqa: S704
+
+
+_skeleton_env = _environment(True)
+_skeleton_env.finalize = _mark_value
+
+
+class DerivedText:
+    """The text part of a campaign that has none: per recipient, ``html_to_text`` of that recipient's HTML.
+
+    ``render(context)`` is called like a template's. The HTML is the
+    campaign's HTML part as the recipient gets it, before links are rewritten
+    for tracking (the text shows where links lead). The unsubscribe URL is
+    appended when the HTML does not show it.
+    """
+
+    def __init__(self, source):
+        self.source = source
+        self.template = _skeleton_env.from_string(source)
+        self.html = html_env.from_string(source)
+        self.checked = any(True for _ in _skeleton_env.parse(source).find_all(_CAPTURING))
+        self.letters = self.digits = ""
+        while not self.letters or self.letters in source or self.digits in source:
+            self.letters = "".join(secrets.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(10))
+            self.digits = "".join(secrets.choice("012345678") for _ in range(9))
+        self._markers = re.compile(rf"(?:x://)?{self.letters}([a-z]{{3}})[q9]|9{self.digits}(\d{{5}})")
+        self._texts = {}
+        self.plain = _PlainSource.of(source)
+        if self.plain is not None and not all(self._plain_agrees(sample) for sample in _SAMPLE_CONTEXTS):
+            self.plain = None
+
+    def render(self, context):
+        shape, marks, whole = self.shape(context)
+        if whole is not None:
+            return whole
+        return with_unsubscribe(self.fill(shape, marks), str(context.get("unsubscribe_url") or ""))
+
+    def shape(self, context):
+        """(TextShape, marks, None) for this recipient, or (None, None, text) when the text was converted whole.
+
+        The text is ``fill(shape, marks)``, followed by the unsubscribe URL
+        unless ``carries`` says it shows it already.
+        """
+        marks = _Marks(self.letters, self.digits)
+        if self.plain is not None:
+            marked = self.plain.marked(context, marks)
+            if marked is not None:
+                shape = self._texts.get(marked)
+                if shape is None:
+                    shape = self._split(html_to_text(self.plain.join(marked)))
+                    if len(self._texts) < _TEXT_CACHE_LIMIT:
+                        self._texts[marked] = shape
+                return shape, marks, None
+            marks = _Marks(self.letters, self.digits)
+        skeleton = self._skeleton(context, marks)
+        if self.checked:
+            real = self.html.render(context)
+            if self.fill(self._split(skeleton), marks) != real:
+                return None, None, with_unsubscribe(html_to_text(real), str(context.get("unsubscribe_url") or ""))
+        shape = self._texts.get(skeleton)
+        if shape is None:
+            shape = self._split(html_to_text(skeleton))
+            if len(self._texts) < _TEXT_CACHE_LIMIT:
+                self._texts[skeleton] = shape
+        return shape, marks, None
+
+    def _skeleton(self, context, marks):
+        _skeleton.marks = marks
+        try:
+            return self.template.render(context)
+        finally:
+            _skeleton.marks = None
+
+    def _plain_agrees(self, context):
+        marked = self.plain.marked(context, _Marks(self.letters, self.digits))
+        return marked is not None and self.plain.join(marked) == self._skeleton(
+            context, _Marks(self.letters, self.digits))
+
+    @staticmethod
+    def carries(shape, marks, url):
+        """True when the text of ``shape`` shows ``url`` (a printed value) without the appended footer."""
+        n = marks.index.get(url)
+        return n is not None and n in shape.uses
+
+    def _split(self, text):
+        pieces = []
+        last = 0
+        for match in self._markers.finditer(text):
+            pieces += [text[last:match.start()], _marker_index(match)]
+            last = match.end()
+        pieces.append(text[last:])
+        return TextShape(pieces)
+
+    @staticmethod
+    def fill(shape, marks):
+        pieces = shape.pieces
+        if len(pieces) == 1:
+            return pieces[0]
+        words = marks.words
+        return "".join([p if p.__class__ is str else words[p] for p in pieces])
+
+
+_HOLE = re.compile(r"\{\{(.*?)\}\}", re.S)
+_URL_NAMES = ("unsubscribe_url", "view_in_browser_url")
+_SAMPLE_CONTEXTS = [
+    {"contact": ContactData(), "unsubscribe_url": "https://example.invalid/t/u/1-a", "view_in_browser_url": ""},
+    {"contact": ContactData("a@example.com", "Zoë", "O'Neil & <Co>", {"x": "=3D", "n": 3}),
+     "unsubscribe_url": "https://example.invalid/t/u/2-b", "view_in_browser_url": "https://example.invalid/t/v/2-c"},
+]
+
+
+class _PlainSource:
+    """A source of literal text and ``{{ expressions }}`` only, whose skeleton is made without rendering it.
+
+    Plain look-ups are read directly (``field_getter``), the other expressions
+    in one small render; DerivedText uses it only after it made the very
+    skeleton of Jinja's render for sample contacts. The marked values, a short
+    tuple, key the converted text instead of the whole skeleton.
+    """
+
+    def __init__(self, literals, getters, rest):
+        self.literals, self.getters, self.rest = literals, getters, rest
+        self.n_rest = sum(1 for g in getters if g is None)
+
+    @classmethod
+    def of(cls, source):
+        if "{%" in source or "{#" in source or "\x00" in source:
+            return None
+        pieces = _HOLE.split(source)
+        getters, rest = [], []
+        for expr in pieces[1::2]:
+            if expr.startswith("-") or expr.endswith("-"):
+                return None  # white space control changes the literals around it
+            getter = expr.strip() if expr.strip() in _URL_NAMES else field_getter(expr)
+            if getter is None:
+                rest.append(expr)
+            getters.append(getter)
+        try:
+            template = html_env.from_string("".join("{{" + e + "}}\x00" for e in rest)) if rest else None
+        except TemplateSyntaxError:
+            return None
+        return cls(pieces[0::2], getters, template)
+
+    def marked(self, context, marks):
+        """The printed values of ``context``, marked, in order; None when they cannot be told apart."""
+        values = ()
+        if self.rest is not None:
+            values = self.rest.render(context).split("\x00")
+            if len(values) != self.n_rest + 1:
+                return None
+        values = iter(values)
+        data = context.get("contact")
+        if not isinstance(data, ContactData):
+            return None  # the look-ups read a ContactData; anything else goes through Jinja
+        out = []
+        for getter in self.getters:
+            if getter is None:
+                printed = next(values)
+            elif getter.__class__ is str:
+                value = context.get(getter, "")
+                printed = value if value.__class__ is str and _PLAIN_WORD.fullmatch(value) else str(escape(value))
+            else:
+                printed = str(escape(getter(data)))
+            out.append(marks.mark(printed) if printed else "")
+        return tuple(out)
+
+    def join(self, marked):
+        literals = self.literals
+        parts = [literals[0]]
+        for i, value in enumerate(marked):
+            parts += [value, literals[i + 1]]
+        return "".join(parts)
+
+
+class TextShape:
+    """A converted skeleton: literal text and word indexes, alternating ([str, int, str, ..., str]).
+
+    ``plan`` belongs to the message builder, which caches its encoding here.
+    """
+
+    __slots__ = ("pieces", "uses", "plan")
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+        self.uses = frozenset(pieces[1::2])
+        self.plan = None
+
+
+def _marker_index(match):
+    letters, digits = match.groups()
+    if digits is not None:
+        return int(digits)
+    a, b, c = (ord(x) - 97 for x in letters)
+    return (a * 26 + b) * 26 + c
 
 
 def _track(source, track_clicks, track_opens):
@@ -360,10 +745,9 @@ def compile_content(campaign, track=True):
     if errors:
         raise errors[0]
     html_source = join_layout(layout.html if layout else "", campaign.html_body or "")
-    if campaign.text_body:
-        text_source = join_layout(layout.text if layout else "", campaign.text_body)
-    else:
-        text_source = html_to_text(html_source) if html_source.strip() else ""
+    text_source = join_layout(layout.text if layout else "", campaign.text_body) if campaign.text_body else ""
+    if text_source and "unsubscribe_url" not in meta.find_undeclared_variables(text_env.parse(text_source)):
+        text_source = text_source.rstrip("\n") + "\n\n" + TEXT_UNSUBSCRIBE
     inlined_ok = True
     if html_source.strip():
         html_source, inlined_ok = _inline_css(html_source)
@@ -372,11 +756,15 @@ def compile_content(campaign, track=True):
     else:
         tracked, static, dynamic = "", [], []
     try:
+        if text_source or not html_source.strip():
+            text = text_env.from_string(text_source)
+        else:
+            text = DerivedText(html_source)
         return CompiledContent(
             subject=text_env.from_string(campaign.subject or ""),
             from_name=text_env.from_string(campaign.from_name or ""),
             html=html_env.from_string(tracked),
-            text=text_env.from_string(text_source),
+            text=text,
             html_source=tracked,
             text_source=text_source,
             static_links=static,
@@ -428,6 +816,97 @@ def campaign_links(campaign):
     content = compile_content(campaign)
     register_links(campaign.pk, content.static_links)
     return list(CampaignLink.objects.filter(campaign_id=campaign.pk).order_by("index").values_list("index", "url"))
+
+
+# --- what the text part cannot show ------------------------------------------
+
+# Attributes that only style or structure the HTML: a value there is not content.
+_PRESENTATIONAL = {"style", "class", "id", "width", "height", "align", "valign", "bgcolor", "background-color",
+                   "border", "cellpadding", "cellspacing", "color", "dir", "lang", "role", "target", "rel", "type",
+                   "name", "charset", "content", "http-equiv", "face", "size", "span", "colspan", "rowspan", "nowrap",
+                   "hspace", "vspace", "frame", "rules", "xmlns", "aria-hidden", "media", "scope", "headers"}
+_INVISIBLE = {"head", "title", "style", "script", "template"}
+_LOST_MARK = re.compile(r"herald(\d{5})lost", re.I)
+
+
+class _Lost(HTMLParser):
+    """Where each marked expression of an HTML source sits, and whether a text part can show it from there."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.hidden = 0
+        self.lost = {}  # expression number -> where
+
+    def handle_starttag(self, tag, attrs):
+        self._attributes(tag, attrs)
+        if tag in _INVISIBLE:
+            self.hidden += 1
+
+    def handle_startendtag(self, tag, attrs):
+        self._attributes(tag, attrs)
+
+    def handle_endtag(self, tag):
+        if tag in _INVISIBLE and self.hidden:
+            self.hidden -= 1
+
+    def _attributes(self, tag, attrs):
+        if self.hidden:
+            return
+        for name, value in attrs:
+            for n in _LOST_MARK.findall(name):
+                self.lost.setdefault(int(n), f"inside the <{tag}> tag")
+            shown = name == "href" or (tag == "img" and name == "alt")
+            if shown or name in _PRESENTATIONAL or name.startswith("data-"):
+                continue
+            for n in _LOST_MARK.findall(value or ""):
+                self.lost.setdefault(int(n), f"in the {name} of <{tag}>")
+
+
+def campaign_text_warnings(layout, html_body, text_body):
+    """``text_part_warnings`` for a campaign's body and its layout (a Template or None), each naming its lines."""
+    if text_body and text_body.strip():
+        return text_part_warnings("", join_layout(layout.text if layout else "", text_body))
+    warnings = text_part_warnings(html_body, "", "HTML body")
+    if layout is not None:
+        warnings += text_part_warnings(CONTENT_MARKER.sub("", layout.html or "", count=1), "", f"Layout {layout.name!r}")
+    return warnings
+
+
+def text_part_warnings(html_source, text_source, where="HTML"):
+    """What the text part will not carry that the HTML part shows, as sentences for a person.
+
+    With a text body: only whether it has the unsubscribe link (Herald then
+    appends one). Without: each expression the HTML shows where no text can
+    (an image's source, a tooltip), with its line. Expressions in the head, in
+    comments and in style attributes show nowhere, so they are not reported.
+    """
+    if text_source and text_source.strip():
+        try:
+            names = meta.find_undeclared_variables(text_env.parse(text_source))
+        except TemplateSyntaxError:
+            return []
+        if "unsubscribe_url" not in names:
+            return ["The text part has no {{ unsubscribe_url }}: Herald adds an unsubscribe line at its end."]
+        return []
+    if not (html_source or "").strip():
+        return []
+    expressions = []
+
+    def swap(match):
+        token = match.group(0)
+        if not token.startswith("{{"):
+            return "\n" * token.count("\n")
+        expressions.append((token, html_source.count("\n", 0, match.start()) + 1))
+        return f"herald{len(expressions) - 1:05d}lost"
+
+    parser = _Lost()
+    parser.feed(_JINJA.sub(swap, html_source))
+    parser.close()
+    warnings = []
+    for n, place in sorted(parser.lost.items()):
+        token, line = expressions[n]
+        warnings.append(f"{where}, line {line}: {' '.join(token.split())} is {place}, which the text part cannot show.")
+    return warnings
 
 
 # --- preview -----------------------------------------------------------------

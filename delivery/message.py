@@ -23,6 +23,11 @@ varying pieces are produced:
   by its source line; a 20 KB newsletter re-encodes only the few lines that
   carry personal fields or tokens.
 
+The text part of a campaign without a text body is derived per recipient
+from the HTML (``rendering.DerivedText``); each shape of it (one per branch a
+template takes) gets a plan like the bodies' above, filled with the
+recipient's words.
+
 No header value ever carries CR or LF from data: values are folded to a single
 line first (``one_line``), so a name like ``"Bob\\r\\nBcc: x"`` stays inside its
 own header.
@@ -463,31 +468,8 @@ def _date_line(cache={}):  # noqa: B006 - one folded Date per second, shared by 
     return line
 
 
-_FIELD_EXPR = re.compile(r"""\s*contact\.([A-Za-z]\w*)(?:\.([A-Za-z]\w*))?\s*"""
-                         r"""(?:\|\s*default\(\s*(?:'([^'\\]*)'|"([^"\\]*)")\s*\)\s*)?""")
-_CONTACT_FIELDS = {"email", "first_name", "last_name", "name"}
-_MISSING = object()
-
-
-def _field_getter(expr):
-    """A function reading ``expr`` from a ContactData as Jinja would print it, or None when it is no plain look-up."""
-    match = _FIELD_EXPR.fullmatch(expr)
-    if match is None:
-        return None
-    field, key, single, double = match.groups()
-    default = single if single is not None else (double if double is not None else "")
-    if key is None:
-        if field not in _CONTACT_FIELDS:
-            return None
-        return lambda data: getattr(data, field, default)
-    if field != "attributes" or hasattr(dict, key):
-        return None  # contact.attributes.items is the dict method in Jinja, not a key
-
-    def attribute(data):
-        value = data.attributes.get(key, _MISSING)
-        return default if value is _MISSING else value
-
-    return attribute
+# Plain look-ups read without Jinja: rendering.field_getter (shared with the derived text part).
+_field_getter = rendering.field_getter
 
 
 def _simple_parts(source):
@@ -535,7 +517,8 @@ class CompiledCampaign:
         base_safe = str(escape(settings.HERALD_BASE_URL)) == settings.HERALD_BASE_URL and _QP_PLAIN.fullmatch(
             settings.HERALD_BASE_URL) is not None
         self.html_plan = BodyPlan.compile(c.html_source, len(self.link_indexes), base_safe)
-        self.text_plan = BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
+        # A derived text part is made per recipient from the HTML (rendering.DerivedText), not from a plan.
+        self.text_plan = None if c.text_derived else BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
         self._compile_values()
         self.html_plan = self._checked(self.html_plan, c.html, 0)
         self.text_plan = self._checked(self.text_plan, c.text, 1)
@@ -700,6 +683,29 @@ class CompiledCampaign:
                 return encoded
         return encoder(template.render(ctx))
 
+    def _derived_text(self, ctx):
+        """The encoded text part derived from this recipient's HTML (rendering.DerivedText).
+
+        Each shape of the text (one per branch the template takes) gets a
+        BodyPlan of its own once, checked against the encoder; a recipient's
+        words then fill its holes as the HTML's values fill the HTML plan.
+        """
+        derived = self.content.text
+        shape, marks, whole = derived.shape(ctx)
+        if whole is not None:
+            return self._text_qp(whole)
+        unsubscribe = ctx["unsubscribe_url"]
+        if shape.plan is not False and derived.carries(shape, marks, unsubscribe):
+            if shape.plan is None:
+                shape.plan = _shape_plan(shape, marks, derived.fill(shape, marks))
+            if shape.plan:
+                plan, order = shape.plan
+                words = marks.words
+                encoded = plan.encode([], [words[k] for k in order])
+                if encoded is not None:
+                    return encoded
+        return self._text_qp(rendering.with_unsubscribe(derived.fill(shape, marks), unsubscribe))
+
     def build(self, send, contact) -> BuiltMessage:
         send_id = send.pk
         data = contact if isinstance(contact, rendering.ContactData) else rendering.ContactData.of(contact)
@@ -725,7 +731,10 @@ class CompiledCampaign:
         if self.reply_to_line:
             headers.append((b"reply-to", self.reply_to_line))
         headers.append((b"list-unsubscribe", self._list_unsubscribe(toks[0], toks[4])))
-        text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
+        if c.text_derived:
+            text = self._derived_text(ctx)
+        else:
+            text = self._body(self.text_plan, c.text, self._text_qp, ctx, token_list, values and values[1])
         if self.has_html:
             html = self._body(self.html_plan, c.html, self._html_qp, ctx, token_list, values and values[0])
             body = b"".join((self.text_head, text, self.html_head, html, self.close))
@@ -737,6 +746,20 @@ class CompiledCampaign:
             head = self.signer.sign(headers + self.signed_tail, body[2:]) + head
         # The body starts with "\r\n": the blank line ending the headers.
         return BuiltMessage(toks[5], rcpt, head + body, message_id)
+
+
+def _shape_plan(shape, marks, text):
+    """(BodyPlan, word index of each hole) for a derived text's shape, or False when no plan reproduces ``text``."""
+    if any(p.__class__ is str and ("{" in p or "}" in p) for p in shape.pieces):
+        return False  # literal braces would read as holes
+    source = "".join(p if p.__class__ is str else "{{ " + str(p) + " }}" for p in shape.pieces)
+    plan = BodyPlan.compile(source, 0, True)
+    if plan is None:
+        return False
+    order = [int(e) for e in plan.exprs]
+    if plan.encode([], [marks.words[k] for k in order]) != QPEncoder()(text):
+        return False
+    return plan, order
 
 
 def _b36(number: int) -> str:

@@ -206,3 +206,29 @@ def test_fast_tokens_are_delivery_tokens(send_id):
                                                    tokens.open_url(send_id), tokens.unsubscribe_mailto(send_id),
                                                    tokens.verp_address(send_id))
     assert clicks == [tokens.click_url(send_id, i) for i in (0, 1, 36, 1000)]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("first_name,attributes", [("Ann", {"vip": True, "plan": "gold"}), ("", {}),
+                                                   ("Zoë O'Neil & <Co>", {"plan": "a=b " * 30})])
+@pytest.mark.parametrize("statements", [True, False])
+def test_derived_text_part_matches_email_package(first_name, attributes, statements):
+    """The derived text part's encoding plans give the bytes of the email package too."""
+    from pathlib import Path
+
+    from django.conf import settings as django_settings
+
+    from campaigns.models import Template
+    from tests.content.test_text_part import BODY
+
+    layout = Template.objects.create(name="Starter", html=(
+        Path(django_settings.BASE_DIR) / "templates" / "email" / "default_layout.html").read_text(encoding="utf-8"))
+    body = BODY if statements else "<h1>Hi {{ contact.first_name }}</h1>\n<p>" + "Plan {{ contact.attributes.plan }}. " * 9
+    campaign = Campaign.objects.create(name="eq", subject="Hi", from_name="News", from_email="news@example.com",
+                                       html_body=body, template=layout)
+    contact = Contact.objects.create(email="bob.smith+tag@example.com", first_name=first_name, attributes=attributes)
+    compiled = compile_campaign(campaign)
+    for send_id in (1, 977, 36**5, 2):
+        built = compiled.build(FakeSend(send_id, contact.email), contact)
+        expected = {"Subject": "Hi", "From": f"News <{campaign.from_email}>"}
+        assert_same_message(built.data, reference_bytes(built, compiled, send_id, contact), expected)

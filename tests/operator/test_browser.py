@@ -122,3 +122,53 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
     # Read the statistics.
     page.click("#herald-stats")
     assert "Statistics: Browser news" in page.inner_text("#content")
+
+
+def test_the_preview_of_the_starter_layout_shows_a_personal_text_part(page, live_server):
+    """The layout the admin offers on "Add template", previewed: the text part greets the contact by name,
+    takes the contact's branch of an if/else, and links to the same unsubscribe page as the HTML part."""
+    from campaigns.models import Template
+    from delivery import tokens
+
+    User.objects.create_superuser("olga", "olga@herald.example", "a long passphrase 42")
+    ann = Contact.objects.create(email="ann@example.com", first_name="Ann", attributes={"vip": True})
+
+    page.goto("/admin/")
+    page.fill("#id_username", "olga")
+    page.fill("#id_password", "a long passphrase 42")
+    page.click("input[type=submit]")
+    page.wait_for_selector("#herald-dashboard")
+
+    # Save the starter layout exactly as the admin offers it.
+    page.goto("/admin/campaigns/template/add/")
+    assert "unsubscribe_url" in page.input_value("#id_html")
+    page.fill("#id_name", "Starter")
+    page.click("input[name=_save]")
+    page.wait_for_selector(".messagelist .success")
+    assert "cannot show" not in page.inner_text("#content-main, .messagelist")
+    layout = Template.objects.get(name="Starter")
+
+    # A campaign on it, written in the admin, with no text body of its own.
+    page.goto("/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "Starter news")
+    page.fill("#id_subject", "News for {{ contact.first_name }}")
+    page.fill("#id_from_email", "news@herald.example")
+    page.select_option("#id_template", value=str(layout.pk))
+    page.fill("#id_html_body", "<h1>Hi {{ contact.first_name }}!</h1>\n{% if contact.attributes.vip %}"
+                               "<p>Thanks for being a VIP.</p>{% else %}<p>Upgrade today.</p>{% endif %}")
+    page.click("input[name=_continue]")
+    page.wait_for_selector("#herald-operator")
+    campaign = Campaign.objects.get(name="Starter news")
+
+    page.goto(f"/admin/campaigns/campaign/{campaign.pk}/preview/?contact={ann.pk}")
+    text = page.inner_text("#text-part")
+    assert "# Hi Ann!" in text
+    assert "Thanks for being a VIP." in text and "Upgrade today." not in text
+    assert "because ann@example.com subscribed" in text
+    unsubscribe = tokens.unsubscribe_url(0)
+    assert f"[Unsubscribe]({unsubscribe})" in text
+    assert "]()" not in text
+    # The HTML part, in its sandboxed frame, links to the same unsubscribe page.
+    frame = page.frame_locator("iframe[title='HTML part']")
+    assert frame.locator("a", has_text="Unsubscribe").get_attribute("href") == unsubscribe
+    assert page.locator("#text-warnings").count() == 0
