@@ -76,6 +76,11 @@ def test_a_success_resets_the_count(client, operator):
     assert sign_in(client, "olivia", PASSWORD).status_code == 302
 
 
+def test_the_sign_in_page_asks_for_the_code_beside_the_password(client):
+    page = client.get(LOGIN).content.decode()
+    assert 'name="otp_token"' in page and "Authentication code" in page
+
+
 def test_without_a_second_factor_the_password_alone_signs_in(client, operator):
     assert sign_in(client, "olivia", PASSWORD).status_code == 302
     assert signed_in(client)
