@@ -252,6 +252,7 @@ HERALD_SUBMISSION_AUTH_WINDOW = envint("HERALD_SUBMISSION_AUTH_WINDOW", 300, min
 HERALD_ENCRYPTION_KEY = _keys(envsecret("HERALD_ENCRYPTION_KEY", ""))
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
+HERALD_DNS_TIMEOUT = envint("HERALD_DNS_TIMEOUT", 5, minimum=1)
 # Send engine: port of recipients' MX hosts in direct mode (25; tests use a
 # loopback port), CA bundle for relay certificates (empty: the system's), one
 # cap in seconds on every SMTP timeout (0: RFC 5321 4.5.3.2 minimums), sends

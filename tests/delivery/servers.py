@@ -92,7 +92,12 @@ class _ImplicitTLSController(Controller):
 
 
 class DNSServer:
-    """A UDP DNS server on loopback answering from a table: {(name, type): [rdata text]}; NXDOMAIN otherwise."""
+    """A UDP DNS server on loopback answering from a table: {(name, type): [rdata text]}; NXDOMAIN otherwise.
+
+    A value of ``TIMEOUT`` never answers (a resolver that times out); ``SERVFAIL`` answers so.
+    """
+
+    TIMEOUT, SERVFAIL = "timeout", "servfail"
 
     def __init__(self, records, ttl=300):
         self.records = {(n.lower().rstrip("."), t): v for (n, t), v in records.items()}
@@ -124,7 +129,11 @@ class DNSServer:
             name, rdtype = q.name.to_text().lower().rstrip("."), dns.rdatatype.to_text(q.rdtype)
             self.queries.append((name, rdtype))
             values = self.records.get((name, rdtype))
-            if values:
+            if values == self.TIMEOUT:
+                continue
+            if values == self.SERVFAIL:
+                response.set_rcode(dns.rcode.SERVFAIL)
+            elif values:
                 response.answer.append(dns.rrset.from_text_list(q.name, self.ttl, "IN", rdtype, values))
             elif not any(n == name for n, _ in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
@@ -138,3 +147,4 @@ class DNSServer:
         self._stop = True
         self.thread.join(2)
         self.sock.close()
+
