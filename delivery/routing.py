@@ -92,10 +92,13 @@ def route_for(domain: str) -> Route:
         limit = Limit(f"relay:{relay.pk}", rate_per_second(relay.rate, relay.rate_period), max(relay.rate, 1))
         return Route(f"relay:{relay.pk}", [relay_endpoint(relay)], relay.max_connections, relay.idle_timeout,
                      relay.messages_per_connection, relay, limit)
-    hosts = mx.resolve(domain)
     limit = limit_for(domain)
+    port = mx.port()
+    # Opportunistic TLS, as Postfix's "may": the certificate is not checked, and
+    # a host whose STARTTLS fails gets the mail in plaintext.
     endpoints = [
-        Endpoint(host=h, port=mx.port(), security="opportunistic", verify=False, label=f"{h}:{mx.port()} (MX of {domain})")
-        for h in hosts
+        Endpoint(host=a, port=port, security="opportunistic", verify=False, tls_name=n,
+                 label=f"{n} [{a}]:{port} (MX of {domain})")
+        for n, a in mx.hosts(domain)
     ]
     return Route("mx:" + mx.site(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)

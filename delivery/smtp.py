@@ -49,6 +49,26 @@ class ConnectionLost(SMTPFailure):
     pass
 
 
+# How long an MX host whose opportunistic STARTTLS failed is sent to in
+# plaintext without trying TLS again (HERALD_TLS_FALLBACK_SECONDS).
+TLS_FALLBACK_KEY = "tls-failed:"
+
+
+def tls_failed_recently(host: str) -> bool:
+    try:
+        return bool(throttle.client().exists(throttle.PREFIX + TLS_FALLBACK_KEY + host.lower()))
+    except Exception:
+        return False  # without Redis each session simply tries TLS again
+
+
+def remember_tls_failure(host: str, why: str):
+    seconds = getattr(settings, "HERALD_TLS_FALLBACK_SECONDS", 3600)
+    try:
+        throttle.client().set(throttle.PREFIX + TLS_FALLBACK_KEY + host.lower(), why[:500], ex=max(int(seconds), 1))
+    except Exception:
+        pass
+
+
 @dataclass
 class Timeouts:
     """RFC 5321 4.5.3.2 minimums by default; HERALD_SMTP_TIMEOUT (seconds) caps them all."""
@@ -71,7 +91,14 @@ class Timeouts:
 
 @dataclass
 class Endpoint:
-    """Where and how to connect. ``security``: none | starttls | tls | opportunistic (direct MX)."""
+    """Where and how to connect. ``security``: none | starttls | tls | opportunistic (direct MX).
+
+    ``opportunistic`` is Postfix's ``smtp_tls_security_level = may``: STARTTLS
+    when offered, certificate not checked, and plaintext when TLS fails.
+    ``tls_name`` is the name the certificate must match (an MX host name when
+    ``host`` is its address); ``required_by`` names what demands verified TLS
+    (an MTA-STS policy), so a failure says why it is not sent in plaintext.
+    """
 
     host: str
     port: int
@@ -81,6 +108,8 @@ class Endpoint:
     password: str = ""
     helo: str = ""
     label: str = ""  # what errors call it
+    tls_name: str = ""
+    required_by: str = ""
 
     @property
     def where(self):
@@ -144,6 +173,7 @@ class Connection:
         self.broken = False
         self.needs_rset = False  # a failed transaction is still open on the session
         self.steps = []  # what happened while opening, for the relay check
+        self.plaintext = False  # opportunistic TLS failed: this session goes without it
 
     # --- low level -------------------------------------------------------
     def _timeout(self, seconds):
@@ -202,12 +232,30 @@ class Connection:
             self.close()
             raise ConnectFailed(f"{code} {text} from {ep.where}", code)
         self._ehlo()
-        if ep.security == "starttls" or (ep.security == "opportunistic" and "starttls" in self.extensions):
+        if ep.security == "starttls":
             self._starttls()
+        elif ep.security == "opportunistic" and "starttls" in self.extensions and not self.plaintext:
+            if tls_failed_recently(ep.tls_name or ep.host):
+                self.steps.append("STARTTLS skipped: it failed with this host recently")
+            else:
+                try:
+                    self._starttls()
+                except (TLSFailed, ConnectionLost) as exc:
+                    return self._reopen_plaintext(exc)
         if ep.username:
             self._auth()
         self.opened_at = self.last_used = time.monotonic()
         return self
+
+    def _reopen_plaintext(self, exc):
+        """Opportunistic TLS failed (a 454, a handshake Python refuses): like
+        Postfix at ``may``, reconnect and send without it, and skip the attempt
+        with this host for a while."""
+        self.close(quit=False)
+        remember_tls_failure(self.endpoint.tls_name or self.endpoint.host, str(exc))
+        self.steps.append(f"STARTTLS failed, sending in plaintext: {exc}")
+        self.plaintext, self.tls, self.broken, self.extensions = True, False, False, {}
+        return self.open()
 
     def _attach(self, sock):
         self.sock = sock
@@ -216,15 +264,21 @@ class Connection:
 
     def _wrap(self, sock, verify):
         try:
-            wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.host)
+            wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.tls_name or self.endpoint.host)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
-            raise TLSFailed(f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}") from None
+            raise TLSFailed(self._why(f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}")) from None
         except (ssl.SSLError, OSError) as exc:
             sock.close()
-            raise TLSFailed(f"TLS with {self.endpoint.where} failed: {exc}") from None
+            raise TLSFailed(self._why(f"TLS with {self.endpoint.where} failed: {exc}")) from None
         self.tls = True
         return wrapped
+
+    def _why(self, text):
+        """A TLS failure's reason; under an MTA-STS policy it says why nothing goes in plaintext (RFC 8461 5)."""
+        if self.endpoint.required_by:
+            return f"4.7.5 {text}; not sent in plaintext, as the {self.endpoint.required_by} requires verified TLS"
+        return text
 
     def _ehlo(self):
         # gethostname, not getfqdn: no reverse DNS look-up on every connection.
@@ -247,11 +301,12 @@ class Connection:
         if "starttls" not in self.extensions:
             self.close()
             # Never fall back to plaintext when STARTTLS was chosen.
-            raise TLSFailed(f"{self.endpoint.where} does not offer STARTTLS, which this relay requires")
+            what = "which this relay requires" if not self.endpoint.required_by else "which it must"
+            raise TLSFailed(self._why(f"{self.endpoint.where} does not offer STARTTLS, {what}"))
         code, text = self.command(b"STARTTLS")
         if code != 220:
             self.close()
-            raise TLSFailed(f"{code} {text} from {self.endpoint.where} (STARTTLS)", code)
+            raise TLSFailed(self._why(f"{code} {text} from {self.endpoint.where} (STARTTLS)"), code)
         verify = self.endpoint.verify if self.endpoint.security == "starttls" else False
         self._attach(self._wrap(self.sock, verify))
         self.steps.append(f"STARTTLS negotiated ({self._tls_info()})")

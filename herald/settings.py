@@ -260,6 +260,9 @@ HERALD_DNS_TIMEOUT = envint("HERALD_DNS_TIMEOUT", 5, minimum=1)
 HERALD_DIRECT_PORT = envint("HERALD_DIRECT_PORT", 25, minimum=1)
 HERALD_SMTP_CA_FILE = envstr("HERALD_SMTP_CA_FILE", "")
 HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
+# Direct mode: seconds an MX host whose opportunistic STARTTLS failed is sent
+# to in plaintext before TLS is tried again (as Postfix's "may" level falls back).
+HERALD_TLS_FALLBACK_SECONDS = envint("HERALD_TLS_FALLBACK_SECONDS", 3600, minimum=1)
 HERALD_BATCH_SIZE = envint("HERALD_BATCH_SIZE", 200, minimum=1)
 HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 600, minimum=10)
 HERALD_ORPHAN_GRACE = envint("HERALD_ORPHAN_GRACE", 300, minimum=10)

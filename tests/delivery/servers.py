@@ -9,7 +9,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from tests.support.smtp import Sink, SinkHandler
 
@@ -65,6 +65,23 @@ class DroppingSink(Sink):
         for server in self.sessions:
             if server.transport is not None:
                 self.controller.loop.call_soon_threadsafe(server.transport.close)
+
+
+class _RefusingStartTLS(SMTP):
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg):
+        self.event_handler.sink.starttls_refused += 1
+        await self.push("454 4.7.0 TLS not available due to temporary reason")
+
+
+class RefusingTLSSink(DroppingSink):
+    """Offers STARTTLS in its EHLO reply, then answers it 454, as a misconfigured MX does."""
+
+    def __init__(self, tls_context, **kwargs):
+        super().__init__(tls_context=tls_context, **kwargs)
+        self.starttls_refused = 0
+        controller = self.controller
+        controller.factory = lambda: _RefusingStartTLS(controller.handler, **controller.SMTP_kwargs)
 
 
 class PipeliningSink(DroppingSink):
