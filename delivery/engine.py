@@ -411,7 +411,7 @@ def send_batch(send_ids, now=None):
     groups = {}
     try:
         for row in rows:
-            groups.setdefault(routing.group_of(row.domain), []).append(row)
+            groups.setdefault(routing.batch_key(row.domain), []).append(row)
         for group_rows in groups.values():
             requeue.extend(_send_group(group_rows, now))
         settle_campaigns({r.campaign_id for r in rows})

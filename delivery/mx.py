@@ -14,6 +14,8 @@ import dns.nameserver
 import dns.resolver
 from django.conf import settings
 
+from delivery import providers
+
 
 class NoRoute(Exception):
     """No host to deliver to; ``permanent`` when DNS says so (NXDOMAIN, null MX)."""
@@ -136,13 +138,24 @@ def resolve(domain: str):
     return lookup(domain)[1]
 
 
-def site(domain: str) -> str:
-    """The MX host set behind a domain: gmail.com and googlemail.com share one."""
+def host_set(domain: str) -> str:
+    """The exact MX host set behind a domain (what one pool of connections may serve)."""
     try:
         names, _ = lookup(domain)
     except NoRoute:
         return domain
     return ",".join(sorted(set(names)))
+
+
+def site(domain: str) -> str:
+    """The throttle group of a domain in direct mode: its provider when an MX
+    host matches a provider rule (every Microsoft 365 tenant has an MX host of
+    its own), else its MX host set (gmail.com and googlemail.com share one)."""
+    try:
+        names, _ = lookup(domain)
+    except NoRoute:
+        return domain
+    return providers.provider_of(names) or ",".join(sorted(set(names)))
 
 
 def clear_cache():

@@ -71,10 +71,19 @@ def relay_endpoint(relay: Relay) -> Endpoint:
 
 
 def group_of(domain: str) -> str:
-    """The throttle group a domain belongs to; in direct mode domains sharing MX hosts share one."""
+    """The throttle group a domain belongs to; in direct mode domains of one provider, or sharing MX hosts, share one."""
     if active_relay() is None:
         return throttles.for_domain(domain, group=mx.site(domain)).key
     return throttles.for_domain(domain).key
+
+
+def batch_key(domain: str):
+    """Rows a worker sends together. Through a relay, a throttle group's; in
+    direct mode one recipient domain's, since a provider's group spans many
+    MX host sets, and MTA-STS policies are per domain."""
+    if active_relay() is None:
+        return group_of(domain), domain
+    return group_of(domain), None
 
 
 def limit_for(domain: str) -> Limit:
@@ -101,4 +110,5 @@ def route_for(domain: str) -> Route:
                  label=f"{n} [{a}]:{port} (MX of {domain})")
         for n, a in mx.hosts(domain)
     ]
-    return Route("mx:" + mx.site(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)
+    # One pool per exact MX host set: a provider's tenants share a limit, never a connection.
+    return Route("mx:" + mx.host_set(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)
