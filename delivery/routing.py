@@ -1,5 +1,6 @@
 """Where a recipient's mail goes: through the first enabled relay, or straight to its MX hosts."""
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -7,11 +8,13 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from redis.exceptions import RedisError
 
-from delivery import mx
+from delivery import mtasts, mx
 from delivery.models import Relay
 from delivery.smtp import Endpoint
 from delivery.throttle import Limit, rate_per_second, throttles
 from delivery.throttle import client as throttle_client
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -102,13 +105,34 @@ def route_for(domain: str) -> Route:
         return Route(f"relay:{relay.pk}", [relay_endpoint(relay)], relay.max_connections, relay.idle_timeout,
                      relay.messages_per_connection, relay, limit)
     limit = limit_for(domain)
+    endpoints = _mx_endpoints(domain)
+    # One pool per exact MX host set: a provider's tenants share a limit, never
+    # a connection; nor does a connection opened before an MTA-STS policy.
+    key = "mx:" + mx.host_set(domain) + (":mta-sts" if endpoints[0].required_by else "")
+    return Route(key, endpoints, limit.max_connections or 5, 30, 100, None, None)
+
+
+def _mx_endpoints(domain: str) -> list:
+    """The MX hosts of a domain, opportunistic TLS (Postfix's "may") unless MTA-STS enforces verified TLS."""
+    hosts = mx.hosts(domain)
     port = mx.port()
-    # Opportunistic TLS, as Postfix's "may": the certificate is not checked, and
-    # a host whose STARTTLS fails gets the mail in plaintext.
-    endpoints = [
-        Endpoint(host=a, port=port, security="opportunistic", verify=False, tls_name=n,
-                 label=f"{n} [{a}]:{port} (MX of {domain})")
-        for n, a in mx.hosts(domain)
+    policy = mtasts.policy_for(domain) if mtasts.enabled() else None
+    if policy is not None and policy.mode == "testing":
+        for name in {n for n, _ in hosts if not policy.allows(n)}:
+            log.warning("MTA-STS (testing) of %s: MX host %s is not in its policy", domain, name)
+    if policy is None or policy.mode != "enforce":
+        # Opportunistic TLS, as Postfix's "may": the certificate is not checked,
+        # and a host whose STARTTLS fails gets the mail in plaintext.
+        return [
+            Endpoint(host=a, port=port, security="opportunistic", verify=False, tls_name=n,
+                     label=f"{n} [{a}]:{port} (MX of {domain})")
+            for n, a in hosts
+        ]
+    allowed = [(n, a) for n, a in hosts if policy.allows(n)]
+    if not allowed:
+        raise mx.NoRoute(f"4.7.4 MTA-STS policy of {domain} names none of its MX hosts ({', '.join(n for n, _ in hosts)})")
+    return [
+        Endpoint(host=a, port=port, security="starttls", verify=True, tls_name=n,
+                 label=f"{n} [{a}]:{port} (MX of {domain})", required_by=f"MTA-STS policy of {domain}")
+        for n, a in allowed
     ]
-    # One pool per exact MX host set: a provider's tenants share a limit, never a connection.
-    return Route("mx:" + mx.host_set(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)

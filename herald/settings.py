@@ -253,6 +253,16 @@ HERALD_ENCRYPTION_KEY = _keys(envsecret("HERALD_ENCRYPTION_KEY", ""))
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
 HERALD_DNS_TIMEOUT = envint("HERALD_DNS_TIMEOUT", 5, minimum=1)
+# Direct mode honours MTA-STS (RFC 8461): a domain with an enforcing policy
+# gets verified TLS or a deferral. The policy URL (with {domain}) and a CA
+# bundle for it (empty: the system's) exist to be pointed at a test server;
+# a policy is cached for its max_age, at most HERALD_MTA_STS_MAX_CACHE seconds.
+HERALD_MTA_STS = envbool("HERALD_MTA_STS", True)
+HERALD_MTA_STS_POLICY_URL_TEMPLATE = envstr(
+    "HERALD_MTA_STS_POLICY_URL_TEMPLATE", "https://mta-sts.{domain}/.well-known/mta-sts.txt"
+)
+HERALD_MTA_STS_CA_FILE = envstr("HERALD_MTA_STS_CA_FILE", "")
+HERALD_MTA_STS_MAX_CACHE = envint("HERALD_MTA_STS_MAX_CACHE", 7 * 86400, minimum=60)
 # Send engine: port of recipients' MX hosts in direct mode (25; tests use a
 # loopback port), CA bundle for relay certificates (empty: the system's), one
 # cap in seconds on every SMTP timeout (0: RFC 5321 4.5.3.2 minimums), sends

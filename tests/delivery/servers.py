@@ -1,5 +1,7 @@
-"""Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server."""
+"""Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server,
+an HTTPS server for MTA-STS policies."""
 
+import http.server
 import socket
 import ssl
 import threading
@@ -165,3 +167,47 @@ class DNSServer:
         self.thread.join(2)
         self.sock.close()
 
+
+class PolicyServer:
+    """An HTTPS server on loopback serving MTA-STS policies: GET /<domain>/mta-sts.txt from ``policies``."""
+
+    def __init__(self, policies, ssl_context):
+        self.policies = policies
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                domain = self.path.strip("/").split("/")[0]
+                server.requests.append(domain)
+                body = server.policies.get(domain)
+                if body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url_template(self):
+        return f"https://127.0.0.1:{self.port}/{{domain}}/mta-sts.txt"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(2)
