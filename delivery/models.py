@@ -173,6 +173,10 @@ class ProviderRule(models.Model):
         return f"{self.name}: *.{self.mx_suffix}"
 
     def save(self, *args, **kwargs):
-        self.name = self.name.strip().lower()
-        self.mx_suffix = self.mx_suffix.strip().strip(".").lstrip("*.").lower()
+        self.clean()
         super().save(*args, **kwargs)
+
+    def clean(self):
+        # Before the uniqueness check: ".google.com" and "*.google.com" are "google.com".
+        self.name = self.name.strip().lower()
+        self.mx_suffix = self.mx_suffix.strip().lower().removeprefix("*").strip(".")

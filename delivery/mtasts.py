@@ -28,6 +28,7 @@ MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 3.3
 FETCH_TIMEOUT = 10
 NEGATIVE_TTL = 300  # no TXT record, or a policy that could not be fetched
 _TXT = re.compile(r"^v=STSv1;(.*)$")
+_HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
 
 _txt_cache = {}  # domain -> (expires, id or None)
 _lock = threading.Lock()
@@ -73,6 +74,11 @@ def _txt_id(domain):
         answer = mx.resolver().resolve(f"_mta-sts.{domain}", "TXT")
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         pass
+    except dns.exception.DNSException:
+        # Not asked again on every batch while DNS is in trouble.
+        with _lock:
+            _txt_cache[domain] = (now + mx.NEGATIVE_TTL, None)
+        raise
     else:
         ttl = answer.rrset.ttl
         records = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
@@ -146,7 +152,12 @@ def _store(domain, policy):
 
 def policy_for(domain: str) -> Policy | None:
     """The domain's MTA-STS policy, or None when it has none (or none could be had)."""
-    domain = domain.lower().rstrip(".")
+    try:
+        domain = domain.lower().rstrip(".").encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    if not _HOSTNAME.match(domain):
+        return None  # never a URL or a DNS name built from anything but host name labels
     cached = _cached(domain)
     try:
         ident = _txt_id(domain)

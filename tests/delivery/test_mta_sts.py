@@ -147,3 +147,11 @@ def test_a_malformed_policy_is_refused():
         mtasts.parse("version: STSv1\nmode: enforce\nmax_age: 86400\n", "1")  # no mx
     with pytest.raises(ValueError):
         mtasts.parse("mode: enforce\nmx: mx.sts.test\nmax_age: 1\n", "1")  # no version
+
+
+def test_a_domain_that_is_not_a_host_name_never_builds_a_policy_url(sts_world):
+    with DroppingSink() as server:
+        policies = sts_world(server)
+        assert mtasts.policy_for("sts.test/../evil") is None
+        assert mtasts.policy_for("sts.test@127.0.0.1") is None
+        assert policies.requests == []

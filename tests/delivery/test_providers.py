@@ -1,6 +1,7 @@
 """Direct mode counts a provider's domains as one destination, from the MX host suffixes it ships."""
 
 import pytest
+from django.urls import reverse
 
 from delivery import engine, lifecycle, routing, throttle
 from delivery.models import DomainThrottle, ProviderRule, Send
@@ -69,3 +70,13 @@ def test_provider_tenants_still_get_their_own_connections(tenants, sink, make_ca
     lifecycle.start_campaign(campaign.pk)
     drain(campaign.pk)
     assert sorted(sink.recipients()) == ["ann@contoso.test", "bob@fabrikam.test"]
+
+
+def test_an_operator_adds_a_rule_in_the_admin_and_it_applies_at_once(tenants, admin_client):
+    response = admin_client.post(reverse("admin:delivery_providerrule_add"),
+                                 {"name": "SmallHost", "mx_suffix": "*.smallhost.test", "enabled": "on"})
+    assert response.status_code == 302
+    assert routing.group_of("smallhost.test") == "domain:smallhost"
+    again = admin_client.post(reverse("admin:delivery_providerrule_add"),
+                              {"name": "other", "mx_suffix": ".SmallHost.test.", "enabled": "on"})
+    assert again.status_code == 200 and "already exists" in again.content.decode()
