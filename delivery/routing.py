@@ -121,11 +121,14 @@ def _mx_endpoints(domain: str) -> list:
         for name in {n for n, _ in hosts if not policy.allows(n)}:
             log.warning("MTA-STS (testing) of %s: MX host %s is not in its policy", domain, name)
     if policy is None or policy.mode != "enforce":
-        # Opportunistic TLS, as Postfix's "may": the certificate is not checked,
-        # and a host whose STARTTLS fails gets the mail in plaintext.
+        # Opportunistic TLS, as Postfix's "may": the certificate is not checked
+        # (in testing mode, checked and a failure reported, RFC 8461 5), and a
+        # host whose STARTTLS fails gets the mail in plaintext.
+        testing = policy is not None and policy.mode == "testing"
         return [
-            Endpoint(host=a, port=port, security="opportunistic", verify=False, tls_name=n,
-                     label=f"{n} [{a}]:{port} (MX of {domain})")
+            Endpoint(host=a, port=port, security="opportunistic", verify=testing, tls_name=n,
+                     label=f"{n} [{a}]:{port} (MX of {domain})",
+                     report_to=f"MTA-STS policy of {domain} (testing)" if testing else "")
             for n, a in hosts
         ]
     allowed = [(n, a) for n, a in hosts if policy.allows(n)]

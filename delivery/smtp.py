@@ -11,6 +11,7 @@ child runs one batch at a time, so there is nothing to share between threads.
 """
 
 import base64
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from delivery import throttle
+
+log = logging.getLogger(__name__)
 
 
 class SMTPFailure(Exception):
@@ -39,6 +42,10 @@ class ConnectFailed(SMTPFailure):
 
 class TLSFailed(SMTPFailure):
     fatal = True
+
+
+class CertificateRejected(TLSFailed):
+    pass
 
 
 class AuthFailed(SMTPFailure):
@@ -97,7 +104,9 @@ class Endpoint:
     when offered, certificate not checked, and plaintext when TLS fails.
     ``tls_name`` is the name the certificate must match (an MX host name when
     ``host`` is its address); ``required_by`` names what demands verified TLS
-    (an MTA-STS policy), so a failure says why it is not sent in plaintext.
+    (an MTA-STS policy), so a failure says why it is not sent in plaintext;
+    ``report_to`` names what only wants a rejected certificate reported (an
+    MTA-STS policy in testing mode), and the mail still goes, unverified.
     """
 
     host: str
@@ -110,6 +119,7 @@ class Endpoint:
     label: str = ""  # what errors call it
     tls_name: str = ""
     required_by: str = ""
+    report_to: str = ""  # opportunistic with ``verify``: a rejected certificate is reported, then not checked
 
     @property
     def where(self):
@@ -174,6 +184,7 @@ class Connection:
         self.needs_rset = False  # a failed transaction is still open on the session
         self.steps = []  # what happened while opening, for the relay check
         self.plaintext = False  # opportunistic TLS failed: this session goes without it
+        self.unverified = False  # a report-only check rejected the certificate: not checked again
 
     # --- low level -------------------------------------------------------
     def _timeout(self, seconds):
@@ -240,6 +251,11 @@ class Connection:
             else:
                 try:
                     self._starttls()
+                except CertificateRejected as exc:
+                    if not (ep.report_to and ep.verify and not self.unverified):
+                        return self._reopen_plaintext(exc)
+                    log.warning("%s: %s; sending with TLS, certificate not verified", ep.report_to, exc)
+                    return self._reopen(unverified=True)
                 except (TLSFailed, ConnectionLost) as exc:
                     return self._reopen_plaintext(exc)
         if ep.username:
@@ -254,7 +270,13 @@ class Connection:
         self.close(quit=False)
         remember_tls_failure(self.endpoint.tls_name or self.endpoint.host, str(exc))
         self.steps.append(f"STARTTLS failed, sending in plaintext: {exc}")
-        self.plaintext, self.tls, self.broken, self.extensions = True, False, False, {}
+        self.plaintext = True
+        return self._reopen()
+
+    def _reopen(self, unverified=False):
+        self.close(quit=False)
+        self.unverified = self.unverified or unverified
+        self.tls, self.broken, self.extensions = False, False, {}
         return self.open()
 
     def _attach(self, sock):
@@ -267,7 +289,8 @@ class Connection:
             wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.tls_name or self.endpoint.host)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
-            raise TLSFailed(self._why(f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}")) from None
+            why = f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}"
+            raise CertificateRejected(self._why(why)) from None
         except (ssl.SSLError, OSError) as exc:
             sock.close()
             raise TLSFailed(self._why(f"TLS with {self.endpoint.where} failed: {exc}")) from None
@@ -307,7 +330,8 @@ class Connection:
         if code != 220:
             self.close()
             raise TLSFailed(self._why(f"{code} {text} from {self.endpoint.where} (STARTTLS)"), code)
-        verify = self.endpoint.verify if self.endpoint.security == "starttls" else False
+        ep = self.endpoint
+        verify = ep.verify if ep.security == "starttls" else bool(ep.report_to and ep.verify and not self.unverified)
         self._attach(self._wrap(self.sock, verify))
         self.steps.append(f"STARTTLS negotiated ({self._tls_info()})")
         self._ehlo()

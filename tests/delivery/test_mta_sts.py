@@ -99,12 +99,17 @@ def test_an_mx_host_the_policy_does_not_name_is_not_used(settings, sts_world, mx
         assert ann.status == "deferred" and "MTA-STS" in ann.smtp_reply
 
 
-def test_a_testing_policy_reports_but_delivers(sts_world, mx_certificates, make_campaign):
+def test_a_testing_policy_reports_a_bad_certificate_but_delivers_over_tls(
+        settings, sts_world, mx_certificates, make_campaign, caplog):
+    settings.HERALD_SMTP_CA_FILE = mx_certificates["expired"][0]
     with DroppingSink(tls_context=server_context(*mx_certificates["expired"])) as server:
         sts_world(server, policy=ENFORCE.replace("enforce", "testing"))
         campaign = send(make_campaign, ["ann@sts.test"])
         assert server.recipients() == ["ann@sts.test"]
+        assert server.tls_sessions == [True]
         assert campaign.status == Campaign.Status.FINISHED
+    assert any("MTA-STS policy of sts.test (testing)" in r.getMessage() and "expired" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_without_a_txt_record_no_policy_is_fetched(sts_world, make_campaign):
