@@ -3,7 +3,7 @@
 Discovery: a TXT record ``_mta-sts.<domain>`` (``v=STSv1; id=...``), then the
 policy over HTTPS from ``https://mta-sts.<domain>/.well-known/mta-sts.txt``
 (HERALD_MTA_STS_POLICY_URL_TEMPLATE; HERALD_MTA_STS_CA_FILE, tests point both
-at loopback). Policies are kept in Redis for their max_age, bounded by
+at loopback; that bundle also checks the MX certificates). Policies are kept in Redis for their max_age, bounded by
 HERALD_MTA_STS_MAX_CACHE, and fetched again when the TXT id changes. A policy
 that cannot be fetched, with none cached, counts as no policy (RFC 8461 5.1).
 """
@@ -56,6 +56,11 @@ class Policy:
 
 def enabled() -> bool:
     return getattr(settings, "HERALD_MTA_STS", True)
+
+
+def cafile() -> str:
+    """The CA bundle for policy servers and for MX certificates under a policy ("": the system's)."""
+    return getattr(settings, "HERALD_MTA_STS_CA_FILE", "")
 
 
 def _key(domain):
@@ -116,9 +121,8 @@ def parse(text: str, ident: str) -> Policy:
 def fetch(domain: str, ident: str) -> Policy:
     """Fetch a policy over HTTPS with a verified certificate; no redirects (RFC 8461 3.3)."""
     template = getattr(settings, "HERALD_MTA_STS_POLICY_URL_TEMPLATE", "https://mta-sts.{domain}/.well-known/mta-sts.txt")
-    cafile = getattr(settings, "HERALD_MTA_STS_CA_FILE", "") or True
     with requests.get(template.format(domain=domain), timeout=FETCH_TIMEOUT, allow_redirects=False,
-                      verify=cafile, stream=True) as response:
+                      verify=cafile() or True, stream=True) as response:
         if response.status_code != 200:
             raise ValueError(f"HTTP {response.status_code}")
         if response.headers.get("Content-Type", "").split(";")[0].strip().lower() != "text/plain":

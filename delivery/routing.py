@@ -126,7 +126,7 @@ def _mx_endpoints(domain: str) -> list:
         # host whose STARTTLS fails gets the mail in plaintext.
         testing = policy is not None and policy.mode == "testing"
         return [
-            Endpoint(host=a, port=port, security="opportunistic", verify=testing, tls_name=n,
+            Endpoint(host=a, port=port, security="opportunistic", verify=testing, tls_name=n, cafile=mtasts.cafile(),
                      label=f"{n} [{a}]:{port} (MX of {domain})",
                      report_to=f"MTA-STS policy of {domain} (testing)" if testing else "")
             for n, a in hosts
@@ -135,7 +135,7 @@ def _mx_endpoints(domain: str) -> list:
     if not allowed:
         raise mx.NoRoute(f"4.7.4 MTA-STS policy of {domain} names none of its MX hosts ({', '.join(n for n, _ in hosts)})")
     return [
-        Endpoint(host=a, port=port, security="starttls", verify=True, tls_name=n,
+        Endpoint(host=a, port=port, security="starttls", verify=True, tls_name=n, cafile=mtasts.cafile(),
                  label=f"{n} [{a}]:{port} (MX of {domain})", required_by=f"MTA-STS policy of {domain}")
         for n, a in allowed
     ]

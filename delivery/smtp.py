@@ -120,15 +120,18 @@ class Endpoint:
     tls_name: str = ""
     required_by: str = ""
     report_to: str = ""  # opportunistic with ``verify``: a rejected certificate is reported, then not checked
+    cafile: str | None = None  # see tls_context
 
     @property
     def where(self):
         return self.label or f"{self.host}:{self.port}"
 
 
-def tls_context(verify: bool) -> ssl.SSLContext:
-    cafile = getattr(settings, "HERALD_SMTP_CA_FILE", "") or None
-    ctx = ssl.create_default_context(cafile=cafile)
+def tls_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
+    """``cafile``: a CA bundle, "" for the system's, None for HERALD_SMTP_CA_FILE (the relay's)."""
+    if cafile is None:
+        cafile = getattr(settings, "HERALD_SMTP_CA_FILE", "")
+    ctx = ssl.create_default_context(cafile=cafile or None)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -286,7 +289,8 @@ class Connection:
 
     def _wrap(self, sock, verify):
         try:
-            wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.tls_name or self.endpoint.host)
+            context = tls_context(verify, self.endpoint.cafile)
+            wrapped = context.wrap_socket(sock, server_hostname=self.endpoint.tls_name or self.endpoint.host)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
             why = f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}"

@@ -255,7 +255,8 @@ HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
 HERALD_DNS_TIMEOUT = envint("HERALD_DNS_TIMEOUT", 5, minimum=1)
 # Direct mode honours MTA-STS (RFC 8461): a domain with an enforcing policy
 # gets verified TLS or a deferral. The policy URL (with {domain}) and a CA
-# bundle for it (empty: the system's) exist to be pointed at a test server;
+# bundle for the policy servers and the MX hosts' certificates (empty: the
+# system's, never the relay's HERALD_SMTP_CA_FILE) exist for test servers;
 # a policy is cached for its max_age, at most HERALD_MTA_STS_MAX_CACHE seconds.
 HERALD_MTA_STS = envbool("HERALD_MTA_STS", True)
 HERALD_MTA_STS_POLICY_URL_TEMPLATE = envstr(

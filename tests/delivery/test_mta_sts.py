@@ -1,5 +1,7 @@
 """MTA-STS (RFC 8461) in direct mode: an enforcing domain gets verified TLS or a deferral, never plaintext."""
 
+from pathlib import Path
+
 import pytest
 
 from campaigns.models import Campaign
@@ -24,10 +26,13 @@ def mx_certificates(tmp_path):
 
 
 @pytest.fixture
-def sts_world(settings, certificate):
-    """DNS for sts.test (MX mx.sts.test, TXT _mta-sts) and an HTTPS server with its policy, on loopback."""
+def sts_world(settings, certificate, tmp_path):
+    """DNS for sts.test (MX mx.sts.test, TXT _mta-sts) and an HTTPS server with its policy, on loopback.
 
-    def start(server, policy=ENFORCE, mx_name="mx.sts.test", txt='"v=STSv1; id=20260101"'):
+    The CA bundle trusts the policy server and, when given, the MX host's certificate ``trust``.
+    """
+
+    def start(server, policy=ENFORCE, mx_name="mx.sts.test", txt='"v=STSv1; id=20260101"', trust=None):
         records = {("sts.test", "MX"): [f"10 {mx_name}."], (mx_name, "A"): ["127.0.0.1"]}
         if txt:
             records[("_mta-sts.sts.test", "TXT")] = [txt]
@@ -38,7 +43,9 @@ def sts_world(settings, certificate):
         settings.HERALD_DNS_NAMESERVERS = [dns.address]
         settings.HERALD_DIRECT_PORT = server.port
         settings.HERALD_MTA_STS_POLICY_URL_TEMPLATE = policies.url_template
-        settings.HERALD_MTA_STS_CA_FILE = certificate[0]
+        bundle = tmp_path / "trusted.pem"
+        bundle.write_text("".join(Path(path).read_text() for path in [certificate[0]] + ([trust] if trust else [])))
+        settings.HERALD_MTA_STS_CA_FILE = str(bundle)
         return policies
 
     opened = []
@@ -56,10 +63,9 @@ def send(make_campaign, addresses):
 
 
 def test_an_enforcing_domain_whose_mx_has_a_bad_certificate_is_deferred_never_sent_in_plaintext(
-        settings, sts_world, mx_certificates, make_campaign):
-    settings.HERALD_SMTP_CA_FILE = mx_certificates["expired"][0]
+        sts_world, mx_certificates, make_campaign):
     with DroppingSink(tls_context=server_context(*mx_certificates["expired"])) as server:
-        sts_world(server)
+        sts_world(server, trust=mx_certificates["expired"][0])
         campaign = send(make_campaign, ["ann@sts.test"])
         assert server.recipients() == []
         ann = Send.objects.get(email="ann@sts.test")
@@ -78,10 +84,9 @@ def test_an_enforcing_domain_whose_mx_offers_no_starttls_is_deferred(sts_world, 
 
 
 def test_an_enforcing_domain_with_a_good_certificate_is_delivered_over_verified_tls(
-        settings, sts_world, mx_certificates, make_campaign):
-    settings.HERALD_SMTP_CA_FILE = mx_certificates["good"][0]
+        sts_world, mx_certificates, make_campaign):
     with DroppingSink(tls_context=server_context(*mx_certificates["good"])) as server:
-        policies = sts_world(server)
+        policies = sts_world(server, trust=mx_certificates["good"][0])
         campaign = send(make_campaign, ["ann@sts.test", "bob@sts.test"])
         assert sorted(server.recipients()) == ["ann@sts.test", "bob@sts.test"]
         assert server.tls_sessions == [True, True]
@@ -89,10 +94,9 @@ def test_an_enforcing_domain_with_a_good_certificate_is_delivered_over_verified_
         assert policies.requests == ["sts.test"]  # fetched once, then cached
 
 
-def test_an_mx_host_the_policy_does_not_name_is_not_used(settings, sts_world, mx_certificates, make_campaign):
-    settings.HERALD_SMTP_CA_FILE = mx_certificates["good"][0]
+def test_an_mx_host_the_policy_does_not_name_is_not_used(sts_world, mx_certificates, make_campaign):
     with DroppingSink(tls_context=server_context(*mx_certificates["good"])) as server:
-        sts_world(server, mx_name="mx.elsewhere.test")
+        sts_world(server, mx_name="mx.elsewhere.test", trust=mx_certificates["good"][0])
         send(make_campaign, ["ann@sts.test"])
         assert server.recipients() == []
         ann = Send.objects.get(email="ann@sts.test")
@@ -100,10 +104,9 @@ def test_an_mx_host_the_policy_does_not_name_is_not_used(settings, sts_world, mx
 
 
 def test_a_testing_policy_reports_a_bad_certificate_but_delivers_over_tls(
-        settings, sts_world, mx_certificates, make_campaign, caplog):
-    settings.HERALD_SMTP_CA_FILE = mx_certificates["expired"][0]
+        sts_world, mx_certificates, make_campaign, caplog):
     with DroppingSink(tls_context=server_context(*mx_certificates["expired"])) as server:
-        sts_world(server, policy=ENFORCE.replace("enforce", "testing"))
+        sts_world(server, policy=ENFORCE.replace("enforce", "testing"), trust=mx_certificates["expired"][0])
         campaign = send(make_campaign, ["ann@sts.test"])
         assert server.recipients() == ["ann@sts.test"]
         assert server.tls_sessions == [True]
@@ -160,3 +163,13 @@ def test_a_domain_that_is_not_a_host_name_never_builds_a_policy_url(sts_world):
         assert mtasts.policy_for("sts.test/../evil") is None
         assert mtasts.policy_for("sts.test@127.0.0.1") is None
         assert policies.requests == []
+
+
+def test_the_relays_ca_bundle_does_not_vouch_for_an_mx_host(settings, sts_world, mx_certificates, make_campaign):
+    """HERALD_SMTP_CA_FILE is the relay's private CA; MTA-STS checks MX hosts against its own bundle."""
+    settings.HERALD_SMTP_CA_FILE = mx_certificates["good"][0]
+    with DroppingSink(tls_context=server_context(*mx_certificates["good"])) as server:
+        sts_world(server)
+        send(make_campaign, ["ann@sts.test"])
+        assert server.recipients() == []
+        assert Send.objects.get(email="ann@sts.test").status == "deferred"
