@@ -3,7 +3,9 @@
 The resolver asks only the servers in HERALD_DNS_NAMESERVERS ("host:port")
 when set, so tests answer from loopback and never touch real DNS. MX hosts are
 ordered by preference (RFC 5321 5.1); a domain with no MX falls back to its own
-A/AAAA records; a null MX (RFC 7505) means the domain accepts no mail.
+A/AAAA records; a null MX (RFC 7505) means the domain accepts no mail. Only
+what DNS answers is permanent (NXDOMAIN, null MX, no address at all): a
+timeout or SERVFAIL defers, since a bounce would suppress the address.
 """
 
 import threading
