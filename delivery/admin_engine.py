@@ -1,4 +1,4 @@
-"""Admin for relays (with the check button), domain throttles and the send ledger."""
+"""Admin for relays (with the check button), domain throttles, provider rules and the send ledger."""
 
 import re
 
@@ -8,8 +8,8 @@ from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from delivery import routing
-from delivery.models import DomainThrottle, Relay, Send
+from delivery import providers, routing
+from delivery.models import DomainThrottle, ProviderRule, Relay, Send
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
 
@@ -117,6 +117,19 @@ class DomainThrottleAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
         throttles.invalidate()
+
+
+@admin.register(ProviderRule)
+class ProviderRuleAdmin(admin.ModelAdmin):
+    """MX host suffixes of the large providers: their domains share one throttle group in direct mode."""
+
+    list_display = ("name", "mx_suffix", "enabled")
+    list_filter = ("enabled", "name")
+    search_fields = ("name", "mx_suffix")
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        providers.forget()
 
 
 @admin.register(Send)

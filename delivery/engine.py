@@ -419,7 +419,7 @@ def send_batch(send_ids, now=None):
     groups = {}
     try:
         for row in rows:
-            groups.setdefault(routing.group_of(row.domain), []).append(row)
+            groups.setdefault(routing.batch_key(row.domain), []).append(row)
         for group_rows in groups.values():
             requeue.extend(_send_group(group_rows, now))
         settle_campaigns({r.campaign_id for r in rows})
@@ -594,8 +594,11 @@ def _deliver(rows, route, limit, now=None):
             t = now or timezone.now()
             reason = f"relay {route.relay.name}: {exc}" if route.relay else str(exc)
             waiting = unsent()
-            if exc.fatal or _relay_failed(route, exc):
-                # Pause instead of burning through the list; nothing was attempted.
+            if (exc.fatal and route.relay is not None) or _relay_failed(route, exc):
+                # A relay's TLS or AUTH is misconfigured, or it stays down: pause
+                # instead of burning through the list; nothing was attempted. One
+                # recipient domain's MX (a broken STARTTLS, an MTA-STS policy it
+                # fails) only defers that domain, or anyone could halt a campaign.
                 pause_campaigns({r.campaign_id for r in waiting if r.campaign_id}, reason)
                 release([r for r in waiting if r.campaign_id])
                 finish(defer_all([r for r in waiting if not r.campaign_id], reason, t) + builder.take_done(), relay_id, t)

@@ -147,3 +147,36 @@ class Send(models.Model):
 
     def __str__(self):
         return f"{self.email} ({self.status})"
+
+
+class ProviderRule(models.Model):
+    """MX host names that belong to one mailbox provider, so one limit holds across all its domains.
+
+    Every Microsoft 365 tenant has an MX host of its own under
+    ``mail.protection.outlook.com``, and Google Workspace domains list different
+    subsets of Google's hosts: matched by suffix, they all count as one
+    destination. Name the provider in a DomainThrottle's domains to limit it.
+    """
+
+    name = models.CharField(max_length=100, help_text="The throttle group, e.g. google or microsoft.")
+    mx_suffix = models.CharField(
+        max_length=255, unique=True, help_text="An MX host name or the domain its names end with, e.g. google.com."
+    )
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name", "mx_suffix"]
+
+    def __str__(self):
+        return f"{self.name}: *.{self.mx_suffix}"
+
+    def save(self, *args, **kwargs):
+        self.clean()
+        super().save(*args, **kwargs)
+
+    def clean(self):
+        # Before the uniqueness check: ".google.com" and "*.google.com" are "google.com".
+        self.name = self.name.strip().lower()
+        self.mx_suffix = self.mx_suffix.strip().lower().removeprefix("*").strip(".")

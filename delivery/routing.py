@@ -1,5 +1,6 @@
 """Where a recipient's mail goes: through the first enabled relay, or straight to its MX hosts."""
 
+import logging
 import time
 from dataclasses import dataclass
 
@@ -7,11 +8,13 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from redis.exceptions import RedisError
 
-from delivery import mx
+from delivery import mtasts, mx
 from delivery.models import Relay
 from delivery.smtp import Endpoint
 from delivery.throttle import Limit, rate_per_second, throttles
 from delivery.throttle import client as throttle_client
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -71,10 +74,19 @@ def relay_endpoint(relay: Relay) -> Endpoint:
 
 
 def group_of(domain: str) -> str:
-    """The throttle group a domain belongs to; in direct mode domains sharing MX hosts share one."""
+    """The throttle group a domain belongs to; in direct mode domains of one provider, or sharing MX hosts, share one."""
     if active_relay() is None:
         return throttles.for_domain(domain, group=mx.site(domain)).key
     return throttles.for_domain(domain).key
+
+
+def batch_key(domain: str):
+    """Rows a worker sends together. Through a relay, a throttle group's; in
+    direct mode one recipient domain's, since a provider's group spans many
+    MX host sets, and MTA-STS policies are per domain."""
+    if active_relay() is None:
+        return group_of(domain), domain
+    return group_of(domain), None
 
 
 def limit_for(domain: str) -> Limit:
@@ -92,10 +104,38 @@ def route_for(domain: str) -> Route:
         limit = Limit(f"relay:{relay.pk}", rate_per_second(relay.rate, relay.rate_period), max(relay.rate, 1))
         return Route(f"relay:{relay.pk}", [relay_endpoint(relay)], relay.max_connections, relay.idle_timeout,
                      relay.messages_per_connection, relay, limit)
-    hosts = mx.resolve(domain)
     limit = limit_for(domain)
-    endpoints = [
-        Endpoint(host=h, port=mx.port(), security="opportunistic", verify=False, label=f"{h}:{mx.port()} (MX of {domain})")
-        for h in hosts
+    endpoints = _mx_endpoints(domain)
+    # One pool per exact MX host set: a provider's tenants share a limit, never
+    # a connection; nor does a connection opened before an MTA-STS policy.
+    key = "mx:" + mx.host_set(domain) + (":mta-sts" if endpoints[0].required_by else "")
+    return Route(key, endpoints, limit.max_connections or 5, 30, 100, None, None)
+
+
+def _mx_endpoints(domain: str) -> list:
+    """The MX hosts of a domain, opportunistic TLS (Postfix's "may") unless MTA-STS enforces verified TLS."""
+    hosts = mx.hosts(domain)
+    port = mx.port()
+    policy = mtasts.policy_for(domain) if mtasts.enabled() else None
+    if policy is not None and policy.mode == "testing":
+        for name in {n for n, _ in hosts if not policy.allows(n)}:
+            log.warning("MTA-STS (testing) of %s: MX host %s is not in its policy", domain, name)
+    if policy is None or policy.mode != "enforce":
+        # Opportunistic TLS, as Postfix's "may": the certificate is not checked
+        # (in testing mode, checked and a failure reported, RFC 8461 5), and a
+        # host whose STARTTLS fails gets the mail in plaintext.
+        testing = policy is not None and policy.mode == "testing"
+        return [
+            Endpoint(host=a, port=port, security="opportunistic", verify=testing, tls_name=n, cafile=mtasts.cafile(),
+                     label=f"{n} [{a}]:{port} (MX of {domain})",
+                     report_to=f"MTA-STS policy of {domain} (testing)" if testing else "")
+            for n, a in hosts
+        ]
+    allowed = [(n, a) for n, a in hosts if policy.allows(n)]
+    if not allowed:
+        raise mx.NoRoute(f"4.7.4 MTA-STS policy of {domain} names none of its MX hosts ({', '.join(n for n, _ in hosts)})")
+    return [
+        Endpoint(host=a, port=port, security="starttls", verify=True, tls_name=n, cafile=mtasts.cafile(),
+                 label=f"{n} [{a}]:{port} (MX of {domain})", required_by=f"MTA-STS policy of {domain}")
+        for n, a in allowed
     ]
-    return Route("mx:" + mx.site(domain), endpoints, limit.max_connections or 5, 30, 100, None, None)

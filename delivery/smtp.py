@@ -11,6 +11,7 @@ child runs one batch at a time, so there is nothing to share between threads.
 """
 
 import base64
+import logging
 import os
 import re
 import socket
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from delivery import throttle
+
+log = logging.getLogger(__name__)
 
 
 class SMTPFailure(Exception):
@@ -41,12 +44,36 @@ class TLSFailed(SMTPFailure):
     fatal = True
 
 
+class CertificateRejected(TLSFailed):
+    pass
+
+
 class AuthFailed(SMTPFailure):
     fatal = True
 
 
 class ConnectionLost(SMTPFailure):
     pass
+
+
+# How long an MX host whose opportunistic STARTTLS failed is sent to in
+# plaintext without trying TLS again (HERALD_TLS_FALLBACK_SECONDS).
+TLS_FALLBACK_KEY = "tls-failed:"
+
+
+def tls_failed_recently(host: str) -> bool:
+    try:
+        return bool(throttle.client().exists(throttle.PREFIX + TLS_FALLBACK_KEY + host.lower()))
+    except Exception:
+        return False  # without Redis each session simply tries TLS again
+
+
+def remember_tls_failure(host: str, why: str):
+    seconds = getattr(settings, "HERALD_TLS_FALLBACK_SECONDS", 3600)
+    try:
+        throttle.client().set(throttle.PREFIX + TLS_FALLBACK_KEY + host.lower(), why[:500], ex=max(int(seconds), 1))
+    except Exception:
+        pass
 
 
 @dataclass
@@ -71,7 +98,16 @@ class Timeouts:
 
 @dataclass
 class Endpoint:
-    """Where and how to connect. ``security``: none | starttls | tls | opportunistic (direct MX)."""
+    """Where and how to connect. ``security``: none | starttls | tls | opportunistic (direct MX).
+
+    ``opportunistic`` is Postfix's ``smtp_tls_security_level = may``: STARTTLS
+    when offered, certificate not checked, and plaintext when TLS fails.
+    ``tls_name`` is the name the certificate must match (an MX host name when
+    ``host`` is its address); ``required_by`` names what demands verified TLS
+    (an MTA-STS policy), so a failure says why it is not sent in plaintext;
+    ``report_to`` names what only wants a rejected certificate reported (an
+    MTA-STS policy in testing mode), and the mail still goes, unverified.
+    """
 
     host: str
     port: int
@@ -81,15 +117,21 @@ class Endpoint:
     password: str = ""
     helo: str = ""
     label: str = ""  # what errors call it
+    tls_name: str = ""
+    required_by: str = ""
+    report_to: str = ""  # opportunistic with ``verify``: a rejected certificate is reported, then not checked
+    cafile: str | None = None  # see tls_context
 
     @property
     def where(self):
         return self.label or f"{self.host}:{self.port}"
 
 
-def tls_context(verify: bool) -> ssl.SSLContext:
-    cafile = getattr(settings, "HERALD_SMTP_CA_FILE", "") or None
-    ctx = ssl.create_default_context(cafile=cafile)
+def tls_context(verify: bool, cafile: str | None = None) -> ssl.SSLContext:
+    """``cafile``: a CA bundle, "" for the system's, None for HERALD_SMTP_CA_FILE (the relay's)."""
+    if cafile is None:
+        cafile = getattr(settings, "HERALD_SMTP_CA_FILE", "")
+    ctx = ssl.create_default_context(cafile=cafile or None)
     if not verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
@@ -144,6 +186,8 @@ class Connection:
         self.broken = False
         self.needs_rset = False  # a failed transaction is still open on the session
         self.steps = []  # what happened while opening, for the relay check
+        self.plaintext = False  # opportunistic TLS failed: this session goes without it
+        self.unverified = False  # a report-only check rejected the certificate: not checked again
 
     # --- low level -------------------------------------------------------
     def _timeout(self, seconds):
@@ -202,12 +246,41 @@ class Connection:
             self.close()
             raise ConnectFailed(f"{code} {text} from {ep.where}", code)
         self._ehlo()
-        if ep.security == "starttls" or (ep.security == "opportunistic" and "starttls" in self.extensions):
+        if ep.security == "starttls":
             self._starttls()
+        elif ep.security == "opportunistic" and "starttls" in self.extensions and not self.plaintext:
+            if tls_failed_recently(ep.tls_name or ep.host):
+                self.steps.append("STARTTLS skipped: it failed with this host recently")
+            else:
+                try:
+                    self._starttls()
+                except CertificateRejected as exc:
+                    if not (ep.report_to and ep.verify and not self.unverified):
+                        return self._reopen_plaintext(exc)
+                    log.warning("%s: %s; sending with TLS, certificate not verified", ep.report_to, exc)
+                    return self._reopen(unverified=True)
+                except (TLSFailed, ConnectionLost) as exc:
+                    return self._reopen_plaintext(exc)
         if ep.username:
             self._auth()
         self.opened_at = self.last_used = time.monotonic()
         return self
+
+    def _reopen_plaintext(self, exc):
+        """Opportunistic TLS failed (a 454, a handshake Python refuses): like
+        Postfix at ``may``, reconnect and send without it, and skip the attempt
+        with this host for a while."""
+        self.close(quit=False)
+        remember_tls_failure(self.endpoint.tls_name or self.endpoint.host, str(exc))
+        self.steps.append(f"STARTTLS failed, sending in plaintext: {exc}")
+        self.plaintext = True
+        return self._reopen()
+
+    def _reopen(self, unverified=False):
+        self.close(quit=False)
+        self.unverified = self.unverified or unverified
+        self.tls, self.broken, self.extensions = False, False, {}
+        return self.open()
 
     def _attach(self, sock):
         self.sock = sock
@@ -216,15 +289,23 @@ class Connection:
 
     def _wrap(self, sock, verify):
         try:
-            wrapped = tls_context(verify).wrap_socket(sock, server_hostname=self.endpoint.host)
+            context = tls_context(verify, self.endpoint.cafile)
+            wrapped = context.wrap_socket(sock, server_hostname=self.endpoint.tls_name or self.endpoint.host)
         except ssl.SSLCertVerificationError as exc:
             sock.close()
-            raise TLSFailed(f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}") from None
+            why = f"TLS certificate of {self.endpoint.where} not accepted: {exc.verify_message}"
+            raise CertificateRejected(self._why(why)) from None
         except (ssl.SSLError, OSError) as exc:
             sock.close()
-            raise TLSFailed(f"TLS with {self.endpoint.where} failed: {exc}") from None
+            raise TLSFailed(self._why(f"TLS with {self.endpoint.where} failed: {exc}")) from None
         self.tls = True
         return wrapped
+
+    def _why(self, text):
+        """A TLS failure's reason; under an MTA-STS policy it says why nothing goes in plaintext (RFC 8461 5)."""
+        if self.endpoint.required_by:
+            return f"4.7.5 {text}; not sent in plaintext, as the {self.endpoint.required_by} requires verified TLS"
+        return text
 
     def _ehlo(self):
         # gethostname, not getfqdn: no reverse DNS look-up on every connection.
@@ -247,12 +328,14 @@ class Connection:
         if "starttls" not in self.extensions:
             self.close()
             # Never fall back to plaintext when STARTTLS was chosen.
-            raise TLSFailed(f"{self.endpoint.where} does not offer STARTTLS, which this relay requires")
+            what = "which this relay requires" if not self.endpoint.required_by else "which it must"
+            raise TLSFailed(self._why(f"{self.endpoint.where} does not offer STARTTLS, {what}"))
         code, text = self.command(b"STARTTLS")
         if code != 220:
             self.close()
-            raise TLSFailed(f"{code} {text} from {self.endpoint.where} (STARTTLS)", code)
-        verify = self.endpoint.verify if self.endpoint.security == "starttls" else False
+            raise TLSFailed(self._why(f"{code} {text} from {self.endpoint.where} (STARTTLS)"), code)
+        ep = self.endpoint
+        verify = ep.verify if ep.security == "starttls" else bool(ep.report_to and ep.verify and not self.unverified)
         self._attach(self._wrap(self.sock, verify))
         self.steps.append(f"STARTTLS negotiated ({self._tls_info()})")
         self._ehlo()

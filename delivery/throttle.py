@@ -171,10 +171,14 @@ class Throttles:
         self._by_domain, self._default, self._loaded = by_domain, default, time.monotonic()
 
     def for_domain(self, domain: str, group: str | None = None) -> Limit:
-        """The limit for a recipient domain; ``group`` (an MX host set) replaces the domain for defaults."""
+        """The limit for a recipient domain; ``group`` (a provider or an MX host set) replaces the domain for defaults.
+
+        A throttle that names the group (a provider such as ``microsoft``) holds
+        across all the provider's domains, before one naming the domain itself.
+        """
         if time.monotonic() - self._loaded > self.TTL:
             self._load()
-        limit = self._by_domain.get(domain)
+        limit = (self._by_domain.get(group) if group else None) or self._by_domain.get(domain)
         if limit is not None:
             return limit
         if self._default is None:

@@ -257,6 +257,18 @@ HERALD_SUBMISSION_AUTH_WINDOW = envint("HERALD_SUBMISSION_AUTH_WINDOW", 300, min
 HERALD_ENCRYPTION_KEY = _keys(envsecret("HERALD_ENCRYPTION_KEY", ""))
 # "host:port" resolvers for MX look-ups in direct mode; empty uses the system's.
 HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
+HERALD_DNS_TIMEOUT = envint("HERALD_DNS_TIMEOUT", 5, minimum=1)
+# Direct mode honours MTA-STS (RFC 8461): a domain with an enforcing policy
+# gets verified TLS or a deferral. The policy URL (with {domain}) and a CA
+# bundle for the policy servers and the MX hosts' certificates (empty: the
+# system's, never the relay's HERALD_SMTP_CA_FILE) exist for test servers;
+# a policy is cached for its max_age, at most HERALD_MTA_STS_MAX_CACHE seconds.
+HERALD_MTA_STS = envbool("HERALD_MTA_STS", True)
+HERALD_MTA_STS_POLICY_URL_TEMPLATE = envstr(
+    "HERALD_MTA_STS_POLICY_URL_TEMPLATE", "https://mta-sts.{domain}/.well-known/mta-sts.txt"
+)
+HERALD_MTA_STS_CA_FILE = envstr("HERALD_MTA_STS_CA_FILE", "")
+HERALD_MTA_STS_MAX_CACHE = envint("HERALD_MTA_STS_MAX_CACHE", 7 * 86400, minimum=60)
 # Send engine: port of recipients' MX hosts in direct mode (25; tests use a
 # loopback port), CA bundle for relay certificates (empty: the system's), one
 # cap in seconds on every SMTP timeout (0: RFC 5321 4.5.3.2 minimums), sends
@@ -264,6 +276,9 @@ HERALD_DNS_NAMESERVERS = envlist("HERALD_DNS_NAMESERVERS", [])
 HERALD_DIRECT_PORT = envint("HERALD_DIRECT_PORT", 25, minimum=1)
 HERALD_SMTP_CA_FILE = envstr("HERALD_SMTP_CA_FILE", "")
 HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
+# Direct mode: seconds an MX host whose opportunistic STARTTLS failed is sent
+# to in plaintext before TLS is tried again (as Postfix's "may" level falls back).
+HERALD_TLS_FALLBACK_SECONDS = envint("HERALD_TLS_FALLBACK_SECONDS", 3600, minimum=1)
 HERALD_BATCH_SIZE = envint("HERALD_BATCH_SIZE", 200, minimum=1)
 HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 600, minimum=10)
 HERALD_ORPHAN_GRACE = envint("HERALD_ORPHAN_GRACE", 300, minimum=10)

@@ -1,7 +1,7 @@
 import pytest
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription
-from delivery import engine, mx, routing
+from delivery import engine, mtasts, mx, providers, routing
 from delivery.models import Relay, Send
 from delivery.smtp import pool
 from delivery.throttle import throttles
@@ -14,6 +14,8 @@ def fresh_engine_state(redis_client):
     routing.forget_relay()
     throttles.invalidate()
     mx.clear_cache()
+    mtasts.clear_cache()
+    providers.forget()
     engine._compiled.clear()
     yield
     pool.close_all()

@@ -1,5 +1,7 @@
-"""Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server."""
+"""Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server,
+an HTTPS server for MTA-STS policies."""
 
+import http.server
 import socket
 import ssl
 import threading
@@ -9,7 +11,7 @@ import dns.message
 import dns.rcode
 import dns.rrset
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import AuthResult, LoginPassword
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from tests.support.smtp import Sink, SinkHandler
 
@@ -67,6 +69,23 @@ class DroppingSink(Sink):
                 self.controller.loop.call_soon_threadsafe(server.transport.close)
 
 
+class _RefusingStartTLS(SMTP):
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg):
+        self.event_handler.sink.starttls_refused += 1
+        await self.push("454 4.7.0 TLS not available due to temporary reason")
+
+
+class RefusingTLSSink(DroppingSink):
+    """Offers STARTTLS in its EHLO reply, then answers it 454, as a misconfigured MX does."""
+
+    def __init__(self, tls_context, **kwargs):
+        super().__init__(tls_context=tls_context, **kwargs)
+        self.starttls_refused = 0
+        controller = self.controller
+        controller.factory = lambda: _RefusingStartTLS(controller.handler, **controller.SMTP_kwargs)
+
+
 class PipeliningSink(DroppingSink):
     def __init__(self, **kwargs):
         super().__init__(pipelining=True, **kwargs)
@@ -92,7 +111,12 @@ class _ImplicitTLSController(Controller):
 
 
 class DNSServer:
-    """A UDP DNS server on loopback answering from a table: {(name, type): [rdata text]}; NXDOMAIN otherwise."""
+    """A UDP DNS server on loopback answering from a table: {(name, type): [rdata text]}; NXDOMAIN otherwise.
+
+    A value of ``TIMEOUT`` never answers (a resolver that times out); ``SERVFAIL`` answers so.
+    """
+
+    TIMEOUT, SERVFAIL = "timeout", "servfail"
 
     def __init__(self, records, ttl=300):
         self.records = {(n.lower().rstrip("."), t): v for (n, t), v in records.items()}
@@ -124,7 +148,11 @@ class DNSServer:
             name, rdtype = q.name.to_text().lower().rstrip("."), dns.rdatatype.to_text(q.rdtype)
             self.queries.append((name, rdtype))
             values = self.records.get((name, rdtype))
-            if values:
+            if values == self.TIMEOUT:
+                continue
+            if values == self.SERVFAIL:
+                response.set_rcode(dns.rcode.SERVFAIL)
+            elif values:
                 response.answer.append(dns.rrset.from_text_list(q.name, self.ttl, "IN", rdtype, values))
             elif not any(n == name for n, _ in self.records):
                 response.set_rcode(dns.rcode.NXDOMAIN)
@@ -138,3 +166,48 @@ class DNSServer:
         self._stop = True
         self.thread.join(2)
         self.sock.close()
+
+
+class PolicyServer:
+    """An HTTPS server on loopback serving MTA-STS policies: GET /<domain>/mta-sts.txt from ``policies``."""
+
+    def __init__(self, policies, ssl_context):
+        self.policies = policies
+        self.requests = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                domain = self.path.strip("/").split("/")[0]
+                server.requests.append(domain)
+                body = server.policies.get(domain)
+                if body is None:
+                    self.send_error(404)
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.socket = ssl_context.wrap_socket(self.httpd.socket, server_side=True)
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url_template(self):
+        return f"https://127.0.0.1:{self.port}/{{domain}}/mta-sts.txt"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join(2)

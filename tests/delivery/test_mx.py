@@ -2,6 +2,7 @@
 
 import pytest
 
+from campaigns.models import Suppression
 from delivery import lifecycle, mx, routing
 from delivery.models import Send
 from tests.delivery.conftest import drain
@@ -67,3 +68,20 @@ def test_direct_mode_uses_starttls_when_the_mx_offers_it(settings, certificate, 
             drain(campaign.pk)
         assert server.recipients() == ["ann@secure.test"]
         assert server.tls_sessions == [True]
+
+
+@pytest.mark.parametrize("failure", [DNSServer.TIMEOUT, DNSServer.SERVFAIL])
+def test_a_dns_failure_for_a_domain_without_mx_defers_and_never_suppresses(settings, sink, make_campaign, failure):
+    records = {("slow.test", "A"): failure, ("fine.test", "A"): ["127.0.0.1"]}  # neither has an MX record
+    with DNSServer(records) as server:
+        settings.HERALD_DNS_NAMESERVERS = [server.address]
+        settings.HERALD_DNS_TIMEOUT = 1
+        settings.HERALD_DIRECT_PORT = sink.port
+        campaign = make_campaign(["ann@slow.test", "bob@fine.test"])
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+    assert sink.recipients() == ["bob@fine.test"]
+    ann = Send.objects.get(email="ann@slow.test")
+    assert ann.status == "deferred" and ann.next_attempt_at is not None
+    assert "5.1.2" not in ann.smtp_reply and "slow.test" in ann.smtp_reply
+    assert not Suppression.objects.filter(email_key="ann@slow.test").exists()
