@@ -117,3 +117,27 @@ def test_the_set_up_stops_a_redis_it_started_and_only_that(redis_client):
     subprocess.run(["bash", "-c", script], cwd=ROOT, check=True, capture_output=True, timeout=60)
     wait_until(lambda: not port_open(port), timeout=10, message=f"the Redis on {port} to stop")
     assert redis_client.ping()  # the Redis that was already running is left alone
+
+
+MAIL_PORTS = {25, 110, 143, 465, 587, 993, 995}
+
+
+def _listening_beyond_loopback():
+    """(address, port) of sockets listening on a mail port on any address other than loopback."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            address, port = local.rsplit(":", 1)
+            if state == "0A" and int(port, 16) in MAIL_PORTS and address not in ("0100007F", "00000000000000000000000001000000"):
+                found.append((address, int(port, 16)))
+    return found
+
+
+def test_the_installed_packages_run_no_public_mail_or_imap_server():
+    """Postfix and Dovecot come installed for private test instances, never as the host's own servers."""
+    assert _listening_beyond_loopback() == []
