@@ -2,7 +2,7 @@
 
 import redis
 from celery import shared_task
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_shutdown
 from django.db import InterfaceError, OperationalError
 
 from delivery import dispatch, engine, lifecycle
@@ -23,6 +23,11 @@ def sweep():
     dispatch.enqueue_sends(engine.sweep())
 
 
+@shared_task(name="delivery.release_dead")
+def release_dead():
+    dispatch.enqueue_sends(engine.release_dead())
+
+
 @shared_task(name="delivery.due_retries")
 def due_retries():
     dispatch.enqueue_sends(engine.due_retries())
@@ -38,6 +43,14 @@ def dispatch_scheduled():
     from delivery import scheduler
 
     scheduler.dispatch_due()
+
+
+@worker_init.connect
+def _refuse_an_unsafe_lease(**kwargs):
+    problem = engine.lease_problem()
+    if problem:
+        # Celery logs and ignores a signal handler's Exception; this stops the worker.
+        raise SystemExit(f"refusing to start: {problem}")
 
 
 @worker_process_shutdown.connect
