@@ -934,8 +934,6 @@ def release_dead(now=None):
     now = now or timezone.now()
     claims = list(Send.objects.filter(status=Send.Status.SENDING).exclude(lease_owner="")
                   .values_list("lease_owner", "lease_token").distinct())
-    if not claims:
-        return []
     gone = heartbeat_dead({owner for owner, _ in claims})
     tokens = [token for owner, token in claims if owner in gone]
     if not tokens:

@@ -115,12 +115,12 @@ def dead(owners) -> set:
     After Redis lost its keys (a restart), nobody is declared dead until every
     live worker has had a TTL to beat again.
     """
-    owners = [o for o in set(owners) if o]
-    if not owners:
-        return set()
     r = throttle.client()
     now = time.time()
     if r.set(SINCE_KEY, now, nx=True):
+        return set()
+    owners = [o for o in set(owners) if o]
+    if not owners:
         return set()
     since = float(r.get(SINCE_KEY) or now)
     if now - since < HEARTBEAT_TTL + HEARTBEAT_INTERVAL:
