@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from django.core.management import call_command
 from django.core.management.base import SystemCheckError
-from django.db import connection
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from campaigns.models import Campaign, Suppression
@@ -153,3 +153,29 @@ def test_a_lease_shorter_than_one_chunk_of_smtp_timeouts_is_refused(settings):
         call_command("check")
     settings.HERALD_SMTP_TIMEOUT = 60
     call_command("check")
+
+
+@pytest.mark.django_db
+def test_outcomes_that_cannot_be_recorded_are_never_handed_back_for_a_resend(make_relay, make_campaign, monkeypatch):
+    addresses = [f"w{i:02d}@example.com" for i in range(25)]
+
+    def database_gone(*args):
+        raise OperationalError("terminating connection due to administrator command")
+
+    # PostgreSQL goes away for longer than the write back keeps trying.
+    monkeypatch.setattr(engine, "_write_back_postgres", database_gone)
+    with Sink() as server:
+        make_relay(server.port)
+        campaign = make_campaign(addresses)
+        lifecycle.start_campaign(campaign.pk)
+        ids = list(Send.objects.filter(campaign=campaign).values_list("id", flat=True))
+        with pytest.raises(OperationalError):
+            engine.send_batch(ids)
+        delivered = set(server.recipients())
+
+    rows = dict(Send.objects.filter(campaign=campaign).values_list("email", "status"))
+    assert len(delivered) == engine.WRITE_CHUNK  # the first chunk went out
+    # What went out stays claimed (it may have been delivered) until its lease runs
+    # out; only what never reached the wire goes back to the queue now.
+    assert {e for e, s in rows.items() if s == "sending"} == delivered
+    assert {e for e, s in rows.items() if s == "queued"} == set(addresses) - delivered
