@@ -589,10 +589,13 @@ def send_batch(send_ids, now=None):
     requeue = []
     try:
         first, rest = _screen(rows, now, batch)
+        group_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
         for part in (first, rest):
             groups = {}
             for row in part:
-                groups.setdefault(routing.group_of(row.domain), []).append(row)
+                if row.domain not in group_of:
+                    group_of[row.domain] = routing.group_of(row.domain)
+                groups.setdefault(group_of[row.domain], []).append(row)
             for group_rows in groups.values():
                 requeue.extend(_send_group(group_rows, now, batch))
         settle_campaigns({r.campaign_id for r in rows})
