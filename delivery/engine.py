@@ -26,7 +26,7 @@ from delivery.heartbeat import heartbeat
 from delivery.models import Send
 from delivery.mx import NoRoute
 from delivery.signals import send_outcome
-from delivery.smtp import SMTPFailure, pool
+from delivery.smtp import SMTPFailure, Timeouts, pool
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,6 @@ def worst_chunk_seconds():
     time bound, then one more message that spends every SMTP timeout (MAIL,
     RCPT, DATA, and the final dot; RFC 5321 4.5.3.2).
     """
-    from delivery.smtp import Timeouts
-
     t = Timeouts.from_settings()
     return WRITE_SECONDS + 2 * t.command + t.data_start + t.final_dot
 
