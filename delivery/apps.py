@@ -8,7 +8,7 @@ class DeliveryConfig(AppConfig):
     def ready(self):
         # Connects the relay-change receiver in every process that may save a relay.
         from campaigns import audit
-        from delivery import routing  # noqa: F401
+        from delivery import checks, routing  # noqa: F401
         from delivery.models import DomainThrottle, Relay, SendingDomain
 
         audit.watch(Relay)

@@ -7,10 +7,10 @@ with the countdown after which they should be tried, and never sleeps.
 
 import logging
 import math
+import secrets
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from itertools import chain, islice
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
@@ -23,10 +23,12 @@ from campaigns.sandbox import BudgetExceeded, render_budget
 from campaigns.suppression import suppress
 from delivery import routing, throttle
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
+from delivery.heartbeat import dead as heartbeat_dead
+from delivery.heartbeat import heartbeat
 from delivery.models import Send
 from delivery.mx import NoRoute
 from delivery.signals import send_outcome
-from delivery.smtp import SMTPFailure, pool
+from delivery.smtp import SMTPFailure, Timeouts, pool
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +37,17 @@ CAMPAIGN = Campaign._meta.db_table
 CONTACT = Contact._meta.db_table
 SUPPRESSION = Suppression._meta.db_table
 PENDING = ("queued", "sending", "deferred")
-# Rows are written back after every chunk, so a killed worker can have sent at
-# most this many messages whose rows still say "sending" (the duplicate bound).
-WRITE_CHUNK = 100
+# Outcomes are written back after this many messages or WRITE_SECONDS,
+# whichever comes first, so a killed worker can have sent at most that many
+# messages whose rows still say "sending" (the duplicate bound).
+WRITE_CHUNK = 10
+WRITE_SECONDS = 1.0
+# Messages sent over one connection before it goes back to the pool (which
+# refreshes its slot in Redis).
+CONNECTION_CHUNK = 100
+# Pause and cancel are seen between messages: a Redis flag, read at most this often.
+STOP_CHECK_SECONDS = 0.1
+STOP_KEY = throttle.PREFIX + "stop:"
 # A relay that fails this many connection attempts in a row, for at least
 # RELAY_DOWN_SECONDS, pauses its campaigns. A relay that is restarting or
 # answers 421 for a minute comes back by itself: until then its sends are
@@ -57,7 +67,31 @@ STUCK_RENDER_SECONDS = 1.0
 
 
 def lease_seconds():
-    return getattr(settings, "HERALD_SEND_LEASE", 600)
+    return getattr(settings, "HERALD_SEND_LEASE", 1800)
+
+
+def max_claims():
+    return getattr(settings, "HERALD_SEND_MAX_CLAIMS", 5)
+
+
+def worst_chunk_seconds():
+    """The longest a chunk can take before its outcomes are written back: the
+    time bound, then one more message that spends every SMTP timeout (MAIL,
+    RCPT, DATA, and the final dot; RFC 5321 4.5.3.2).
+    """
+    t = Timeouts.from_settings()
+    return WRITE_SECONDS + 2 * t.command + t.data_start + t.final_dot
+
+
+def lease_problem():
+    """Why HERALD_SEND_LEASE is unsafe, or None: a lease shorter than one chunk
+    could expire while its outcomes are still to be written, even between renewals.
+    """
+    worst = worst_chunk_seconds()
+    if lease_seconds() < worst:
+        return (f"HERALD_SEND_LEASE is {lease_seconds()} s, shorter than the worst-case send chunk "
+                f"({worst:g} s with the SMTP timeouts in effect): raise it, or cap the timeouts with HERALD_SMTP_TIMEOUT")
+    return None
 
 
 @dataclass
@@ -70,6 +104,8 @@ class Row:
     attempts: int
     first_attempt_at: datetime | None
     outbound_id: int | None
+    claims: int = 1
+    token: int | None = None  # the claim's lease token
     # Read with the claim: what the template sees, and whether to send at all.
     contact_status: str | None = None
     first_name: str = ""
@@ -124,14 +160,26 @@ def _db_time(value):
 
 
 def claim(ids, now=None) -> list[Row]:
-    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically."""
+    """Take queued rows of running campaigns (or submitted messages) for this worker, atomically.
+
+    The claim gets a fresh lease token and names this worker process, whose
+    heartbeat is announced first: the sweeper never sees a claim of a worker
+    it has not heard of.
+    """
     now = now or timezone.now()
+    owner = heartbeat.beat()
+    token = secrets.randbits(62)
     if _sqlite():
-        return _claim_sqlite(ids, now)
-    return _claim_postgres(ids, now)
+        return _claim_sqlite(ids, now, token, owner)
+    return _claim_postgres(ids, now, token, owner)
 
 
-def _claim_postgres(ids, now) -> list[Row]:
+def _row(r, token, suppressed):
+    return Row(*r[:9], token=token, contact_status=r[9], first_name=r[10] or "", last_name=r[11] or "",
+               attributes=r[12], contact_email=r[13] or "", suppressed=suppressed)
+
+
+def _claim_postgres(ids, now, token, owner) -> list[Row]:
     """One statement claims the rows and reads what building needs: the contact's
     fields and whether the address was suppressed since the snapshot.
     """
@@ -147,22 +195,25 @@ def _claim_postgres(ids, now) -> list[Row]:
                 FOR UPDATE OF s SKIP LOCKED),
             u AS (
                 UPDATE {SEND} s SET status = 'sending', lease_expires_at = %(lease)s,
+                       lease_token = %(token)s, lease_owner = %(owner)s, claims = s.claims + 1,
                        first_attempt_at = COALESCE(s.first_attempt_at, %(now)s), updated_at = %(now)s
                 FROM c WHERE s.id = c.id
-                RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id)
+                RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id,
+                          s.claims)
             SELECT u.id, u.campaign_id, u.contact_id, u.email, u.domain, u.attempts, u.first_attempt_at, u.outbound_id,
-                   ct.status, ct.first_name, ct.last_name, ct.attributes, ct.email,
+                   u.claims, ct.status, ct.first_name, ct.last_name, ct.attributes, ct.email,
                    EXISTS (SELECT 1 FROM {SUPPRESSION} p WHERE p.email_key = lower(trim(u.email)))
             FROM u LEFT JOIN {CONTACT} ct ON ct.id = u.contact_id
             ORDER BY u.id
             """,  # noqa: S608
-            {"ids": list(ids), "now": now, "lease": now + timedelta(seconds=lease_seconds())},
+            {"ids": list(ids), "now": now, "lease": now + timedelta(seconds=lease_seconds()),
+             "token": token, "owner": owner},
         )
         rows = cur.fetchall()
-    return [Row(*r[:8], r[8], r[9] or "", r[10] or "", r[11], r[12] or "", r[13]) for r in rows]
+    return [_row(r, token, r[14]) for r in rows]
 
 
-def _claim_sqlite(ids, now) -> list[Row]:
+def _claim_sqlite(ids, now, token, owner) -> list[Row]:
     """SQLite has one writer at a time: inside an IMMEDIATE transaction (the
     settings' transaction_mode) a conditional UPDATE ... RETURNING is an atomic
     claim, and no other worker can take the same row. What building needs is
@@ -175,13 +226,14 @@ def _claim_sqlite(ids, now) -> list[Row]:
             cur.execute(
                 f"""
                 UPDATE {SEND} AS s SET status = 'sending', lease_expires_at = %s,
+                       lease_token = %s, lease_owner = %s, claims = s.claims + 1,
                        first_attempt_at = COALESCE(s.first_attempt_at, %s), updated_at = %s
                 WHERE s.id IN ({_marks(chunk)}) AND s.status = 'queued'
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
                 RETURNING id
                 """,  # noqa: S608
-                [lease, at, at, *chunk],
+                [lease, token, owner, at, at, *chunk],
             )
             claimed.extend(r[0] for r in cur.fetchall())
     rows = []
@@ -189,46 +241,92 @@ def _claim_sqlite(ids, now) -> list[Row]:
         rows.extend(
             Send.objects.filter(id__in=chunk).order_by("id").values_list(
                 "id", "campaign_id", "contact_id", "email", "domain", "attempts", "first_attempt_at", "outbound_id",
-                "contact__status", "contact__first_name", "contact__last_name", "contact__attributes", "contact__email",
+                "claims", "contact__status", "contact__first_name", "contact__last_name", "contact__attributes", "contact__email",
             )
         )
     keys = {email_key(r[3]) for r in rows}
     suppressed = set()
     for chunk in _chunks(keys):
         suppressed.update(Suppression.objects.filter(email_key__in=chunk).values_list("email_key", flat=True))
-    return [Row(*r[:8], r[8], r[9] or "", r[10] or "", r[11], r[12] or "", email_key(r[3]) in suppressed) for r in rows]
+    return [_row(r, token, email_key(r[3]) in suppressed) for r in rows]
+
+
+def _by_token(rows):
+    out = {}
+    for r in rows:
+        out.setdefault(r.token, []).append(r.id)
+    return out.items()
+
+
+def _held(ids, token):
+    """The rows among ``ids`` that the claim with ``token`` still holds."""
+    return Send.objects.filter(id__in=ids, lease_token=token, status="sending")
 
 
 def release(rows, countdown=0.0, now=None):
-    """Hand claimed rows back to the queue untouched (no attempt is counted)."""
+    """Hand claimed rows back to the queue untouched (no attempt is counted).
+
+    Only rows the claim still holds change; a hand-back is an outcome, so the
+    claim count starts again.
+    """
     if not rows:
         return
     now = now or timezone.now()
-    Send.objects.filter(id__in=[r.id for r in rows], status="sending").update(
-        status="queued", lease_expires_at=None, next_attempt_at=now + timedelta(seconds=countdown), updated_at=now
-    )
+    for token, ids in _by_token(rows):
+        _held(ids, token).update(
+            status="queued", lease_expires_at=None, lease_token=None, lease_owner="", claims=0,
+            next_attempt_at=now + timedelta(seconds=countdown), updated_at=now,
+        )
 
 
 def extend_lease(rows, now=None):
     if rows:
         now = now or timezone.now()
-        Send.objects.filter(id__in=[r.id for r in rows], status="sending").update(
-            lease_expires_at=now + timedelta(seconds=lease_seconds())
-        )
+        for token, ids in _by_token(rows):
+            _held(ids, token).update(lease_expires_at=now + timedelta(seconds=lease_seconds()))
 
 
-def write_back(results, relay_id=None, now=None):
-    """Record outcomes in one statement; only rows this worker still holds are changed."""
+def forgive(rows):
+    """Count this claim as the first of ``rows``: they were only near a worker that died."""
+    for token, ids in _by_token(rows):
+        _held(ids, token).update(claims=1)
+
+
+def _stale(results, written):
+    """Outcomes of rows another claim has taken over: logged and counted, never written."""
+    stale = [r for r in results if r.row.id not in written]
+    if stale:
+        log.warning("%d outcomes not recorded: the rows were claimed again after this worker's lease (%s)",
+                    len(stale), ", ".join(f"send {r.row.id} {r.status} {r.code or ''}".strip() for r in stale[:20]))
+        try:
+            throttle.client().incrby(throttle.PREFIX + "stale-outcomes", len(stale))
+        except Exception:
+            pass
+    return stale
+
+
+def write_back(results, relay_id=None, now=None) -> set:
+    """Record outcomes in one statement; only rows whose claim (lease token) this worker still holds change.
+
+    Returns the ids written; the others are logged as stale.
+    """
     if not results:
-        return
+        return set()
     now = now or timezone.now()
     rows = [
-        (r.row.id, r.status, r.code, r.reply[:2000], r.message_id[:255], r.next_attempt_at, 1 if r.attempted else 0)
+        (r.row.id, r.status, r.code, r.reply[:2000], r.message_id[:255], r.next_attempt_at, 1 if r.attempted else 0,
+         r.row.token)
         for r in results
     ]
     if _sqlite():
-        _write_back_sqlite(rows, relay_id, now)
-        return
+        written = _write_back_sqlite(rows, relay_id, now)
+    else:
+        written = _write_back_postgres(rows, relay_id, now)
+    _stale(results, written)
+    return written
+
+
+def _write_back_postgres(rows, relay_id, now):
     cols = list(zip(*rows, strict=True))
     with connection.cursor() as cur:
         cur.execute(
@@ -237,35 +335,41 @@ def write_back(results, relay_id=None, now=None):
                    message_id = CASE WHEN v.mid <> '' THEN v.mid ELSE s.message_id END,
                    next_attempt_at = v.nat, attempts = s.attempts + v.inc, lease_expires_at = NULL,
                    sent_at = CASE WHEN v.status = 'sent' THEN %(now)s ELSE s.sent_at END,
-                   relay_id = COALESCE(%(relay)s, s.relay_id), updated_at = %(now)s
+                   relay_id = COALESCE(%(relay)s, s.relay_id), claims = 0, updated_at = %(now)s
             FROM unnest(%(ids)s::bigint[], %(st)s::text[], %(code)s::int[], %(reply)s::text[], %(mid)s::text[],
-                        %(nat)s::timestamptz[], %(inc)s::int[]) AS v(id, status, code, reply, mid, nat, inc)
-            WHERE s.id = v.id AND s.status = 'sending'
+                        %(nat)s::timestamptz[], %(inc)s::int[], %(tok)s::bigint[])
+                 AS v(id, status, code, reply, mid, nat, inc, tok)
+            WHERE s.id = v.id AND s.lease_token = v.tok AND s.status = 'sending'
+            RETURNING s.id
             """,  # noqa: S608
             {"ids": list(cols[0]), "st": list(cols[1]), "code": list(cols[2]), "reply": list(cols[3]),
-             "mid": list(cols[4]), "nat": list(cols[5]), "inc": list(cols[6]), "now": now, "relay": relay_id},
+             "mid": list(cols[4]), "nat": list(cols[5]), "inc": list(cols[6]), "tok": list(cols[7]),
+             "now": now, "relay": relay_id},
         )
+        return {r[0] for r in cur.fetchall()}
 
 
 def _write_back_sqlite(rows, relay_id, now):
     """One UPDATE per row in one transaction: SQLite commits once and has no array parameters."""
     at = _db_time(now)
-    params = [
-        (status, code, reply, mid, mid, _db_time(nat) if nat else None, inc, status, at, relay_id, at, send_id)
-        for send_id, status, code, reply, mid, nat, inc in rows
-    ]
+    written = set()
     with transaction.atomic(), connection.cursor() as cur:
-        cur.executemany(
-            f"""
-            UPDATE {SEND} SET status = %s, smtp_code = %s, smtp_reply = %s,
-                   message_id = CASE WHEN %s <> '' THEN %s ELSE message_id END,
-                   next_attempt_at = %s, attempts = attempts + %s, lease_expires_at = NULL,
-                   sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END,
-                   relay_id = COALESCE(%s, relay_id), updated_at = %s
-            WHERE id = %s AND status = 'sending'
-            """,  # noqa: S608
-            params,
-        )
+        for send_id, status, code, reply, mid, nat, inc, token in rows:
+            cur.execute(
+                f"""
+                UPDATE {SEND} SET status = %s, smtp_code = %s, smtp_reply = %s,
+                       message_id = CASE WHEN %s <> '' THEN %s ELSE message_id END,
+                       next_attempt_at = %s, attempts = attempts + %s, lease_expires_at = NULL,
+                       sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END,
+                       relay_id = COALESCE(%s, relay_id), claims = 0, updated_at = %s
+                WHERE id = %s AND lease_token = %s AND status = 'sending'
+                """,  # noqa: S608
+                (status, code, reply, mid, mid, _db_time(nat) if nat else None, inc, status, at, relay_id, at,
+                 send_id, token),
+            )
+            if cur.rowcount:
+                written.add(send_id)
+    return written
 
 
 def settle_campaigns(campaign_ids, now=None):
@@ -325,6 +429,61 @@ def pause_campaigns(campaign_ids, reason):
         Campaign.objects.filter(id__in=ids, status="sending").update(
             status="paused", status_reason=reason[:2000], updated_at=timezone.now()
         )
+        flag_stop(ids)
+
+
+# --- pause and cancel in the middle of a batch ------------------------------------
+#
+# The database says whether a campaign runs; a Redis flag per stopped campaign
+# lets a worker see a pause or cancel between two messages for the price of
+# one Redis read, without a query per message. The flag is only a hint: a
+# worker that sees it confirms with the database before it stops.
+
+def flag_stop(campaign_ids):
+    """Tell workers mid-batch to stop sending for these campaigns (after the database says so)."""
+    try:
+        r = throttle.client()
+        for c in campaign_ids:
+            # Outlives any batch that could have claimed rows before the stop.
+            r.set(STOP_KEY + str(c), "1", ex=max(3600, 2 * lease_seconds()))
+    except Exception as exc:  # the claims stop anyway; running batches finish what they hold
+        log.warning("could not flag campaigns %s as stopped for running batches: %s", campaign_ids, exc)
+
+
+def clear_stop(campaign_ids):
+    try:
+        throttle.client().delete(*[STOP_KEY + str(c) for c in campaign_ids])
+    except Exception as exc:  # a stale flag costs a query per check, then is ignored
+        log.warning("could not clear the stop flag of campaigns %s: %s", campaign_ids, exc)
+
+
+class Stops:
+    """Which of a batch's campaigns were paused or cancelled since the claim; cheap to ask often."""
+
+    def __init__(self, rows):
+        self.ids = sorted({r.campaign_id for r in rows if r.campaign_id is not None})
+        self.keys = [STOP_KEY + str(c) for c in self.ids]
+        self.checked = -math.inf
+        self.stopped = set()
+
+    def poll(self) -> set:
+        now = time.monotonic()
+        if not self.ids or now - self.checked < STOP_CHECK_SECONDS:
+            return self.stopped
+        self.checked = now
+        try:
+            flags = throttle.client().mget(self.keys)
+        except Exception:
+            return self.stopped  # Redis away: the throttle will say so soon enough
+        flagged = {c for c, f in zip(self.ids, flags, strict=True) if f and c not in self.stopped}
+        if flagged:
+            running = set(Campaign.objects.filter(id__in=flagged, status="sending").values_list("id", flat=True))
+            self.stopped |= flagged - running
+        return self.stopped
+
+    def __call__(self, item) -> bool:
+        """For the SMTP client, before each message: False to send it."""
+        return item[0].campaign_id in self.poll()
 
 
 # --- building ------------------------------------------------------------------
@@ -392,8 +551,11 @@ def _recorded(fn, *args):
             delay = min(delay * 2, 2.0)
 
 
-def finish(results, relay_id, now):
-    _recorded(write_back, results, relay_id, now)
+def finish(results, relay_id, now, batch=None):
+    written = _recorded(write_back, results, relay_id, now) if results else set()
+    if batch is not None:
+        batch.on_wire.difference_update(r.row.id for r in results)
+    results = [r for r in results if r.row.id in written]
     for r in results:
         if r.status == BOUNCED:
             suppress(r.row.email, "hard_bounce", detail=r.reply)
@@ -410,28 +572,86 @@ def finish(results, relay_id, now):
 
 # --- the batch -----------------------------------------------------------------
 
+class Batch:
+    """One claim being worked on: its stop flags, and the rows whose outcome is still unknown."""
+
+    def __init__(self, rows):
+        self.stops = Stops(rows)
+        # Handed to the SMTP client, outcome not yet written back: these may
+        # have been delivered, so they are never handed back for an immediate resend.
+        self.on_wire = set()
+        self.chunk = WRITE_CHUNK
+
+
 def send_batch(send_ids, now=None):
     """Send what can be sent now; return [(ids, countdown)] to enqueue again."""
     rows = claim(send_ids, now)
     if not rows:
         return []
+    batch = Batch(rows)
+    # The lease is renewed on a timer, not between messages: one message may
+    # spend many minutes in SMTP timeouts.
+    hold = heartbeat.hold(rows, extend_lease, lease_seconds())
     requeue = []
-    groups = {}
     try:
-        for row in rows:
-            groups.setdefault(routing.batch_key(row.domain), []).append(row)
-        for group_rows in groups.values():
-            requeue.extend(_send_group(group_rows, now))
+        first, rest = _screen(rows, now, batch)
+        key_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
+        for part in (first, rest):
+            groups = {}
+            for row in part:
+                if row.domain not in key_of:
+                    key_of[row.domain] = routing.batch_key(row.domain)
+                groups.setdefault(key_of[row.domain], []).append(row)
+            for group_rows in groups.values():
+                requeue.extend(_send_group(group_rows, now, batch))
         settle_campaigns({r.campaign_id for r in rows})
     except Exception:
-        # Redis or PostgreSQL went away mid-batch: hand back what is still
-        # ours if we can; otherwise the lease expires and the sweeper does it.
+        # Redis or PostgreSQL went away mid-batch: hand back what was never
+        # tried if we can; otherwise the lease expires and the sweeper does it.
+        # Rows whose outcome could not be recorded stay claimed until their
+        # lease expires: they may have been delivered.
+        untried = [r for r in rows if r.id not in batch.on_wire]
         try:
-            release(rows, 5.0)
+            release(untried, 5.0)
         except Exception:
-            log.warning("could not release %d sends; their lease will expire", len(rows))
+            log.warning("could not release %d sends; their lease will expire", len(untried))
+        if batch.on_wire:
+            log.warning("%d sends may have been delivered without their outcome recorded; "
+                        "they stay claimed until their lease expires", len(batch.on_wire))
         raise
+    finally:
+        heartbeat.release(hold)
     return requeue
+
+
+def _screen(rows, now, batch):
+    """Rows claimed before whose worker died without an outcome: ([row to send alone], rest).
+
+    Such a row may be the message that killed the worker, or only have been
+    in the same batch. The first of them is sent alone, before the others,
+    and keeps its count; the others start counting again, and every outcome
+    of the batch is written back on its own, so only the row that kills the
+    worker is left without one. A row that killed its worker
+    HERALD_SEND_MAX_CLAIMS times fails instead of killing more.
+    """
+    suspects = [r for r in rows if r.claims > 1]
+    if not suspects:
+        return [], rows
+    batch.chunk = 1
+    limit = max_claims()
+    poisoned = [r for r in suspects if r.claims > limit]
+    if poisoned:
+        t = now or timezone.now()
+        finish([Result(r, FAILED, reply=f"claimed {r.claims - 1} times without an outcome: the worker died each time",
+                       attempted=False) for r in poisoned], None, t, batch)
+    suspects = [r for r in suspects if r.claims <= limit]
+    if not suspects:
+        return [], [r for r in rows if r.claims <= limit]
+    first, others = suspects[0], suspects[1:]
+    forgive(others)
+    for r in others:
+        r.claims = 1
+    return [first], [r for r in rows if r.claims <= limit and r is not first]
 
 
 def _slices(rows, wait, rate):
@@ -447,14 +667,14 @@ def _slices(rows, wait, rate):
     return out
 
 
-def _send_group(rows, now=None):
+def _send_group(rows, now=None, batch=None):
     domain = rows[0].domain
     try:
         route = routing.route_for(domain)
     except NoRoute as exc:
         now = now or timezone.now()
         code, text = (550, f"5.1.2 {exc}") if exc.permanent else (None, str(exc))
-        finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now)
+        finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now, batch)
         return []
     limit = routing.limit_for(domain)
     grant = throttle.take_tokens(limit, len(rows))
@@ -468,7 +688,7 @@ def _send_group(rows, now=None):
     release(later, wait)
     requeue = _slices(later, wait, rate)
     if go:
-        requeue.extend(_deliver(go, route, limit, now))
+        requeue.extend(_deliver(go, route, limit, now, batch))
     return requeue
 
 
@@ -499,13 +719,19 @@ def _relay_failed(route, exc):
 
 
 class _Builder:
-    """Builds messages as the connection asks for them; rows that cannot be sent collect in ``done``."""
+    """Builds messages as the connection asks for them; rows that cannot be sent collect in ``done``.
 
-    def __init__(self, rows):
+    Rows of a campaign paused or cancelled meanwhile are not built: they
+    collect in ``halted`` to be handed back.
+    """
+
+    def __init__(self, rows, batch):
         self.rows = rows
+        self.batch = batch
         self.next = 0
         self.done = []
-        self.halted = set()  # campaigns paused for their template while building this batch
+        self.halted = []
+        self.over_budget = set()  # campaigns paused for their template while building this batch
         self.versions = dict(
             Campaign.objects.filter(id__in={r.campaign_id for r in rows if r.campaign_id}).values_list("id", "updated_at")
         )
@@ -517,13 +743,17 @@ class _Builder:
         while self.next < len(self.rows):
             row = self.rows[self.next]
             self.next += 1
+            if row.campaign_id is not None and row.campaign_id in self.batch.stops.poll():
+                self.halted.append(row)
+                continue
             built = self._build(row)
             if built is not None:
+                self.batch.on_wire.add(row.id)
                 return row, built
         raise StopIteration
 
     def _build(self, row):
-        if row.campaign_id in self.halted:
+        if row.campaign_id in self.over_budget:
             return None  # released when its campaign was paused
         started = time.monotonic()
         try:
@@ -560,7 +790,7 @@ class _Builder:
         nothing fails: once the template is fixed, resume sends them all.
         """
         campaign_id = row.campaign_id
-        self.halted.add(campaign_id)
+        self.over_budget.add(campaign_id)
         pause_campaigns({campaign_id}, f"rendering the message to {row.email} stopped: {problem}")
         release([row] + [r for r in self.rows[self.next:] if r.campaign_id == campaign_id])
 
@@ -577,17 +807,46 @@ class _Builder:
         return done
 
 
-def _deliver(rows, route, limit, now=None):
+def _pull(pending, builder):
+    """Items left from the last call first, then freshly built ones."""
+    while pending:
+        yield pending.pop(0)
+    yield from builder
+
+
+def _chunk(items, count, seconds):
+    """At most ``count`` items, and none pulled after ``seconds``: outcomes are written back after each chunk."""
+    deadline = time.monotonic() + seconds
+    for n, item in enumerate(items, 1):
+        yield item
+        if n >= count or time.monotonic() >= deadline:
+            return
+
+
+def _deliver(rows, route, limit, now=None, batch=None):
+    batch = batch or Batch(rows)
     relay_id = route.relay.pk if route.relay else None
-    builder = _Builder(rows)
-    leftovers = []  # built, not sent (the connection broke first)
+    builder = _Builder(rows, batch)
+    pending = []  # built, not sent (the connection broke first, or a stop came between)
     reconnects = 0
-    renewed = time.monotonic()
 
     def unsent():
-        return [r for r, _ in leftovers] + builder.rest()
+        waiting = [r for r, _ in pending] + builder.rest()
+        pending.clear()
+        batch.on_wire.difference_update(r.id for r in waiting)
+        return waiting
 
-    while leftovers or builder.more():
+    def hand_back_halted():
+        """Rows of paused or cancelled campaigns go back; the cancelled ones are settled with their campaign."""
+        stopped = batch.stops.stopped
+        if stopped and pending:
+            builder.halted.extend(r for r, _ in pending if r.campaign_id in stopped)
+            pending[:] = [item for item in pending if item[0].campaign_id not in stopped]
+        halted, builder.halted = builder.halted, []
+        batch.on_wire.difference_update(r.id for r in halted)
+        release(halted)
+
+    while pending or builder.more():
         try:
             conn = _connect(route)
         except SMTPFailure as exc:
@@ -601,33 +860,25 @@ def _deliver(rows, route, limit, now=None):
                 # fails) only defers that domain, or anyone could halt a campaign.
                 pause_campaigns({r.campaign_id for r in waiting if r.campaign_id}, reason)
                 release([r for r in waiting if r.campaign_id])
-                finish(defer_all([r for r in waiting if not r.campaign_id], reason, t) + builder.take_done(), relay_id, t)
+                finish(defer_all([r for r in waiting if not r.campaign_id], reason, t) + builder.take_done(),
+                       relay_id, t, batch)
             else:
-                finish(defer_all(waiting, reason, t) + builder.take_done(), relay_id, t)
+                finish(defer_all(waiting, reason, t) + builder.take_done(), relay_id, t, batch)
+            hand_back_halted()
             return []
         if conn is None:
             waiting = unsent()
             release(waiting, 1.0)
             throttle.give_back(limit, len(waiting))
-            finish(builder.take_done(), relay_id, now or timezone.now())
+            finish(builder.take_done(), relay_id, now or timezone.now(), batch)
+            hand_back_halted()
             return [([r.id for r in waiting], 1.0)]
         if route.relay is not None and conn.sent == 0:
             key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
             throttle.client().delete(key, key + ":since")
-        size = max(1, min(WRITE_CHUNK, route.max_messages - conn.sent))
-        replies, leftovers = conn.send_many(islice(chain(leftovers, builder), size), message=lambda item: item[1])
-        t = now or timezone.now()
-        outcomes = [outcome_result(row, code, text, built.message_id, t) for (row, built), (code, text) in replies]
-        # Record what the server answered before touching Redis again (pool slots,
-        # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
-        finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t)
-        if time.monotonic() - renewed > lease_seconds() / 3:
-            # A slow destination: keep the claim on what is left, so the
-            # sweeper does not hand it to another worker meanwhile.
-            extend_lease([r for r, _ in leftovers] + builder.rows[builder.next:], t)
-            renewed = time.monotonic()
+        replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now)
+        hand_back_halted()
         pool.put(conn, route.max_messages)
-        slowed = any(outcome.throttle for _, outcome in outcomes)
         if slowed:
             throttle.slow_down(limit.key)
         last = replies[-1][1][0] if replies else 0
@@ -639,10 +890,38 @@ def _deliver(rows, route, limit, now=None):
         if replies and last is None:
             reconnects += 1
             if reconnects > 2:
-                finish(defer_all(unsent(), replies[-1][1][1], t), relay_id, t)
+                finish(defer_all(unsent(), replies[-1][1][1], t), relay_id, t, batch)
                 return []
-    finish(builder.take_done(), relay_id, now or timezone.now())
+    finish(builder.take_done(), relay_id, now or timezone.now(), batch)
+    hand_back_halted()
     return []
+
+
+def _send_chunks(conn, route, pending, builder, batch, relay_id, now):
+    """Send over one connection checkout, writing outcomes back after every chunk.
+
+    Returns the last chunk's replies, whether the destination asked to slow
+    down, and the time of the last write back. Stops early when the connection
+    breaks, a reply asks to slow down, or every campaign left was stopped.
+    """
+    budget = max(1, min(CONNECTION_CHUNK, route.max_messages - conn.sent))
+    replies, slowed, t = [], False, now or timezone.now()
+    while budget > 0 and (pending or builder.more()):
+        items = _chunk(_pull(pending, builder), min(batch.chunk, budget), WRITE_SECONDS)
+        replies, left = conn.send_many(items, message=lambda item: item[1], stop=batch.stops)
+        pending[:0] = left
+        budget -= len(replies)
+        t = now or timezone.now()
+        outcomes = [outcome_result(row, code, text, built.message_id, t) for (row, built), (code, text) in replies]
+        # Record what the server answered before touching Redis again (pool slots,
+        # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
+        finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t, batch)
+        slowed = any(outcome.throttle for _, outcome in outcomes)
+        if not replies or slowed or conn.broken:
+            break
+        if pending and all(r.campaign_id in batch.stops.stopped for r, _ in pending):
+            break
+    return replies, slowed, t
 
 
 # --- periodic work ---------------------------------------------------------------
@@ -652,17 +931,19 @@ def orphan_grace():
 
 
 def sweep(now=None):
-    """Return expired leases and forgotten queued rows to the queue; settle campaigns.
+    """Return dead workers' claims, expired leases and forgotten queued rows to the queue; settle campaigns.
 
     Returns the ids that were enqueued again.
     """
     now = now or timezone.now()
+    dead = release_dead(now)
     times = {"now": now, "old": now - timedelta(seconds=orphan_grace())}
     if _sqlite():
         times = {name: _db_time(value) for name, value in times.items()}
     with transaction.atomic(), connection.cursor() as cur:
         cur.execute(
-            f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, next_attempt_at = %(now)s, updated_at = %(now)s
+            f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, lease_token = NULL, lease_owner = '',
+                       next_attempt_at = %(now)s, updated_at = %(now)s
                 WHERE status = 'sending' AND lease_expires_at < %(now)s RETURNING id""",  # noqa: S608
             {"now": times["now"]},
         )
@@ -679,7 +960,34 @@ def sweep(now=None):
         )
         orphans = [r[0] for r in cur.fetchall()]
     settle_campaigns(Campaign.objects.filter(status__in=["sending", "cancelled"]).values_list("id", flat=True), now)
-    return expired + orphans
+    return dead + expired + orphans
+
+
+def release_dead(now=None):
+    """Claims of worker processes whose heartbeat expired go back to the queue; returns their ids.
+
+    Cheap enough to run every few seconds: it reads only rows in "sending".
+    Each claim is released by its own token, so a row that was meanwhile
+    written back or claimed again is not touched. The claim count is kept:
+    the next claim sends the first of these rows alone (see _screen).
+    """
+    now = now or timezone.now()
+    claims = list(Send.objects.filter(status=Send.Status.SENDING).exclude(lease_owner="")
+                  .values_list("lease_owner", "lease_token").distinct())
+    gone = heartbeat_dead({owner for owner, _ in claims})
+    tokens = [token for owner, token in claims if owner in gone]
+    if not tokens:
+        return []
+    log.warning("handing back the claims of %d dead workers: %s", len(gone), ", ".join(sorted(gone)))
+    at = _db_time(now) if _sqlite() else now
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, lease_token = NULL, lease_owner = '',
+                       next_attempt_at = %s, updated_at = %s
+                WHERE status = 'sending' AND lease_token IN ({_marks(tokens)}) RETURNING id""",  # noqa: S608
+            [at, at, *tokens],
+        )
+        return [r[0] for r in cur.fetchall()]
 
 
 def due_retries(now=None):

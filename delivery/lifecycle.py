@@ -76,12 +76,14 @@ def schedule_campaign(campaign_id, at) -> Campaign:
 
 
 def pause_campaign(campaign_id, reason="") -> Campaign:
-    """Workers claim nothing more for a paused campaign; messages on the wire finish."""
+    """Workers claim nothing more for a paused campaign and stop within a second; messages on the wire finish."""
     updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.SENDING).update(
         status=Campaign.Status.PAUSED, status_reason=reason, updated_at=timezone.now()
     )
     if not updated:
         _refuse(_get(campaign_id), "pause", [Campaign.Status.SENDING])
+    # Batches already claimed stop between two messages, not at their end.
+    engine.flag_stop([campaign_id])
     return _recorded("campaign.pause", campaign_id, reason=reason)
 
 
@@ -92,6 +94,7 @@ def resume_campaign(campaign_id) -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "resume", [Campaign.Status.PAUSED])
+    engine.clear_stop([campaign_id])
     dispatch.enqueue_campaign(campaign_id)
     engine.settle_campaigns([campaign_id])
     return _recorded("campaign.resume", campaign_id)
@@ -107,6 +110,7 @@ def cancel_campaign(campaign_id) -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "be cancelled", allowed)
+    engine.flag_stop([campaign_id])
     engine.settle_campaigns([campaign_id])
     return _recorded("campaign.cancel", campaign_id)
 

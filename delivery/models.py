@@ -114,6 +114,17 @@ class Send(models.Model):
     attempts = models.PositiveIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    # Who holds a row in "sending": a fresh token per claim (every write back,
+    # release and renewal names it, so a worker whose lease was taken over
+    # changes nothing) and the worker process, whose heartbeat tells a dead
+    # worker from a slow one.
+    lease_token = models.BigIntegerField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=100, blank=True, default="", db_default="")
+    # Claims since the last outcome or hand-back: a row that keeps killing its
+    # worker (a poison message) fails after HERALD_SEND_MAX_CLAIMS of them.
+    # Both have database defaults: the set-based INSERTs of the snapshot and of
+    # submitted mail name only the columns they fill.
+    claims = models.PositiveSmallIntegerField(default=0, db_default=0)
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -416,7 +416,7 @@ class Connection:
         return (out + b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + params
                 + b"\r\nRCPT TO:<" + _addr(msg.rcpt) + b">\r\nDATA\r\n")
 
-    def send_many(self, items, message=lambda item: item):
+    def send_many(self, items, message=lambda item: item, stop=None):
         """Send each item's message (one recipient each) from an iterable; returns (sent, leftovers).
 
         ``sent`` is [(item, (code, text))] in order; ``message(item)`` gives the
@@ -425,7 +425,9 @@ class Connection:
         breaks, the last reply is ``(None, why)`` for the message in flight and
         ``leftovers`` holds items already pulled but not sent. A break after the
         final dot is an unknown outcome (RFC 5321 6.1): the message may have been
-        delivered, and a retry may duplicate it.
+        delivered, and a retry may duplicate it. ``stop(item)``, asked before
+        an item's envelope goes out, may hold it back: it and everything after
+        it become leftovers (a pause between two messages).
         """
         results = []
         it = iter(items)
@@ -441,6 +443,11 @@ class Connection:
         reused, answered = self.sent > 0, False
         try:
             while cur is not end:
+                if stop is not None and not written and stop(cur):
+                    # Nothing of this message went out: the session is between transactions.
+                    self.needs_rset = rset
+                    self.last_used = time.monotonic()
+                    return results, [cur, *ahead]
                 msg = message(cur)
                 # A written envelope was checked before it went out.
                 params = b"" if written else self._mail_params(msg)

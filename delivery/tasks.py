@@ -5,7 +5,7 @@ import logging
 import redis
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded
-from celery.signals import worker_process_shutdown
+from celery.signals import worker_init, worker_process_shutdown
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
@@ -46,6 +46,11 @@ def sweep():
     dispatch.enqueue_sends(engine.sweep())
 
 
+@shared_task(name="delivery.release_dead")
+def release_dead():
+    dispatch.enqueue_sends(engine.release_dead())
+
+
 @shared_task(name="delivery.due_retries")
 def due_retries():
     dispatch.enqueue_sends(engine.due_retries())
@@ -61,6 +66,14 @@ def dispatch_scheduled():
     from delivery import scheduler
 
     scheduler.dispatch_due()
+
+
+@worker_init.connect
+def _refuse_an_unsafe_lease(**kwargs):
+    problem = engine.lease_problem()
+    if problem:
+        # Celery logs and ignores a signal handler's Exception; this stops the worker.
+        raise SystemExit(f"refusing to start: {problem}")
 
 
 @worker_process_shutdown.connect

@@ -223,6 +223,8 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BEAT_SCHEDULE = {
     # The send engine: expired leases back to the queue, due retries sent.
     "delivery-sweep": {"task": "delivery.sweep", "schedule": 30.0},
+    # Claims of workers whose heartbeat stopped (killed, machine lost) come back within seconds.
+    "delivery-release-dead": {"task": "delivery.release_dead", "schedule": 5.0},
     "delivery-due-retries": {"task": "delivery.due_retries", "schedule": 15.0},
     # Scheduled campaigns whose time has come are started (claimed once each).
     "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
@@ -272,7 +274,12 @@ HERALD_MTA_STS_MAX_CACHE = envint("HERALD_MTA_STS_MAX_CACHE", 7 * 86400, minimum
 # Send engine: port of recipients' MX hosts in direct mode (25; tests use a
 # loopback port), CA bundle for relay certificates (empty: the system's), one
 # cap in seconds on every SMTP timeout (0: RFC 5321 4.5.3.2 minimums), sends
-# per batch task, and how long a worker's claim on a batch lasts.
+# per batch task, and how long a worker's claim on a batch lasts. The lease is
+# renewed on a timer while its worker lives, and a dead worker's claims come
+# back by its heartbeat within seconds; the lease itself only bounds how long
+# rows wait when nobody can tell (Redis lost as well). It must outlast one
+# send chunk with every SMTP timeout spent (workers refuse to start otherwise),
+# and a row whose claim killed its worker this many times fails.
 HERALD_DIRECT_PORT = envint("HERALD_DIRECT_PORT", 25, minimum=1)
 HERALD_SMTP_CA_FILE = envstr("HERALD_SMTP_CA_FILE", "")
 HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
@@ -280,7 +287,8 @@ HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
 # to in plaintext before TLS is tried again (as Postfix's "may" level falls back).
 HERALD_TLS_FALLBACK_SECONDS = envint("HERALD_TLS_FALLBACK_SECONDS", 3600, minimum=1)
 HERALD_BATCH_SIZE = envint("HERALD_BATCH_SIZE", 200, minimum=1)
-HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 600, minimum=10)
+HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 1800, minimum=10)
+HERALD_SEND_MAX_CLAIMS = envint("HERALD_SEND_MAX_CLAIMS", 5, minimum=1)
 HERALD_ORPHAN_GRACE = envint("HERALD_ORPHAN_GRACE", 300, minimum=10)
 
 # Tracking and feedback: soft bounces suppress an address after this many

@@ -1,8 +1,10 @@
 """Start, pause, resume, cancel: conditional transitions, nothing resent, counts that always add up."""
 
+import threading
 from datetime import timedelta
 
 import pytest
+from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
@@ -10,6 +12,7 @@ from delivery import engine, lifecycle, planner
 from delivery.lifecycle import LifecycleError
 from delivery.models import Send
 from tests.delivery.conftest import drain, statuses
+from tests.support.smtp import Rules, Sink
 
 pytestmark = pytest.mark.django_db
 
@@ -106,3 +109,33 @@ def test_expired_leases_return_to_the_queue(sink, relay, make_campaign):
     assert len(engine.sweep(now=later)) == 1
     drain(campaign.pk)
     assert sink.recipients() == ["lost@example.com"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancel_in_the_middle_of_a_batch_stops_it_between_two_messages(make_relay, make_campaign):
+    addresses = [f"m{i:02d}@example.com" for i in range(40)]
+    with Sink(rules=Rules(delay=0.2)) as server:
+        make_relay(server.port)
+        campaign = make_campaign(addresses)
+        lifecycle.start_campaign(campaign.pk)
+        ids = list(Send.objects.filter(campaign=campaign).values_list("id", flat=True))
+        seen = {}
+
+        def operator():
+            try:
+                server.wait_for(2, timeout=30)
+                lifecycle.cancel_campaign(campaign.pk)
+                seen["at_cancel"] = len(server.recipients())
+            finally:
+                connection.close()
+
+        clicks = threading.Thread(target=operator)
+        clicks.start()
+        engine.send_batch(ids)  # returns soon after the cancel, not after 40 messages
+        clicks.join()
+        received = server.recipients()
+
+    assert len(received) - seen["at_cancel"] <= 2  # what was on the wire
+    counts = adds_up(campaign.pk)
+    assert counts["sent"] == len(received) and counts["cancelled"] == 40 - len(received)
+    assert counts["sending"] == counts["queued"] == 0

@@ -96,30 +96,3 @@ def test_a_send_deferred_past_the_give_up_age_fails(make_relay, make_campaign, s
     assert send.smtp_reply.startswith("gave up after 3600s: 451 4.3.0 still busy")
     campaign.refresh_from_db()
     assert campaign.status == Campaign.Status.FINISHED
-
-
-
-def test_a_slow_batch_keeps_its_claim_on_what_is_left(make_relay, make_campaign, settings, monkeypatch):
-    settings.HERALD_SEND_LEASE = 30
-    monkeypatch.setattr(engine, "WRITE_CHUNK", 1)
-    # Each look at the clock is 11 s later: every chunk ends past a third of the lease.
-    ticks = iter(range(0, 100_000, 11))
-    monkeypatch.setattr(engine.time, "monotonic", lambda: next(ticks))
-    with Sink() as server:
-        make_relay(server.port)
-        campaign = make_campaign(["one@example.com", "two@example.com", "three@example.com"])
-        lifecycle.start_campaign(campaign.pk)
-        ids = list(Send.objects.order_by("id").values_list("id", flat=True))
-        before = timezone.now()
-        leases = []
-        original = engine.extend_lease
-
-        def spy(rows, now=None):
-            original(rows, now)
-            leases.append({r.id: Send.objects.get(pk=r.id).lease_expires_at for r in rows})
-
-        monkeypatch.setattr(engine, "extend_lease", spy)
-        engine.send_batch(ids)
-        assert sorted(server.recipients()) == ["one@example.com", "three@example.com", "two@example.com"]
-    assert leases and set(leases[0]) == {ids[1], ids[2]}  # renewed for the rows not yet sent
-    assert all(at >= before + timedelta(seconds=30) for at in leases[0].values())
