@@ -5,6 +5,7 @@ Celery. It returns the sends it handed back (no tokens, no connection slot)
 with the countdown after which they should be tried, and never sleeps.
 """
 
+import json
 import logging
 import math
 import secrets
@@ -176,7 +177,18 @@ def claim(ids, now=None) -> list[Row]:
 
 def _row(r, token, suppressed):
     return Row(*r[:9], token=token, contact_status=r[9], first_name=r[10] or "", last_name=r[11] or "",
-               attributes=r[12], contact_email=r[13] or "", suppressed=suppressed)
+               attributes=_attributes(r[12]), contact_email=r[13] or "", suppressed=suppressed)
+
+
+def _attributes(value):
+    """A contact's attributes as a dict: a raw cursor returns the JSON column as text (Django's
+    PostgreSQL backend loads jsonb as a string; SQLite stores text)."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _claim_postgres(ids, now, token, owner) -> list[Row]:

@@ -193,3 +193,16 @@ def test_a_pooled_connection_the_server_closed_while_idle_costs_no_retry(make_re
         assert sorted(server.recipients()) == ["a@example.com", "b@example.com"]
     send = Send.objects.get(email="b@example.com")
     assert (send.status, send.attempts) == ("sent", 1)
+
+
+def test_contact_attributes_reach_the_message(make_relay, make_campaign):
+    campaign = make_campaign(["ann@example.com"], text_body="Hi from {{ contact.attributes.city | default('nowhere') }}")
+    Contact.objects.filter(email="ann@example.com").update(attributes={"city": "Leipzig"})
+
+    with DroppingSink() as sink:
+        make_relay(sink.port)
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+
+    (item,) = sink.received
+    assert "Hi from Leipzig" in item.message.get_body(("plain",)).get_content()
