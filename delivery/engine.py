@@ -744,6 +744,7 @@ class _Builder:
         self.done = []
         self.halted = []
         self.over_budget = set()  # campaigns paused for their template while building this batch
+        self.interrupted = None  # the task's time limit, caught while building: raised once the chunk is recorded
         self.versions = dict(
             Campaign.objects.filter(id__in={r.campaign_id for r in rows if r.campaign_id}).values_list("id", "updated_at")
         )
@@ -759,6 +760,8 @@ class _Builder:
                 self.halted.append(row)
                 continue
             built = self._build(row)
+            if self.interrupted is not None:
+                raise StopIteration
             if built is not None:
                 self.batch.on_wire.add(row.id)
                 return row, built
@@ -779,9 +782,13 @@ class _Builder:
             compiled = compiled_for(row.campaign_id, self.versions.get(row.campaign_id))
             with render_budget(RENDER_SECONDS):
                 return compiled.build(row, contact)
-        except SoftTimeLimitExceeded:
+        except SoftTimeLimitExceeded as exc:
             if row.campaign_id is None or time.monotonic() - started < STUCK_RENDER_SECONDS:
-                raise  # the time went elsewhere: the batch stops and its rows go back to the queue
+                # The time went elsewhere: stop building, so that the messages the
+                # server already answered are recorded before the batch stops and
+                # its untried rows go back to the queue.
+                self.interrupted = exc
+                return None
             # The render itself is stuck: its campaign pauses and the batch goes
             # on, so the message on the wire still gets its outcome recorded.
             self._halt(row, "template took longer than the worker's time limit to render")
@@ -807,7 +814,7 @@ class _Builder:
         release([row] + [r for r in self.rows[self.next:] if r.campaign_id == campaign_id])
 
     def more(self):
-        return self.next < len(self.rows)
+        return self.interrupted is None and self.next < len(self.rows)
 
     def rest(self):
         """Rows never built, taken out of the builder."""
@@ -928,6 +935,8 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now):
         # Record what the server answered before touching Redis again (pool slots,
         # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
         finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t, batch)
+        if builder.interrupted is not None:
+            raise builder.interrupted
         slowed = any(outcome.throttle for _, outcome in outcomes)
         if not replies or slowed or conn.broken:
             break
