@@ -3,10 +3,11 @@
 from django.contrib import admin
 
 from campaigns.models import AuditEntry
+from herald.readonly import ReadOnlyAdminMixin
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     list_display = ("at", "actor_or_system", "via", "action", "object_repr", "address")
     list_filter = ("action", "via")
     search_fields = ("actor", "object_repr", "action", "object_id")
@@ -18,11 +19,3 @@ class AuditEntryAdmin(admin.ModelAdmin):
     def actor_or_system(self, obj):
         return obj.actor or "system"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

@@ -12,6 +12,7 @@ from delivery import providers, routing
 from delivery.models import DomainThrottle, ProviderRule, Relay, Send
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
+from herald.readonly import ReadOnlyAdminMixin
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
 
@@ -133,7 +134,7 @@ class ProviderRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Send)
-class SendAdmin(admin.ModelAdmin):
+class SendAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """The ledger, read-only: one row per recipient and campaign (or submitted message)."""
 
     list_display = ("email", "campaign", "status", "attempts", "smtp_code", "sent_at", "next_attempt_at")
@@ -144,11 +145,3 @@ class SendAdmin(admin.ModelAdmin):
     date_hierarchy = None
     raw_id_fields = ("contact",)
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

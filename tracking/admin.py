@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression
+from herald.readonly import ReadOnlyAdminMixin
 from tracking.models import CampaignStatistics, Event
 from tracking.stats import OUTCOMES, campaign_stats
 from tracking.suppressions import export_csv, import_csv
@@ -105,22 +106,13 @@ class SuppressionAdmin(admin.ModelAdmin):
 
 
 @admin.register(CampaignStatistics)
-class CampaignStatisticsAdmin(admin.ModelAdmin):
+class CampaignStatisticsAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
     """Lists campaigns; opening one shows its statistics with charts."""
 
     list_display = ("name", "status", "total", "started_at", "finished_at")
     list_filter = ("status",)
     search_fields = ("name",)
     show_full_result_count = False
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         campaign = self.get_object(request, object_id)
