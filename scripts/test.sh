@@ -21,7 +21,7 @@ export REDIS_URL=${REDIS_URL:-redis://127.0.0.1:6379/15}
 step "Lint (ruff)"
 "$VENV/bin/ruff" check .
 step "Migrations match the models"
-"$VENV/bin/python" manage.py makemigrations --check --dry-run >/dev/null ||
+DEBUG=true "$VENV/bin/python" manage.py makemigrations --check --dry-run >/dev/null ||
   { echo "Model changes without a migration: run manage.py makemigrations" >&2; exit 1; }
 echo "No changes detected."
 step "Tests (pytest)"
