@@ -25,4 +25,6 @@ DEBUG=true "$VENV/bin/python" manage.py makemigrations --check --dry-run >/dev/n
   { echo "Model changes without a migration: run manage.py makemigrations" >&2; exit 1; }
 echo "No changes detected."
 step "Tests (pytest)"
-"$VENV/bin/pytest" "$@"
+# Two processes by default (HERALD_TEST_PROCESSES=1 for one); each gets its own
+# PostgreSQL test database and Redis database (tests/support/parallel.py).
+"$VENV/bin/python" -m pytest -p tests.support.parallel -n "${HERALD_TEST_PROCESSES:-2}" --dist loadfile "$@"
