@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET, PYTHON, ServerProcess, make_credential, message, subprocess_env
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -4,8 +4,8 @@ import pytest
 from django.db import IntegrityError
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
-from delivery.submission.store import Accepted, store_batch
+from submission.models import OutboundMessage
+from submission.store import Accepted, store_batch
 from tests.submission.conftest import make_credential
 
 pytestmark = pytest.mark.django_db

@@ -22,8 +22,8 @@ import time
 from django.conf import settings
 from django.db import connections
 
-from delivery.submission import handoff_child
-from delivery.submission.store import hand_to_engine
+from submission import handoff_child
+from submission.store import hand_to_engine
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupExce
 from django.conf import settings
 from django.db import connections
 
-from delivery.submission.auth import Limits, Login, Verifier, address_domain
-from delivery.submission.handoff import Handoff, HandoffProcess
-from delivery.submission.store import Accepted, store_batch
+from submission.auth import Limits, Login, Verifier, address_domain
+from submission.handoff import Handoff, HandoffProcess
+from submission.store import Accepted, store_batch
 
 log = logging.getLogger(__name__)
 

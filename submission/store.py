@@ -17,7 +17,7 @@ from django.utils import timezone
 from campaigns.models import Contact, Suppression, email_key
 from delivery.models import Send
 from delivery.signals import send_outcome
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ def run(reader):
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when its helper stops
     django.setup()
-    from delivery.submission.store import hand_to_engine
+    from submission.store import hand_to_engine
 
     while True:
         try:

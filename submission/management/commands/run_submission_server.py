@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from delivery.submission.server import SubmissionServer, tls_context
+from submission.server import SubmissionServer, tls_context
 
 
 def _runner():
