@@ -64,7 +64,7 @@ def reset_tables():
     from django.db import connection
 
     from delivery.models import Send
-    from delivery.submission.models import OutboundMessage, SmtpCredential
+    from submission.models import OutboundMessage, SmtpCredential
 
     with connection.cursor() as cur:
         cur.execute(f"TRUNCATE {OutboundMessage._meta.db_table}, {SmtpCredential._meta.db_table}, {Send._meta.db_table} CASCADE")
@@ -290,7 +290,7 @@ def main():
             cpu = cpu_seconds(server.pid) - before
         finally:
             stop(server)
-        from delivery.submission.models import OutboundMessage
+        from submission.models import OutboundMessage
 
         stored = OutboundMessage.objects.count()
         print(f"submission {args.clients} clients, STARTTLS + AUTH, 10 KB, {args.processes} server process(es): "

@@ -15,5 +15,8 @@ class DeliveryConfig(AppConfig):
         audit.watch(DomainThrottle, "throttle")
         audit.watch(SendingDomain)
 
+        # Registers the Celery tasks in every process: dispatch publishes them by name.
+        from delivery import tasks  # noqa: F401
+
         # Registers the deployment checks of keys and proxies (check --deploy).
         from herald import deploy_checks  # noqa: F401

@@ -5,15 +5,19 @@
 hands them to the engine through it.
 """
 
+from celery import current_app
 from django.db import transaction
 
 from delivery import planner, routing
 from delivery.models import Send
 
+# Found by name in the Celery app: delivery.tasks imports this module, so this
+# module never imports it (delivery's AppConfig.ready registers the tasks).
+SEND_BATCH = "delivery.send_batch"
+
 
 def _publish(batches, countdown=0.0):
-    from delivery.tasks import send_batch
-
+    send_batch = current_app.tasks[SEND_BATCH]
     if countdown and send_batch.app.conf.task_always_eager:
         # Eager mode ignores countdowns: publishing would spin on an empty
         # bucket. The rows stay queued and the sweeper brings them back.

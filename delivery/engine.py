@@ -518,11 +518,9 @@ def compiled_for(campaign_id, updated_at):
 
 
 def _build_submitted(row):
-    try:
-        from delivery.submission.build import build_for_send
-    except ImportError:
-        raise RuntimeError("submitted message cannot be built: delivery.submission is not installed") from None
-    return build_for_send(row.as_send())
+    from delivery import submitted
+
+    return submitted.build(row.as_send())
 
 
 # --- classification --------------------------------------------------------------

@@ -132,7 +132,7 @@ class Send(models.Model):
     message_id = models.CharField(max_length=255, blank=True, default="")
     relay = models.ForeignKey(Relay, on_delete=models.SET_NULL, null=True, blank=True)
     # For a message submitted over SMTP (no campaign): the id of its stored
-    # OutboundMessage in delivery.submission.
+    # OutboundMessage in the submission app.
     outbound_id = models.BigIntegerField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

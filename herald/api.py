@@ -48,7 +48,7 @@ def _unstorable_value(request, exc):
 def _add_routers():
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
-    from delivery.submission.api import router as submission_router
+    from submission.api import router as submission_router
     from tracking.api import router as tracking_router
 
     api.add_router("/", campaigns_router)

@@ -81,10 +81,11 @@ INSTALLED_APPS = [
     "axes",
     "django_otp",
     "django_otp.plugins.otp_totp",
+    # Layers, lowest first: an app imports only the ones listed before it.
     "campaigns",
     "delivery",
-    "delivery.submission",
     "tracking",
+    "submission",
 ]
 
 MIDDLEWARE = [

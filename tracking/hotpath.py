@@ -11,8 +11,8 @@ from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import CampaignLink
+from delivery import submitted
 from delivery.models import Send
-from delivery.submission.build import link_for
 from tracking.machine import CLICK_BURST_SECONDS, SECONDS_AFTER_SENT, is_machine_agent
 from tracking.models import Event
 
@@ -47,7 +47,7 @@ RETURNING url, machine
 """  # noqa: S608
 
 # A message submitted over SMTP has no campaign: its links are the ones the
-# stored message itself contains (delivery.submission.build.link_for), looked up
+# stored message itself contains (delivery.submitted.link_for), looked up
 # in Python and passed in; the Send must be such a message.
 _SUBMITTED_CLICK_SQL = f"""
 INSERT INTO {_EVENT} ({_COLUMNS})
@@ -132,7 +132,7 @@ def _record_submitted_click(cursor, send_id: int, index: int, head_params: list,
     outbound_id = Send.objects.filter(pk=send_id, campaign__isnull=True).values_list("outbound_id", flat=True).first()
     if outbound_id is None:
         return None
-    url = link_for(Send(pk=send_id, outbound_id=outbound_id), index)
+    url = submitted.link_for(Send(pk=send_id, outbound_id=outbound_id), index)
     if url is None:
         return None
     cursor.execute(_sql(_SUBMITTED_CLICK_SQL), [*head_params, url, index, user_agent, send_id, outbound_id])

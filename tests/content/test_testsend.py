@@ -132,13 +132,19 @@ def test_test_sends_take_the_engines_relay(sink, campaign):
 
 @pytest.mark.django_db
 def test_the_relay_certificate_is_checked_against_herald_smtp_ca_file(settings, tmp_path, campaign):
-    cert, key = make_certificate(tmp_path)
+    cert, key = make_certificate(tmp_path)  # the relay's own CA, unknown to the system
     with Sink(tls_context=server_context(cert, key), require_starttls=True) as server:
         relay_for(server, security=Relay.Security.STARTTLS, verify_certificate=True)
+        settings.HERALD_SMTP_CA_FILE = ""
+        [refused] = send_test(campaign, ["alice@example.com"])
+        assert (refused.ok, refused.status) == (False, "failed")
+        assert refused.detail.startswith(f"TLS certificate of 127.0.0.1:{server.port} not accepted: ")
+        assert "HERALD_SMTP_CA_FILE" in refused.detail, refused.detail  # says where a private CA goes
         settings.HERALD_SMTP_CA_FILE = cert
         [accepted] = send_test(campaign, ["alice@example.com"])
         assert accepted.ok, accepted
         server.wait_for(1, timeout=10)
+    assert server.recipients() == ["alice@example.com"]
 
 
 @pytest.mark.django_db

@@ -9,7 +9,7 @@ from delivery.classify import FAILED, classify_reply
 from delivery.message import BuiltMessage
 from delivery.models import Send
 from delivery.smtp import Connection, Endpoint
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.delivery.conftest import drain
 from tests.submission.conftest import make_credential
 from tests.support.smtp import Sink, SinkHandler

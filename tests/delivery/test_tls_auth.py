@@ -69,6 +69,7 @@ def test_an_untrusted_certificate_is_refused_and_nothing_goes_in_plaintext(start
     relay = make_relay(starttls_sink.port, security=Relay.Security.STARTTLS, username="herald", password="s3cret-relay-pass")
     result = check_relay(relay)
     assert not result.ok and "certificate" in result.message
+    assert "name a private CA's certificate in HERALD_SMTP_CA_FILE" in result.message
 
     campaign = make_campaign(["ann@example.com"])
     lifecycle.start_campaign(campaign.pk)

@@ -80,11 +80,14 @@ def test_compose_runs_every_role_with_health_checks():
     yaml = pytest.importorskip("yaml")
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    for role in ("postgres", "redis", "web", "worker", "beat", "bounces"):
+    for role in ("postgres", "redis", "web", "worker", "beat", "bounces", "submission"):
         assert "healthcheck" in services[role], role
     assert "gunicorn" in services["web"]["command"]
     assert "DatabaseScheduler" in " ".join(services["beat"]["command"])
     assert "run_bounce_server" in services["bounces"]["command"]
+    # Opt-in: it needs a certificate before it can start.
+    assert "run_submission_server" in services["submission"]["command"]
+    assert services["submission"]["profiles"] == ["submission"]
     assert services["worker"]["env_file"][0]["path"] == "deploy/herald.env"
 
 

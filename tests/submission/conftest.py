@@ -7,8 +7,8 @@ import pytest
 from django.conf import settings
 from django.contrib.auth.hashers import make_password
 
-from delivery.submission.models import SmtpCredential
-from delivery.submission.server import SubmissionServer, tls_context
+from submission.models import SmtpCredential
+from submission.server import SubmissionServer, tls_context
 from tests.support.tls import make_certificate
 
 ALICE_SECRET = "alice-secret-that-is-long-enough"

@@ -4,7 +4,7 @@ import pytest
 from django.contrib.auth.models import User
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage, SmtpCredential
+from submission.models import OutboundMessage, SmtpCredential
 from tests.submission.conftest import make_credential
 
 pytestmark = pytest.mark.django_db

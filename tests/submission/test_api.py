@@ -6,7 +6,7 @@ from django.test import Client
 
 from campaigns.models import ApiToken
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage, SmtpCredential
+from submission.models import OutboundMessage, SmtpCredential
 from tests.submission.conftest import make_credential
 
 pytestmark = pytest.mark.django_db

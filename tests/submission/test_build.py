@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from delivery import tokens
 from delivery.models import Send, SendingDomain
-from delivery.submission.build import build_for_send, link_for
-from delivery.submission.models import OutboundMessage
+from submission.build import build_for_send, link_for
+from submission.models import OutboundMessage
 from tests.submission.conftest import make_credential
 
 pytestmark = pytest.mark.django_db

@@ -1,16 +1,30 @@
 """What survives a crash: accepted means stored, half a message means nothing."""
 
 import base64
+import os
 import signal
 import smtplib
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
+from delivery import routing
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
-from tests.submission.conftest import ALICE_SECRET, PYTHON, ServerProcess, make_credential, message, subprocess_env
+from submission.models import OutboundMessage
+from tests.delivery.workers import Worker
+from tests.submission.conftest import (
+    ALICE_SECRET,
+    PYTHON,
+    ServerProcess,
+    connect,
+    make_credential,
+    message,
+    subprocess_env,
+)
+from tests.support.smtp import Sink
+from tests.support.wait import process_gone, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -93,3 +107,52 @@ def test_several_processes_share_the_port_and_stop_cleanly(tls_files, client_tls
     finally:
         server.stop()
     assert Send.objects.count() == 4
+
+
+def _handoff_process(server) -> int:
+    """The pid of the server's hand-off helper (a spawned child, beside multiprocessing's resource tracker)."""
+    def find():
+        children = Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        for pid in children:
+            if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                return int(pid)
+        return None
+
+    return wait_until(find, timeout=30, message="the hand-off helper to start")
+
+
+@pytest.mark.slow
+def test_a_message_stored_but_not_handed_off_goes_out_within_seconds_of_a_restart(
+        tls_files, client_tls, redis_client, loopback_relay, tmp_path):
+    make_credential(hasher="pbkdf2_sha256")
+    with Sink() as sink:
+        loopback_relay.port = sink.port
+        loopback_relay.save()
+        routing.forget_relay()
+        server = ServerProcess(tls_files)
+        helper = _handoff_process(server)
+        worker = restarted = None
+        try:
+            # The helper is frozen, so the message is committed and answered 250
+            # but never handed to the engine before the server dies.
+            os.kill(helper, signal.SIGSTOP)
+            with connect(server, client_tls) as smtp:
+                smtp.sendmail("alice@example.com", ["bob@dest.test"], message())
+            server.kill(signal.SIGKILL)
+            os.kill(helper, signal.SIGKILL)
+            wait_until(lambda: process_gone(helper), timeout=10, message="the hand-off helper to die")
+            assert Send.objects.get().status == Send.Status.QUEUED
+            worker = Worker("restart", tmp_path).wait_ready()
+            assert sink.recipients() == []  # nobody handed it to the engine
+
+            # No beat, no sweeper: only the restarted server can hand it off.
+            restarted = ServerProcess(tls_files)
+            sink.wait_for(1, timeout=30)
+            wait_until(lambda: Send.objects.get().status == Send.Status.SENT, timeout=30, message="the send recorded")
+        finally:
+            if worker:
+                worker.stop()
+            if restarted:
+                restarted.stop()
+            server.stop()
+    assert sink.recipients() == ["bob@dest.test"]

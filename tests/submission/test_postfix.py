@@ -3,7 +3,7 @@
 import pytest
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET, message
 from tests.submission.postfix import PrivatePostfix
 from tests.support.smtp import free_port

@@ -6,7 +6,7 @@ import pytest
 
 from campaigns.models import Contact, Suppression
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET, connect, make_credential, message
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -109,7 +109,7 @@ def test_from_header_outside_the_credential_domains_is_refused(server, client_tl
 
 
 def test_oversize_message_is_refused_and_size_is_advertised(tls_files, redis_client, transactional_db, client_tls, settings):
-    from delivery.submission.server import SubmissionServer, tls_context
+    from submission.server import SubmissionServer, tls_context
 
     settings.HERALD_SUBMISSION_MAX_SIZE = 20_000
     make_credential()

@@ -10,7 +10,7 @@ from django.test import Client
 from campaigns.models import ApiToken
 from delivery import dkim, engine, routing
 from delivery.models import Send, SendingDomain
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET, connect, make_credential, message
 from tests.support.smtp import Sink
 

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 from tests.submission.conftest import ALICE_SECRET
 from tests.support.programs import program
 

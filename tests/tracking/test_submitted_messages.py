@@ -10,9 +10,9 @@ from django.utils import timezone
 from campaigns.models import Suppression
 from delivery import tokens
 from delivery.models import Send
-from delivery.submission.build import build_for_send
-from delivery.submission.models import OutboundMessage
-from delivery.submission.store import Accepted, announce_skipped, store_batch
+from submission.build import build_for_send
+from submission.models import OutboundMessage
+from submission.store import Accepted, announce_skipped, store_batch
 from tests.submission.conftest import make_credential
 from tests.tracking.test_wsgi_fast_path import call, keep_the_test_connection  # noqa: F401 (fixture)
 from tracking.models import Event

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
 
-from delivery.submission.server import SubmissionServer, tls_context
+from submission.server import SubmissionServer, tls_context
 
 
 def _runner():
@@ -56,17 +56,19 @@ class Command(BaseCommand):
         self.stdout.write(f"Submission server listening on {host}:{port} ({mode}, {processes} process(es))")
         self.stdout.flush()
 
-    def _server(self):
+    def _server(self, leftovers):
         o = self.options
         return SubmissionServer(o["host"], o["port"], context=self.context, implicit_tls=o["implicit_tls"],
-                                hostname=o["hostname"] or None, committers=max(1, o["committers"]), handoff_process=True)
+                                hostname=o["hostname"] or None, committers=max(1, o["committers"]), handoff_process=True,
+                                leftovers=leftovers)
 
-    async def _serve(self, sock):
+    async def _serve(self, sock, leftovers=True):
+        """Serve until SIGINT or SIGTERM; with ``leftovers``, first hand off what the last run stored and did not."""
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        server = self._server()
+        server = self._server(leftovers)
         await server.start(sock=sock)
         try:
             await stop.wait()
@@ -77,13 +79,13 @@ class Command(BaseCommand):
         """Fork workers that accept on the one socket; forward stop signals; exit when they are gone."""
         connections.close_all()  # never share a database connection across fork
         children = []
-        for _ in range(processes):
+        for n in range(processes):
             pid = os.fork()
             if pid == 0:
                 code = 0
                 try:
                     with _runner() as runner:
-                        runner.run(self._serve(sock))
+                        runner.run(self._serve(sock, leftovers=n == 0))  # one process looks for leftovers
                 except BaseException as exc:  # a child must never return into the parent's code
                     print(f"submission worker {os.getpid()} failed: {exc!r}", file=sys.stderr)
                     code = 1

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.contrib.auth.hashers import check_password, make_password
 from django.db import close_old_connections
 
-from delivery.submission.models import SmtpCredential
+from submission.models import SmtpCredential
 
 log = logging.getLogger(__name__)
 

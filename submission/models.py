@@ -60,6 +60,9 @@ class SmtpCredential(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
+        # The tables this app has had since it lived inside delivery: named here
+        # so that moving or relabelling the app never moves the data.
+        db_table = "submission_smtpcredential"
         ordering = ["username"]
         verbose_name = "SMTP credential"
 
@@ -109,6 +112,7 @@ class OutboundMessage(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
+        db_table = "submission_outboundmessage"
         ordering = ["-id"]
         indexes = [models.Index(fields=["credential", "-id"], name="outbound_credential_idx")]
 

@@ -6,7 +6,8 @@ from django.db.models.functions import Coalesce
 from django.utils.html import format_html, format_html_join
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage, SmtpCredential
+from submission.models import OutboundMessage, SmtpCredential
+from tracking.models import Event
 
 STAT_STATUSES = ("sent", "bounced", "deferred", "failed", "skipped")
 
@@ -112,8 +113,6 @@ class OutboundMessageAdmin(admin.ModelAdmin):
 
     @admin.display(description="Recipients")
     def deliveries(self, obj):
-        from tracking.models import Event  # tracking sits above delivery; the admin only reads it
-
         sends = list(Send.objects.filter(outbound_id=obj.pk).order_by("id"))
         events = {}
         for e in Event.objects.filter(send__in=sends).order_by("created_at"):

@@ -9,15 +9,17 @@ per second than the disk can do fsyncs.
 
 import logging
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import psycopg
+from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 from django.utils import timezone
 
 from campaigns.models import Contact, Suppression, email_key
 from delivery.models import Send
 from delivery.signals import send_outcome
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 
 log = logging.getLogger(__name__)
 
@@ -210,3 +212,31 @@ def hand_to_engine(send_ids: list[int]) -> None:
         enqueue_sends(send_ids)
     except Exception:
         log.exception("could not enqueue %d committed sends; they stay queued in the ledger", len(send_ids))
+
+
+def stored_not_handed_off(now=None) -> list[int]:
+    """Queued sends of submitted messages that are due and became so within the sweeper's grace time.
+
+    Among them is everything an earlier run of the server committed and did not
+    hand off before it died (older rows are the sweeper's). Some may already be
+    on the queue: a second task for a row finds it claimed and does nothing.
+    """
+    now = now or timezone.now()
+    return list(
+        Send.objects.filter(
+            status=Send.Status.QUEUED, outbound_id__isnull=False,
+            next_attempt_at__lte=now, next_attempt_at__gte=now - timedelta(seconds=settings.HERALD_ORPHAN_GRACE),
+        ).order_by("id").values_list("id", flat=True)
+    )
+
+
+def hand_off_leftovers() -> None:
+    """At start, as Postfix's queue manager does: hand the engine what the last run stored but did not hand off."""
+    try:
+        ids = stored_not_handed_off()
+    except Exception:
+        log.exception("could not look for sends an earlier run stored; the sweeper will enqueue them")
+        return
+    if ids:
+        log.info("handing %d stored sends to the engine that an earlier run may not have handed off", len(ids))
+        hand_to_engine(ids)

@@ -7,13 +7,19 @@ before Django is set up, so nothing here may import models at the top.
 import signal
 
 
-def run(reader):
-    """Enqueue whatever arrives on ``reader``, until the server says stop (None) or goes away."""
+def run(reader, leftovers=False):
+    """Enqueue whatever arrives on ``reader``, until the server says stop (None) or goes away.
+
+    With ``leftovers``, first what an earlier run of the server stored but did not hand off.
+    """
     import django
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when its helper stops
     django.setup()
-    from delivery.submission.store import hand_to_engine
+    from submission.store import hand_off_leftovers, hand_to_engine
+
+    if leftovers:
+        hand_off_leftovers()
 
     while True:
         try:

@@ -25,9 +25,9 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupExce
 from django.conf import settings
 from django.db import connections
 
-from delivery.submission.auth import Limits, Login, Verifier, address_domain
-from delivery.submission.handoff import Handoff, HandoffProcess
-from delivery.submission.store import Accepted, store_batch
+from submission.auth import Limits, Login, Verifier, address_domain
+from submission.handoff import Handoff, HandoffProcess
+from submission.store import Accepted, store_batch
 
 log = logging.getLogger(__name__)
 
@@ -54,17 +54,19 @@ class Committer:
     commits, the next batch gathers, so commits overlap with reading DATA.
     """
 
-    def __init__(self, workers: int = 1, max_batch: int = 200, handoff_process: bool = False):
+    def __init__(self, workers: int = 1, max_batch: int = 200, handoff_process: bool = False, leftovers: bool = False):
         self.max_batch = max_batch
         self.queue: asyncio.Queue | None = None
         self.executors = [ThreadPoolExecutor(1, thread_name_prefix=f"submission-store-{n}") for n in range(workers)]
         self.tasks = []
         self.inflight = 0
         self.handoff_process = handoff_process
+        self.leftovers = leftovers
         self.handoff = None
 
     def start(self):
-        self.handoff = HandoffProcess() if self.handoff_process else Handoff()
+        kind = HandoffProcess if self.handoff_process else Handoff
+        self.handoff = kind(leftovers=self.leftovers)
         self.queue = asyncio.Queue()
         self.tasks = [asyncio.create_task(self._run(executor)) for executor in self.executors]
 
@@ -360,17 +362,22 @@ def new_message_id(domain: str) -> str:
 
 
 class SubmissionServer:
-    """One listening socket. ``serve_forever`` for the command; ``start_in_thread`` for tests."""
+    """One listening socket. ``serve_forever`` for the command; ``start_in_thread`` for tests.
+
+    ``leftovers``: on start, hand the engine what an earlier run stored and did
+    not hand off (one process of a server does it, not each).
+    """
 
     def __init__(self, host: str, port: int, *, context: ssl.SSLContext, implicit_tls: bool = False,
-                 hostname: str | None = None, committers: int = 1, handoff_process: bool = False):
+                 hostname: str | None = None, committers: int = 1, handoff_process: bool = False,
+                 leftovers: bool = False):
         self.host, self.port = host, port
         self.context = context
         self.implicit_tls = implicit_tls
         self.hostname = hostname or getattr(settings, "HERALD_SUBMISSION_HOSTNAME", "") or "localhost"
         self.max_size = getattr(settings, "HERALD_SUBMISSION_MAX_SIZE", 25 * 1024 * 1024)
         self.max_recipients = getattr(settings, "HERALD_SUBMISSION_MAX_RECIPIENTS", 500)
-        self.committer = Committer(workers=committers, handoff_process=handoff_process)
+        self.committer = Committer(workers=committers, handoff_process=handoff_process, leftovers=leftovers)
         self.auth_executor = ThreadPoolExecutor(1, thread_name_prefix="submission-auth")
         self.verifier = Verifier()
         self.limits = None

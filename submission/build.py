@@ -19,7 +19,7 @@ from email.utils import format_datetime
 from delivery import dkim, tokens
 from delivery.message import BuiltMessage
 from delivery.models import SendingDomain
-from delivery.submission.models import OutboundMessage
+from submission.models import OutboundMessage
 
 _DROP = {b"x-herald-tag", b"bcc", b"return-path"}
 _HREF = re.compile(r"""(<a\b[^>]*?\bhref\s*=\s*)(["'])(https?://[^"'\s]+)\2""", re.IGNORECASE)

@@ -10,7 +10,10 @@ seconds: a lone message goes at once, and under load everything that piled up
 in the meantime goes together, in fewer and fuller batch tasks.
 
 Nothing is lost if a hand-off never happens (a crash just after the commit):
-the rows are queued in the ledger and the engine's sweeper enqueues them.
+the rows are queued in the ledger. With ``leftovers``, the helper starts by
+handing off what the last run stored and did not hand off, so a restarted
+server delivers them within seconds (as Postfix's queue manager does when it
+starts); the engine's sweeper is the backstop, minutes later.
 """
 
 import logging
@@ -22,8 +25,8 @@ import time
 from django.conf import settings
 from django.db import connections
 
-from delivery.submission import handoff_child
-from delivery.submission.store import hand_to_engine
+from submission import handoff_child
+from submission.store import hand_off_leftovers, hand_to_engine
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +38,9 @@ def default_window() -> float:
 class Handoff:
     """Collects send ids from the server and passes them on from one thread, at most once per window."""
 
-    def __init__(self, window: float | None = None):
+    def __init__(self, window: float | None = None, leftovers: bool = False):
         self.window = default_window() if window is None else window
+        self.leftovers = leftovers
         self.queue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="submission-handoff", daemon=True)
         self.thread.start()
@@ -49,6 +53,8 @@ class Handoff:
         hand_to_engine(send_ids)
 
     def _run(self):
+        if self.leftovers:
+            hand_off_leftovers()
         last = 0.0
         while True:
             ids = self.queue.get()
@@ -84,14 +90,15 @@ class Handoff:
 class HandoffProcess(Handoff):
     """The same, but the publishing runs in a child process; this thread only writes ids to a pipe."""
 
-    def __init__(self, window: float | None = None):
+    def __init__(self, window: float | None = None, leftovers: bool = False):
         context = multiprocessing.get_context("spawn")
         reader, self.writer = context.Pipe(duplex=False)
         # The child imports only a module without models: it sets Django up itself.
-        self.process = context.Process(target=handoff_child.run, args=(reader,), name="submission-handoff", daemon=True)
+        self.process = context.Process(target=handoff_child.run, args=(reader, leftovers), name="submission-handoff",
+                                       daemon=True)
         self.process.start()
         reader.close()
-        super().__init__(window)
+        super().__init__(window)  # the child hands off the leftovers, not this thread
 
     def deliver(self, send_ids):
         self.writer.send(send_ids)

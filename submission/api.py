@@ -17,8 +17,9 @@ from ninja import Field, Query, Router, Schema
 from ninja.errors import HttpError
 
 from delivery.models import Send
-from delivery.submission.models import OutboundMessage, SmtpCredential, validate_domains
 from herald.permissions import requires
+from submission.models import OutboundMessage, SmtpCredential, validate_domains
+from tracking.models import Event
 
 router = Router(tags=["submission"])
 
@@ -193,9 +194,6 @@ def _state(statuses: list[str]) -> str:
 
 
 def _present(messages: list[OutboundMessage]) -> list[dict]:
-    # tracking sits above delivery; the API layer may read its events.
-    from tracking.models import Event
-
     sends = list(Send.objects.filter(outbound_id__in=[m.pk for m in messages]).order_by("id"))
     events: dict[int, list] = {}
     for event in Event.objects.filter(send_id__in=[s.pk for s in sends]).order_by("created_at", "id"):

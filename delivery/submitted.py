@@ -1,0 +1,29 @@
+"""Sends without a campaign: where the engine and tracking find how to build them and where their links lead.
+
+Such sends come from an app above delivery and tracking (the SMTP submission
+server), which neither may import. That app registers its two functions here
+when Django starts (``register`` in its AppConfig.ready); with none registered,
+building such a send fails with a reason and its clicks lead nowhere.
+"""
+
+from collections.abc import Callable
+
+_builder: Callable | None = None
+_link_for: Callable | None = None
+
+
+def register(*, build: Callable, link_for: Callable) -> None:
+    """``build(send) -> BuiltMessage`` for the engine; ``link_for(send, index) -> url or None`` for the click redirect."""
+    global _builder, _link_for
+    _builder, _link_for = build, link_for
+
+
+def build(send):
+    """The delivery.message.BuiltMessage of a send that has no campaign."""
+    if _builder is None:
+        raise RuntimeError("a submitted message cannot be built: the submission app is not installed")
+    return _builder(send)
+
+
+def link_for(send, index: int) -> str | None:
+    return _link_for(send, index) if _link_for is not None else None
