@@ -49,8 +49,11 @@ REPLIES = [
           "been blocked. The sender must authenticate with at least one of SPF or DKIM.", "policy"),
     (554, "5.6.7 SMTPUTF8 is required, but was not offered by host mx.example.net", "policy"),
     (550, "5.1.8 <news@shop.example>: Sender address rejected: Domain not found", "policy"),
-    # A precise code outranks the words: 5.7.x is a policy refusal whatever the text adds.
-    (550, "5.7.1 user unknown", "policy"),
+    # A precise code outranks the words: 5.7.x is a policy refusal, unless the text says plainly that the
+    # mailbox does not exist and names no refusal of the sender (vpopmail files unknown users under 5.7.17).
+    (550, "5.7.1 Client host rejected: user unknown sender blocked", "policy"),
+    (550, "5.7.1 user unknown", "hard"),
+    (550, "sorry, no mailbox here by that name. (#5.7.17)", "hard"),
     (421, "4.7.0 [192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating from your IP "
           "address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.",
      "transient-policy"),
