@@ -24,6 +24,7 @@ Replies are read by delivery.classify, the engine's one classifier.
 Garbage never raises: a message that cannot be read yields no Report.
 """
 
+import copy
 import logging
 import re
 from dataclasses import dataclass, field
@@ -96,6 +97,7 @@ _OWN_RECIPIENT_RULES = [
     re.compile(r"delivery of email to this address\s+\"([^\"\s]+@[^\"\s]+)\"", re.I),
 ]
 _MAX_TEXT = 20000
+_RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
 
 
@@ -415,7 +417,7 @@ def _notice(msg, send_id):
 
 def _recipients(headers, text) -> list[str]:
     """The failed recipients a free-text notice names: flufl.bounce's detectors, then Herald's own rules."""
-    temporary, permanent = all_failures(headers)
+    temporary, permanent = all_failures(_without_returned_message(headers))
     found = sorted({a.decode("utf-8", "replace") for a in (permanent | temporary)})
     found = [a for a in found if _ADDRESS.fullmatch(a)]
     if found:
@@ -425,6 +427,23 @@ def _recipients(headers, text) -> list[str]:
         if match:
             return [match.group(1)]
     return []
+
+
+def _without_returned_message(part, depth=0):
+    """A copy of the notice without the message it returns, for flufl.bounce's detectors.
+
+    They read every line of every part; the returned message only slows them
+    down (it is most of a notice's lines) and offers them addresses that never failed.
+    """
+    clone = copy.copy(part)  # shallow: the headers stay shared and unchanged
+    payload = part.get_payload()
+    if isinstance(payload, list) and depth < 10:
+        clone.set_payload([_without_returned_message(p, depth + 1) for p in payload
+                           if p.get_content_type() not in _RETURNED_TYPES])
+    elif isinstance(payload, str):
+        cut = _RETURNED.search(payload, 0, _MAX_TEXT)
+        clone.set_payload(payload[:cut.start()] if cut else payload[:_MAX_TEXT])
+    return clone
 
 
 def _inline_message_id(msg) -> str:
