@@ -86,7 +86,8 @@ def apply(report, raw: bytes = b"", source: str = "bounce-server"):
         return None
     send = find_send(report)
     reason = report.reason
-    if send is not None and report.recipient and email_key(report.recipient) != email_key(send.email):
+    if send is not None and report.recipient_named and report.recipient \
+            and email_key(report.recipient) != email_key(send.email):
         reason = f"names {report.recipient[:80]}, but the token's send went elsewhere; {reason}"
         log.info("%s report names %r, not the recipient of send %s: recorded, nobody suppressed",
                  report.kind, report.recipient[:200], send.pk)
