@@ -261,13 +261,18 @@ _MORE_SOFT_WORDS = re.compile(
 )
 _MORE_HARD_WORDS = re.compile(
     r"unknown (?:or illegal )?(?:user|alias|recipient|host|address)|(?:addressee|address|user) (?:unknown|not known)"
-    r"|not (?:a )?valid (?:user|address)|no longer valid|(?:name|address) is not recognized|not listed in"
+    r"|not (?:a )?valid (?:user|address)|no longer valid|(?:name|address) is not recognized"
+    r"|not listed in (?:the )?(?:public name|domino directory|name & address book)"
     r"|no matches to nameserver|final e-?mail delivery point|did not exactly match|unrouteable|nonexistent user"
     r"|disabled or discontinued|invalid final delivery|domain does not exist|no such domain"
-    r"|unbekannt|existiert nicht|gibt es nicht|ung[üu]ltige? (?:adresse|empf[äa]nger|e-?mail)"
-    r"|n'existe pas|inconnu|introuvable|non recens[ée]|adresse (?:invalide|incorrecte)"
-    r"|no existe|desconocid|direcci[oó]n (?:inv[aá]lida|no v[aá]lida)|n[aã]o existe|desconhecid"
-    r"|endere[cç]o inv[aá]lido|inexistente|не существует|несуществующ|неизвестн|нет такого|недействительн",
+    # The sender's address may be "unknown" too ("Absender unbekannt"): only the recipient's counts here.
+    r"|(?:benutzer|empf(?:ä|ae|a)nger|adresse|postfach|mailbox|konto)\w* (?:ist )?(?:unbekannt|existiert nicht)"
+    r"|unbekannte[rs]? (?:benutzer|empf(?:ä|ae|a)nger|adresse)|ung(?:ü|ue|u)ltige? (?:adresse|empf(?:ä|ae|a)nger|e-?mail)"
+    r"|n'existe pas|(?:destinataire|utilisateur|adresse|bo[iî]te)\w*(?: \w+)? inconnu|introuvable|non recens[ée]"
+    r"|adresse (?:invalide|incorrecte)|no existe|(?:usuario|destinatario|direcci[oó]n|cuenta) desconocid"
+    r"|direcci[oó]n (?:inv[aá]lida|no v[aá]lida)|n[aã]o existe|(?:usu[aá]rio|destinat[aá]rio|endere[cç]o|conta) desconhecid"
+    r"|endere[cç]o inv[aá]lido|(?:caixa postal|conta|usu[aá]rio) inexistente|не существует|несуществующ"
+    r"|неизвестн\w* (?:получател|пользовател|адрес|ящик)|нет такого|недействительн",
     re.I,
 )
 # Outranks a 5.7.x code: some servers (qmail's vpopmail among them, "#5.7.17")
