@@ -29,7 +29,13 @@ How a reply is read (RFC 3463 §2–3, RFC 5321 §4.2):
 3. Words in the text only break ties: where the code is generic (5.0.0, an
    "other" detail such as 5.2.0, a bare 550 or 554) or absent. A refusal of the
    sender outranks a full or temporary mailbox, which outranks a dead one: with
-   contradictory words Herald never suppresses at once.
+   contradictory words Herald never suppresses at once. One exception: a plain
+   "no such mailbox" that names no refusal of the sender outranks a 5.7.x code,
+   which some servers give unknown users (vpopmail's "#5.7.17").
+
+A failure notice written for people (a bounce that is no RFC 3464 DSN) is read
+by ``read_notice(text) -> Finding``: its first quoted 4xx/5xx reply as above,
+else its words, else whether it calls the failure permanent.
 """
 
 import random
@@ -330,7 +336,18 @@ def read_notice(text: str) -> Finding:
                            f"reply {found} quoted in the notice")
     words = hint(flat)
     if words:
-        return Finding(words, "", flat[:300], f"the notice's words read as {words}")
+        return Finding(words, "", flat[:300], f"the notice says {_telling_words(flat, words)!r}: {words}")
     if _PERMANENT_NOTICE.search(flat):
         return Finding(HARD, "", flat[:300], "the notice calls the failure permanent and gives no other reason")
     return Finding(UNKNOWN, "", flat[:300], "the notice gives no reason")
+
+
+def _telling_words(text: str, kind: str) -> str:
+    """The words in ``text`` that made ``hint`` say ``kind``."""
+    tables = {POLICY: (_POLICY_WORDS, _MORE_POLICY_WORDS), SOFT: (_SOFT_WORDS, _MORE_SOFT_WORDS),
+              HARD: (_HARD_WORDS, _MORE_HARD_WORDS)}
+    for words in tables.get(kind, ()):
+        match = words.search(text)
+        if match:
+            return match.group(0)[:60]
+    return ""

@@ -96,6 +96,21 @@ _OWN_RECIPIENT_RULES = [
     # A full-mailbox notice from a Swiss hosting provider (unknown_code_bounce_01 in the corpus).
     re.compile(r"delivery of email to this address\s+\"([^\"\s]+@[^\"\s]+)\"", re.I),
 ]
+# Which MTA wrote a notice, from the words each one always uses: told in the reason, for an operator.
+_FAMILIES = [
+    ("qmail", re.compile(r"qmail-send program|I'm afraid I wasn't able to deliver|I've given up", re.I)),
+    ("Postfix", re.compile(r"This is the (?:mail system|[\w .()]*Postfix[\w .()]*program) at host|X-Postfix", re.I)),
+    ("Gmail", re.compile(r"mailer-daemon@google(?:mail)?\.com|Google tried to deliver|gsmtp", re.I)),
+    ("Exim", re.compile(r"created automatically by mail delivery software|X-Failed-Recipients", re.I)),
+    ("Sendmail", re.compile(r"addresses had permanent fatal errors|Transcript of session follows", re.I)),
+    ("Exchange", re.compile(r"MSEXCH|did not reach the following recipient|RESOLVER\.ADR|Internet Mail Service"
+                            r"|Microsoft Exchange", re.I)),
+    ("Lotus Domino", re.compile(r"Domino|X-Notes|Name & Address Book", re.I)),
+    ("Yahoo", re.compile(r"Message from yahoo\.|MAILER-DAEMON@yahoo", re.I)),
+    ("IMail", re.compile(r"SMTP32", re.I)),
+    ("MDaemon", re.compile(r"MDaemon", re.I)),
+    ("CommuniGate Pro", re.compile(r"CommuniGate", re.I)),
+]
 _MAX_TEXT = 20000
 _RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
@@ -125,6 +140,7 @@ class Reading:
     reason: str = ""
     reports: list = field(default_factory=list)
     send_id: int | None = None
+    family: str = ""  # the MTA that wrote it, when its wording tells
 
 
 def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
@@ -210,11 +226,28 @@ def _read(raw, envelope_rcpt):
         reason = f"ARF feedback report ({reports[0].feedback_type})" if reports else "ARF report: not spam"
         return Reading(COMPLAINT if reports else NOT_BOUNCE, reason, reports, send_id)
     status_part = msg.find("message/delivery-status")
+    reading = _dsn(msg, status_part, send_id) if status_part is not None else None
+    if reading is None:
+        reading = _notice(msg, send_id)
+    if reading.kind not in (AUTO_REPLY, NOT_BOUNCE):
+        reading.family = _family(msg, status_part)
+        if reading.family:
+            reading.reason = f"{reading.family}: {reading.reason}"
+            for report in reading.reports:
+                report.reason = f"{reading.family}: {report.reason}"
+    return reading
+
+
+def _family(msg, status_part) -> str:
+    """The MTA that wrote the notice, from its own words: never from the Received headers of those it passed."""
+    headers = msg.msg
+    own = [str(headers.get(name, "") or "") for name in ("From", "X-Mailer", "Message-ID")]
+    if headers.get("X-Failed-Recipients"):
+        own.append("X-Failed-Recipients")
     if status_part is not None:
-        reading = _dsn(msg, status_part, send_id)
-        if reading is not None:
-            return reading
-    return _notice(msg, send_id)
+        own.append(str(status_part.get_payload())[:2000])
+    text = " ".join(own) + " " + _explanation(msg)[:3000]
+    return next((name for name, words in _FAMILIES if words.search(text)), "")
 
 
 def _original_headers(msg):
