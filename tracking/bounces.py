@@ -199,6 +199,7 @@ class _Parts:
 
     def __init__(self, msg):
         self.msg = msg
+        self._explanation = None
         self.parts = []
         stack = [msg]
         while stack and len(self.parts) < 200:  # a bomb of nested parts stops here
@@ -213,6 +214,12 @@ class _Parts:
 
     def walk(self):
         return self.parts
+
+    @property
+    def explanation(self) -> str:
+        if self._explanation is None:
+            self._explanation = _explanation(self)
+        return self._explanation
 
 
 def _read(raw, envelope_rcpt):
@@ -246,7 +253,7 @@ def _family(msg, status_part) -> str:
         own.append("X-Failed-Recipients")
     if status_part is not None:
         own.append(str(status_part.get_payload())[:2000])
-    text = " ".join(own) + " " + _explanation(msg)[:3000]
+    text = " ".join(own) + " " + msg.explanation[:3000]
     return next((name for name, words in _FAMILIES if words.search(text)), "")
 
 
@@ -353,7 +360,7 @@ def _dsn(msg, status_part, send_id):
         if (not precise or precise.endswith(".0.0")) and not replies.hint(evidence):
             # A bare or generic Status and no telling words: what the notice's text says decides.
             if notice is None:
-                notice = replies.read_notice(_explanation(msg))
+                notice = replies.read_notice(msg.explanation)
             evidence = f"{evidence} {notice.diagnostic}".strip()
         kind = classify(action, status, evidence)
         code = best_status(status, evidence)
@@ -423,7 +430,7 @@ def _notice(msg, send_id):
         auto = _auto_reply(headers, subject)
         if auto:
             return Reading(AUTO_REPLY, f"auto-reply: {auto}", [], send_id)
-    text = _explanation(msg)
+    text = msg.explanation
     recipients = failed or _recipients(headers, text)
     if not evidence and recipients:
         evidence = "failed recipients named in the notice"
