@@ -61,3 +61,21 @@ def test_the_corpus_is_as_large_and_varied_as_promised():
     assert all((ROOT / s.path).is_file() for s in SAMPLES)
     assert len(list(ROOT.glob("*/*.eml"))) == len(SAMPLES)  # no message without its expectation
     assert "licence" in (ROOT / "README.md").read_text().lower()
+
+
+@pytest.mark.django_db
+def test_every_message_is_recorded_and_none_suppresses_without_a_send_of_its_own():
+    """Through the whole path (Events, suppressions), with a token whose send does not exist: nothing raises,
+    every bounce, delay and complaint is recorded unverified with its reason, and nobody is suppressed."""
+    from campaigns.models import Suppression
+    from tracking.feedback import process_message
+    from tracking.models import Event
+
+    unknown = tokens.verp_address(999_999)
+    for sample in SAMPLES:
+        events = process_message(sample.raw, unknown, source="imap")
+        assert all(e.send_id is None and e.reason for e in events), sample.path
+        if sample.kind in ("auto_reply", "not_bounce"):
+            assert events == [], sample.path
+    assert Event.objects.filter(send__isnull=False).count() == 0
+    assert not Suppression.objects.exists()
