@@ -418,7 +418,7 @@ def _notice(msg, send_id):
     subject = _header(headers, "Subject")
     sender = _header(headers, "From")
     failed = [a for _, a in getaddresses([str(headers.get("X-Failed-Recipients", "") or "")]) if "@" in a]
-    from_daemon = bool(_DAEMON.search(sender)) or not _address(";" + sender.rpartition("<")[2].strip("> "))
+    from_daemon = bool(_DAEMON.search(sender)) or sender.replace(" ", "").endswith("<>")  # the null sender
     evidence = ""
     if failed:
         evidence = "X-Failed-Recipients"
