@@ -29,7 +29,13 @@ How a reply is read (RFC 3463 §2–3, RFC 5321 §4.2):
 3. Words in the text only break ties: where the code is generic (5.0.0, an
    "other" detail such as 5.2.0, a bare 550 or 554) or absent. A refusal of the
    sender outranks a full or temporary mailbox, which outranks a dead one: with
-   contradictory words Herald never suppresses at once.
+   contradictory words Herald never suppresses at once. One exception: a plain
+   "no such mailbox" that names no refusal of the sender outranks a 5.7.x code,
+   which some servers give unknown users (vpopmail's "#5.7.17").
+
+A failure notice written for people (a bounce that is no RFC 3464 DSN) is read
+by ``read_notice(text) -> Finding``: its first quoted 4xx/5xx reply as above,
+else its words, else whether it calls the failure permanent.
 """
 
 import random
@@ -104,7 +110,7 @@ _PERMANENT = {
     ("2", None): Rule(SOFT, words=True),  # mailbox status, other
     ("2", "1"): Rule(HARD),  # mailbox disabled
     ("2", "2"): Rule(SOFT),  # mailbox full: persistent, not permanent
-    ("2", "3"): Rule(POLICY),  # message longer than the mailbox takes
+    ("2", "3"): Rule(POLICY, words=True),  # message longer than the mailbox takes; some servers mean "full"
     ("3", None): Rule(SOFT, words=True),  # the receiving system is full or not accepting mail
     ("3", "4"): Rule(POLICY),  # message too big for the system
     ("4", None): Rule(SOFT, words=True),  # network and routing: no answer, expired, …
@@ -169,8 +175,9 @@ def basic_code(text: str) -> int | None:
 
 def hint(text: str) -> str:
     """The verdict the words of a reply suggest, or ""."""
-    for kind, words in ((POLICY, _POLICY_WORDS), (SOFT, _SOFT_WORDS), (HARD, _HARD_WORDS)):
-        if words.search(text or ""):
+    for kind, words, more in ((POLICY, _POLICY_WORDS, _MORE_POLICY_WORDS), (SOFT, _SOFT_WORDS, _MORE_SOFT_WORDS),
+                              (HARD, _HARD_WORDS, _MORE_HARD_WORDS)):
+        if words.search(text or "") or more.search(text or ""):
             return kind
     return ""
 
@@ -199,6 +206,8 @@ def judge(code: int | None = None, text: str = "", status: str = "") -> Verdict:
     else:
         rule = _BASIC.get(code, _OTHER_PERMANENT)
     kind = (hint(text) or rule.kind) if rule.words else rule.kind
+    if kind == POLICY and subject == "7" and mailbox_gone(text):
+        kind = HARD
     return Verdict(kind, status=enhanced)
 
 
@@ -235,3 +244,110 @@ def next_attempt(first_attempt_at, attempts: int, now, rng=random):
         # One last try at the give-up age rather than none at all.
         at = first_attempt_at + timedelta(seconds=settings.HERALD_GIVE_UP_AFTER)
     return at
+
+
+# Words in more replies and failure notices than the engine's own: the wording
+# of many MTAs over two decades, and of German, French, Spanish, Portuguese and
+# Russian ones. Like the words above, they only break ties.
+_MORE_POLICY_WORDS = re.compile(
+    r"unsolicited|\bdnsbl\b|\brbl\b|not accepting mail from|unable to relay|not accepted here"
+    r"|gesperrt|blockiert|unerw[üu]nscht|bloqu[ée]|ind[ée]sirable|bloquead|no deseado|lista negra"
+    r"|спам|заблокирован|черн\w* списк",
+    re.I,
+)
+_MORE_SOFT_WORDS = re.compile(
+    r"quota|full mailbox|mailfolder is full|mailbox (?:is )?full|(?:not|n't) (?:have )?enough (?:storage|space|disk)"
+    r"|space not enough"
+    r"|dis[ck] ?space|loops? back|mail loop|message looping|too many hops|not reachable|could not initiate"
+    r"|connection (?:was )?(?:dropped|refused|timed out)|unable to connect|temporary failure|not collected"
+    r"|maximum delivery attempts|could not find a gateway|not unique|not found, try again"
+    r"|postfach (?:ist )?voll|speicherplatz|kontingent|bo[iî]te (?:aux lettres )?pleine|espace insuffisant"
+    r"|buz[oó]n (?:est[aá] )?lleno|caixa (?:postal )?(?:est[aá] )?cheia|переполнен|квот",
+    re.I,
+)
+_MORE_HARD_WORDS = re.compile(
+    r"unknown (?:or illegal )?(?:user|alias|recipient|host|address)|(?:addressee|address|user) (?:unknown|not known)"
+    r"|not (?:a )?valid (?:user|address)|no longer valid|(?:name|address) is not recognized"
+    r"|not listed in (?:the )?(?:public name|domino directory|name & address book)"
+    r"|no matches to nameserver|final e-?mail delivery point|did not exactly match|unrouteable|nonexistent user"
+    r"|disabled or discontinued|invalid final delivery|domain does not exist|no such domain"
+    # The sender's address may be "unknown" too ("Absender unbekannt"): only the recipient's counts here.
+    r"|(?:benutzer|empf(?:ä|ae|a)nger|adresse|postfach|mailbox|konto)\w* (?:ist )?(?:unbekannt|existiert nicht)"
+    r"|unbekannte[rs]? (?:benutzer|empf(?:ä|ae|a)nger|adresse)|ung(?:ü|ue|u)ltige? (?:adresse|empf(?:ä|ae|a)nger|e-?mail)"
+    r"|n'existe pas|(?:destinataire|utilisateur|adresse|bo[iî]te)\w*(?: \w+)? inconnu|introuvable|non recens[ée]"
+    r"|adresse (?:invalide|incorrecte)|no existe|(?:usuario|destinatario|direcci[oó]n|cuenta) desconocid"
+    r"|direcci[oó]n (?:inv[aá]lida|no v[aá]lida)|n[aã]o existe|(?:usu[aá]rio|destinat[aá]rio|endere[cç]o|conta) desconhecid"
+    r"|endere[cç]o inv[aá]lido|(?:caixa postal|conta|usu[aá]rio) inexistente|не существует|несуществующ"
+    r"|неизвестн\w* (?:получател|пользовател|адрес|ящик)|нет такого|недействительн",
+    re.I,
+)
+# Outranks a 5.7.x code: some servers (qmail's vpopmail among them, "#5.7.17")
+# file an unknown mailbox under security and policy.
+_MAILBOX_GONE = re.compile(
+    r"no mailbox here by that name|no such (?:user|mailbox|recipient)|user unknown|unknown user|nonexistent user"
+    r"|(?:mailbox|user|address|account) does ?n[o']t exist",
+    re.I,
+)
+# A notice that calls the failure permanent (qmail's "This is a permanent error;
+# I've given up", Gmail's "failed permanently").
+_PERMANENT_NOTICE = re.compile(r"permanent(?:ly)?\b|given up|fatal error", re.I)
+# The first 4xx or 5xx reply in a notice: an enhanced code, or a basic one that is no phone number (480-624-2500).
+_FAILURE_CODE = re.compile(
+    r"(?<![\d.])([45])\.(\d{1,3})\.(\d{1,3})(?!\d|\.\d)"
+    r"|(?:^|[\s;:\[#])([45]\d\d)(?=[\s\-:\]]|$)(?!-\d{3}-\d{4})"
+)
+
+
+def mailbox_gone(text: str) -> bool:
+    """The text says plainly that the mailbox does not exist, and names no refusal of the sender."""
+    return bool(_MAILBOX_GONE.search(text or "")) and not (
+        _POLICY_WORDS.search(text or "") or _MORE_POLICY_WORDS.search(text or ""))
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str  # hard | soft | policy | unknown
+    status: str = ""  # the enhanced code the verdict was read from
+    diagnostic: str = ""  # the words that decided
+    reason: str = ""  # why, for an operator
+
+
+def read_notice(text: str) -> Finding:
+    """The verdict of a failure notice written for people (a bounce that is not RFC 3464).
+
+    The first 4xx or 5xx reply quoted in the text decides, read as ``judge``
+    reads any reply (a greeting such as "220 mx ready" or a "250 ok" in a
+    transcript is no diagnosis); without one, the words of the whole notice;
+    without telling words, a notice that calls the failure permanent is hard
+    (qmail's "I've given up") and any other is soft.
+    """
+    flat = " ".join((text or "").split())[:8000]
+    match = _FAILURE_CODE.search(flat)
+    if match:
+        start = match.start()
+        # The reply, with a little of what led up to it ("…mailbox unavailable. [SMTP Error Code 550]").
+        window = flat[max(0, start - 120):start + 300]
+        code = int(match.group(4)) if match.group(4) else None
+        verdict = judge(code, window, "" if code else ".".join(match.group(1, 2, 3)))
+        if verdict.kind != UNKNOWN:
+            kind = POLICY if verdict.kind == POLICY else (SOFT if verdict.transient else verdict.kind)
+            found = verdict.status or (str(code) if code else "")
+            return Finding(kind, verdict.status, window[min(start, 120):][:300],
+                           f"reply {found} quoted in the notice")
+    words = hint(flat)
+    if words:
+        return Finding(words, "", flat[:300], f"the notice says {_telling_words(flat, words)!r}: {words}")
+    if _PERMANENT_NOTICE.search(flat):
+        return Finding(HARD, "", flat[:300], "the notice calls the failure permanent and gives no other reason")
+    return Finding(UNKNOWN, "", flat[:300], "the notice gives no reason")
+
+
+def _telling_words(text: str, kind: str) -> str:
+    """The words in ``text`` that made ``hint`` say ``kind``."""
+    tables = {POLICY: (_POLICY_WORDS, _MORE_POLICY_WORDS), SOFT: (_SOFT_WORDS, _MORE_SOFT_WORDS),
+              HARD: (_HARD_WORDS, _MORE_HARD_WORDS)}
+    for words in tables.get(kind, ()):
+        match = words.search(text)
+        if match:
+            return match.group(0)[:60]
+    return ""

@@ -1,15 +1,21 @@
 """Reading what comes back to the bounce address: DSNs, ARF complaints, and the rest.
 
-``parse(raw, envelope_rcpt)`` turns one message into ``Report``s without
-touching the database, so it is fast and testable alone. It understands
+``read(raw, envelope_rcpt)`` turns one message into a ``Reading``: one kind for
+the whole message (hard, soft, policy, delayed, complaint, auto-reply or not a
+bounce), the reason for it, and a ``Report`` per failed recipient.
+``parse(raw, envelope_rcpt)`` is its reports alone. Neither touches the
+database, so they are fast and testable alone. They understand
 
 - delivery status notifications (RFC 3464 inside RFC 6522 ``multipart/report``):
   one Report per recipient block, classified on ``Action``, ``Status`` (RFC 3463)
-  and the diagnostic text;
+  and the diagnostic text, and on the notice's own text where those say nothing;
 - abuse feedback reports (ARF, RFC 5965): a complaint, with the original
   message's Message-ID and envelope sender to map a redacted report back;
-- anything else that reached a VERP address (an MTA's home-made bounce text):
-  the signed token identifies the send and the text decides hard or soft.
+- failure notices in free text, as qmail, old Exchange, Lotus, Yahoo, smtp32
+  and many others write them: flufl.bounce (Mailman's bounce detectors) finds
+  the failed recipients, ``delivery.classify.read_notice`` reads the reason;
+- delay warnings, which are no bounce, and auto-replies (RFC 3834 headers and
+  the usual subjects), which are no failure at all.
 
 Parsing believes nothing: a Report carries what the message claims, and
 tracking.feedback decides whether a valid token or Message-ID ties it to a Send.
@@ -18,17 +24,24 @@ Replies are read by delivery.classify, the engine's one classifier.
 Garbage never raises: a message that cannot be read yields no Report.
 """
 
+import copy
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email import message_from_bytes
+from email.header import decode_header, make_header
 from email.parser import HeaderParser
+from email.utils import getaddresses
+
+from flufl.bounce import all_failures
 
 from delivery import classify as replies
 from delivery.classify import best_status
 from delivery.tokens import unsign
 
 log = logging.getLogger(__name__)
+# flufl.bounce logs every detector it runs at INFO: a dozen lines per bounce.
+logging.getLogger("flufl.bounce").setLevel(logging.WARNING)
 
 HARD = replies.HARD
 SOFT = replies.SOFT
@@ -37,16 +50,70 @@ DELIVERED = replies.DELIVERED
 UNKNOWN = replies.UNKNOWN
 DELAYED = "delayed"
 COMPLAINT = "complaint"
+AUTO_REPLY = "auto_reply"  # out of office, vacation, challenge: never a bounce
+NOT_BOUNCE = "not_bounce"
 
-__all__ = ["best_status", "classify", "parse", "token_in", "Report"]
+__all__ = ["best_status", "classify", "parse", "read", "token_in", "Reading", "Report"]
 
 _VERP = re.compile(rb"\b(bounces|unsubscribe)\+([0-9a-z]{1,20}(?:-[0-9a-z]{1,20}){1,3})@", re.I)
-_BOUNCE_HINT = re.compile(
-    r"mailer-daemon|postmaster|undeliver|delivery (?:status|has failed|failure|incomplete)|returned mail|failure notice"
-    r"|non[- ]?delivery|could not be delivered|mail delivery failed",
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|delivery (?:status|has failed|failure|failed|incomplete|notification|report|problem|error)"
+    r"|returned (?:mail|to sender)|failure (?:notice|delivery)|non[- ]?delivery|could not be delivered|not delivered"
+    r"|mail delivery failed|failed mail|mail error|mail not delivered|processing error|rejected mail"
+    r"|warning: message|delayed mail|message delayed|mail delivery (?:warning|problem)|delivery status notification"
+    r"|nicht zugestellt|unzustellbar|non remis|olevererbar|no entregado|n[aã]o entregue|не доставлено",
     re.I,
 )
+_DAEMON = re.compile(r"mailer[-_]?daemon|postmaster|mail delivery|delivery subsystem|system administrator|mdaemon"
+                     r"|antivirus|e500_smtp", re.I)
+_AUTO_SUBJECT = re.compile(
+    r"out of (?:the )?office|auto(?:matic)?[ -]?(?:reply|response|answer)|autoreply|auto-re:|vacation|on leave"
+    r"|abwesenheit|automatische antwort|r[ée]ponse automatique|absence|respuesta autom[aá]tica|fuera de la oficina"
+    r"|resposta autom[aá]tica|ausente|автоответ|автоматический ответ|automati\w* atbilde|atvaļinājums",
+    re.I,
+)
+_DELAY = re.compile(
+    r"warning:? message .{0,60}delayed|has been delayed|delivery (?:has been )?delayed|\(delay\)|delayed mail"
+    r"|this is (?:just |only )?a warning|warning (?:message )?only|still being retried|will be retried"
+    r"|will continue (?:to )?(?:attempt|try)|attempts will continue|has been postponed|not yet been delivered"
+    r"|still awaiting delivery|message delayed|verz[öo]gert|noch nicht zugestellt|retard[ée]|retrasad|atrasad|задерж",
+    re.I,
+)
+_FINAL = re.compile(r"permanent|given up|failed|returned to sender|undelivered mail", re.I)
+# Where a notice stops explaining and the returned message begins.
+_RETURNED = re.compile(
+    r"^\s*(?:-+ ?(?:below this line is a copy|this is a copy of|original message|start of returned message"
+    r"|message header follows|returned mail follows|header of the source mail)"
+    r"|original message follows|a copy of the original message|the first \d+ lines of your original message"
+    r"|your message reads \(in part\)|a summary of the undelivered message|---+ ?returned mail follows"
+    r"|-+ ?the header of the original message|-+ ?original message -+|-+ ?message removed)",
+    re.I | re.M,
+)
+_INLINE_MESSAGE_ID = re.compile(r"^\s*>?\s*Message-ID:\s*<([^<>\s]{3,250})>", re.I | re.M)
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+# Herald's own recipient rules, for notices flufl.bounce has no detector for.
+_OWN_RECIPIENT_RULES = [
+    # A full-mailbox notice from a Swiss hosting provider (unknown_code_bounce_01 in the corpus).
+    re.compile(r"delivery of email to this address\s+\"([^\"\s]+@[^\"\s]+)\"", re.I),
+]
+# Which MTA wrote a notice, from the words each one always uses: told in the reason, for an operator.
+_FAMILIES = [
+    ("qmail", re.compile(r"qmail-send program|I'm afraid I wasn't able to deliver|I've given up", re.I)),
+    ("Postfix", re.compile(r"This is the (?:mail system|[\w .()]*Postfix[\w .()]*program) at host|X-Postfix", re.I)),
+    ("Gmail", re.compile(r"mailer-daemon@google(?:mail)?\.com|Google tried to deliver|gsmtp", re.I)),
+    ("Exim", re.compile(r"created automatically by mail delivery software|X-Failed-Recipients", re.I)),
+    ("Sendmail", re.compile(r"addresses had permanent fatal errors|Transcript of session follows", re.I)),
+    ("Exchange", re.compile(r"MSEXCH|did not reach the following recipient|RESOLVER\.ADR|Internet Mail Service"
+                            r"|Microsoft Exchange", re.I)),
+    ("Lotus Domino", re.compile(r"Domino|X-Notes|Name & Address Book", re.I)),
+    ("Yahoo", re.compile(r"Message from yahoo\.|MAILER-DAEMON@yahoo", re.I)),
+    ("IMail", re.compile(r"SMTP32", re.I)),
+    ("MDaemon", re.compile(r"MDaemon", re.I)),
+    ("CommuniGate Pro", re.compile(r"CommuniGate", re.I)),
+]
 _MAX_TEXT = 20000
+_RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
+_HTML_TAG = re.compile(r"<[^>]{0,1000}>")
 
 
 @dataclass
@@ -62,6 +129,18 @@ class Report:
     # False when the recipient is only the returned message's To header, which
     # feedback loops redact: it then names nobody in particular.
     recipient_named: bool = True
+    reason: str = ""  # why this kind, for an operator
+
+
+@dataclass
+class Reading:
+    """What one inbound message is, and why."""
+
+    kind: str
+    reason: str = ""
+    reports: list = field(default_factory=list)
+    send_id: int | None = None
+    family: str = ""  # the MTA that wrote it, when its wording tells
 
 
 def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
@@ -71,7 +150,7 @@ def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
     send time; a DSN that reports a transient reply as failed (the reporting MTA
     gave up retrying) is a soft bounce, or a policy refusal for 4.7.x.
     """
-    action = action.strip().lower()
+    action = (action.strip().split() or [""])[0].lower()
     if action == "delayed":
         return DELAYED
     if action in ("delivered", "relayed", "expanded"):
@@ -79,7 +158,7 @@ def classify(action: str = "", status: str = "", diagnostic: str = "") -> str:
     verdict = replies.judge(None, diagnostic, status)
     if verdict.transient:
         return POLICY if verdict.kind == POLICY else SOFT
-    if verdict.kind == UNKNOWN and action == "failed":
+    if verdict.kind == UNKNOWN and action in ("failed", "error", "failure"):
         return SOFT
     return verdict.kind
 
@@ -103,11 +182,16 @@ def token_in(raw: bytes, envelope_rcpt: str = "", purpose: str = "bounce"):
 
 def parse(raw: bytes, envelope_rcpt: str = "") -> list[Report]:
     """Every Report in one inbound message; an empty list when it says nothing usable."""
+    return read(raw, envelope_rcpt).reports
+
+
+def read(raw: bytes, envelope_rcpt: str = "") -> Reading:
+    """The kind of one inbound message, the reason, and its Reports."""
     try:
-        return _parse(raw, envelope_rcpt)
+        return _read(raw, envelope_rcpt)
     except Exception:  # hostile input must never stop the caller
         log.warning("unreadable bounce message (%d bytes) to %r", len(raw), envelope_rcpt, exc_info=True)
-        return []
+        return Reading(NOT_BOUNCE, "unreadable")
 
 
 class _Parts:
@@ -115,6 +199,7 @@ class _Parts:
 
     def __init__(self, msg):
         self.msg = msg
+        self._explanation = None
         self.parts = []
         stack = [msg]
         while stack and len(self.parts) < 200:  # a bomb of nested parts stops here
@@ -130,21 +215,46 @@ class _Parts:
     def walk(self):
         return self.parts
 
+    @property
+    def explanation(self) -> str:
+        if self._explanation is None:
+            self._explanation = _explanation(self)
+        return self._explanation
 
-def _parse(raw, envelope_rcpt):
+
+def _read(raw, envelope_rcpt):
     msg = _Parts(message_from_bytes(raw))
     send_id = token_in(raw, envelope_rcpt)
     top = msg.parts[0][0]
     report_type = (msg.msg.get_param("report-type") or "").lower() if top == "multipart/report" else ""
     feedback = msg.find("message/feedback-report")
     if report_type == "feedback-report" or feedback is not None:
-        return _arf(msg, feedback, send_id)
+        reports = _arf(msg, feedback, send_id)
+        reason = f"ARF feedback report ({reports[0].feedback_type})" if reports else "ARF report: not spam"
+        return Reading(COMPLAINT if reports else NOT_BOUNCE, reason, reports, send_id)
     status_part = msg.find("message/delivery-status")
+    reading = _dsn(msg, status_part, send_id) if status_part is not None else None
+    if reading is None:
+        reading = _notice(msg, send_id)
+    if reading.kind not in (AUTO_REPLY, NOT_BOUNCE):
+        reading.family = _family(msg, status_part)
+        if reading.family:
+            reading.reason = f"{reading.family}: {reading.reason}"
+            for report in reading.reports:
+                report.reason = f"{reading.family}: {report.reason}"
+    return reading
+
+
+def _family(msg, status_part) -> str:
+    """The MTA that wrote the notice, from its own words: never from the Received headers of those it passed."""
+    headers = msg.msg
+    own = [str(headers.get(name, "") or "") for name in ("From", "X-Mailer", "Message-ID")]
+    if headers.get("X-Failed-Recipients"):
+        own.append("X-Failed-Recipients")
     if status_part is not None:
-        reports = _dsn(msg, status_part, send_id)
-        if reports:
-            return reports
-    return _non_standard(msg, send_id)
+        own.append(str(status_part.get_payload())[:2000])
+    text = " ".join(own) + " " + msg.explanation[:3000]
+    return next((name for name, words in _FAMILIES if words.search(text)), "")
 
 
 def _original_headers(msg):
@@ -174,17 +284,47 @@ def _text(part) -> str:
 
 
 def _address(value) -> str:
-    """``rfc822; Alice@Example.com`` → ``Alice@Example.com``."""
+    """``rfc822; Alice@Example.com`` → ``Alice@Example.com``; ``system;<>`` and other non-addresses → ""."""
     value = str(value or "").strip()
     if ";" in value:
         value = value.split(";", 1)[1]
-    return value.strip().strip("<>").strip()
+    value = value.strip().strip("<>").strip()
+    return value if "@" in value else ""
 
 
 def _message_id(original) -> str:
     if original is None:
         return ""
     return str(original.get("Message-ID", "") or "").strip().strip("<>").strip()
+
+
+def _header(msg, name) -> str:
+    """A header's text with RFC 2047 encoded words decoded."""
+    value = msg.get(name, "")
+    if not value:
+        return ""
+    try:
+        return str(make_header(decode_header(str(value))))
+    except Exception:  # a broken encoded word: read it as it stands
+        return str(value)
+
+
+def _explanation(msg) -> str:
+    """The notice's human-readable text, up to where the returned message begins."""
+    plain = html = None
+    inside_returned = False
+    for ctype, part in msg.walk()[:40]:
+        if ctype in ("message/rfc822", "text/rfc822-headers"):
+            inside_returned = True  # parts after this belong to the returned message
+        if inside_returned or part.get("Content-Disposition", "").lower().startswith("attachment"):
+            continue
+        if ctype == "text/plain" and plain is None:
+            plain = _text(part)
+        elif ctype == "text/html" and html is None:
+            html = _HTML_TAG.sub(" ", _text(part)).replace("&nbsp;", " ")
+    text = plain if plain and plain.strip() else (html or "")
+    cut = _RETURNED.search(text)
+    return text[:cut.start()] if cut else text
 
 
 def _fields(part):
@@ -197,24 +337,41 @@ def _fields(part):
 
 
 def _dsn(msg, status_part, send_id):
+    """A Reading from the DSN's recipient blocks, or None when none is usable."""
     original = _original_headers(msg)
     message_id = _message_id(original)
     if send_id is None and original is not None:
         send_id = token_in(str(original.get("Return-Path", "")).encode())
+    notice = None
     reports = []
     for block in _fields(status_part):
         action = str(block.get("Action", "") or "").strip().lower()
-        recipient = _address(block.get("Final-Recipient") or block.get("Original-Recipient"))
+        # The address the sender gave comes first: Final-Recipient may be an alias's
+        # target, or "system;<>" when the reporting MTA knew no better.
+        recipient = _address(block.get("Original-Recipient")) or _address(block.get("Final-Recipient"))
         if not action or not recipient:
             continue  # the per-message block, or a broken one
-        status = str(block.get("Status", "") or "").strip()
+        status = " ".join(str(block.get("Status", "") or "").split())
         diagnostic = " ".join(str(block.get("Diagnostic-Code", "") or "").split())
         if ";" in diagnostic[:20]:  # "smtp; 550 5.1.1 …": drop the diagnostic type
             diagnostic = diagnostic.split(";", 1)[1].strip()
-        kind = classify(action, status, diagnostic)
-        code = best_status(status, diagnostic)
-        reports.append(Report(kind, recipient, action, code or status[:16], diagnostic[:2000], send_id, message_id))
-    return reports
+        evidence = diagnostic or status.partition(" ")[2].strip("() ")
+        precise = best_status(status, evidence)
+        if (not precise or precise.endswith(".0.0")) and not replies.hint(evidence):
+            # A bare or generic Status and no telling words: what the notice's text says decides.
+            if notice is None:
+                notice = replies.read_notice(msg.explanation)
+            evidence = f"{evidence} {notice.diagnostic}".strip()
+        kind = classify(action, status, evidence)
+        code = best_status(status, evidence)
+        reason = f"DSN Action {action.split()[0]}, Status {status.split(' ')[0] or 'none'}"
+        if code and code != status.split(" ")[0]:
+            reason += f", {code} in the diagnostic"
+        reports.append(Report(kind, recipient, action.split()[0], code or status[:16], (diagnostic or evidence)[:2000],
+                              send_id, message_id, reason=f"{reason}: {kind}"))
+    if not reports:
+        return None
+    return Reading(reports[0].kind, reports[0].reason, reports, send_id)
 
 
 def _arf(msg, feedback, send_id):
@@ -236,32 +393,106 @@ def _arf(msg, feedback, send_id):
     named = bool(recipient)
     if not recipient and original is not None:
         recipient = _address(original.get("To", ""))
-    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type, named)]
+    return [Report(COMPLAINT, recipient, "", "", feedback_type, send_id, _message_id(original), feedback_type, named,
+                   reason=f"ARF feedback report ({feedback_type})")]
 
 
-def _non_standard(msg, send_id):
-    """A bounce in free text: read when it carries a VERP token or is clearly a failure notice."""
-    text = next((_text(part) for ctype, part in msg.walk() if ctype.startswith("text/")), "")
+def _auto_reply(headers, subject) -> str:
+    """Why the message is an automatic reply (RFC 3834 and common practice), or ""."""
+    auto = str(headers.get("Auto-Submitted", "") or "").strip().lower()
+    if auto and auto != "no":
+        return f"Auto-Submitted: {auto[:40]}"
+    for name in ("X-Autoreply", "X-Autorespond", "X-Autogenerated", "X-Auto-Response"):
+        if headers.get(name):
+            return f"{name} header"
+    if str(headers.get("Precedence", "") or "").strip().lower() == "auto_reply":
+        return "Precedence: auto_reply"
+    if _AUTO_SUBJECT.search(subject):
+        return f"subject {subject[:60]!r}"
+    return ""
+
+
+def _notice(msg, send_id):
+    """A message with no usable DSN: a failure notice in free text, a delay warning, an auto-reply, or mail."""
     headers = msg.msg
-    headline = f"{headers.get('From', '')} {headers.get('Subject', '')}"
-    recipient = _address(headers.get("X-Failed-Recipients", "")).split(",")[0].strip()
-    diagnostic = _diagnostic_line(text)
-    kind = classify("", "", diagnostic or text[:2000])
-    if kind in (UNKNOWN, DELIVERED):
-        if not _BOUNCE_HINT.search(headline):
-            return []  # an auto-reply or a stray message, not a failure
-        kind = SOFT
-    if send_id is None and not recipient:
-        return []
-    original = _original_headers(msg)
-    return [Report(kind, recipient, "failed", best_status("", diagnostic or text[:2000]), diagnostic[:2000], send_id,
-                   _message_id(original))]
+    subject = _header(headers, "Subject")
+    sender = _header(headers, "From")
+    failed = [a for _, a in getaddresses([str(headers.get("X-Failed-Recipients", "") or "")]) if "@" in a]
+    from_daemon = bool(_DAEMON.search(sender)) or sender.replace(" ", "").endswith("<>")  # the null sender
+    evidence = ""
+    if failed:
+        evidence = "X-Failed-Recipients"
+    elif _BOUNCE_SUBJECT.search(subject):
+        evidence = f"subject {subject[:60]!r}"
+    elif from_daemon and sender:
+        evidence = f"from {sender[:60]!r}"
+    if not evidence:
+        auto = _auto_reply(headers, subject)
+        if auto:
+            return Reading(AUTO_REPLY, f"auto-reply: {auto}", [], send_id)
+    text = msg.explanation
+    recipients = failed or _recipients(headers, text)
+    if not evidence and recipients:
+        evidence = "failed recipients named in the notice"
+    if not evidence:
+        return Reading(NOT_BOUNCE, "no sign of a bounce", [], send_id)
+    message_id = _message_id(_original_headers(msg)) or _inline_message_id(msg)
+    if _DELAY.search(f"{subject} {text[:3000]}") and not _FINAL.search(subject) and "permanent" not in text.lower():
+        kind, reason, notice = DELAYED, "a warning that delivery is still being tried", None
+    else:
+        notice = replies.read_notice(text)
+        kind = notice.kind if notice.kind != UNKNOWN else SOFT
+        reason = notice.reason if notice.kind != UNKNOWN else "a failure notice that gives no reason"
+    reason = f"{reason} ({evidence})"
+    status = notice.status if notice else ""
+    diagnostic = notice.diagnostic if notice else ""
+    action = "delayed" if kind == DELAYED else "failed"
+    if not recipients:
+        if send_id is None:
+            return Reading(kind, reason, [], None)  # nothing ties it to a send, nobody to name
+        recipients = [""]
+    reports = [Report(kind, r, action, status, diagnostic[:2000], send_id, message_id, reason=reason) for r in recipients]
+    return Reading(kind, reason, reports, send_id)
 
 
-def _diagnostic_line(text: str) -> str:
-    """The line of a bounce text that explains the failure."""
-    for line in text.splitlines():
-        line = line.strip()
-        if replies.STATUS_CODE.search(line) or replies.BASIC_CODE.search(line) or replies.hint(line):
-            return line[:1000]
+def _recipients(headers, text) -> list[str]:
+    """The failed recipients a free-text notice names: flufl.bounce's detectors, then Herald's own rules."""
+    temporary, permanent = all_failures(_without_returned_message(headers))
+    found = sorted({a.decode("utf-8", "replace") for a in (permanent | temporary)})
+    found = [a for a in found if _ADDRESS.fullmatch(a)]
+    if found:
+        return found
+    for rule in _OWN_RECIPIENT_RULES:
+        match = rule.search(text)
+        if match:
+            return [match.group(1)]
+    return []
+
+
+def _without_returned_message(part, depth=0):
+    """A copy of the notice without the message it returns, for flufl.bounce's detectors.
+
+    They read every line of every part; the returned message only slows them
+    down (it is most of a notice's lines) and offers them addresses that never failed.
+    """
+    clone = copy.copy(part)  # shallow: the headers stay shared and unchanged
+    payload = part.get_payload()
+    if isinstance(payload, list) and depth < 10:
+        clone.set_payload([_without_returned_message(p, depth + 1) for p in payload
+                           if p.get_content_type() not in _RETURNED_TYPES])
+    elif isinstance(payload, str):
+        cut = _RETURNED.search(payload, 0, _MAX_TEXT)
+        clone.set_payload(payload[:cut.start()] if cut else payload[:_MAX_TEXT])
+    return clone
+
+
+def _inline_message_id(msg) -> str:
+    """The Message-ID of a returned message quoted as text (a notice with no message/rfc822 part)."""
+    for ctype, part in msg.walk()[:40]:
+        if ctype.startswith("text/"):
+            text = _text(part)
+            cut = _RETURNED.search(text)
+            match = _INLINE_MESSAGE_ID.search(text, cut.start() if cut else 0)
+            if match:
+                return match.group(1)
     return ""

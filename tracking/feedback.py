@@ -16,7 +16,12 @@ report says is believed only when it is tied to a Send of this Herald by
   redacted complaint) matches through a Message-ID only one Send carries.
 
 A report tied to no Send is recorded as an unverified Event (no Send, no
-contact, no campaign) and suppresses no one, whatever address it names.
+contact, no campaign) and suppresses no one, whatever address it names. So is
+a report whose token names one Send but whose text names another recipient:
+the two disagree, and Herald acts on neither.
+
+Every Event keeps the reason the parser gave for its type (the DSN field, the
+reply code or the words that decided), so an operator can see why.
 """
 
 import hashlib
@@ -80,6 +85,13 @@ def apply(report, raw: bytes = b"", source: str = "bounce-server"):
     if type is None:
         return None
     send = find_send(report)
+    reason = report.reason
+    if send is not None and report.recipient_named and report.recipient \
+            and email_key(report.recipient) != email_key(send.email):
+        reason = f"names {report.recipient[:80]}, but the token's send went elsewhere; {reason}"
+        log.info("%s report names %r, not the recipient of send %s: recorded, nobody suppressed",
+                 report.kind, report.recipient[:200], send.pk)
+        send = None
     email = send.email if send is not None else report.recipient
     if not email:
         log.info("%s report matches no send and names no recipient; dropped", report.kind)
@@ -90,7 +102,7 @@ def apply(report, raw: bytes = b"", source: str = "bounce-server"):
         key = f"{type}:{email.lower()}:{report.message_id or hashlib.sha256(raw).hexdigest()[:32]}"
     event, created = record(
         type, send, key=key, email=email, status=report.status[:16], diagnostic=report.diagnostic,
-        source=source, raw=raw[:_RAW_LIMIT].decode("utf-8", "replace"),
+        source=source, raw=raw[:_RAW_LIMIT].decode("utf-8", "replace"), reason=reason[:255],
     )
     if not created:
         return None

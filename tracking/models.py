@@ -35,6 +35,9 @@ class Event(models.Model):
     link_index = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, blank=True, default="", help_text="RFC 3463 status for bounces.")
     diagnostic = models.TextField(blank=True, default="")
+    # db_default: the open and click fast paths insert rows in SQL of their own.
+    reason = models.CharField(max_length=255, blank=True, default="", db_default="",
+                              help_text="Why a bounce or reply was read as this type: the evidence that decided.")
     user_agent = models.TextField(blank=True, default="")
     source = models.CharField(max_length=32, blank=True, default="", help_text="pixel, redirect, bounce-server, imap, ses, …")
     raw = models.TextField(blank=True, default="")

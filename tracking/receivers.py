@@ -24,7 +24,7 @@ def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
         type = {bounces.SOFT: Event.Type.SOFT_BOUNCE, bounces.POLICY: Event.Type.REJECTED}.get(kind, Event.Type.BOUNCE)
         status = bounces.best_status("", reply) or (str(code) if code else "")
         event, created = record(type, send, key=f"{type}:{send.pk}:smtp", status=status[:16], diagnostic=reply[:2000],
-                                source="smtp")
+                                source="smtp", reason=f"reply {code or ''} {status} at send time: {kind}"[:255])
         if created:
             apply_policy(event)
     elif outcome == "skipped":

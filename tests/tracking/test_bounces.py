@@ -73,7 +73,10 @@ def test_garbage_and_truncated_input_never_raises(junk):
     ("5.1.1", "", "hard"), ("5.0.0", "550 5.1.1 user unknown", "hard"), ("4.7.0", "greylisted", "policy"),
     ("", "452 4.2.2 mailbox full", "soft"), ("", "user unknown", "hard"), ("", "Mailbox quota exceeded", "soft"),
     ("5.2.2", "", "soft"),
-    ("5.7.1", "550 5.7.1 user unknown", "policy"),  # a precise code outranks the words
+    ("5.7.1", "550 5.7.1 Client host blocked using zen.spamhaus.org", "policy"),  # a precise code outranks the words
+    # ... except a plain "no such mailbox" that names no refusal of the sender: vpopmail files it under 5.7.17.
+    ("5.0.0", "550 sorry, no mailbox here by that name. (#5.7.17)", "hard"),
+    ("5.7.1", "550 5.7.1 user unknown; message rejected as spam", "policy"),
 ])
 def test_classify_on_code_and_text(status, text, kind):
     assert bounces.classify("failed", status, text) == kind

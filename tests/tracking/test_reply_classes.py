@@ -49,8 +49,11 @@ REPLIES = [
           "been blocked. The sender must authenticate with at least one of SPF or DKIM.", "policy"),
     (554, "5.6.7 SMTPUTF8 is required, but was not offered by host mx.example.net", "policy"),
     (550, "5.1.8 <news@shop.example>: Sender address rejected: Domain not found", "policy"),
-    # A precise code outranks the words: 5.7.x is a policy refusal whatever the text adds.
-    (550, "5.7.1 user unknown", "policy"),
+    # A precise code outranks the words: 5.7.x is a policy refusal, unless the text says plainly that the
+    # mailbox does not exist and names no refusal of the sender (vpopmail files unknown users under 5.7.17).
+    (550, "5.7.1 Client host rejected: user unknown sender blocked", "policy"),
+    (550, "5.7.1 user unknown", "hard"),
+    (550, "sorry, no mailbox here by that name. (#5.7.17)", "hard"),
     (421, "4.7.0 [192.0.2.1] Our system has detected an unusual rate of unsolicited mail originating from your IP "
           "address. To protect our users from spam, mail sent from your IP address has been temporarily rate limited.",
      "transient-policy"),
@@ -99,3 +102,32 @@ def test_a_dsn_suppresses_exactly_when_the_engine_would(campaign, code, text, ve
     verp = tokens.verp_address(send.pk)
     process_message(_dsn(verp, contact.email, dsn_status(code, text), f"{code} {text}"), verp)
     assert Suppression.objects.filter(email=contact.email, reason="hard_bounce").exists() == classify_reply(code, text).suppress
+
+
+# Replies in other languages: words decide where the code is generic, in the engine and in reports alike.
+WORDED_REPLIES = [
+    (550, "Benutzer unbekannt", "hard"),
+    (550, "<bob@example.de>: Empfaenger unbekannt", "hard"),
+    (552, "Postfach ist voll", "soft"),
+    (554, "Nachricht als Spam abgelehnt", "policy"),
+    (550, "Adresse destinataire inconnue", "hard"),
+    (550, "L'adresse de messagerie n'existe pas", "hard"),
+    (552, "Boîte aux lettres pleine", "soft"),
+    (554, "Message bloqué: courrier indésirable", "policy"),
+    (550, "Usuario desconocido", "hard"),
+    (552, "El buzón está lleno", "soft"),
+    (550, "A conta de e-mail não existe", "hard"),
+    (552, "Caixa postal cheia", "soft"),
+    (550, "Пользователь не существует", "hard"),
+    (552, "Почтовый ящик переполнен", "soft"),
+    (554, "Сообщение отклонено как спам", "policy"),
+    # The sender's address unknown is no sign of a dead mailbox.
+    (550, "Absender unbekannt", "soft"),
+]
+
+
+@pytest.mark.parametrize("code,text,verdict", WORDED_REPLIES, ids=[t for _, t, _ in WORDED_REPLIES])
+def test_words_in_other_languages_break_ties(code, text, verdict):
+    outcome = classify_reply(code, text)
+    assert (outcome.status, outcome.suppress) == ENGINE[verdict]
+    assert bounces.classify("failed", "", f"{code} {text}") == TRACKING[verdict]

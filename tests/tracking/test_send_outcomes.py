@@ -13,6 +13,7 @@ def test_5xx_at_send_time_is_a_hard_bounce_event_and_suppresses(bob_send):
     send_outcome.send(sender=None, send=bob_send, outcome="bounced", code=550, reply="5.1.1 <bob@example.net>: user unknown")
     event = Event.objects.get()
     assert (event.type, event.send_id, event.status, event.source) == ("bounce", bob_send.pk, "5.1.1", "smtp")
+    assert event.reason == "reply 550 5.1.1 at send time: hard"
     assert Suppression.objects.get().reason == "hard_bounce"
     # The engine may report the same outcome twice (a retried write-back): one Event.
     send_outcome.send(sender=None, send=bob_send, outcome="bounced", code=550, reply="5.1.1 user unknown")
