@@ -181,6 +181,11 @@ class Connection:
         self.file = None
         self.extensions = {}
         self.sent = 0  # messages on this connection
+        self.accepted = 0  # of which the server took (2xx after the final dot)
+        # Per reply of the last send_many: "session" (RSET, MAIL: about the
+        # sender's session), "recipient" (RCPT, DATA, the final dot) or "" (not
+        # the server's: refused before sending, or the connection broke).
+        self.stages = []
         self.opened_at = self.last_used = 0.0
         self.tls = False
         self.broken = False
@@ -430,6 +435,12 @@ class Connection:
         it become leftovers (a pause between two messages).
         """
         results = []
+        self.stages = stages = []
+
+        def add(item, reply, stage):
+            results.append((item, reply))
+            stages.append(stage)
+
         it = iter(items)
         end = object()
         cur = next(it, end)
@@ -453,7 +464,7 @@ class Connection:
                 params = b"" if written else self._mail_params(msg)
                 if params is None:
                     # Refused here, before any command: the session is as it was.
-                    results.append((cur, self._refusal(msg)))
+                    add(cur, self._refusal(msg), "")
                     cur = ahead.pop(0) if ahead else next(it, end)
                     continue
                 if pipelined:
@@ -466,22 +477,27 @@ class Connection:
                         if replies[-1][0] == 421:
                             # The server is closing the session (RFC 5321 3.8).
                             self.broken = True
-                            results.append((cur, replies[-1]))
+                            add(cur, replies[-1], "session" if len(replies) <= (2 if rset else 1) else "recipient")
                             return results, ahead + list(it)
                     if rset:
                         replies.pop(0)
                 else:
                     replies = self._sequential(msg, rset, params)
+                    closing = next((n for n, r in enumerate(replies) if r[0] == 421), None)
+                    if closing is not None:
+                        self.broken = True
+                        add(cur, replies[closing], "session" if closing == 0 else "recipient")
+                        return results, ahead + list(it)
                 answered = True
                 written = False
                 (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
                 if dcode != 354:
                     if mcode >= 300:
-                        results.append((cur, (mcode, mtext)))
+                        add(cur, (mcode, mtext), "session")
                     elif rcode >= 300:
-                        results.append((cur, (rcode, rtext)))
+                        add(cur, (rcode, rtext), "recipient")
                     else:
-                        results.append((cur, (dcode, dtext)))
+                        add(cur, (dcode, dtext), "recipient")
                     rset = True
                     cur = ahead.pop(0) if ahead else next(it, end)
                     continue
@@ -503,8 +519,9 @@ class Connection:
                 else:
                     self._write(body, t.final_dot)
                 reply = self._read_reply(t.final_dot)
-                results.append((cur, reply))
+                add(cur, reply, "recipient")
                 self.sent += 1
+                self.accepted += 200 <= reply[0] < 300
                 if reply[0] == 421:
                     self.broken = True  # the server is closing the session
                     return results, ahead + list(it)
@@ -515,7 +532,7 @@ class Connection:
                 # The server dropped the idle connection before we spoke: nothing
                 # was tried, so the caller sends it all on a fresh connection.
                 return results, [cur] + ahead + list(it)
-            results.append((cur, (None, str(exc))))
+            add(cur, (None, str(exc)), "")
             return results, ahead + list(it)
         self.needs_rset = rset
         self.last_used = time.monotonic()
@@ -523,7 +540,9 @@ class Connection:
 
     def _sequential(self, msg, rset, params):
         if rset:
-            self.command(b"RSET")
+            reset = self.command(b"RSET")
+            if reset[0] == 421:
+                return [reset, (503, "not tried"), (503, "not tried")]
         mail = self.command(b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + params)
         if mail[0] >= 300:
             return [mail, (503, "not tried"), (503, "not tried")]
@@ -564,6 +583,7 @@ class Pool:
         # The slot must outlive a long batch; it is refreshed on every release.
         if not throttle.acquire_slot(key, cap, conn.holder, idle_timeout + 120):
             return None
+        conn.slot_refreshed = time.monotonic()
         try:
             conn.open()
         except SMTPFailure:
@@ -571,6 +591,15 @@ class Pool:
             raise
         self.opened += 1
         return conn
+
+    def refresh(self, conn, every=10.0):
+        """Keep the slot of a connection in use (called between chunks): a long
+        checkout must not outlive it, or another worker could open one more
+        connection than the cap allows."""
+        now = time.monotonic()
+        if now - getattr(conn, "slot_refreshed", 0.0) >= every and getattr(conn, "holder", None):
+            throttle.acquire_slot(conn.key, conn.cap, conn.holder, conn.idle_timeout + 120)
+            conn.slot_refreshed = now
 
     def put(self, conn, max_messages):
         if conn.broken or conn.sent >= max_messages:
