@@ -16,9 +16,9 @@ halves and the connections halve (down to one) at most once per HOLD seconds,
 so a burst of 421s from one moment counts once. After QUIET seconds without a
 throttle reply the rate grows by a tenth of its ceiling and the connections
 by one every STEP seconds (additive increase); back at the ceiling, the
-slow-down is forgotten. A server that hangs up with a 421 after a few
-messages on a connection is also remembered: connections to it carry no more
-than it took.
+slow-down is forgotten. A server that hangs up with a 421 after the same
+number of messages on two connections is also remembered: connections to it
+carry no more than that.
 
 All state is in Redis, computed on Redis's clock in one Lua call, so every
 worker on every machine slows down together.
@@ -27,16 +27,16 @@ worker on every machine slows down together.
 import os
 import secrets
 import socket
-import time
 from dataclasses import dataclass
 
 from delivery import throttle
 from delivery.classify import is_throttle
+from delivery.heartbeat import HEARTBEAT_TTL, heartbeat
 
 STATE = throttle.PREFIX + "adapt:"  # rate, conns, ceiling, conn_ceiling, last, cut
 BUCKET = throttle.PREFIX + "adapt-bucket:"
 SEEN = throttle.PREFIX + "adapt-seen:"  # est (messages per second), ts, first
-SESSION = throttle.PREFIX + "adapt-session:"  # messages a connection took before a 421
+SESSION = throttle.PREFIX + "adapt-session:"  # seen, limit: messages a connection took before a 421
 SLOTS = "adapt:"  # connection slots of a slowed key, under throttle's conn: prefix
 
 HOLD = 5.0
@@ -46,8 +46,7 @@ RECOVER_STEPS = 10
 MIN_RATE = 0.2  # messages per second: a slowed key never stops altogether
 SEEN_TAU = 5.0  # seconds over which the sending rate is averaged
 SESSION_TTL = 600  # how long a learned per-connection message count holds after its last 421
-SLOT_TTL = 30.0  # a slowed key's connection slot, refreshed while the connection is used
-REFRESH_EVERY = 5.0
+SLOT_TTL = HEARTBEAT_TTL  # a slowed key's connection slot, renewed by the heartbeat timer while in use
 
 # The state of a slowed key as of now: its stored rate and connections plus
 # the additive increase since QUIET seconds after the last throttle reply.
@@ -161,13 +160,19 @@ for _, k in ipairs(KEYS) do
 end
 """
 
-# KEYS: session. ARGV: messages taken, ttl.
+# KEYS: session. ARGV: messages taken, ttl. A count is believed when two
+# connections end after it: one 421 after an arbitrary count (a server that
+# restarts, a rate limit that struck mid-session) teaches nothing.
 _LEARN = """
-local cur = tonumber(redis.call('GET', KEYS[1]))
-local n = tonumber(ARGV[1])
-if cur and cur <= n then n = cur end
-redis.call('SET', KEYS[1], n, 'EX', tonumber(ARGV[2]))
-return n
+local s = redis.call('HMGET', KEYS[1], 'seen', 'limit')
+local n, limit = tonumber(ARGV[1]), tonumber(s[2])
+if tonumber(s[1]) == n then
+  if not limit or n < limit then limit = n end
+  redis.call('HSET', KEYS[1], 'limit', limit)
+end
+redis.call('HSET', KEYS[1], 'seen', n)
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return limit or 0
 """
 
 _scripts = {}
@@ -216,7 +221,11 @@ def count(keys, n: int):
 
 
 def learn_session(pool_key: str, taken: int) -> int:
-    """A server hung up with a 421 after taking ``taken`` messages on one connection: send it no more than that."""
+    """A server hung up with a 421 after taking ``taken`` messages on one connection.
+
+    Once two connections ended so, it gets no more than that on each; returns
+    the count learned (0: none yet).
+    """
     return int(_script("learn", _LEARN)(keys=[SESSION + pool_key], args=[max(1, taken), SESSION_TTL]))
 
 
@@ -237,7 +246,7 @@ class Pace:
         self.rates = {}  # slowed key -> messages per second allowed
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self.held = []
-        self.refreshed = 0.0
+        self.renewal = None
 
     def admit(self, n: int) -> tuple[int, float]:
         """How many of ``n`` sends may go now, and the wait for the next when fewer."""
@@ -259,23 +268,30 @@ class Pace:
                 throttle.client().hincrbyfloat(BUCKET + key, "tokens", n)
 
     def hold(self) -> bool:
-        """One connection slot of each slowed key; False (holding none) when one has none free."""
+        """One connection slot of each slowed key; False (holding none) when one has none free.
+
+        The heartbeat timer renews them while this send lasts, so a killed
+        worker's slots free themselves within SLOT_TTL.
+        """
         for key, allowed in self.connections.items():
             if not throttle.acquire_slot(SLOTS + key, allowed, self.holder, SLOT_TTL):
                 self.let_go()
                 return False
             self.held.append(key)
-        self.refreshed = time.monotonic()
+        if self.held:
+            self.renewal = heartbeat.hold([self], Pace._renew, SLOT_TTL)
         return True
 
-    def refresh(self):
-        """Keep the slots while the connection is in use (a long chunk must not lose them)."""
-        if self.held and time.monotonic() - self.refreshed >= REFRESH_EVERY:
-            for key in self.held:
-                throttle.acquire_slot(SLOTS + key, max(self.connections.get(key, 1), 1), self.holder, SLOT_TTL)
-            self.refreshed = time.monotonic()
+    @staticmethod
+    def _renew(paces):
+        for pace in paces:
+            for key in list(pace.held):
+                throttle.acquire_slot(SLOTS + key, max(pace.connections.get(key, 1), 1), pace.holder, SLOT_TTL)
 
     def let_go(self):
+        if self.renewal is not None:
+            heartbeat.release(self.renewal)
+            self.renewal = None
         for key in self.held:
             try:
                 throttle.release_slot(SLOTS + key, self.holder)
@@ -284,7 +300,7 @@ class Pace:
         self.held = []
 
     def messages_per_connection(self, configured: int) -> int:
-        learned = throttle.client().get(SESSION + self.route.pool_key)
+        learned = throttle.client().hget(SESSION + self.route.pool_key, "limit")
         return min(configured, int(learned)) if learned else configured
 
     def count(self, n: int):

@@ -979,8 +979,6 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
         slowed = _slow_down(pace, conn, replies, outcomes)
         if not replies or slowed or conn.broken:
             break
-        pool.refresh(conn)
-        pace.refresh()
         if pending and all(r.campaign_id in batch.stops.stopped for r, _ in pending):
             break
     return replies, slowed, t

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from delivery import throttle
+from delivery.heartbeat import HEARTBEAT_TTL, heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -552,12 +553,20 @@ class Connection:
         return [mail, rcpt, self.command(b"DATA", self.timeouts.data_start)]
 
 
+# A connection in use holds its slot for this long, renewed by the worker's
+# heartbeat timer (every half of it) until the connection goes back to the
+# pool: a long batch never loses its slot, and a killed worker's connections
+# stop counting against the cap as soon as its claims come back.
+BUSY_SLOT_SECONDS = HEARTBEAT_TTL
+
+
 class Pool:
     """Open connections of this process, kept across batches and tasks.
 
     Each key (a relay, or an MX host in direct mode) has a connection cap held
-    across all workers by a Redis slot set; an idle connection keeps its slot
-    until its idle timeout, then the slot expires even if this process died.
+    across all workers by a Redis slot set. A connection in use keeps its slot
+    while this process lives (see BUSY_SLOT_SECONDS); an idle one until its
+    idle timeout, then the slot expires even if this process died.
     """
 
     def __init__(self):
@@ -573,35 +582,45 @@ class Pool:
         stack = self.idle.setdefault(key, [])
         while stack:
             conn = stack.pop()
-            if conn.broken or conn.sent >= max_messages:
-                self._close(key, conn)
+            if conn.broken or conn.sent >= max_messages or not self._in_use(conn):
+                self._close(key, conn)  # spent, or its idle slot expired and another worker took it
                 continue
             conn.idle_timeout = idle_timeout
             return conn
         conn = Connection(endpoint)
         conn.key, conn.cap, conn.idle_timeout, conn.holder = key, cap, idle_timeout, self._holder(conn)
-        # The slot must outlive a long batch; it is refreshed on every release.
-        if not throttle.acquire_slot(key, cap, conn.holder, idle_timeout + 120):
+        if not self._in_use(conn):
             return None
-        conn.slot_refreshed = time.monotonic()
         try:
             conn.open()
         except SMTPFailure:
+            self._not_in_use(conn)
             throttle.release_slot(key, conn.holder)
             raise
         self.opened += 1
         return conn
 
-    def refresh(self, conn, every=10.0):
-        """Keep the slot of a connection in use (called between chunks): a long
-        checkout must not outlive it, or another worker could open one more
-        connection than the cap allows."""
-        now = time.monotonic()
-        if now - getattr(conn, "slot_refreshed", 0.0) >= every and getattr(conn, "holder", None):
-            throttle.acquire_slot(conn.key, conn.cap, conn.holder, conn.idle_timeout + 120)
-            conn.slot_refreshed = now
+    def _in_use(self, conn) -> bool:
+        """Hold the slot of a connection handed out; the heartbeat timer renews it until put back."""
+        if not throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS):
+            return False
+        conn.hold = heartbeat.hold([conn], self._renew, BUSY_SLOT_SECONDS)
+        return True
+
+    @staticmethod
+    def _renew(conns):
+        for conn in conns:
+            if conn.sock is not None:
+                throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS)
+
+    @staticmethod
+    def _not_in_use(conn):
+        if getattr(conn, "hold", None) is not None:
+            heartbeat.release(conn.hold)
+            conn.hold = None
 
     def put(self, conn, max_messages):
+        self._not_in_use(conn)
         if conn.broken or conn.sent >= max_messages:
             self._close(conn.key, conn)
             return
@@ -611,6 +630,7 @@ class Pool:
         self.idle.setdefault(conn.key, []).append(conn)
 
     def _close(self, key, conn):
+        self._not_in_use(conn)
         conn.close()
         try:
             throttle.release_slot(key, conn.holder)

@@ -4,13 +4,16 @@ Time passes in Redis (its own clock): where a test needs a quiet period to
 have passed, it moves the stored time of the last throttle reply back.
 """
 
+import time
 from datetime import timedelta
 
 import pytest
 from django.utils import timezone
 
-from delivery import adaptive, engine, lifecycle, throttle
+from delivery import adaptive, engine, lifecycle, routing, throttle
+from delivery.heartbeat import heartbeat
 from delivery.models import DomainThrottle, Period, Send
+from delivery.smtp import BUSY_SLOT_SECONDS, pool
 from delivery.throttle import Limit, take_tokens
 from tests.delivery.conftest import drain, statuses
 from tests.support.busy import BusyServer
@@ -104,10 +107,6 @@ def test_a_421_in_the_relays_own_session_slows_the_relay_not_the_domain(make_rel
     assert server.throttled == 1 and len(server.received) == 2
     assert adaptive.state(f"relay:{relay.pk}") is not None
     assert adaptive.state("domain:example.com") is None
-    # The relay took two messages a connection: it gets no more than that.
-    route = type("Route", (), {"relay": relay, "relay_limit": Limit(f"relay:{relay.pk}", 0, 0), "pool_key": f"relay:{relay.pk}",
-                               "cap": 8})()
-    assert adaptive.Pace(route, Limit("domain:example.com", 0, 0)).messages_per_connection(100) == 2
 
 
 def test_a_421_after_a_message_through_a_relay_slows_the_recipients_domain(make_relay, make_campaign):
@@ -136,8 +135,18 @@ def test_a_domain_saying_421_after_five_messages_gets_five_per_connection(make_r
             refill_slowed_buckets()
             engine.send_batch(ids)
     assert server.counts() == {a: 1 for a in addresses}
-    assert server.throttled == 1  # the first connection's sixth message; then five a connection
+    # The sixth message of the first two connections; then five a connection.
+    assert server.throttled == 2
     assert set(statuses(campaign.pk).values()) == {"sent"}
+
+
+def test_a_per_connection_limit_is_learned_from_two_connections_ending_alike():
+    assert adaptive.learn_session("relay:1", 37) == 0  # a relay restarting mid-session teaches nothing
+    assert adaptive.learn_session("relay:1", 5) == 0
+    assert adaptive.learn_session("relay:1", 5) == 5
+    assert adaptive.learn_session("relay:1", 12) == 5  # the lowest count believed holds
+    route = type("Route", (), {"relay": None, "relay_limit": None, "pool_key": "relay:1", "cap": 8})()
+    assert adaptive.Pace(route, Limit("domain:example.com", 0, 0)).messages_per_connection(100) == 5
 
 
 def test_relay_tokens_taken_for_sends_with_no_connection_slot_are_given_back(make_relay, make_campaign):
@@ -151,20 +160,23 @@ def test_relay_tokens_taken_for_sends_with_no_connection_slot_are_given_back(mak
     assert take_tokens(Limit(f"relay:{relay.pk}", 10 / 60, 10), 10).granted == 10
 
 
-def test_a_slot_in_use_is_refreshed_before_it_expires(make_relay):
-    from delivery import routing
-    from delivery.smtp import pool
-
+def test_a_connection_in_use_keeps_its_slot_only_while_its_worker_beats(make_relay):
     with Sink() as server:
         make_relay(server.port, max_connections=1)
         route = routing.route_for("example.com")
         conn = engine._connect(route)
         key = throttle.PREFIX + "conn:" + route.pool_key
-        throttle.client().zadd(key, {conn.holder: 1})  # as if its time were up
-        pool.refresh(conn, every=0)
-        assert throttle.client().zscore(key, conn.holder) > 1e9
+        # A short slot, so a killed worker's connection stops counting within seconds...
+        expires = throttle.client().zscore(key, conn.holder)
+        assert expires - time.time() <= BUSY_SLOT_SECONDS + 1
+        # ...renewed by the heartbeat timer for as long as the connection is in use.
+        throttle.client().zadd(key, {conn.holder: time.time() + 1})
+        conn.hold.renewed -= BUSY_SLOT_SECONDS
+        heartbeat._renew_due()
+        assert throttle.client().zscore(key, conn.holder) > time.time() + BUSY_SLOT_SECONDS - 2
         assert not throttle.acquire_slot(route.pool_key, 1, "another-worker", 60)
         pool.put(conn, route.max_messages)
+        assert conn.hold is None  # idle in the pool: no longer renewed
 
 
 def test_the_give_up_clock_starts_at_the_first_attempt_not_the_first_claim(make_relay, make_campaign, settings):
