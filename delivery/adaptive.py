@@ -13,10 +13,12 @@ Every group slows down, limited or not. A group an operator limited starts
 from its configured rate; an unlimited one from the rate Herald was sending
 at (an average over the last seconds, counted here for every key). The rate
 halves and the connections halve (down to one) at most once per HOLD seconds,
-so a burst of 421s from one moment counts once. After QUIET seconds without a
-throttle reply the rate grows by a tenth of its ceiling and the connections
-by one every STEP seconds (additive increase); back at the ceiling, the
-slow-down is forgotten. A server that hangs up with a 421 after the same
+so a burst of 421s from one moment counts once; and after every throttle
+reply nothing goes to the key for PAUSE seconds, so a server whose window is
+full is not asked again at once. After QUIET seconds without a
+throttle reply the rate grows by a fifth of the rate it was cut to, and the
+connections by one, every STEP seconds (additive increase); back at the
+ceiling, the slow-down is forgotten. A server that hangs up with a 421 after the same
 number of messages on two connections is also remembered: connections to it
 carry no more than that.
 
@@ -39,26 +41,28 @@ SEEN = throttle.PREFIX + "adapt-seen:"  # est (messages per second), ts, first
 SESSION = throttle.PREFIX + "adapt-session:"  # seen, limit: messages a connection took before a 421
 SLOTS = "adapt:"  # connection slots of a slowed key, under throttle's conn: prefix
 
-HOLD = 5.0
+HOLD = 1.0
+PAUSE = 1.0  # seconds without a send to a key after each throttle reply
 QUIET = 10.0
 STEP = 5.0
-RECOVER_STEPS = 10
+INCREASE = 0.2  # of the rate right after the last cut, per STEP
 MIN_RATE = 0.2  # messages per second: a slowed key never stops altogether
 SEEN_TAU = 5.0  # seconds over which the sending rate is averaged
 SESSION_TTL = 600  # how long a learned per-connection message count holds after its last 421
+STATE_TTL = 6 * 3600  # a slow-down not heard of for this long is forgotten, recovered or not
 SLOT_TTL = HEARTBEAT_TTL  # a slowed key's connection slot, renewed by the heartbeat timer while in use
 
 # The state of a slowed key as of now: its stored rate and connections plus
 # the additive increase since QUIET seconds after the last throttle reply.
 _CURRENT = """
-local function current(k, now, quiet, step, steps_to_ceiling)
-  local s = redis.call('HMGET', k, 'rate', 'conns', 'ceiling', 'conn_ceiling', 'last', 'cut')
+local function current(k, now, quiet, step, increase)
+  local s = redis.call('HMGET', k, 'rate', 'conns', 'ceiling', 'conn_ceiling', 'last', 'cut', 'base')
   if not s[1] then return nil end
   local rate, conns, ceiling, cc = tonumber(s[1]), tonumber(s[2]), tonumber(s[3]), tonumber(s[4])
   local idle = now - tonumber(s[5]) - quiet
   if idle >= 0 then
     local steps = math.floor(idle / step) + 1
-    rate = math.min(ceiling, rate + steps * ceiling / steps_to_ceiling)
+    rate = math.min(ceiling, rate + steps * tonumber(s[7]) * increase)
     conns = math.min(cc, conns + steps)
   end
   return {rate, conns, ceiling, cc, tonumber(s[6])}
@@ -67,14 +71,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 """
 
-# KEYS: state, seen, pool slots. ARGV: limit rate, connection cap, hold, quiet, step, steps, min rate, ttl, tau.
+# KEYS: state, seen, pool slots, bucket. ARGV: limit rate, connection cap, hold, quiet, step, increase, min rate, ttl, tau, pause.
 _SLOW = _CURRENT + """
-local hold, quiet, step, steps = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local c = current(KEYS[1], now, quiet, step, steps)
+local hold, quiet, step, increase = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local c = current(KEYS[1], now, quiet, step, increase)
 local rate, conns, ceiling, cc
+-- Every throttle reply stops sends to the key for a pause: tokens saved up at
+-- an old pace are dropped, and the next come only after the pause.
+local function pause(r)
+  local pause_for = tonumber(ARGV[10])
+  redis.call('HSET', KEYS[4], 'tokens', tostring(-r * pause_for), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[4], 3600)
+end
 if c and now - c[5] < hold then
   -- Already cut in this moment: the quiet period starts again, the rate stays.
   redis.call('HSET', KEYS[1], 'rate', tostring(c[1]), 'conns', c[2], 'last', tostring(now))
+  pause(c[1])
   return {tostring(c[1]), c[2], 0}
 end
 local limit, cap = tonumber(ARGV[1]), tonumber(ARGV[2])
@@ -99,19 +111,20 @@ end
 rate = math.max(tonumber(ARGV[7]), rate / 2)
 conns = math.max(1, math.floor(conns / 2))
 redis.call('HSET', KEYS[1], 'rate', tostring(rate), 'conns', conns, 'ceiling', tostring(ceiling),
-           'conn_ceiling', cc, 'last', tostring(now), 'cut', tostring(now))
+           'conn_ceiling', cc, 'last', tostring(now), 'cut', tostring(now), 'base', tostring(rate))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[8]))
+pause(rate)
 return {tostring(rate), conns, 1}
 """
 
-# KEYS: [state, bucket] per key. ARGV: n, quiet, step, steps.
+# KEYS: [state, bucket] per key. ARGV: n, quiet, step, increase.
 # Returns {granted, wait, conns per key (-1: not slowed), rate per key}; tokens are taken
 # only as many as every slowed key grants.
 _ADMIT = _CURRENT + """
-local n, quiet, step, steps = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local n, quiet, step, increase = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local granted, wait, out, rates, buckets = n, 0, {}, {}, {}
 for i = 1, #KEYS, 2 do
-  local c = current(KEYS[i], now, quiet, step, steps)
+  local c = current(KEYS[i], now, quiet, step, increase)
   if c and c[1] >= c[3] and c[2] >= c[4] then
     redis.call('DEL', KEYS[i], KEYS[i + 1])  -- recovered: forgotten
     c = nil
@@ -201,16 +214,15 @@ def slow_down(key: str, limit_rate: float = 0.0, cap: int = 0, pool_key: str = "
     connection slots whose holders are counted as the connections in use.
     """
     rate, conns, cut = _script("slow", _SLOW)(
-        keys=[STATE + key, SEEN + key, throttle.PREFIX + "conn:" + (pool_key or SLOTS + key)],
-        args=[limit_rate or 0, cap or 0, HOLD, QUIET, STEP, RECOVER_STEPS, MIN_RATE,
-              int(QUIET + STEP * (RECOVER_STEPS + 64) + 3600), SEEN_TAU],
+        keys=[STATE + key, SEEN + key, throttle.PREFIX + "conn:" + (pool_key or SLOTS + key), BUCKET + key],
+        args=[limit_rate or 0, cap or 0, HOLD, QUIET, STEP, INCREASE, MIN_RATE, STATE_TTL, SEEN_TAU, PAUSE],
     )
     return Slowed(float(rate), int(conns), bool(cut))
 
 
 def state(key: str) -> Slowed | None:
     """How far ``key`` is slowed down now, or None."""
-    _, _, conns, rate = _script("admit", _ADMIT)(keys=[STATE + key, BUCKET + key], args=[0, QUIET, STEP, RECOVER_STEPS])
+    _, _, conns, rate = _script("admit", _ADMIT)(keys=[STATE + key, BUCKET + key], args=[0, QUIET, STEP, INCREASE])
     return Slowed(float(rate), int(conns), False) if int(conns) >= 0 else None
 
 
@@ -251,7 +263,7 @@ class Pace:
     def admit(self, n: int) -> tuple[int, float]:
         """How many of ``n`` sends may go now, and the wait for the next when fewer."""
         keys = [k for key in self.keys for k in (STATE + key, BUCKET + key)]
-        granted, wait, *out = _script("admit", _ADMIT)(keys=keys, args=[n, QUIET, STEP, RECOVER_STEPS])
+        granted, wait, *out = _script("admit", _ADMIT)(keys=keys, args=[n, QUIET, STEP, INCREASE])
         conns, rates = out[:len(self.keys)], out[len(self.keys):]
         self.connections = {k: int(c) for k, c in zip(self.keys, conns, strict=True) if int(c) >= 0}
         self.rates = {k: float(r) for k, r in zip(self.keys, rates, strict=True) if k in self.connections}

@@ -1,4 +1,4 @@
-"""A receiving server that takes a few messages per connection, then answers "421 slow down" and hangs up.
+"""A receiving server that says "421 slow down" and hangs up: after a few messages per connection, or above a rate.
 
 Like FaultRelay, an asyncio SMTP server on loopback in a thread of its own,
 speaking PIPELINING. It counts what a person watching its log would count:
@@ -17,9 +17,10 @@ SLOW_DOWN = b"421 4.7.0 Too many messages in this session, slow down\r\n"
 
 
 class BusyServer:
-    def __init__(self, per_connection=5, at="mail", reply_delay=0.0):
+    def __init__(self, per_connection=0, at="mail", reply_delay=0.0, per_second=0):
         self.port = free_port()
-        self.per_connection = per_connection
+        self.per_connection = per_connection  # 0: no limit
+        self.per_second = per_second  # over all connections; 0: no limit
         self.at = at  # where the 421 comes: "mail" (the session) or "dot" (after a message's data)
         self.reply_delay = reply_delay
         self.received = []  # (recipient, time)
@@ -44,6 +45,17 @@ class BusyServer:
             self.connections += max(delta, 0)
             self.most_open = max(self.most_open, self.open)
 
+    def _session_full(self, accepted):
+        return bool(self.per_connection) and accepted >= self.per_connection
+
+    def _too_fast(self):
+        if not self.per_second:
+            return False
+        since = time.time() - 1.0
+        with self._lock:
+            recent = sum(1 for _, t in self.received[-self.per_second:] if t > since)
+        return recent >= self.per_second
+
     def _slow_down(self, writer):
         with self._lock:
             self.throttled += 1
@@ -63,7 +75,7 @@ class BusyServer:
                 if verb in (b"EHLO", b"HELO"):
                     writer.write(b"250-busy.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
                 elif verb == b"MAIL":
-                    if self.at == "mail" and accepted >= self.per_connection:
+                    if self.at == "mail" and (self._session_full(accepted) or self._too_fast()):
                         self._slow_down(writer)
                         return
                     writer.write(b"250 2.1.0 OK\r\n")
@@ -78,7 +90,7 @@ class BusyServer:
                         pass
                     if self.reply_delay:
                         await asyncio.sleep(self.reply_delay)
-                    if self.at == "dot" and accepted >= self.per_connection:
+                    if self.at == "dot" and (self._session_full(accepted) or self._too_fast()):
                         self._slow_down(writer)
                         return
                     accepted += 1
