@@ -26,6 +26,7 @@ All state is in Redis, computed on Redis's clock in one Lua call, so every
 worker on every machine slows down together.
 """
 
+import logging
 import os
 import secrets
 import socket
@@ -35,7 +36,9 @@ from delivery import throttle
 from delivery.classify import is_throttle
 from delivery.heartbeat import HEARTBEAT_TTL, heartbeat
 
-STATE = throttle.PREFIX + "adapt:"  # rate, conns, ceiling, conn_ceiling, last, cut
+log = logging.getLogger(__name__)
+
+STATE = throttle.PREFIX + "adapt:"  # rate, conns, ceiling, conn_ceiling, last, cut, base
 BUCKET = throttle.PREFIX + "adapt-bucket:"
 SEEN = throttle.PREFIX + "adapt-seen:"  # est (messages per second), ts, first
 SESSION = throttle.PREFIX + "adapt-session:"  # seen, limit: messages a connection took before a 421
@@ -296,9 +299,12 @@ class Pace:
 
     @staticmethod
     def _renew(paces):
-        for pace in paces:
-            for key in list(pace.held):
-                throttle.acquire_slot(SLOTS + key, max(pace.connections.get(key, 1), 1), pace.holder, SLOT_TTL)
+        try:
+            for pace in paces:
+                for key in list(pace.held):
+                    throttle.acquire_slot(SLOTS + key, max(pace.connections.get(key, 1), 1), pace.holder, SLOT_TTL)
+        except Exception as exc:  # Redis restarting: tried again next second, never at the leases' cost
+            log.debug("slow-down connection slot not renewed: %s", exc)
 
     def let_go(self):
         if self.renewal is not None:

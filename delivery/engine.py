@@ -938,11 +938,12 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
         pool.put(conn, route.max_messages)
         if slowed:
             # The destination (or the relay) asked us to slow down: the rest
-            # waits its turn at the slower pace.
+            # waits its turn at the slower pace (its slow-down tokens are not
+            # given back: the key pauses after the reply).
             waiting = unsent()
-            pace.give_back(len(waiting))
             pace.admit(0)  # the pace as now slowed
-            return _hand_back(waiting, max(1.0, 1 / pace.rate if pace.rate else 0), route, limit, pace.rate)
+            wait = adaptive.PAUSE + (1 / pace.rate if pace.rate else 0)
+            return _hand_back(waiting, wait, route, limit, pace.rate)
         last = replies[-1][1][0] if replies else 0
         if replies and last is None:
             reconnects += 1

@@ -609,9 +609,12 @@ class Pool:
 
     @staticmethod
     def _renew(conns):
-        for conn in conns:
-            if conn.sock is not None:
-                throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS)
+        try:
+            for conn in conns:
+                if conn.sock is not None:
+                    throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS)
+        except Exception as exc:  # Redis restarting: tried again next second, never at the leases' cost
+            log.debug("connection slot not renewed: %s", exc)
 
     @staticmethod
     def _not_in_use(conn):
