@@ -34,6 +34,10 @@ def refill_slowed_buckets():
         r.hset(key, "tokens", 1000)
 
 
+def direct_route(pool_key):
+    return routing.Route(pool_key, [], cap=5, idle_timeout=30, max_messages=100, relay=None, relay_limit=None)
+
+
 def quiet_for(key, seconds):
     """Pretend the last throttle reply for ``key`` came ``seconds`` ago."""
     r = throttle.client()
@@ -66,8 +70,7 @@ def test_an_unlimited_group_slows_down_from_the_rate_it_was_sent_at():
 
 
 def test_a_slowed_group_admits_sends_at_its_slower_rate_then_recovers_gradually():
-    route = type("Route", (), {"relay": None, "relay_limit": None, "pool_key": "mx:x", "cap": 5})()
-    pace = adaptive.Pace(route, Limit("throttle:9", rate=10, burst=10))
+    pace = adaptive.Pace(direct_route("mx:x"), Limit("throttle:9", rate=10, burst=10))
     assert pace.admit(50) == (50, 0.0)  # not slowed: everything goes
     adaptive.slow_down("throttle:9", limit_rate=10, cap=4)
     granted, wait = pace.admit(50)
@@ -146,8 +149,7 @@ def test_a_per_connection_limit_is_learned_from_two_connections_ending_alike():
     assert adaptive.learn_session("relay:1", 5) == 0
     assert adaptive.learn_session("relay:1", 5) == 5
     assert adaptive.learn_session("relay:1", 12) == 5  # the lowest count believed holds
-    route = type("Route", (), {"relay": None, "relay_limit": None, "pool_key": "relay:1", "cap": 8})()
-    assert adaptive.Pace(route, Limit("domain:example.com", 0, 0)).messages_per_connection(100) == 5
+    assert adaptive.Pace(direct_route("relay:1"), Limit("domain:example.com", 0, 0)).messages_per_connection(100) == 5
 
 
 def test_relay_tokens_taken_for_sends_with_no_connection_slot_are_given_back(make_relay, make_campaign):
