@@ -86,11 +86,17 @@ _HARD_WORDS = re.compile(
     r"|address not found|undeliverable address|not our customer|bad destination mailbox",
     re.I,
 )
-# The engine slows a destination down on these (with any 421 and any 4.7.x).
+# A transient reply that asks the sender to slow down (besides any 421, which
+# closes the session): only explicit words about rate or volume. Greylisting
+# ("451 4.7.1 greylisted, try again later") and a full mailbox (4.2.2) are
+# about one message or one mailbox: slowing the whole destination for them
+# would only delay everyone else.
 _THROTTLE = re.compile(
-    r"rate limit|too many|throttl|try again later|temporarily deferred|slow down|exceeded|unusual rate",
+    r"rate[ -]?limit|\brate\b|too many (?:messages|mails?|e-?mails|connections|sessions|concurrent)"
+    r"|throttl|slow(?:ing)? down|too (?:fast|quickly)|unexpected volume|sending (?:rate|volume)",
     re.IGNORECASE,
 )
+_NOT_THROTTLE = re.compile(r"grey ?list|gray ?list|postgrey|mailbox (?:is )?full|over ?quota|quota exceeded", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,17 @@ def hint(text: str) -> str:
     return ""
 
 
+def is_throttle(code: int | None, text: str, enhanced: str = "") -> bool:
+    """Does a transient reply ask the sender to slow down? A 421 always does
+    (the server closes the session); otherwise only explicit rate or volume
+    words, never greylisting or a full mailbox."""
+    if code == 421:
+        return True
+    if enhanced == "4.2.2" or _NOT_THROTTLE.search(text or ""):
+        return False
+    return bool(_THROTTLE.search(text or ""))
+
+
 def judge(code: int | None = None, text: str = "", status: str = "") -> Verdict:
     """The verdict on a reply: its basic code (else the first in ``text``), its text, and a DSN's Status field."""
     text = text or ""
@@ -197,8 +214,8 @@ def judge(code: int | None = None, text: str = "", status: str = "") -> Verdict:
     if klass == "2":
         return Verdict(DELIVERED, status=enhanced)
     if klass == "4" or code == 421:  # 421: the server is closing the session, whatever else it says
-        throttle = code == 421 or subject == "7" or bool(_THROTTLE.search(text))
-        return Verdict(POLICY if subject == "7" else SOFT, transient=True, status=enhanced, throttle=throttle)
+        return Verdict(POLICY if subject == "7" else SOFT, transient=True, status=enhanced,
+                       throttle=is_throttle(code, text, enhanced))
     if klass != "5":
         return Verdict(UNKNOWN, status=enhanced)
     if enhanced:

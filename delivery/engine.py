@@ -22,7 +22,7 @@ from campaigns.models import Campaign, Contact, Suppression, email_key
 from campaigns.rendering import ContactData, ContentError
 from campaigns.sandbox import BudgetExceeded, render_budget
 from campaigns.suppression import suppress
-from delivery import routing, throttle
+from delivery import adaptive, routing, throttle
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
 from delivery.heartbeat import dead as heartbeat_dead
 from delivery.heartbeat import heartbeat
@@ -207,8 +207,7 @@ def _claim_postgres(ids, now, token, owner) -> list[Row]:
                 FOR UPDATE OF s SKIP LOCKED),
             u AS (
                 UPDATE {SEND} s SET status = 'sending', lease_expires_at = %(lease)s,
-                       lease_token = %(token)s, lease_owner = %(owner)s, claims = s.claims + 1,
-                       first_attempt_at = COALESCE(s.first_attempt_at, %(now)s), updated_at = %(now)s
+                       lease_token = %(token)s, lease_owner = %(owner)s, claims = s.claims + 1, updated_at = %(now)s
                 FROM c WHERE s.id = c.id
                 RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id,
                           s.claims)
@@ -238,14 +237,13 @@ def _claim_sqlite(ids, now, token, owner) -> list[Row]:
             cur.execute(
                 f"""
                 UPDATE {SEND} AS s SET status = 'sending', lease_expires_at = %s,
-                       lease_token = %s, lease_owner = %s, claims = s.claims + 1,
-                       first_attempt_at = COALESCE(s.first_attempt_at, %s), updated_at = %s
+                       lease_token = %s, lease_owner = %s, claims = s.claims + 1, updated_at = %s
                 WHERE s.id IN ({_marks(chunk)}) AND s.status = 'queued'
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
                 RETURNING id
                 """,  # noqa: S608
-                [lease, token, owner, at, at, *chunk],
+                [lease, token, owner, at, *chunk],
             )
             claimed.extend(r[0] for r in cur.fetchall())
     rows = []
@@ -346,6 +344,8 @@ def _write_back_postgres(rows, relay_id, now):
             UPDATE {SEND} s SET status = v.status, smtp_code = v.code, smtp_reply = v.reply,
                    message_id = CASE WHEN v.mid <> '' THEN v.mid ELSE s.message_id END,
                    next_attempt_at = v.nat, attempts = s.attempts + v.inc, lease_expires_at = NULL,
+                   first_attempt_at = CASE WHEN v.inc = 1 THEN COALESCE(s.first_attempt_at, %(now)s)
+                                           ELSE s.first_attempt_at END,
                    sent_at = CASE WHEN v.status = 'sent' THEN %(now)s ELSE s.sent_at END,
                    relay_id = COALESCE(%(relay)s, s.relay_id), claims = 0, updated_at = %(now)s
             FROM unnest(%(ids)s::bigint[], %(st)s::text[], %(code)s::int[], %(reply)s::text[], %(mid)s::text[],
@@ -372,11 +372,12 @@ def _write_back_sqlite(rows, relay_id, now):
                 UPDATE {SEND} SET status = %s, smtp_code = %s, smtp_reply = %s,
                        message_id = CASE WHEN %s <> '' THEN %s ELSE message_id END,
                        next_attempt_at = %s, attempts = attempts + %s, lease_expires_at = NULL,
+                       first_attempt_at = CASE WHEN %s = 1 THEN COALESCE(first_attempt_at, %s) ELSE first_attempt_at END,
                        sent_at = CASE WHEN %s = 'sent' THEN %s ELSE sent_at END,
                        relay_id = COALESCE(%s, relay_id), claims = 0, updated_at = %s
                 WHERE id = %s AND lease_token = %s AND status = 'sending'
                 """,  # noqa: S608
-                (status, code, reply, mid, mid, _db_time(nat) if nat else None, inc, status, at, relay_id, at,
+                (status, code, reply, mid, mid, _db_time(nat) if nat else None, inc, inc, at, status, at, relay_id, at,
                  send_id, token),
             )
             if cur.rowcount:
@@ -530,7 +531,10 @@ def outcome_result(row, code, text, message_id, now):
     if o.status == SENT:
         return Result(row, SENT, code, o.reply, message_id), o
     if o.status == DEFERRED:
-        at = next_attempt(row.first_attempt_at or now, row.attempts + 1, now)
+        # The give-up clock starts at the first attempt, not the first claim: a
+        # send that waited out a long throttled backlog has all its retries.
+        first = row.first_attempt_at if row.attempts and row.first_attempt_at else now
+        at = next_attempt(first, row.attempts + 1, now)
         if at is None:
             return Result(row, FAILED, code, f"gave up after {settings.HERALD_GIVE_UP_AFTER}s: {o.reply}"), o
         return Result(row, DEFERRED, code, o.reply, next_attempt_at=at), o
@@ -840,7 +844,37 @@ def _chunk(items, count, seconds):
             return
 
 
+def _hand_back(rows, wait, route, limit, rate):
+    """Rows that may not go now back to the queue, with their tokens; returns what to enqueue again."""
+    if not rows:
+        return []
+    release(rows, wait)
+    throttle.give_back(limit, len(rows))
+    if route.relay_limit is not None:
+        throttle.give_back(route.relay_limit, len(rows))
+    return _slices(rows, wait, rate)
+
+
 def _deliver(rows, route, limit, now=None, batch=None):
+    """Send ``rows`` (their tokens taken) over one route, at the pace its destination asked for."""
+    pace = adaptive.Pace(route, limit)
+    granted, wait = pace.admit(len(rows))
+    rows, later = rows[:granted], rows[granted:]
+    requeue = _hand_back(later, wait, route, limit, pace.rate)
+    if not rows:
+        return requeue
+    if not pace.hold():
+        # The destination asked for fewer connections and they are all in use.
+        pace.give_back(len(rows))
+        return requeue + _hand_back(rows, 1.0, route, limit, pace.rate)
+    try:
+        route.max_messages = pace.messages_per_connection(route.max_messages)
+        return requeue + _deliver_paced(rows, route, limit, pace, now, batch)
+    finally:
+        pace.let_go()
+
+
+def _deliver_paced(rows, route, limit, pace, now, batch):
     batch = batch or Batch(rows)
     relay_id = route.relay.pk if route.relay else None
     builder = _Builder(rows, batch)
@@ -870,6 +904,9 @@ def _deliver(rows, route, limit, now=None, batch=None):
             t = now or timezone.now()
             reason = f"relay {route.relay.name}: {exc}" if route.relay else str(exc)
             waiting = unsent()
+            if exc.code:
+                # A refusal before any message (greeting, EHLO, AUTH): the session's.
+                pace.throttled(exc.code, str(exc), session=True)
             if (exc.fatal and route.relay is not None) or _relay_failed(route, exc):
                 # A relay's TLS or AUTH is misconfigured, or it stays down: pause
                 # instead of burning through the list; nothing was attempted. One
@@ -884,26 +921,28 @@ def _deliver(rows, route, limit, now=None, batch=None):
             hand_back_halted()
             return []
         if conn is None:
+            # No connection slot: the tokens of these sends (the domain's, the
+            # relay's, the slow-down's) go back, as none was attempted.
             waiting = unsent()
-            release(waiting, 1.0)
-            throttle.give_back(limit, len(waiting))
+            pace.give_back(len(waiting))
             finish(builder.take_done(), relay_id, now or timezone.now(), batch)
             hand_back_halted()
-            return [([r.id for r in waiting], 1.0)]
+            return _hand_back(waiting, 1.0, route, limit, 0)
         if route.relay is not None and conn.sent == 0:
             key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
             throttle.client().delete(key, key + ":since")
-        replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now)
+        replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
         hand_back_halted()
         pool.put(conn, route.max_messages)
         if slowed:
-            throttle.slow_down(limit.key)
-        last = replies[-1][1][0] if replies else 0
-        if last == 421 or slowed:
-            # The destination asked us to slow down: the rest waits its turn.
+            # The destination (or the relay) asked us to slow down: the rest
+            # waits its turn at the slower pace (its slow-down tokens are not
+            # given back: the key pauses after the reply).
             waiting = unsent()
-            release(waiting, 5.0)
-            return [([r.id for r in waiting], 5.0)] if waiting else []
+            pace.admit(0)  # the pace as now slowed
+            wait = adaptive.PAUSE + (1 / pace.rate if pace.rate else 0)
+            return _hand_back(waiting, wait, route, limit, pace.rate)
+        last = replies[-1][1][0] if replies else 0
         if replies and last is None:
             reconnects += 1
             if reconnects > 2:
@@ -914,7 +953,7 @@ def _deliver(rows, route, limit, now=None, batch=None):
     return []
 
 
-def _send_chunks(conn, route, pending, builder, batch, relay_id, now):
+def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
     """Send over one connection checkout, writing outcomes back after every chunk.
 
     Returns the last chunk's replies, whether the destination asked to slow
@@ -935,12 +974,23 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now):
         finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t, batch)
         if builder.interrupted is not None:
             raise builder.interrupted
-        slowed = any(outcome.throttle for _, outcome in outcomes)
+        pace.count(len(replies))
+        slowed = _slow_down(pace, conn, replies, outcomes)
         if not replies or slowed or conn.broken:
             break
         if pending and all(r.campaign_id in batch.stops.stopped for r, _ in pending):
             break
     return replies, slowed, t
+
+
+def _slow_down(pace, conn, replies, outcomes) -> bool:
+    """Slow down for the throttle replies of one chunk: once for the session's, once for the recipients'."""
+    seen = set()
+    for (_, (code, text)), (_, outcome), stage in zip(replies, outcomes, conn.stages, strict=False):
+        if outcome.throttle and stage not in seen:
+            seen.add(stage)
+            pace.throttled(code, text, session=stage == "session", conn=conn)
+    return bool(seen)
 
 
 # --- periodic work ---------------------------------------------------------------

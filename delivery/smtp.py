@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from delivery import throttle
+from delivery.heartbeat import HEARTBEAT_TTL, heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,11 @@ class Connection:
         self.file = None
         self.extensions = {}
         self.sent = 0  # messages on this connection
+        self.accepted = 0  # of which the server took (2xx after the final dot)
+        # Per reply of the last send_many: "session" (RSET, MAIL: about the
+        # sender's session), "recipient" (RCPT, DATA, the final dot) or "" (not
+        # the server's: refused before sending, or the connection broke).
+        self.stages = []
         self.opened_at = self.last_used = 0.0
         self.tls = False
         self.broken = False
@@ -441,6 +447,12 @@ class Connection:
         it become leftovers (a pause between two messages).
         """
         results = []
+        self.stages = stages = []
+
+        def add(item, reply, stage):
+            results.append((item, reply))
+            stages.append(stage)
+
         it = iter(items)
         end = object()
         cur = next(it, end)
@@ -464,7 +476,7 @@ class Connection:
                 params = b"" if written else self._mail_params(msg)
                 if params is None:
                     # Refused here, before any command: the session is as it was.
-                    results.append((cur, self._refusal(msg)))
+                    add(cur, self._refusal(msg), "")
                     cur = ahead.pop(0) if ahead else next(it, end)
                     continue
                 if pipelined:
@@ -477,22 +489,27 @@ class Connection:
                         if replies[-1][0] == 421:
                             # The server is closing the session (RFC 5321 3.8).
                             self.broken = True
-                            results.append((cur, replies[-1]))
+                            add(cur, replies[-1], "session" if len(replies) <= (2 if rset else 1) else "recipient")
                             return results, ahead + list(it)
                     if rset:
                         replies.pop(0)
                 else:
                     replies = self._sequential(msg, rset, params)
+                    closing = next((n for n, r in enumerate(replies) if r[0] == 421), None)
+                    if closing is not None:
+                        self.broken = True
+                        add(cur, replies[closing], "session" if closing == 0 else "recipient")
+                        return results, ahead + list(it)
                 answered = True
                 written = False
                 (mcode, mtext), (rcode, rtext), (dcode, dtext) = replies
                 if dcode != 354:
                     if mcode >= 300:
-                        results.append((cur, (mcode, mtext)))
+                        add(cur, (mcode, mtext), "session")
                     elif rcode >= 300:
-                        results.append((cur, (rcode, rtext)))
+                        add(cur, (rcode, rtext), "recipient")
                     else:
-                        results.append((cur, (dcode, dtext)))
+                        add(cur, (dcode, dtext), "recipient")
                     rset = True
                     cur = ahead.pop(0) if ahead else next(it, end)
                     continue
@@ -514,8 +531,9 @@ class Connection:
                 else:
                     self._write(body, t.final_dot)
                 reply = self._read_reply(t.final_dot)
-                results.append((cur, reply))
+                add(cur, reply, "recipient")
                 self.sent += 1
+                self.accepted += 200 <= reply[0] < 300
                 if reply[0] == 421:
                     self.broken = True  # the server is closing the session
                     return results, ahead + list(it)
@@ -526,7 +544,7 @@ class Connection:
                 # The server dropped the idle connection before we spoke: nothing
                 # was tried, so the caller sends it all on a fresh connection.
                 return results, [cur] + ahead + list(it)
-            results.append((cur, (None, str(exc))))
+            add(cur, (None, str(exc)), "")
             return results, ahead + list(it)
         self.needs_rset = rset
         self.last_used = time.monotonic()
@@ -534,7 +552,9 @@ class Connection:
 
     def _sequential(self, msg, rset, params):
         if rset:
-            self.command(b"RSET")
+            reset = self.command(b"RSET")
+            if reset[0] == 421:
+                return [reset, (503, "not tried"), (503, "not tried")]
         mail = self.command(b"MAIL FROM:<" + _addr(msg.mail_from) + b">" + params)
         if mail[0] >= 300:
             return [mail, (503, "not tried"), (503, "not tried")]
@@ -544,12 +564,20 @@ class Connection:
         return [mail, rcpt, self.command(b"DATA", self.timeouts.data_start)]
 
 
+# A connection in use holds its slot for this long, renewed by the worker's
+# heartbeat timer (every half of it) until the connection goes back to the
+# pool: a long batch never loses its slot, and a killed worker's connections
+# stop counting against the cap as soon as its claims come back.
+BUSY_SLOT_SECONDS = HEARTBEAT_TTL
+
+
 class Pool:
     """Open connections of this process, kept across batches and tasks.
 
     Each key (a relay, or an MX host in direct mode) has a connection cap held
-    across all workers by a Redis slot set; an idle connection keeps its slot
-    until its idle timeout, then the slot expires even if this process died.
+    across all workers by a Redis slot set. A connection in use keeps its slot
+    while this process lives (see BUSY_SLOT_SECONDS); an idle one until its
+    idle timeout, then the slot expires even if this process died.
     """
 
     def __init__(self):
@@ -565,25 +593,48 @@ class Pool:
         stack = self.idle.setdefault(key, [])
         while stack:
             conn = stack.pop()
-            if conn.broken or conn.sent >= max_messages:
-                self._close(key, conn)
+            if conn.broken or conn.sent >= max_messages or not self._in_use(conn):
+                self._close(key, conn)  # spent, or its idle slot expired and another worker took it
                 continue
             conn.idle_timeout = idle_timeout
             return conn
         conn = Connection(endpoint)
         conn.key, conn.cap, conn.idle_timeout, conn.holder = key, cap, idle_timeout, self._holder(conn)
-        # The slot must outlive a long batch; it is refreshed on every release.
-        if not throttle.acquire_slot(key, cap, conn.holder, idle_timeout + 120):
+        if not self._in_use(conn):
             return None
         try:
             conn.open()
         except SMTPFailure:
+            self._not_in_use(conn)
             throttle.release_slot(key, conn.holder)
             raise
         self.opened += 1
         return conn
 
+    def _in_use(self, conn) -> bool:
+        """Hold the slot of a connection handed out; the heartbeat timer renews it until put back."""
+        if not throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS):
+            return False
+        conn.hold = heartbeat.hold([conn], self._renew, BUSY_SLOT_SECONDS)
+        return True
+
+    @staticmethod
+    def _renew(conns):
+        try:
+            for conn in conns:
+                if conn.sock is not None:
+                    throttle.acquire_slot(conn.key, conn.cap, conn.holder, BUSY_SLOT_SECONDS)
+        except Exception as exc:  # Redis restarting: tried again next second, never at the leases' cost
+            log.debug("connection slot not renewed: %s", exc)
+
+    @staticmethod
+    def _not_in_use(conn):
+        if getattr(conn, "hold", None) is not None:
+            heartbeat.release(conn.hold)
+            conn.hold = None
+
     def put(self, conn, max_messages):
+        self._not_in_use(conn)
         if conn.broken or conn.sent >= max_messages:
             self._close(conn.key, conn)
             return
@@ -593,6 +644,7 @@ class Pool:
         self.idle.setdefault(conn.key, []).append(conn)
 
     def _close(self, key, conn):
+        self._not_in_use(conn)
         conn.close()
         try:
             throttle.release_slot(key, conn.holder)

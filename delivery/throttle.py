@@ -1,4 +1,4 @@
-"""Limits that hold across every worker: Redis token buckets, connection slots, slow-down.
+"""Limits that hold across every worker: Redis token buckets and connection slots (slowing down: delivery.adaptive).
 
 All state lives in Redis and each operation is one atomic Lua call on Redis's
 own clock, so adding workers (on this machine or others) never breaks a limit.
@@ -17,10 +17,6 @@ from delivery.models import PERIOD_SECONDS, DomainThrottle
 PREFIX = "herald:"
 # A throttled group recovers its full rate over this many seconds.
 RECOVER_SECONDS = 600
-# Slowing down halves the rate at most once per this many seconds, so one
-# batch full of 421 replies does not divide it by 2**200.
-SLOWDOWN_HOLD = 10
-MIN_FACTOR = 1 / 32
 
 _TAKE = """
 local t = redis.call('TIME')
@@ -46,22 +42,6 @@ if granted < n then wait = (1 - tokens) / eff end
 return {granted, tostring(wait), tostring(factor)}
 """
 
-_SLOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local recover = tonumber(ARGV[1])
-local hold = tonumber(ARGV[2])
-local minimum = tonumber(ARGV[3])
-local s = redis.call('HMGET', KEYS[1], 'factor', 'since', 'last')
-local factor = 1
-if s[1] then factor = math.min(1, tonumber(s[1]) + (now - tonumber(s[2])) / recover) end
-if s[3] and now - tonumber(s[3]) < hold then return tostring(factor) end
-factor = math.max(minimum, factor / 2)
-redis.call('HSET', KEYS[1], 'factor', tostring(factor), 'since', tostring(now), 'last', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(recover * 2))
-return tostring(factor)
-"""
-
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -84,7 +64,7 @@ def client() -> redis.Redis:
     if conn is None or getattr(_local, "url", None) != settings.REDIS_URL:
         conn = redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, health_check_interval=30)
         _local.client, _local.url = conn, settings.REDIS_URL
-        sources = (("take", _TAKE), ("slow", _SLOW), ("acquire", _ACQUIRE))
+        sources = (("take", _TAKE), ("acquire", _ACQUIRE))
         _local.scripts = {name: conn.register_script(src) for name, src in sources}
     return conn
 
@@ -126,11 +106,6 @@ def give_back(limit: Limit, n: int):
     """Return tokens taken for sends that were never attempted."""
     if n > 0 and limit.rate > 0:
         client().hincrbyfloat(PREFIX + "bucket:" + limit.key, "tokens", n)
-
-
-def slow_down(key: str) -> float:
-    """The destination said 421 or 4.7.x: halve its rate; it recovers over RECOVER_SECONDS."""
-    return float(_script("slow")(keys=[PREFIX + "slow:" + key], args=[RECOVER_SECONDS, SLOWDOWN_HOLD, MIN_FACTOR]))
 
 
 def acquire_slot(key: str, limit: int, holder: str, ttl: float) -> bool:
