@@ -84,6 +84,8 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "subject" not in self.fields:
+            return data  # the content is read-only: frozen when the campaign started
         errors = rendering.validate_campaign_fields(
             data.get("subject") or "", data.get("from_name") or "", data.get("html_body") or "",
             data.get("text_body") or "", data.get("from_email") or "", data.get("reply_to") or "")
