@@ -106,6 +106,12 @@ def highest_contact_id() -> int:
     return Contact.objects.aggregate(top=Max("id"))["top"] or 0
 
 
+def next_chunk(after: int, upto: int, size: int) -> int:
+    """The end of the chunk of ``size`` contact ids that follows ``after``, skipping a gap in the ids (deleted contacts)."""
+    first = Contact.objects.filter(id__gt=after, id__lte=upto).order_by("id").values_list("id", flat=True).first()
+    return upto if first is None else min(upto, first - 1 + size)
+
+
 def snapshot_range(campaign: Campaign, after: int, upto: int) -> int:
     """Insert the Send rows of the audience's contacts with ``after < id <= upto``; returns how many are new.
 
