@@ -149,32 +149,37 @@ def test_send_answers_at_once_and_a_real_worker_snapshots_and_sends(client, tmp_
 def test_a_worker_killed_in_the_middle_of_a_chunk_loses_and_duplicates_nobody(tmp_path, sink, relay, make_campaign):
     campaign = make_campaign(ADDRESSES)
     lifecycle.start_in_background(campaign.pk)
-    first = Worker("doomed", tmp_path, HERALD_START_CHUNK=3).wait_ready()
-    second = None
+    first = second = None
     try:
-        # The operator's row lock holds the worker between writing its first chunk and committing it.
+        # The operator's row lock, taken before any worker runs, holds the worker between
+        # writing its first chunk and committing it.
         with transaction.atomic():
             Campaign.objects.select_for_update().get(pk=campaign.pk)
-            wait_until(lambda: _waiting_for_a_lock(), timeout=30, message="the worker writing its first chunk")
+            first = Worker("doomed", tmp_path, HERALD_START_CHUNK=3).wait_ready()
+            wait_until(_waiting_for_a_lock, timeout=90, message="the worker writing its first chunk")
             first.kill()
         assert status(campaign) == Campaign.Status.STARTING
+        # Its session ends when PostgreSQL finds the client gone; the uncommitted chunk goes with it.
         wait_until(lambda: not Send.objects.filter(campaign=campaign).exists() and not _waiting_for_a_lock(),
-                   timeout=30, message="the killed worker's chunk rolled back")
+                   timeout=90, message="the killed worker's chunk rolled back")
 
         later = timezone.now() + timedelta(seconds=lifecycle.STALLED_START_SECONDS + 1)
         assert scheduler.dispatch_due(now=later).restarted == [campaign.pk]
         second = Worker("heir", tmp_path, HERALD_START_CHUNK=3).wait_ready()
-        wait_until(lambda: status(campaign) == Campaign.Status.FINISHED, timeout=60, message="campaign finished")
+        wait_until(lambda: status(campaign) == Campaign.Status.FINISHED, timeout=90, message="campaign finished")
     finally:
-        first.stop()
-        if second:
-            second.stop()
+        for worker in (first, second):
+            if worker:
+                worker.stop()
     assert sorted(sink.recipients()) == sorted(ADDRESSES)
 
 
 def _waiting_for_a_lock():
+    """Whether another session of this test database waits for a lock (other databases on the server may, too)."""
     with connection.cursor() as cur:
-        cur.execute("SELECT count(*) FROM pg_locks WHERE NOT granted AND pid <> pg_backend_pid()")
+        cur.execute("SELECT pg_stat_clear_snapshot()")  # inside a transaction the view would stay as first read
+        cur.execute("""SELECT count(*) FROM pg_stat_activity
+                       WHERE datname = current_database() AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()""")
         return cur.fetchone()[0] > 0
 
 
@@ -196,7 +201,7 @@ def test_a_pause_racing_a_chunk_keeps_every_recipient_once(sink, relay, make_cam
         Campaign.objects.select_for_update().get(pk=campaign.pk)
         thread = threading.Thread(target=worker)
         thread.start()
-        wait_until(_waiting_for_a_lock, timeout=30, message="the chunk waiting to commit")
+        wait_until(_waiting_for_a_lock, timeout=90, message="the chunk waiting to commit")
         # The operator pauses while the chunk is written (the UPDATE runs under the row lock held here).
         Campaign.objects.filter(pk=campaign.pk).update(status=Campaign.Status.PAUSED)
     thread.join(30)
