@@ -88,19 +88,6 @@ def count_audience(campaign: Campaign) -> int:
         return cur.fetchone()[0]
 
 
-def snapshot(campaign: Campaign) -> int:
-    """Insert the campaign's Send rows with one set-based statement; returns how many exist."""
-    lists = _list_ids(campaign)
-    if lists and connection.vendor == "sqlite":
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cur:
-            cur.execute(sqlite_audience_sql(len(lists)), [campaign.pk, now, now, now, *lists])
-    elif lists:
-        with connection.cursor() as cur:
-            cur.execute(audience_sql(), {"campaign": campaign.pk, "lists": lists})
-    return Send.objects.filter(campaign_id=campaign.pk).count()
-
-
 def highest_contact_id() -> int:
     """Where a snapshot starting now ends: contacts added later are not in its audience."""
     return Contact.objects.aggregate(top=Max("id"))["top"] or 0
