@@ -28,6 +28,8 @@ from campaigns.models import Campaign, Contact, Template
 DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
 CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
                              "style": "font-family: ui-monospace, monospace; font-size: 13px"})
+# Before the start; from then on the content is frozen (campaigns.models.CampaignContent).
+EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.MISSED)
 CONTENT_FIELDS = ("name", "subject", "from_name", "from_email", "reply_to", "template", "html_body", "text_body",
                   "lists", "track_opens", "track_clicks")
 
@@ -82,6 +84,8 @@ class CampaignForm(forms.ModelForm):
 
     def clean(self):
         data = super().clean()
+        if "subject" not in self.fields:
+            return data  # the content is read-only: frozen when the campaign started
         errors = rendering.validate_campaign_fields(
             data.get("subject") or "", data.get("from_name") or "", data.get("html_body") or "",
             data.get("text_body") or "", data.get("from_email") or "", data.get("reply_to") or "")
@@ -146,8 +150,9 @@ class CampaignAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at"]
-        if obj is not None and obj.status in (Campaign.Status.SENDING, Campaign.Status.FINISHED, Campaign.Status.CANCELLED):
-            # What went out must stay what the ledger says went out.
+        if obj is not None and obj.status not in EDITABLE:
+            # Frozen when it started: what went out, and what the rest of the
+            # audience gets after a pause, is what the ledger says went out.
             return fixed + list(CONTENT_FIELDS)
         return fixed
 

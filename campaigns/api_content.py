@@ -27,7 +27,9 @@ from herald.permissions import requires
 
 router = Router(tags=["content"])
 
-EDITABLE = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.PAUSED, Campaign.Status.MISSED}
+# Once a campaign starts, its content is frozen (campaigns.models.CampaignContent):
+# every recipient gets the same message, pause or not. Changes go into a new campaign.
+EDITABLE = {Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.MISSED}
 
 
 class ErrorItem(Schema):
@@ -258,6 +260,12 @@ def delete_template(request, template_id: int):
 # --- campaigns ---------------------------------------------------------------
 
 
+def frozen_reason(campaign) -> str:
+    return (f"status: campaign {campaign.pk} is {campaign.status}, and a campaign's content is frozen when it starts "
+            "sending, so that every recipient gets the same message; to send changed content, make a new campaign "
+            "(in the admin: Duplicate)")
+
+
 @router.get("/campaigns", response=list[CampaignOut], summary="Campaigns, newest first")
 @requires("campaigns.view_campaign")
 def list_campaigns(request, status: str | None = None):
@@ -290,12 +298,12 @@ def get_campaign(request, campaign_id: int):
 
 
 @router.patch("/campaigns/{campaign_id}", response={200: CampaignDetail, 409: dict, 422: ContentErrorOut},
-              summary="Change a campaign's content (not while it sends)")
+              summary="Change a campaign's content (only before it starts: then its content is frozen)")
 @requires("campaigns.change_campaign")
 def update_campaign(request, campaign_id: int, payload: CampaignPatch):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     if campaign.status not in EDITABLE:
-        return 409, {"detail": f"status: a {campaign.status} campaign cannot be edited (pause it first)"}
+        return 409, {"detail": frozen_reason(campaign)}
     changes = payload.dict(exclude_unset=True)
     list_ids = changes.pop("lists", None)
     for key, value in changes.items():
@@ -315,8 +323,8 @@ def update_campaign(request, campaign_id: int, payload: CampaignPatch):
 @requires("campaigns.delete_campaign")
 def delete_campaign(request, campaign_id: int):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
-    if campaign.status == Campaign.Status.SENDING:
-        return 409, {"detail": "status: a sending campaign cannot be deleted (cancel it first)"}
+    if campaign.status in (Campaign.Status.STARTING, Campaign.Status.SENDING):
+        return 409, {"detail": f"status: a {campaign.status} campaign cannot be deleted (cancel it first)"}
     campaign.delete()
     return 204, None
 

@@ -302,6 +302,8 @@ class Campaign(models.Model):
         DRAFT = "draft"
         SCHEDULED = "scheduled"
         MISSED = "missed"
+        # The audience is being snapshotted into Send rows by a worker; ``total`` counts them so far.
+        STARTING = "starting"
         SENDING = "sending"
         PAUSED = "paused"
         FINISHED = "finished"
@@ -321,8 +323,14 @@ class Campaign(models.Model):
     scheduled_at = models.DateTimeField(null=True, blank=True, db_index=True)
     track_opens = models.BooleanField(default=True)
     track_clicks = models.BooleanField(default=True)
-    # Recipients at snapshot time.
+    # Recipients at snapshot time (while starting: those snapshotted so far).
     total = models.PositiveIntegerField(default=0)
+    # The snapshot walks the contacts in id order, one committed chunk at a
+    # time, so that a worker lost in the middle is resumed where it stopped:
+    # contacts up to snapshot_upto (the highest id when the campaign started)
+    # are the audience, those up to snapshot_cursor are done.
+    snapshot_upto = models.BigIntegerField(null=True, blank=True, editable=False)
+    snapshot_cursor = models.BigIntegerField(null=True, blank=True, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -334,6 +342,68 @@ class Campaign(models.Model):
 
     def __str__(self):
         return self.name
+
+    @property
+    def snapshot_pending(self) -> bool:
+        """Whether some of the audience is still to be snapshotted (a start paused, or its worker lost)."""
+        return self.snapshot_upto is not None and (self.snapshot_cursor or 0) < self.snapshot_upto
+
+    def freeze_content(self) -> "CampaignContent":
+        """Keep what this campaign sends as it is now, layout included; the send reads only this copy."""
+        layout = self.template if self.template_id else None
+        frozen, _ = CampaignContent.objects.update_or_create(campaign=self, defaults={
+            **{name: getattr(self, name) for name in CampaignContent.COPIED},
+            "template_html": layout.html if layout else None,
+            "template_text": layout.text if layout else None,
+        })
+        return frozen
+
+    def as_sent(self) -> "Campaign":
+        """This campaign with the content frozen when it started: what its recipients get.
+
+        A campaign that never started (a draft, or one sent before content was
+        frozen) is its own current content. The copy is never saved.
+        """
+        try:
+            frozen = self.frozen_content
+        except CampaignContent.DoesNotExist:
+            return self
+        copy = Campaign(**{f.attname: getattr(self, f.attname) for f in self._meta.concrete_fields})
+        for name in CampaignContent.COPIED:
+            setattr(copy, name, getattr(frozen, name))
+        copy.template_id = None
+        if frozen.template_html is not None:
+            copy.template = Template(pk=self.template_id or 0, name=f"layout of {self.name}"[:200],
+                                     html=frozen.template_html, text=frozen.template_text or "")
+        return copy
+
+
+class CampaignContent(models.Model):
+    """What a campaign sends, frozen when it starts sending.
+
+    Later edits of the campaign (refused while it sends, but a paused one may
+    be reached by other means) or of its layout template change nothing that
+    its remaining recipients get, and "view in browser" shows this copy.
+    """
+
+    COPIED = ("subject", "from_name", "from_email", "reply_to", "html_body", "text_body", "track_opens", "track_clicks")
+
+    campaign = models.OneToOneField(Campaign, on_delete=models.CASCADE, primary_key=True, related_name="frozen_content")
+    subject = models.CharField(max_length=998)
+    from_name = models.CharField(max_length=200, blank=True, default="")
+    from_email = models.CharField(max_length=320)
+    reply_to = models.CharField(max_length=320, blank=True, default="")
+    html_body = models.TextField(blank=True, default="")
+    text_body = models.TextField(blank=True, default="")
+    # The layout's own text, not a reference to it: null when the campaign had none.
+    template_html = models.TextField(null=True, blank=True)
+    template_text = models.TextField(null=True, blank=True)
+    track_opens = models.BooleanField(default=True)
+    track_clicks = models.BooleanField(default=True)
+    frozen_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self):
+        return f"content of campaign {self.campaign_id}"
 
 
 class CampaignLink(models.Model):

@@ -35,11 +35,12 @@ def campaign_send(request, campaign_id):
     error = ""
     if request.method == "POST":
         try:
-            started = lifecycle.start_campaign(campaign.pk)
+            started = lifecycle.start_in_background(campaign.pk)
         except LifecycleError as exc:
             error = str(exc)
         else:
-            messages.success(request, f"Sending “{started.name}” to {started.total} recipients.")
+            messages.success(request, f"“{started.name}” is starting: its recipients are being gathered, "
+                                      "then sending begins. Its content is now fixed.")
             return _back(campaign.pk)
     context = {
         "campaign": campaign,

@@ -138,6 +138,8 @@ class CampaignProgress(Schema):
     status_reason: str
     started_at: datetime | None
     finished_at: datetime | None
+    recipients: int = Field(description="Recipients snapshotted so far while starting; all of them once sending.")
+    snapshot: float = Field(ge=0, le=1, description="Share of the audience snapshot done: 0 before the start, 1 once sending.")
     counts: dict[str, int]
 
 
@@ -254,10 +256,12 @@ def _act(request, action, *args):
     return lifecycle.progress(campaign.pk)
 
 
-@router.post("/campaigns/{campaign_id}/send", response=CampaignProgress, summary="Send now: snapshot the audience and start")
+@router.post("/campaigns/{campaign_id}/send", response={202: CampaignProgress},
+             summary="Send now: answers at once with status starting; a worker snapshots the audience, then it sends")
 @requires("campaigns.send_campaign")
 def send(request, campaign_id: int):
-    return _act(request, lifecycle.start_campaign, campaign_id)
+    """The content is frozen now. Follow ``progress``: ``recipients`` grows while starting, then the counts."""
+    return Status(202, _act(request, lifecycle.start_in_background, campaign_id))
 
 
 @router.post("/campaigns/{campaign_id}/schedule", response=CampaignProgress, summary="Send at a time")

@@ -505,15 +505,20 @@ _compiled = {}  # campaign id -> (updated_at, compiled)
 
 
 def compiled_for(campaign_id, updated_at):
+    """The campaign's message as frozen when it started, compiled once per process (looked up again when the row changes).
+
+    Never the current draft: an edit made after the start (or of its layout)
+    changes nothing that the remaining recipients get.
+    """
     from delivery.message import compile_campaign
 
     hit = _compiled.get(campaign_id)
     if hit and hit[0] == updated_at:
         return hit[1]
-    campaign = Campaign.objects.get(pk=campaign_id)
+    campaign = Campaign.objects.select_related("frozen_content").get(pk=campaign_id)
     if len(_compiled) > 64:
         _compiled.clear()
-    compiled = compile_campaign(campaign)
+    compiled = compile_campaign(campaign.as_sent())
     _compiled[campaign_id] = (campaign.updated_at, compiled)
     return compiled
 

@@ -2,14 +2,18 @@
 
 from django.conf import settings
 from django.db import connection
+from django.db.models import Max
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
 from delivery.models import Send
 
 
-def audience_sql(count_only=False):
-    """Active contacts with a live subscription in any target list, not suppressed, each once."""
+def audience_sql(count_only=False, ranged=False):
+    """Active contacts with a live subscription in any target list, not suppressed, each once.
+
+    ``ranged``: only contacts with ``after < id <= upto`` (one chunk of a snapshot).
+    """
     c, s, ml, x = (m._meta.db_table for m in (Contact, Subscription, MailingList, Suppression))
     where = f"""
         FROM {c} c
@@ -20,6 +24,8 @@ def audience_sql(count_only=False):
               AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
           AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
     """  # noqa: S608
+    if ranged:
+        where += " AND c.id > %(after)s AND c.id <= %(upto)s"
     if count_only:
         return "SELECT count(*) " + where
     return f"""
@@ -33,7 +39,7 @@ def audience_sql(count_only=False):
     """  # noqa: S608
 
 
-def sqlite_audience_sql(n_lists, count_only=False):
+def sqlite_audience_sql(n_lists, count_only=False, ranged=False):
     """The same audience for SQLite: lists as an IN list, the domain cut without regular expressions.
 
     ``rtrim(key, <every character but '@'>)`` leaves the key up to its last '@',
@@ -50,6 +56,8 @@ def sqlite_audience_sql(n_lists, count_only=False):
               AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
           AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
     """  # noqa: S608
+    if ranged:
+        where += " AND c.id > %s AND c.id <= %s"
     if count_only:
         return "SELECT count(*) " + where
     return f"""
@@ -80,17 +88,33 @@ def count_audience(campaign: Campaign) -> int:
         return cur.fetchone()[0]
 
 
-def snapshot(campaign: Campaign) -> int:
-    """Insert the campaign's Send rows with one set-based statement; returns how many exist."""
+def highest_contact_id() -> int:
+    """Where a snapshot starting now ends: contacts added later are not in its audience."""
+    return Contact.objects.aggregate(top=Max("id"))["top"] or 0
+
+
+def next_chunk(after: int, upto: int, size: int) -> int:
+    """The end of the chunk of ``size`` contact ids that follows ``after``, skipping a gap in the ids (deleted contacts)."""
+    first = Contact.objects.filter(id__gt=after, id__lte=upto).order_by("id").values_list("id", flat=True).first()
+    return upto if first is None else min(upto, first - 1 + size)
+
+
+def snapshot_range(campaign: Campaign, after: int, upto: int) -> int:
+    """Insert the Send rows of the audience's contacts with ``after < id <= upto``; returns how many are new.
+
+    Idempotent: a contact already in the campaign is skipped (ON CONFLICT), so
+    a chunk done twice (a worker lost after its commit) adds nobody twice.
+    """
     lists = _list_ids(campaign)
-    if lists and connection.vendor == "sqlite":
-        now = connection.ops.adapt_datetimefield_value(timezone.now())
-        with connection.cursor() as cur:
-            cur.execute(sqlite_audience_sql(len(lists)), [campaign.pk, now, now, now, *lists])
-    elif lists:
-        with connection.cursor() as cur:
-            cur.execute(audience_sql(), {"campaign": campaign.pk, "lists": lists})
-    return Send.objects.filter(campaign_id=campaign.pk).count()
+    if not lists or upto <= after:
+        return 0
+    with connection.cursor() as cur:
+        if connection.vendor == "sqlite":
+            now = connection.ops.adapt_datetimefield_value(timezone.now())
+            cur.execute(sqlite_audience_sql(len(lists), ranged=True), [campaign.pk, now, now, now, *lists, after, upto])
+        else:
+            cur.execute(audience_sql(ranged=True), {"campaign": campaign.pk, "lists": lists, "after": after, "upto": upto})
+        return max(cur.rowcount, 0)
 
 
 def batch_size():

@@ -1,13 +1,16 @@
 """Starting scheduled campaigns when their time comes (run by beat every few seconds).
 
 Each due campaign is claimed with a conditional UPDATE (``scheduled`` →
-``sending``) in the same transaction as its audience snapshot. Two dispatcher
+``starting``) in the same transaction that freezes its content. Two dispatcher
 ticks racing (a duplicate tick, a second beat by mistake) both try the UPDATE;
 PostgreSQL makes the second wait for the first's row lock and then re-checks
 the WHERE clause, which no longer matches: one tick starts the campaign, the
-other does nothing. The claim and the snapshot commit together, so the sweeper
-never sees a "sending" campaign without its Send rows and never finishes it
-early.
+other does nothing. The audience snapshot is then a worker's task, exactly as
+when an operator presses Send (delivery.lifecycle): the tick never waits for it.
+
+A start whose snapshot stopped making progress (its worker was killed, its
+task was lost with the broker) is handed to a worker again by the next tick;
+the snapshot resumes where it stopped.
 
 A campaign whose time passed more than ``HERALD_SCHEDULE_CUTOFF`` seconds ago
 (beat was down, the machine was off) is not started silently: it goes to
@@ -23,18 +26,19 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign
-from delivery import dispatch, engine, planner
+from delivery import lifecycle
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Tick:
-    """What one dispatcher tick did: campaign ids started, marked missed, or left to another tick."""
+    """What one tick did: campaign ids started, marked missed, left to another tick, or whose stalled start it handed on."""
 
     started: list = field(default_factory=list)
     missed: list = field(default_factory=list)
     lost_race: list = field(default_factory=list)
+    restarted: list = field(default_factory=list)
 
 
 def cutoff_seconds() -> int:
@@ -72,7 +76,7 @@ def claim_and_start(campaign_id, now) -> bool:
     with transaction.atomic():
         claimed = Campaign.objects.filter(
             pk=campaign_id, status=Campaign.Status.SCHEDULED, scheduled_at__lte=now
-        ).update(status=Campaign.Status.SENDING, started_at=now, status_reason="", updated_at=now)
+        ).update(status=Campaign.Status.STARTING, started_at=now, status_reason="", updated_at=now)
         if not claimed:
             return False
         campaign = Campaign.objects.get(pk=campaign_id)
@@ -84,20 +88,38 @@ def claim_and_start(campaign_id, now) -> bool:
             )
             log.warning("campaign %s is due but has no target lists", campaign_id)
             return False
-        total = planner.snapshot(campaign)
-        Campaign.objects.filter(pk=campaign_id).update(total=total)
-    # After the commit, so workers see the rows they are handed.
-    if total:
-        dispatch.enqueue_campaign(campaign_id)
-    engine.settle_campaigns([campaign_id])
-    log.info("started scheduled campaign %s with %d recipient(s)", campaign_id, total)
+        lifecycle.enter_starting(campaign, now)
+        lifecycle.hand_off(campaign_id)
+    log.info("started scheduled campaign %s; a worker snapshots its audience", campaign_id)
     return True
 
 
+def restart_stalled(now) -> list[int]:
+    """Hand starts that committed no snapshot chunk for a while to a worker again; returns their ids.
+
+    Each is claimed by moving its ``updated_at``, so racing ticks hand it on
+    once, and a start waiting behind busy workers is handed on at most once
+    per stall period. A second run beside a live one is harmless: a chunk
+    commits only from the cursor it began at.
+    """
+    limit = now - timedelta(seconds=lifecycle.STALLED_START_SECONDS)
+    stalled = Campaign.objects.filter(status=Campaign.Status.STARTING, updated_at__lt=limit)
+    restarted = []
+    for campaign_id in stalled.values_list("id", flat=True):
+        with transaction.atomic():
+            if Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.STARTING, updated_at__lt=limit).update(
+                    updated_at=now):
+                lifecycle.hand_off(campaign_id)
+                restarted.append(campaign_id)
+    if restarted:
+        log.warning("campaigns %s made no progress starting; handed to a worker again", restarted)
+    return restarted
+
+
 def dispatch_due(now=None) -> Tick:
-    """One dispatcher tick: mark what is too late as missed, then start what is due."""
+    """One dispatcher tick: mark what is too late as missed, start what is due, and hand on stalled starts."""
     now = now or timezone.now()
-    tick = Tick(missed=mark_missed(now))
+    tick = Tick(missed=mark_missed(now), restarted=restart_stalled(now))
     due = Campaign.objects.filter(status=Campaign.Status.SCHEDULED, scheduled_at__lte=now).order_by("scheduled_at", "id")
     for campaign_id in due.values_list("id", flat=True):
         (tick.started if claim_and_start(campaign_id, now) else tick.lost_race).append(campaign_id)

@@ -56,9 +56,11 @@ def due_retries():
     dispatch.enqueue_sends(engine.due_retries())
 
 
-@shared_task(name="delivery.start_campaign")
+@shared_task(name="delivery.start_campaign", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60,
+             max_retries=None)
 def start_campaign(campaign_id):
-    lifecycle.start_campaign(campaign_id)
+    """Snapshot a starting campaign's audience and enqueue it; run again, it resumes where it stopped."""
+    lifecycle.prepare(campaign_id)
 
 
 @shared_task(name="delivery.dispatch_scheduled")

@@ -288,6 +288,9 @@ HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
 # to in plaintext before TLS is tried again (as Postfix's "may" level falls back).
 HERALD_TLS_FALLBACK_SECONDS = envint("HERALD_TLS_FALLBACK_SECONDS", 3600, minimum=1)
 HERALD_BATCH_SIZE = envint("HERALD_BATCH_SIZE", 200, minimum=1)
+# Contacts (by id) per committed chunk of a campaign's audience snapshot: a
+# pause or cancel while starting waits for at most one chunk.
+HERALD_START_CHUNK = envint("HERALD_START_CHUNK", 20000, minimum=1)
 HERALD_SEND_LEASE = envint("HERALD_SEND_LEASE", 1800, minimum=10)
 HERALD_SEND_MAX_CLAIMS = envint("HERALD_SEND_MAX_CLAIMS", 5, minimum=1)
 HERALD_ORPHAN_GRACE = envint("HERALD_ORPHAN_GRACE", 300, minimum=10)

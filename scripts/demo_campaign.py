@@ -754,7 +754,8 @@ def run(args, env, processes, var_dir, log_dir):
         campaign = create_campaign(list_name)
         test_send(campaign)
         log(f"Sending “{campaign.name}”…")
-        lifecycle.start_campaign(campaign.pk)
+        # As Send now in the admin does: the worker snapshots the audience, then sends.
+        lifecycle.start_in_background(campaign.pk)
         watch(campaign.pk, processes, args.timeout)
         wait_for_late_bounces(campaign.pk, sink)
         recipients = Recipients(campaign.pk, sink)

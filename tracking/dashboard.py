@@ -30,7 +30,7 @@ def campaign_row(campaign):
 
 def active_campaigns():
     """Campaigns sending or paused, with their outcomes so far; scheduled and missed ones with their time."""
-    sending = Campaign.objects.filter(status__in=["sending", "paused"]).order_by("started_at")[:20]
+    sending = Campaign.objects.filter(status__in=["starting", "sending", "paused"]).order_by("started_at")[:20]
     waiting = Campaign.objects.filter(status__in=["scheduled", "missed"]).order_by("scheduled_at")[:20]
     return [campaign_row(c) for c in sending], list(waiting)
 

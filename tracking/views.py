@@ -57,7 +57,7 @@ def click(request, token):
 
 def _send(purpose, token):
     (send_id,) = _parts(purpose, token, 1)
-    send = Send.objects.select_related("campaign", "contact").filter(pk=send_id).first()
+    send = Send.objects.select_related("campaign", "campaign__frozen_content", "contact").filter(pk=send_id).first()
     if send is None:
         raise Http404("unknown message")
     return send
@@ -89,13 +89,13 @@ def _has_lists(send):
 @never_cache
 @require_http_methods(["GET", "HEAD"])
 def view_in_browser(request, token):
-    """The HTML part of the message as this recipient received it."""
+    """The HTML part of the message as this recipient received it: the content frozen at the start, not today's draft."""
     from delivery.message import compile_campaign
 
     send = _send("view", token)
     if send.campaign is None or send.contact is None:
         raise Http404("this message has no web version")
-    built = compile_campaign(send.campaign).build(send, send.contact)
+    built = compile_campaign(send.campaign.as_sent()).build(send, send.contact)
     message = message_from_bytes(built.data, policy=policy.default)
     part = message.get_body(preferencelist=("html", "plain"))
     if part is None:

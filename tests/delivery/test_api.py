@@ -5,6 +5,7 @@ from django.contrib.auth.models import Permission, User
 
 from campaigns.models import ApiToken
 from delivery.models import Relay
+from delivery.tasks import start_campaign
 from tests.delivery.servers import Authenticator
 from tests.support.smtp import Sink
 from tests.support.tls import server_context
@@ -78,9 +79,12 @@ def test_sending_needs_the_permission(client, viewer, sender, make_campaign):
     campaign = make_campaign(["a@example.com", "b@example.com"])
     assert client.post(f"/api/v1/campaigns/{campaign.pk}/send", **viewer).status_code == 403
     response = client.post(f"/api/v1/campaigns/{campaign.pk}/send", **sender)
-    assert response.status_code == 200
-    assert response.json()["status"] == "sending"
-    assert response.json()["counts"]["queued"] == response.json()["counts"]["total"] == 2
+    assert response.status_code == 202
+    assert response.json()["status"] == "starting" and response.json()["recipients"] == 0
+    start_campaign(campaign.pk)  # what the worker does with the task the request published
+    progress = client.get(f"/api/v1/campaigns/{campaign.pk}/progress", **viewer).json()
+    assert progress["status"] == "sending" and progress["recipients"] == 2 and progress["snapshot"] == 1
+    assert progress["counts"]["queued"] == progress["counts"]["total"] == 2
 
     paused = client.post(f"/api/v1/campaigns/{campaign.pk}/pause", **sender).json()
     assert paused["status"] == "paused"

@@ -52,6 +52,24 @@ def test_a_sending_campaign_shows_progress_pause_cancel_and_statistics(client, o
     assert f"/admin/herald/campaigns/{newsletter.pk}/send/" not in page
 
 
+def test_send_now_answers_at_once_and_the_panel_shows_the_campaign_starting(client, operator, newsletter):
+    response = client.post(f"/admin/herald/campaigns/{newsletter.pk}/send/", follow=True)
+
+    newsletter.refresh_from_db()
+    assert newsletter.status == Campaign.Status.STARTING
+    assert not Send.objects.filter(campaign=newsletter).exists()  # a worker gathers the recipients
+    page = response.content.decode()
+    assert "is starting: its recipients are being gathered" in page
+    assert 'id="herald-starting"' in page and 'id="herald-pause"' in page and 'id="herald-cancel"' in page
+    assert 'name="subject"' not in page and "frozen when it started" in page
+    progress = client.get(f"/admin/herald/campaigns/{newsletter.pk}/progress/").json()
+    assert (progress["status"], progress["recipients"], progress["snapshot"]) == ("starting", 0, 0)
+
+    client.post(f"/admin/herald/campaigns/{newsletter.pk}/pause/")
+    newsletter.refresh_from_db()
+    assert newsletter.status == Campaign.Status.PAUSED
+
+
 def test_schedule_is_entered_in_the_operators_time_zone_and_stored_in_utc(client, operator, newsletter, settings):
     settings.TIME_ZONE = "Europe/Berlin"
     response = client.post(f"/admin/herald/campaigns/{newsletter.pk}/schedule/", {"scheduled_at": "2031-07-01T09:30"},

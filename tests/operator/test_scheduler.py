@@ -1,5 +1,7 @@
 """Scheduled campaigns: started once when due, even with two ticks racing; too late means "missed"."""
 
+import base64
+import json
 import threading
 from datetime import timedelta
 
@@ -10,7 +12,7 @@ from django.utils import timezone
 from campaigns.models import Campaign
 from delivery import lifecycle, scheduler
 from delivery.models import Send
-from delivery.tasks import dispatch_scheduled
+from delivery.tasks import dispatch_scheduled, start_campaign
 from tests.delivery.conftest import drain
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -40,7 +42,24 @@ def race(*ticks):
     return results
 
 
-def test_a_campaign_scheduled_ahead_starts_once_with_two_ticks_racing(newsletter, relay, sink):
+def published_starts(redis_client):
+    """Campaign ids of the start tasks waiting on the broker's queue."""
+    ids = []
+    for raw in redis_client.lrange("celery", 0, -1):
+        message = json.loads(raw)
+        if message["headers"]["task"] == "delivery.start_campaign":
+            ids.append(json.loads(base64.b64decode(message["body"]))[0][0])
+    return sorted(ids)
+
+
+def run_published_starts(redis_client):
+    """Run each published start task as a worker would."""
+    for campaign_id in published_starts(redis_client):
+        start_campaign(campaign_id)
+    redis_client.delete("celery")
+
+
+def test_a_campaign_scheduled_ahead_starts_once_with_two_ticks_racing(newsletter, relay, sink, redis_client):
     at = timezone.now() + timedelta(seconds=5)
     lifecycle.schedule_campaign(newsletter.pk, at)
 
@@ -53,8 +72,13 @@ def test_a_campaign_scheduled_ahead_starts_once_with_two_ticks_racing(newsletter
 
     assert sorted([first.started, second.started]) == [[], [newsletter.pk]]
     newsletter.refresh_from_db()
-    assert newsletter.status == Campaign.Status.SENDING
+    # The tick only claims it: the snapshot is the task it published, once.
+    assert newsletter.status == Campaign.Status.STARTING
     assert newsletter.started_at == due
+    assert published_starts(redis_client) == [newsletter.pk]
+    run_published_starts(redis_client)
+    newsletter.refresh_from_db()
+    assert newsletter.status == Campaign.Status.SENDING
     assert newsletter.total == 3
     drain(newsletter.pk)
     assert sorted(sink.recipients()) == ["ann@example.com", "bob@example.com", "cy@example.com"]
@@ -62,7 +86,7 @@ def test_a_campaign_scheduled_ahead_starts_once_with_two_ticks_racing(newsletter
     assert newsletter.status == Campaign.Status.FINISHED
 
 
-def test_many_racing_ticks_through_the_celery_task_start_each_campaign_once(newsletter, relay, sink):
+def test_many_racing_ticks_through_the_celery_task_start_each_campaign_once(newsletter, relay, sink, redis_client):
     others = []
     for n in range(3):
         copy = Campaign.objects.create(name=f"Issue {n}", subject="Issue", from_email="news@herald.example",
@@ -76,6 +100,8 @@ def test_many_racing_ticks_through_the_celery_task_start_each_campaign_once(news
     # The real task, as beat calls it, four times at once.
     race(*[dispatch_scheduled] * 4)
 
+    assert published_starts(redis_client) == sorted(c.pk for c in [newsletter, *others])
+    run_published_starts(redis_client)
     for campaign in [newsletter, *others]:
         campaign.refresh_from_db()
         assert campaign.status == Campaign.Status.SENDING
@@ -117,7 +143,7 @@ def test_a_late_campaign_within_the_cutoff_still_starts(newsletter, relay, setti
 
     newsletter.refresh_from_db()
     assert tick.started == [newsletter.pk]
-    assert newsletter.status == Campaign.Status.SENDING
+    assert newsletter.status == Campaign.Status.STARTING
 
 
 def test_a_due_campaign_without_lists_is_left_for_the_operator(newsletter, fresh_engine):

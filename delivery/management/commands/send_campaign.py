@@ -55,7 +55,7 @@ class Command(BaseCommand):
             data = lifecycle.progress(campaign_id)
             self.stdout.write("\r" + self.bar(data), ending="")
             self.stdout.flush()
-            if once or data["status"] not in ("sending", "scheduled"):
+            if once or data["status"] not in ("starting", "sending", "scheduled"):
                 break
             time.sleep(interval)
         self.stdout.write("")
