@@ -6,15 +6,22 @@ hands them to the engine through it.
 """
 
 from django.db import transaction
+from redis.exceptions import RedisError
 
 from delivery import planner, routing
 from delivery.models import Send
+from delivery.throttle import client as throttle_client
+
+# How many send tasks were published, ever (monitoring and the scale benchmark).
+PUBLISHED_KEY = "herald:published-batches"
 
 
-def _publish(batches, countdown=0.0):
+def _publish(batches, countdown=0.0, reserved=False):
+    """Publish (group, ids) batches, all with one countdown, or (ids, countdown) slot batches when ``reserved``."""
     from delivery.tasks import send_batch
 
-    if countdown and send_batch.app.conf.task_always_eager:
+    eager = send_batch.app.conf.task_always_eager
+    if countdown and eager:
         # Eager mode ignores countdowns: publishing would spin on an empty
         # bucket. The rows stay queued and the sweeper brings them back.
         return 0
@@ -24,15 +31,35 @@ def _publish(batches, countdown=0.0):
     # saferepr of hundreds of ids per task, which cost more than the publish
     # itself; monitoring shows the batch size and the id range instead.
     with send_batch.app.producer_or_acquire() as producer:
-        for _group, ids in batches:
-            send_batch.apply_async((ids,), countdown=countdown or None, producer=producer,
-                                   argsrepr=_argsrepr(ids), kwargsrepr="{}")
+        for first, second in batches:
+            ids, wait = (first, second) if reserved else (second, countdown)
+            if wait and eager:
+                continue
+            send_batch.apply_async((ids,), {"reserved": True} if reserved else {}, countdown=wait or None,
+                                   producer=producer, argsrepr=_argsrepr(ids), kwargsrepr="{}")
             count += 1
+    _count_published(count)
     return count
+
+
+def _count_published(count):
+    if count:
+        try:
+            throttle_client().incrby(PUBLISHED_KEY, count)
+        except RedisError:
+            pass  # a lost count costs a figure, never a send
 
 
 def _argsrepr(ids) -> str:
     return f"([{len(ids)} send ids {ids[0]}..{ids[-1]}],)" if ids else "([],)"
+
+
+def enqueue_slots(slot_batches):
+    """Enqueue [(ids, countdown, ...)] slot batches (see engine.hold_for_slots) as they are, one task each,
+    once the current transaction commits: their rows come back for reserved slots."""
+    batches = [(list(item[0]), item[1]) for item in slot_batches if item[0]]
+    if batches:
+        transaction.on_commit(lambda: _publish(batches, reserved=True))
 
 
 def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
@@ -42,6 +69,7 @@ def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
         return
 
     def publish():
+        routing.refresh()
         rows = []
         for start in range(0, len(ids), 10000):
             rows.extend(Send.objects.filter(id__in=ids[start:start + 10000]).values_list("id", "domain"))
@@ -53,6 +81,7 @@ def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
 
 def enqueue_campaign(campaign_id: int) -> int:
     """Enqueue every queued send of a campaign, streaming rows so memory stays flat."""
+    routing.refresh()
     rows = (
         Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED)
         .order_by("domain", "id")

@@ -1,0 +1,130 @@
+"""A throttled domain's backlog waits for reserved send slots: it costs the other domains nothing, and the broker
+holds a bounded number of its tasks however long the backlog grows."""
+
+import threading
+import time
+
+import pytest
+import redis
+from django.conf import settings as django_settings
+from django.db import connection
+
+from campaigns.models import Campaign
+from delivery import lifecycle, tasks
+from delivery.models import DomainThrottle, Period, Send
+from tests.delivery.test_workers import max_in_one_second
+from tests.delivery.workers import Worker
+from tests.support.smtp import Sink
+from tests.support.wait import wait_until
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+SLOW = "slow.example"
+OTHERS = [f"o{i}@d{i % 8}.example" for i in range(2400)]
+# 300 s of sending at 10/s: far longer than the test, as a real backlog is.
+BACKLOG = [f"s{i}@{SLOW}" for i in range(3000)]
+
+
+class Broker:
+    """Samples how many send tasks the broker holds: waiting in the queue, or delivered to a worker and not acked
+    (Celery hands countdown tasks to the worker at once, which keeps them in memory until their time)."""
+
+    def __init__(self):
+        self.client = redis.Redis.from_url(django_settings.REDIS_URL)
+        self.peak = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def held(self):
+        return self.client.llen("celery") + self.client.hlen("unacked")
+
+    def _run(self):
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.held())
+            self.stop.wait(0.05)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(5)
+
+
+class Beat:
+    """The due-retries tick of beat, every second (beat runs it every 15 s)."""
+
+    def __init__(self):
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        try:
+            while not self.stop.wait(1.0):
+                tasks.due_retries()  # the task's body, run here
+        finally:
+            connection.close()
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(10)
+
+
+def others_done_after(campaign, server, before, start):
+    """Start ``campaign`` and return the seconds until the sink has every address of OTHERS once more."""
+    lifecycle.start_campaign(campaign.pk)
+
+    def done():
+        return sum(1 for item in server.received[before:] if not item.rcpt_tos[0].endswith(SLOW)) >= len(OTHERS)
+
+    wait_until(done, timeout=120, interval=0.05, message="the other domains to finish")
+    last = max(item.at for item in server.received[before:] if not item.rcpt_tos[0].endswith(SLOW))
+    return last - start
+
+
+def test_a_throttled_backlog_neither_slows_the_other_domains_nor_fills_the_broker(tmp_path, make_relay, make_campaign):
+    DomainThrottle.objects.create(name="slow", domains=SLOW, rate=10, period=Period.SECOND, burst=10)
+    with Sink() as server:
+        make_relay(server.port, max_connections=4)
+        alone = make_campaign(OTHERS, name="Alone")
+        mixed = make_campaign(OTHERS + BACKLOG, name="Mixed")
+        worker = Worker("backlog", tmp_path, concurrency=2).wait_ready()
+        try:
+            with Beat():
+                start = time.time()
+                baseline = others_done_after(alone, server, 0, start)
+                wait_until(lambda: Campaign.objects.get(pk=alone.pk).status == Campaign.Status.FINISHED, timeout=30,
+                           message="the first campaign to finish")
+                before = len(server.received)
+                with Broker() as broker:
+                    start = time.time()
+                    took = others_done_after(mixed, server, before, start)
+                    # Then the backlog goes on at its own rate, its tasks still bounded.
+                    at, sent = time.time(), slow_times(server)
+                    wait_until(lambda: len(slow_times(server)) >= len(sent) + 50, timeout=20,
+                               message=f"50 more messages to {SLOW}")
+                    pace = 50 / (time.time() - at)
+                lifecycle.cancel_campaign(mixed.pk)
+        finally:
+            worker.stop()
+
+    times = slow_times(server)
+    print(f"others alone {baseline:.2f} s, beside the backlog {took:.2f} s; broker peak {broker.peak} tasks; "
+          f"{SLOW} at {pace:.1f}/s afterwards, {len(times)} sent")
+    assert took <= baseline * 1.10 + 0.5
+    # The campaign's own batches (27 of 200) plus the slot batches of the next half minute at 10/s, whatever
+    # the size of the backlog; spreading refused rows over countdown tasks held one per ten rows.
+    assert broker.peak <= len(OTHERS + BACKLOG) // 200 + 1 + 40
+    # The throttled domain goes at its limit, never over it.
+    assert 7 <= pace <= 11
+    assert max_in_one_second(times) <= 10 + 10
+    assert Send.objects.filter(campaign=mixed, domain=SLOW, status="sent").count() == len(times)
+
+
+def slow_times(server):
+    return [item.at for item in list(server.received) if item.rcpt_tos[0].endswith(SLOW)]
