@@ -80,10 +80,13 @@ def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
 
 
 def enqueue_campaign(campaign_id: int) -> int:
-    """Enqueue every queued send of a campaign, streaming rows so memory stays flat."""
+    """Enqueue every queued send of a campaign, streaming rows so memory stays flat.
+
+    Parked sends keep their reserved slots: the due-retries tick hands them over.
+    """
     routing.refresh()
     rows = (
-        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED)
+        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED, parked=False)
         .order_by("domain", "id")
         .values_list("id", "domain")
         .iterator(chunk_size=5000)

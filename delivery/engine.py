@@ -1170,15 +1170,28 @@ def due_slots(now=None, size=SWEEP_CHUNK):
 
 
 def _unpark_stopped():
-    """Rows parked for campaigns that were paused or cancelled since: their slots go back to their domains.
+    """Campaigns paused or cancelled since their sends reserved slots give the slots back to their domains:
+    parked rows are unparked, and rows whose slot batch is on the broker (it will find nothing to claim)
+    are marked due now, so each slot is given back once.
 
     A paused campaign's rows stay queued; resuming enqueues them again and they reserve new slots.
     """
+    now = timezone.now()
     stopped = list(Campaign.objects.exclude(status=Campaign.Status.SENDING)
                    .filter(models.Exists(Send.objects.filter(campaign_id=models.OuterRef("pk"), parked=True)))
                    .values_list("id", flat=True))
     for campaign_id in stopped:
         by_domain = {}
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET next_attempt_at = %s
+                    WHERE campaign_id = %s AND status IN ('queued', 'cancelled') AND NOT parked
+                      AND next_attempt_at > %s
+                    RETURNING domain""",  # noqa: S608
+                [_db_time(now) if _sqlite() else now, campaign_id, _db_time(now) if _sqlite() else now],
+            )
+            for (domain,) in cur.fetchall():
+                by_domain[domain] = by_domain.get(domain, 0) + 1
         while True:
             ids = list(Send.objects.filter(campaign_id=campaign_id, parked=True).values_list("id", flat=True)[:SWEEP_CHUNK])
             if not ids:

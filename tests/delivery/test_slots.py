@@ -90,9 +90,9 @@ def test_a_paused_campaign_gives_its_slots_back(sink, slow_campaign):
     lifecycle.pause_campaign(slow_campaign.pk)
     assert engine.due_slots() == []
     assert not Send.objects.filter(parked=True).exists()
-    # The queue behind the paused campaign's fifty-nine slots moved up to where its tasks on the broker end
-    # (those find nothing to claim).
-    assert reserve(routing.limit_for("slow.example"), 1).first <= engine.SLOT_HORIZON + 1
+    # The queue behind the paused campaign's fifty-nine slots moved up to the front, those of its slot
+    # batches on the broker (which find nothing to claim) as well.
+    assert reserve(routing.limit_for("slow.example"), 1).first < 5
     lifecycle.resume_campaign(slow_campaign.pk)
     assert statuses(slow_campaign.pk)["s59@slow.example"] == "queued"
 

@@ -9,7 +9,6 @@ import redis
 from django.conf import settings as django_settings
 from django.db import connection
 
-from campaigns.models import Campaign
 from delivery import lifecycle, tasks
 from delivery.models import DomainThrottle, Period, Send
 from tests.delivery.test_workers import max_in_one_second
@@ -20,7 +19,7 @@ from tests.support.wait import wait_until
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 SLOW = "slow.example"
-OTHERS = [f"o{i}@d{i % 8}.example" for i in range(2400)]
+OTHERS = [f"o{i}@d{i % 8}.example" for i in range(1600)]
 # 300 s of sending at 10/s: far longer than the test, as a real backlog is.
 BACKLOG = [f"s{i}@{SLOW}" for i in range(3000)]
 
@@ -75,55 +74,57 @@ class Beat:
         self.thread.join(10)
 
 
-def others_done_after(campaign, server, before, start):
-    """Start ``campaign`` and return the seconds until the sink has every address of OTHERS once more."""
+def others_done_after(campaign, server):
+    """Start ``campaign``; the seconds until the sink has every address of OTHERS once more."""
+    before, start = len(server.received), time.time()
     lifecycle.start_campaign(campaign.pk)
 
-    def done():
-        return sum(1 for item in server.received[before:] if not item.rcpt_tos[0].endswith(SLOW)) >= len(OTHERS)
+    def others():
+        return [item.at for item in server.received[before:] if not item.rcpt_tos[0].endswith(SLOW)]
 
-    wait_until(done, timeout=120, interval=0.05, message="the other domains to finish")
-    last = max(item.at for item in server.received[before:] if not item.rcpt_tos[0].endswith(SLOW))
-    return last - start
+    wait_until(lambda: len(others()) >= len(OTHERS), timeout=120, interval=0.05, message="the other domains to finish")
+    return max(others()) - start
 
 
 def test_a_throttled_backlog_neither_slows_the_other_domains_nor_fills_the_broker(tmp_path, make_relay, make_campaign):
     DomainThrottle.objects.create(name="slow", domains=SLOW, rate=10, period=Period.SECOND, burst=10)
     with Sink() as server:
         make_relay(server.port, max_connections=4)
-        alone = make_campaign(OTHERS, name="Alone")
-        mixed = make_campaign(OTHERS + BACKLOG, name="Mixed")
         worker = Worker("backlog", tmp_path, concurrency=2).wait_ready()
+        alone, beside, peaks = [], [], []
         try:
-            with Beat():
-                start = time.time()
-                baseline = others_done_after(alone, server, 0, start)
-                wait_until(lambda: Campaign.objects.get(pk=alone.pk).status == Campaign.Status.FINISHED, timeout=30,
-                           message="the first campaign to finish")
-                before = len(server.received)
-                with Broker() as broker:
-                    start = time.time()
-                    took = others_done_after(mixed, server, before, start)
-                    # Then the backlog goes on at its own rate, its tasks still bounded.
-                    at, sent = time.time(), slow_times(server)
-                    wait_until(lambda: len(slow_times(server)) >= len(sent) + 50, timeout=20,
+            with Beat(), Broker() as broker:
+                # Twice each, taking the faster: the machine may be busy with other work meanwhile.
+                for round in range(2):
+                    broker.peak = 0
+                    alone.append(others_done_after(make_campaign(OTHERS, name=f"Alone {round}"), server))
+                    mixed = make_campaign(OTHERS + BACKLOG, name=f"Beside the backlog {round}")
+                    beside.append(others_done_after(mixed, server))
+                    # Then the backlog goes on at its own rate.
+                    at, sent = time.time(), len(slow_times(server))
+                    wait_until(lambda sent=sent: len(slow_times(server)) >= sent + 50, timeout=20,
                                message=f"50 more messages to {SLOW}")
                     pace = 50 / (time.time() - at)
-                lifecycle.cancel_campaign(mixed.pk)
+                    lifecycle.cancel_campaign(mixed.pk)
+                    peaks.append(broker.peak)  # the next round starts beside this one's last slot batches
+                    # Its slots come back within a tick.
+                    wait_until(lambda: not Send.objects.filter(status="sending").exists()
+                               and not Send.objects.filter(parked=True).exists(),
+                               timeout=30, message="the last batch to end and the slots to come back")
         finally:
             worker.stop()
 
     times = slow_times(server)
-    print(f"others alone {baseline:.2f} s, beside the backlog {took:.2f} s; broker peak {broker.peak} tasks; "
+    print(f"others alone {alone} s, beside the backlog {beside} s; broker peaks {peaks} tasks; "
           f"{SLOW} at {pace:.1f}/s afterwards, {len(times)} sent")
-    assert took <= baseline * 1.10 + 0.5
-    # The campaign's own batches (27 of 200) plus the slot batches of the next half minute at 10/s, whatever
+    assert min(beside) <= min(alone) * 1.10 + 0.5
+    # The campaign's own batches (one per 200) plus the slot batches of the next half minute at 10/s, whatever
     # the size of the backlog; spreading refused rows over countdown tasks held one per ten rows.
-    assert broker.peak <= len(OTHERS + BACKLOG) // 200 + 1 + 40
-    # The throttled domain goes at its limit, never over it.
-    assert 7 <= pace <= 11
+    assert peaks[0] <= len(OTHERS + BACKLOG) // 200 + 1 + 40
+    # The throttled domain goes at its limit (plus at most its bucket over the five seconds measured), never over.
+    assert 7 <= pace <= 10 + 10 / 5
     assert max_in_one_second(times) <= 10 + 10
-    assert Send.objects.filter(campaign=mixed, domain=SLOW, status="sent").count() == len(times)
+    assert Send.objects.filter(domain=SLOW, status="sent").count() == len(times)
 
 
 def slow_times(server):
