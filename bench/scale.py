@@ -325,6 +325,12 @@ def start_sink(n, status_path):
     return sink, port
 
 
+def broker_tasks(redis_client):
+    """Tasks on the broker: in the queue's lists (one per priority) or held by a worker, not yet acknowledged."""
+    lists = ["celery"] + [f"celery\x06\x16{p}" for p in (3, 6, 9)]
+    return sum(redis_client.llen(name) for name in lists) + redis_client.hlen("unacked")
+
+
 def beat_tick():
     """What beat's delivery.due_retries task does, run here."""
     from django.db import close_old_connections
@@ -362,7 +368,7 @@ def run(campaign, n, args, redis_client, label):
         last_print = last_tick = time.time()
         while True:
             campaign.refresh_from_db()
-            queue_peak = max(queue_peak, redis_client.llen("celery") + redis_client.hlen("unacked"))
+            queue_peak = max(queue_peak, broker_tasks(redis_client))
             if campaign.status != Campaign.Status.SENDING:
                 break
             if time.time() - t0 > args.timeout:

@@ -604,7 +604,7 @@ def send_batch(send_ids, now=None, reserved=False):
     routing.refresh()
     rows = claim(send_ids, now)
     if not rows:
-        return []
+        return _slots_coming(now)
     mark_progress(rows)
     batch = Batch(rows)
     # The lease is renewed on a timer, not between messages: one message may
@@ -639,7 +639,20 @@ def send_batch(send_ids, now=None, reserved=False):
         raise
     finally:
         heartbeat.release(hold)
-    return requeue
+    return requeue + _slots_coming(now)
+
+
+def _slots_coming(now=None):
+    """Parked slot batches whose slot comes within SLOT_HORIZON, for the broker: every batch a worker ends
+    hands them over (at most once per HANDOVER_SECONDS across all workers), so the broker only ever holds a
+    few seconds of slot batches; beat's due-retries tick does it too, for when no batch runs."""
+    try:
+        if not throttle.client().set(HANDOVER_KEY, "1", nx=True, px=int(HANDOVER_SECONDS * 1000)):
+            return []
+        return due_slots(now, stopped=False)
+    except Exception as exc:  # Redis or PostgreSQL away: beat's tick hands them over later
+        log.debug("slot batches not handed over: %s", exc)
+        return []
 
 
 def _screen(rows, now, batch):
@@ -673,11 +686,14 @@ def _screen(rows, now, batch):
 
 
 # Reserved slots up to this far ahead go to the broker as countdown tasks (one
-# per slot batch); later ones wait in the ledger, parked, and the due-retries
-# tick (every 15 s) hands them to the broker when they come this close. So the
-# broker holds at most this many seconds of a throttled domain's backlog,
-# however long the backlog is.
-SLOT_HORIZON = 30.0
+# per slot batch); later ones wait in the ledger, parked, and are handed to the
+# broker when they come this close: by every batch that ends, and by the
+# due-retries tick. So the broker holds at most this many seconds of a
+# throttled domain's backlog, however long the backlog is. Few countdown tasks
+# matter: a worker holds them in memory and fetches as many more tasks.
+SLOT_HORIZON = 3.0
+HANDOVER_KEY = throttle.PREFIX + "slots-handover"
+HANDOVER_SECONDS = 0.5
 # Countdowns end this much after the slot: a worker whose clock runs a little
 # ahead of Redis's still finds the token there.
 SLOT_MARGIN = 0.05
@@ -1135,11 +1151,12 @@ def due_retries(now=None):
         return [r[0] for r in cur.fetchall()]
 
 
-def due_slots(now=None, size=SWEEP_CHUNK):
+def due_slots(now=None, size=SWEEP_CHUNK, stopped=True):
     """Parked rows whose slot comes within SLOT_HORIZON go to the broker: returns [(ids, countdown, True)],
     one task per slot batch. Parked rows of campaigns that stopped give their slots back first."""
     now = now or timezone.now()
-    _unpark_stopped()
+    if stopped:
+        _unpark_stopped()
     at = _db_time(now) if _sqlite() else now
     horizon = now + timedelta(seconds=SLOT_HORIZON)
     out = []

@@ -216,10 +216,15 @@ def unreserve(limit: Limit, n: int):
 
 
 def per_task(limit: Limit) -> int:
-    """How many sends of one slot may share a task: what the bucket holds, and about a second of its rate."""
+    """How many sends with consecutive slots share a task: half the bucket, and about half a second of the rate.
+
+    A task runs at its last send's slot, when the bucket holds the tokens of
+    all of them; one that runs late (the workers were busy) finds them still
+    there for as long again, before a full bucket lets the refill go to waste.
+    """
     if limit.rate <= 0:
         return 1
-    return max(1, min(int(max(limit.burst, 1)), math.ceil(limit.rate)))
+    return max(1, min(int(max(limit.burst, 1)) // 2, math.ceil(limit.rate / 2)))
 
 
 def give_back(limit: Limit, n: int):
