@@ -1,12 +1,18 @@
-"""Scale benchmark: one campaign of a million recipients, two Celery workers, a counting SMTP sink.
+"""Scale benchmark: one campaign of up to a million recipients, two Celery workers, a counting SMTP sink.
 
-    .venv/bin/python bench/scale.py [--recipients 1000000] [--domains 20] [--workers 2] [--concurrency 1]
+    .venv/bin/python bench/scale.py [--recipients 100000] [--domains 20] [--workers 2] [--concurrency 1]
+                                    [--throttled-percent 10] [--throttled-rate 100] [--baseline]
 
-Uses a scratch PostgreSQL database (herald_bench_scale, dropped and re-created)
-and Redis db 13 (flushed); starts and stops its own sink and workers. Prints:
-total time, messages/s over time (as the sink saw them), peak memory of every
-process it started, the database size, the sink's count of unique recipients
-and duplicates, and the highest per-domain rate against its limit.
+``--recipients 1000000`` is the full-size run (10 to 30 minutes on two cores);
+the default of 100,000 takes a few minutes.
+
+Uses a scratch PostgreSQL database (BENCH_DB, default herald_bench_scale, dropped
+and re-created) and a Redis db (BENCH_REDIS_URL, default db 13, flushed); starts
+and stops its own sink and workers, and runs beat's due-retries tick every 15 s
+as beat would (it hands throttled sends whose slots come near to the broker).
+Prints: total time, messages/s over time (as the sink saw them), peak memory of
+every process it started, the database size, the sink's count of unique
+recipients and duplicates, and the highest per-domain rate against its limit.
 
 How uniqueness is established: the sink (a small asyncio SMTP server in its own
 process, speaking PIPELINING like a real MTA) parses every RCPT address
@@ -15,9 +21,14 @@ recipients is checked, not a sample: unique = slots with a count of at least 1,
 duplicates = deliveries beyond the first. A message is counted when its final
 dot is answered 250, as a real MTA would have accepted it.
 
-For scale, 1% of the recipients sit on ``throttled.example`` with a limit of
-``--throttled-rate`` per second: the sink's per-second counts for that domain
-show whether the limit held while everything else ran at full speed.
+A throttled domain must cost the others nothing: ``--throttled-percent`` of the
+recipients (10 % by default) sit on ``throttled.example``, limited to
+``--throttled-rate`` per second. The benchmark prints when the unthrottled rest
+finished, how many Celery tasks were published per message (a backlog that
+spins costs one per few messages; reserved slots cost one per slot batch), the
+most tasks the broker held at once, and the throttled domain's achieved rate
+against its limit. With ``--baseline`` it first sends the unthrottled
+recipients alone, in the same run, and compares.
 """
 
 import argparse
@@ -39,7 +50,7 @@ from benchlib import recreate_database as _recreate
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "out"
 PG = os.environ.get("BENCH_PG", "postgres://herald:herald@127.0.0.1:5432")
-DB_NAME = "herald_bench_scale"
+DB_NAME = os.environ.get("BENCH_DB", "herald_bench_scale")
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13")
 VENV_BIN = Path(sys.executable).parent
 THROTTLED = "throttled.example"
@@ -185,35 +196,42 @@ HTML = (
 )
 
 
-def setup_data(n, domains, throttled_rate, domain_rate):
+def setup_data(n, domains, throttled_every, throttled_rate, domain_rate):
+    """Contacts on ``domains`` ordinary domains, every ``throttled_every``-th on THROTTLED, in two lists;
+    returns the campaigns to all of them and to the ordinary ones alone."""
     from django.db import connection
 
     from campaigns.models import Campaign, MailingList
     from delivery.models import DomainThrottle
 
-    lst = MailingList.objects.create(name="Scale list")
+    ordinary = MailingList.objects.create(name="Ordinary domains")
+    throttled = MailingList.objects.create(name="Throttled domain")
     with connection.cursor() as cur:
         cur.execute(
             """INSERT INTO campaigns_contact (email, email_key, first_name, last_name, attributes, status, created_at, updated_at)
                SELECT a, a, 'User' || g, '', '{}'::jsonb, 'active', now(), now()
-               FROM (SELECT g, 'user' || g || '@' || CASE WHEN g %% 100 = 0 THEN %s
+               FROM (SELECT g, 'user' || g || '@' || CASE WHEN g %% %s = 0 THEN %s
                                                      ELSE 'domain' || (g %% %s) || '.example' END AS a
                      FROM generate_series(1, %s) g) s""",
-            [THROTTLED, domains, n],
+            [throttled_every, THROTTLED, domains, n],
         )
         cur.execute(
             """INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at)
-               SELECT id, %s, 'confirmed', now(), now() FROM campaigns_contact""",
-            [lst.pk],
+               SELECT id, CASE WHEN email_key LIKE %s THEN %s ELSE %s END, 'confirmed', now(), now()
+               FROM campaigns_contact""",
+            ["%@" + THROTTLED, throttled.pk, ordinary.pk],
         )
         cur.execute("ANALYZE")
-    campaign = Campaign.objects.create(name="Scale", subject=SUBJECT, from_email="news@herald.example",
-                                       from_name="Herald Scale", html_body=HTML, text_body=TEXT)
-    campaign.lists.add(lst)
+    values = {"subject": SUBJECT, "from_email": "news@herald.example", "from_name": "Herald Scale",
+              "html_body": HTML, "text_body": TEXT}
+    campaign = Campaign.objects.create(name="Scale", **values)
+    campaign.lists.add(ordinary, throttled)
+    baseline = Campaign.objects.create(name="Scale, ordinary domains alone", **values)
+    baseline.lists.add(ordinary)
     DomainThrottle.objects.create(name="default", is_default=True, rate=domain_rate, burst=domain_rate, max_connections=8)
     DomainThrottle.objects.create(name="throttled", domains=THROTTLED, rate=throttled_rate, burst=throttled_rate,
                                   max_connections=2)
-    return campaign
+    return campaign, baseline
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -294,45 +312,9 @@ def stop_group(proc, sig=signal.SIGTERM, wait=30):
         proc.wait(10)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipients", type=int, default=1_000_000)
-    parser.add_argument("--domains", type=int, default=20)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--concurrency", type=int, default=1)
-    parser.add_argument("--domain-rate", type=int, default=2000, help="per-second limit of each ordinary domain")
-    parser.add_argument("--throttled-rate", type=int, default=100, help=f"per-second limit of {THROTTLED}")
-    parser.add_argument("--timeout", type=int, default=1800, help="give up waiting after this many seconds")
-    parser.add_argument("--sink", nargs=3, metavar=("PORT", "N", "STATUS"), help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.sink:
-        run_sink(int(args.sink[0]), int(args.sink[1]), args.sink[2])
-        return
-    OUT.mkdir(parents=True, exist_ok=True)
-    n = args.recipients
 
-    print(f"database {DB_NAME}, redis {REDIS_URL}: {n} recipients on {args.domains} domains + {THROTTLED} (1%)")
-    t_setup = time.time()
-    recreate_database()
-    import django
-
-    django.setup()
-    import redis
-    from django.core.management import call_command
-    from django.db import connection
-
-    redis_client = redis.Redis.from_url(REDIS_URL)
-    redis_client.flushdb()
-    call_command("migrate", verbosity=0)
-    campaign = setup_data(n, args.domains, args.throttled_rate, args.domain_rate)
-    print(f"set-up (migrate, {n} contacts and subscriptions): {time.time() - t_setup:.1f} s")
-
-    from campaigns.models import Campaign
-    from delivery import lifecycle
-    from delivery.models import Relay, Send
-
+def start_sink(n, status_path):
     port = free_port()
-    status_path = OUT / "scale-sink.json"
     status_path.unlink(missing_ok=True)
     sink = subprocess.Popen([sys.executable, __file__, "--sink", str(port), str(n), str(status_path)],
                             cwd=ROOT, start_new_session=True)
@@ -343,31 +325,61 @@ def main():
             break
         except OSError:
             time.sleep(0.05)
+    return sink, port
+
+
+def broker_tasks(redis_client):
+    """Tasks on the broker: in the queue's lists (one per priority) or held by a worker, not yet acknowledged."""
+    lists = ["celery"] + [f"celery\x06\x16{p}" for p in (3, 6, 9)]
+    return sum(redis_client.llen(name) for name in lists) + redis_client.hlen("unacked")
+
+
+def beat_tick():
+    """What beat's delivery.due_retries task does, run here."""
+    from django.db import close_old_connections
+
+    from delivery import tasks
+
+    close_old_connections()
+    tasks.due_retries()
+
+
+def run(campaign, n, args, redis_client, label):
+    """Send ``campaign`` with fresh workers and a fresh sink; returns what was measured."""
+    from campaigns.models import Campaign
+    from delivery import dispatch, lifecycle
+    from delivery.models import Relay
+
+    status_path = OUT / f"scale-sink-{label}.json"
+    sink, port = start_sink(n, status_path)
+    Relay.objects.all().delete()
     Relay.objects.create(name="sink", host="127.0.0.1", port=port, security="none",
                          max_connections=8, messages_per_connection=1000)
-
     workers = start_workers(args.workers, args.concurrency, dict(os.environ))
     groups = {w.pid: f"worker{i}" for i, w in enumerate(workers)} | {sink.pid: "sink", os.getpgid(0): "orchestrator"}
     peak, names, cpu, stop = {}, {}, {}, threading.Event()
     threading.Thread(target=peak_memory, args=(groups, stop, peak, names, cpu), daemon=True).start()
     time.sleep(5)  # workers boot
 
+    published = int(redis_client.get(dispatch.PUBLISHED_KEY) or 0)
     queue_peak = 0
-    timeline = []
     t0 = time.time()
     try:
         lifecycle.start_campaign(campaign.pk)
         snapshot_s = time.time() - t0
-        print(f"snapshot and enqueue: {snapshot_s:.1f} s; sending …")
-        last_print = time.time()
+        print(f"[{label}] snapshot and enqueue: {snapshot_s:.1f} s; sending …")
+        last_print = last_tick = time.time()
         while True:
             campaign.refresh_from_db()
-            queue_peak = max(queue_peak, redis_client.llen("celery"))
+            queue_peak = max(queue_peak, broker_tasks(redis_client))
             if campaign.status != Campaign.Status.SENDING:
                 break
             if time.time() - t0 > args.timeout:
                 print(f"gave up after {args.timeout} s")
                 break
+            if time.time() - last_tick >= 15:
+                beat_tick()
+                last_tick = time.time()
             if time.time() - last_print >= 30:
                 sent = json.loads(status_path.read_text())["total"] if status_path.exists() else 0
                 print(f"  {time.time() - t0:6.0f} s: sink has {sent}")
@@ -384,17 +396,33 @@ def main():
     summary = json.loads(status_path.read_text())
     if "unique" not in summary:
         raise SystemExit("the sink did not write its final counts")
+    published = int(redis_client.get(dispatch.PUBLISHED_KEY) or 0) - published
+    return {"t0": t0, "total_s": total_s, "snapshot_s": snapshot_s, "counts": counts, "summary": summary,
+            "published": published, "queue_peak": queue_peak, "peak": peak, "names": names, "cpu": cpu, "n": n}
 
+
+def ordinary_done(result):
+    """Seconds from the start until the last message to an ordinary domain (per-second resolution)."""
+    seconds = [int(sec) for d, per in result["summary"]["per_domain_second"].items() if d != THROTTLED for sec in per]
+    return (max(seconds) + 1 - result["t0"]) if seconds else 0.0
+
+
+def report(result, args):
+    from django.db import connection
+
+    from delivery.models import Send
+
+    counts, summary, n, t0 = result["counts"], result["summary"], result["n"], result["t0"]
+    total_s = result["total_s"]
     with connection.cursor() as cur:
         cur.execute("SELECT pg_database_size(current_database()), pg_total_relation_size(%s)", [Send._meta.db_table])
         db_size, send_size = cur.fetchone()
     per_second = {int(k): v for k, v in summary["per_second"].items()}
     start = min(per_second, default=int(t0))
-    for k, v in per_second.items():
-        timeline.append((k - start, v))
+    timeline = [(k - start, v) for k, v in per_second.items()]
     print()
-    print(f"campaign {campaign.status}: {counts}")
-    print(f"total time (start to finished)    {total_s:8.1f} s   (snapshot and enqueue {snapshot_s:.1f} s)")
+    print(f"campaign: {counts}")
+    print(f"total time (start to finished)    {total_s:8.1f} s   (snapshot and enqueue {result['snapshot_s']:.1f} s)")
     print(f"average rate                       {counts['sent'] / total_s:8.0f} messages/s")
     print("messages/s over time (sink, 30-s windows):")
     buckets = defaultdict(int)
@@ -409,15 +437,21 @@ def main():
     others = {d: max_window(s) for d, s in pds.items() if d != THROTTLED}
     busiest = max(others, key=others.get) if others else "-"
     thr_secs = sorted(int(s) for s in throttled)
-    sustained = (sum(throttled.values()) / (thr_secs[-1] - thr_secs[0] + 1)) if thr_secs else 0
     span = thr_secs[-1] - thr_secs[0] + 1 if thr_secs else 0
-    print(f"{THROTTLED}: highest 1-s count {max_window(throttled)} against a limit of {args.throttled_rate}/s "
-          f"(bucket {args.throttled_rate}); {sustained:.0f}/s on average over the {span} s from its first message "
-          f"to its last")
+    sent_thr = sum(throttled.values())
+    # The first second carries the bucket's burst on top of the rate.
+    sustained = (sent_thr - args.throttled_rate) / (span - 1) if span > 1 else 0
+    print(f"unthrottled {100 - args.throttled_percent:g} % finished after {ordinary_done(result):.0f} s")
+    print(f"Celery publishes: {result['published']} tasks for {counts['sent']} messages = "
+          f"{result['published'] / max(counts['sent'], 1):.4f} per message; the broker held at most "
+          f"{result['queue_peak']} tasks at once (queued and held by workers)")
+    print(f"{THROTTLED}: {sent_thr} messages over {span} s; achieved {sustained:.1f}/s after its first second "
+          f"against a limit of {args.throttled_rate}/s ({100 * sustained / args.throttled_rate:.0f} %); "
+          f"highest 1-s count {max_window(throttled)} (limit plus bucket: {2 * args.throttled_rate})")
     print(f"busiest ordinary domain {busiest}: highest 1-s count {others.get(busiest, 0)} against {args.domain_rate}/s")
-    print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB); "
-          f"celery queue peak {queue_peak} tasks")
+    print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB)")
     print("peak memory (VmHWM) and CPU time of every process started:")
+    peak, names, cpu = result["peak"], result["names"], result["cpu"]
     pg_cpu = sum(v for pid, v in cpu.items() if names.get(pid, ("",))[0] == "postgres")
     pg_count = sum(1 for pid in cpu if names.get(pid, ("",))[0] == "postgres")
     for pid in sorted(peak):
@@ -430,6 +464,56 @@ def main():
           f"{1000 * pg_cpu / max(counts['sent'], 1):.2f} CPU s per 1000 messages (snapshot included)")
     ok = summary["unique"] == n and summary["duplicates"] == 0 and counts["sent"] == n
     print("RESULT: " + ("every recipient exactly once" if ok else "MISMATCH"))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--recipients", type=int, default=100_000)
+    parser.add_argument("--domains", type=int, default=20)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=1)
+    parser.add_argument("--domain-rate", type=int, default=2000, help="per-second limit of each ordinary domain")
+    parser.add_argument("--throttled-rate", type=int, default=100, help=f"per-second limit of {THROTTLED}")
+    parser.add_argument("--throttled-percent", type=float, default=10, help=f"share of recipients on {THROTTLED}")
+    parser.add_argument("--baseline", action="store_true",
+                        help="first send the recipients of the ordinary domains alone, and compare")
+    parser.add_argument("--timeout", type=int, default=3600, help="give up waiting after this many seconds")
+    parser.add_argument("--sink", nargs=3, metavar=("PORT", "N", "STATUS"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sink:
+        run_sink(int(args.sink[0]), int(args.sink[1]), args.sink[2])
+        return
+    OUT.mkdir(parents=True, exist_ok=True)
+    n = args.recipients
+    every = max(1, round(100 / args.throttled_percent)) if args.throttled_percent else n + 1
+
+    print(f"database {DB_NAME}, redis {REDIS_URL}: {n} recipients on {args.domains} domains, every {every}th on "
+          f"{THROTTLED} at {args.throttled_rate}/s")
+    t_setup = time.time()
+    recreate_database()
+    import django
+
+    django.setup()
+    import redis
+    from django.core.management import call_command
+
+    redis_client = redis.Redis.from_url(REDIS_URL)
+    redis_client.flushdb()
+    call_command("migrate", verbosity=0)
+    campaign, baseline = setup_data(n, args.domains, every, args.throttled_rate, args.domain_rate)
+    print(f"set-up (migrate, {n} contacts and subscriptions): {time.time() - t_setup:.1f} s")
+
+    alone = None
+    if args.baseline:
+        alone = run(baseline, n, args, redis_client, "baseline")
+        print(f"[baseline] the ordinary domains alone: {alone['counts']['sent']} messages, finished after "
+              f"{ordinary_done(alone):.0f} s; {alone['published']} tasks published")
+    result = run(campaign, n, args, redis_client, "campaign")
+    report(result, args)
+    if alone is not None:
+        took, base = ordinary_done(result), ordinary_done(alone)
+        print(f"the ordinary domains beside {THROTTLED}: finished after {took:.0f} s against {base:.0f} s alone "
+              f"({100 * (took / max(base, 1) - 1):+.0f} %)")
 
 
 if __name__ == "__main__":

@@ -7,18 +7,30 @@ hands them to the engine through it.
 
 from celery import current_app
 from django.db import transaction
+from redis.exceptions import RedisError
 
 from delivery import planner, routing
 from delivery.models import Send
+from delivery.throttle import client as throttle_client
+
+# How many send tasks were published, ever (monitoring and the scale benchmark).
+PUBLISHED_KEY = "herald:published-batches"
+# A campaign's own batches, all published when it starts, go on the broker at a
+# lower priority than every other task (with Redis, Celery consumes priority 0
+# first): slot batches, retries, submitted mail and beat's tasks do not wait
+# behind a million-recipient campaign.
+BULK_PRIORITY = 6
 
 # Found by name in the Celery app: delivery.tasks imports this module, so this
 # module never imports it (delivery's AppConfig.ready registers the tasks).
 SEND_BATCH = "delivery.send_batch"
 
 
-def _publish(batches, countdown=0.0):
+def _publish(batches, countdown=0.0, reserved=False, priority=None):
+    """Publish (group, ids) batches, all with one countdown, or (ids, countdown) slot batches when ``reserved``."""
     send_batch = current_app.tasks[SEND_BATCH]
-    if countdown and send_batch.app.conf.task_always_eager:
+    eager = send_batch.app.conf.task_always_eager
+    if countdown and eager:
         # Eager mode ignores countdowns: publishing would spin on an empty
         # bucket. The rows stay queued and the sweeper brings them back.
         return 0
@@ -28,15 +40,35 @@ def _publish(batches, countdown=0.0):
     # saferepr of hundreds of ids per task, which cost more than the publish
     # itself; monitoring shows the batch size and the id range instead.
     with send_batch.app.producer_or_acquire() as producer:
-        for _group, ids in batches:
-            send_batch.apply_async((ids,), countdown=countdown or None, producer=producer,
-                                   argsrepr=_argsrepr(ids), kwargsrepr="{}")
+        for first, second in batches:
+            ids, wait = (first, second) if reserved else (second, countdown)
+            if wait and eager:
+                continue
+            send_batch.apply_async((ids,), {"reserved": True} if reserved else {}, countdown=wait or None,
+                                   priority=priority, producer=producer, argsrepr=_argsrepr(ids), kwargsrepr="{}")
             count += 1
+    _count_published(count)
     return count
+
+
+def _count_published(count):
+    if count:
+        try:
+            throttle_client().incrby(PUBLISHED_KEY, count)
+        except RedisError:
+            pass  # a lost count costs a figure, never a send
 
 
 def _argsrepr(ids) -> str:
     return f"([{len(ids)} send ids {ids[0]}..{ids[-1]}],)" if ids else "([],)"
+
+
+def enqueue_slots(slot_batches):
+    """Enqueue [(ids, countdown, ...)] slot batches (see engine.hold_for_slots) as they are, one task each,
+    once the current transaction commits: their rows come back for reserved slots."""
+    batches = [(list(item[0]), item[1]) for item in slot_batches if item[0]]
+    if batches:
+        transaction.on_commit(lambda: _publish(batches, reserved=True))
 
 
 def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
@@ -46,6 +78,7 @@ def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
         return
 
     def publish():
+        routing.refresh()
         rows = []
         for start in range(0, len(ids), 10000):
             rows.extend(Send.objects.filter(id__in=ids[start:start + 10000]).values_list("id", "domain"))
@@ -56,11 +89,19 @@ def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
 
 
 def enqueue_campaign(campaign_id: int) -> int:
-    """Enqueue every queued send of a campaign, streaming rows so memory stays flat."""
+    """Enqueue every queued send of a campaign, streaming rows so memory stays flat.
+
+    Parked sends keep their reserved slots: the due-retries tick hands them over.
+    Batches are published in the order of the audience, not domain by domain,
+    so every domain group's first batches are on the queue early: a throttled
+    domain reserves its slots at the start and sends beside the others, rather
+    than after them.
+    """
+    routing.refresh()
     rows = (
-        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED)
-        .order_by("domain", "id")
+        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED, parked=False)
+        .order_by("id")
         .values_list("id", "domain")
         .iterator(chunk_size=5000)
     )
-    return _publish(planner.batches(rows, routing.group_of))
+    return _publish(planner.batches(rows, routing.group_of), priority=BULK_PRIORITY)

@@ -11,11 +11,11 @@ import math
 import secrets
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection, transaction
+from django.db import InterfaceError, OperationalError, connection, models, transaction
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, Suppression, email_key
@@ -602,11 +602,17 @@ class Batch:
         self.chunk = WRITE_CHUNK
 
 
-def send_batch(send_ids, now=None):
-    """Send what can be sent now; return [(ids, countdown)] to enqueue again."""
+def send_batch(send_ids, now=None, reserved=False):
+    """Send what can be sent now; return [(ids, countdown)] or [(ids, countdown, reserved)] to enqueue again.
+
+    ``reserved``: the rows come back for send slots reserved for them (see
+    delivery.throttle), so they take the tokens promised to them.
+    """
+    routing.refresh()
     rows = claim(send_ids, now)
     if not rows:
-        return []
+        return _slots_coming(now)
+    mark_progress(rows)
     batch = Batch(rows)
     # The lease is renewed on a timer, not between messages: one message may
     # spend many minutes in SMTP timeouts.
@@ -622,7 +628,7 @@ def send_batch(send_ids, now=None):
                     key_of[row.domain] = routing.batch_key(row.domain)
                 groups.setdefault(key_of[row.domain], []).append(row)
             for group_rows in groups.values():
-                requeue.extend(_send_group(group_rows, now, batch))
+                requeue.extend(_send_group(group_rows, now, batch, reserved))
         settle_campaigns({r.campaign_id for r in rows})
     except Exception:
         # Redis or PostgreSQL went away mid-batch: hand back what was never
@@ -640,7 +646,20 @@ def send_batch(send_ids, now=None):
         raise
     finally:
         heartbeat.release(hold)
-    return requeue
+    return requeue + _slots_coming(now)
+
+
+def _slots_coming(now=None):
+    """Parked slot batches whose slot comes within SLOT_HORIZON, for the broker: every batch a worker ends
+    hands them over (at most once per HANDOVER_SECONDS across all workers), so the broker only ever holds a
+    few seconds of slot batches; beat's due-retries tick does it too, for when no batch runs."""
+    try:
+        if not throttle.client().set(HANDOVER_KEY, "1", nx=True, px=int(HANDOVER_SECONDS * 1000)):
+            return []
+        return due_slots(now, stopped=False)
+    except Exception as exc:  # Redis or PostgreSQL away: beat's tick hands them over later
+        log.debug("slot batches not handed over: %s", exc)
+        return []
 
 
 def _screen(rows, now, batch):
@@ -673,20 +692,21 @@ def _screen(rows, now, batch):
     return [first], [r for r in rows if r.claims <= limit and r is not first]
 
 
-def _slices(rows, wait, rate):
-    """Spread rows that got no token over the time the bucket needs to refill."""
-    if not rows:
-        return []
-    if rate <= 0:
-        return [([r.id for r in rows], max(wait, 0.5))]
-    size = max(1, math.ceil(rate))
-    out = []
-    for i in range(0, len(rows), size):
-        out.append(([r.id for r in rows[i:i + size]], min(wait + i / rate, 3600)))
-    return out
+# Reserved slots up to this far ahead go to the broker as countdown tasks (one
+# per slot batch); later ones wait in the ledger, parked, and are handed to the
+# broker when they come this close: by every batch that ends, and by the
+# due-retries tick. So the broker holds at most this many seconds of a
+# throttled domain's backlog, however long the backlog is. Few countdown tasks
+# matter: a worker holds them in memory and fetches as many more tasks.
+SLOT_HORIZON = 3.0
+HANDOVER_KEY = throttle.PREFIX + "slots-handover"
+HANDOVER_SECONDS = 0.5
+# Countdowns end this much after the slot: a worker whose clock runs a little
+# ahead of Redis's still finds the token there.
+SLOT_MARGIN = 0.05
 
 
-def _send_group(rows, now=None, batch=None):
+def _send_group(rows, now=None, batch=None, reserved=False):
     domain = rows[0].domain
     try:
         route = routing.route_for(domain)
@@ -696,19 +716,70 @@ def _send_group(rows, now=None, batch=None):
         finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now, batch)
         return []
     limit = routing.limit_for(domain)
-    grant = throttle.take_tokens(limit, len(rows))
-    granted, wait, rate = grant.granted, grant.wait, limit.rate * grant.factor
-    if route.relay_limit is not None and granted:
-        rgrant = throttle.take_tokens(route.relay_limit, granted)
-        throttle.give_back(limit, granted - rgrant.granted)
-        if rgrant.granted < granted:
-            granted, wait, rate = rgrant.granted, max(wait, rgrant.wait), route.relay_limit.rate
-    go, later = rows[:granted], rows[granted:]
-    release(later, wait)
-    requeue = _slices(later, wait, rate)
+    grant = throttle.reserve(limit, len(rows), held=reserved)
+    go, later = rows[:grant.granted], rows[grant.granted:]
+    slots = [(later, grant.waits(len(later)), throttle.per_task(limit))]
+    if route.relay_limit is not None and go:
+        rgrant = throttle.reserve(route.relay_limit, len(go), held=reserved)
+        if rgrant.granted < len(go):
+            refused, go = go[rgrant.granted:], go[:rgrant.granted]
+            throttle.give_back(limit, len(refused))
+            slots.append((refused, rgrant.waits(len(refused)), throttle.per_task(route.relay_limit)))
+    requeue = []
+    for waiting, waits, size in slots:
+        requeue.extend(hold_for_slots(waiting, waits, size, now))
     if go:
         requeue.extend(_deliver(go, route, limit, now, batch))
     return requeue
+
+
+def hold_for_slots(rows, waits, size, now=None):
+    """Hand back claimed rows to wait for their reserved slots (``waits``: seconds from now, ascending).
+
+    Rows go in slot batches of at most ``size``, each due at its last row's slot.
+    Batches due within SLOT_HORIZON are returned as [(ids, countdown, True)] for
+    the broker; the rest are parked in the ledger. One statement per claim.
+    """
+    if not rows:
+        return []
+    now = now or timezone.now()
+    publish, plan = [], []
+    for i in range(0, len(rows), size):
+        chunk = rows[i:i + size]
+        wait = waits[i + len(chunk) - 1] + SLOT_MARGIN
+        parked = wait > SLOT_HORIZON
+        plan.extend((r, now + timedelta(seconds=wait), parked) for r in chunk)
+        if not parked:
+            publish.append(([r.id for r in chunk], wait, True))
+    by_token = {}
+    for r, at, parked in plan:
+        by_token.setdefault(r.token, []).append((r.id, at, parked))
+    for token, items in by_token.items():
+        _queue_at(token, items, now)
+    return publish
+
+
+def _queue_at(token, items, now):
+    """Rows of one claim back to the queue, each with its own next attempt and parked flag."""
+    if _sqlite():
+        with transaction.atomic(), connection.cursor() as cur:
+            for send_id, at, parked in items:
+                cur.execute(
+                    f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, lease_token = NULL,
+                               lease_owner = '', claims = 0, next_attempt_at = %s, parked = %s, updated_at = %s
+                        WHERE id = %s AND lease_token = %s AND status = 'sending'""",  # noqa: S608
+                    [_db_time(at), parked, _db_time(now), send_id, token],
+                )
+        return
+    ids, ats, parked = (list(c) for c in zip(*items, strict=True))
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""UPDATE {SEND} s SET status = 'queued', lease_expires_at = NULL, lease_token = NULL, lease_owner = '',
+                       claims = 0, next_attempt_at = v.at, parked = v.parked, updated_at = %(now)s
+                FROM unnest(%(ids)s::bigint[], %(ats)s::timestamptz[], %(parked)s::boolean[]) AS v(id, at, parked)
+                WHERE s.id = v.id AND s.lease_token = %(token)s AND s.status = 'sending'""",  # noqa: S608
+            {"ids": ids, "ats": ats, "parked": parked, "token": token, "now": now},
+        )
 
 
 def _connect(route):
@@ -847,6 +918,19 @@ def _chunk(items, count, seconds):
         yield item
         if n >= count or time.monotonic() >= deadline:
             return
+
+
+def _slices(rows, wait, rate):
+    """Spread rows that a slowed-down destination cannot take now over the time its pace needs."""
+    if not rows:
+        return []
+    if rate <= 0:
+        return [([r.id for r in rows], max(wait, 0.5))]
+    size = max(1, math.ceil(rate))
+    out = []
+    for i in range(0, len(rows), size):
+        out.append(([r.id for r in rows[i:i + size]], min(wait + i / rate, 3600)))
+    return out
 
 
 def _hand_back(rows, wait, route, limit, rate):
@@ -1004,37 +1088,94 @@ def orphan_grace():
     return getattr(settings, "HERALD_ORPHAN_GRACE", 300)
 
 
+# The sweeper rescues forgotten rows in chunks of this many, never holding every id.
+SWEEP_CHUNK = 5000
+# When a campaign's rows were last claimed (or submitted messages', under
+# "submitted"): a campaign that moves has live tasks on the broker, however
+# old its queued rows are; only one that stopped moving lost them.
+PROGRESS_KEY = throttle.PREFIX + "progress:"
+PROGRESS_TTL = 7 * 86400
+
+
+def mark_progress(rows):
+    """Note that these rows' campaigns moved now."""
+    keys = {PROGRESS_KEY + str(r.campaign_id or "submitted") for r in rows}
+    try:
+        pipe = throttle.client().pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, time.time(), ex=PROGRESS_TTL)
+        pipe.execute()
+    except Exception as exc:  # without a mark the sweeper falls back on the rows' age
+        log.debug("progress not recorded: %s", exc)
+
+
+def _stalled(campaign_ids, now) -> list:
+    """The campaigns (None: submitted messages) that made no progress for a grace time, or whose mark is lost."""
+    campaign_ids = list(campaign_ids)
+    if not campaign_ids:
+        return []
+    keys = [PROGRESS_KEY + str(c or "submitted") for c in campaign_ids]
+    marks = throttle.client().mget(keys)
+    at = now.timestamp()
+    return [c for c, mark in zip(campaign_ids, marks, strict=True)
+            if mark is None or at - float(mark) >= orphan_grace()]
+
+
 def sweep(now=None):
     """Return dead workers' claims, expired leases and forgotten queued rows to the queue; settle campaigns.
 
-    Returns the ids that were enqueued again.
+    Returns the ids that were enqueued again (sweep_chunks yields them a chunk at a time).
     """
+    return [send_id for ids in sweep_chunks(now) for send_id in ids]
+
+
+def sweep_chunks(now=None, size=SWEEP_CHUNK):
+    """What sweep does, yielding the ids to enqueue again in chunks of at most ``size``."""
     now = now or timezone.now()
-    dead = release_dead(now)
-    times = {"now": now, "old": now - timedelta(seconds=orphan_grace())}
-    if _sqlite():
-        times = {name: _db_time(value) for name, value in times.items()}
-    with transaction.atomic(), connection.cursor() as cur:
-        cur.execute(
-            f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, lease_token = NULL, lease_owner = '',
-                       next_attempt_at = %(now)s, updated_at = %(now)s
-                WHERE status = 'sending' AND lease_expires_at < %(now)s RETURNING id""",  # noqa: S608
-            {"now": times["now"]},
-        )
-        expired = [r[0] for r in cur.fetchall()]
-        # Queued rows whose task was lost (a broker restart, a worker killed
-        # while holding countdown tasks) are enqueued again after a grace time.
-        cur.execute(
-            f"""UPDATE {SEND} AS s SET next_attempt_at = %(now)s
-                WHERE s.status = 'queued' AND s.next_attempt_at < %(old)s
-                  AND (s.campaign_id IS NULL OR EXISTS (
-                       SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
-                RETURNING id""",  # noqa: S608
-            times,
-        )
-        orphans = [r[0] for r in cur.fetchall()]
+    yield release_dead(now)
+    at = _db_time(now) if _sqlite() else now
+    while True:
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET status = 'queued', lease_expires_at = NULL, lease_token = NULL, lease_owner = '',
+                           next_attempt_at = %(now)s, updated_at = %(now)s
+                    WHERE id IN (SELECT id FROM {SEND} WHERE status = 'sending' AND lease_expires_at < %(now)s
+                                 LIMIT %(size)s)
+                    RETURNING id""",  # noqa: S608
+                {"now": at, "size": size},
+            )
+            expired = [r[0] for r in cur.fetchall()]
+        if expired:
+            yield expired
+        if len(expired) < size:
+            break
+    running = list(Campaign.objects.filter(status=Campaign.Status.SENDING).values_list("id", flat=True))
+    for campaign_id in _stalled([None, *running], now):
+        yield from _orphans(campaign_id, now, size)
     settle_campaigns(Campaign.objects.filter(status__in=["sending", "cancelled"]).values_list("id", flat=True), now)
-    return dead + expired + orphans
+
+
+def _orphans(campaign_id, now, size):
+    """Queued rows of a stalled campaign whose task was lost (a broker restart, a worker killed while
+    holding countdown tasks), a grace time after they were due; parked rows wait for their slot."""
+    times = {"now": now, "old": now - timedelta(seconds=orphan_grace()), "size": size, "campaign": campaign_id}
+    if _sqlite():
+        times.update(now=_db_time(now), old=_db_time(times["old"]))
+    which = "campaign_id IS NULL" if campaign_id is None else "campaign_id = %(campaign)s"
+    while True:
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET next_attempt_at = %(now)s
+                    WHERE id IN (SELECT id FROM {SEND} WHERE {which} AND status = 'queued' AND NOT parked
+                                   AND next_attempt_at < %(old)s LIMIT %(size)s)
+                    RETURNING id""",  # noqa: S608
+                times,
+            )
+            ids = [r[0] for r in cur.fetchall()]
+        if ids:
+            yield ids
+        if len(ids) < size:
+            return
 
 
 def release_dead(now=None):
@@ -1074,3 +1215,77 @@ def due_retries(now=None):
             {"now": _db_time(now) if _sqlite() else now},
         )
         return [r[0] for r in cur.fetchall()]
+
+
+def due_slots(now=None, size=SWEEP_CHUNK, stopped=True):
+    """Parked rows whose slot comes within SLOT_HORIZON go to the broker: returns [(ids, countdown, True)],
+    one task per slot batch. Parked rows of campaigns that stopped give their slots back first."""
+    now = now or timezone.now()
+    if stopped:
+        _unpark_stopped()
+    at = _db_time(now) if _sqlite() else now
+    horizon = now + timedelta(seconds=SLOT_HORIZON)
+    out = []
+    while True:
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET parked = %(false)s, updated_at = %(now)s
+                    WHERE id IN (SELECT id FROM {SEND} WHERE parked AND next_attempt_at <= %(horizon)s
+                                 ORDER BY next_attempt_at LIMIT %(size)s)
+                    RETURNING id, next_attempt_at, status, campaign_id""",  # noqa: S608
+                {"now": at, "horizon": _db_time(horizon) if _sqlite() else horizon, "size": size, "false": False},
+            )
+            rows = cur.fetchall()
+        running = set(Campaign.objects.filter(id__in={r[3] for r in rows if r[3]}, status=Campaign.Status.SENDING)
+                      .values_list("id", flat=True))
+        slots = {}
+        for send_id, slot, status, campaign_id in rows:
+            if status == "queued" and (campaign_id is None or campaign_id in running):
+                slots.setdefault(slot, []).append(send_id)
+        for slot, ids in sorted(slots.items(), key=lambda item: str(item[0])):
+            if isinstance(slot, str):  # SQLite returns the stored text
+                slot = datetime.fromisoformat(slot)
+            if timezone.is_naive(slot):
+                slot = timezone.make_aware(slot, UTC)
+            out.append((ids, max(0.0, (slot - now).total_seconds()), True))
+        if len(rows) < size:
+            return out
+
+
+def _unpark_stopped():
+    """Campaigns paused or cancelled since their sends reserved slots give the slots back to their domains:
+    parked rows are unparked, and rows whose slot batch is on the broker (it will find nothing to claim)
+    are marked due now, so each slot is given back once.
+
+    A paused campaign's rows stay queued; resuming enqueues them again and they reserve new slots.
+    """
+    now = timezone.now()
+    stopped = list(Campaign.objects.exclude(status=Campaign.Status.SENDING)
+                   .filter(models.Exists(Send.objects.filter(campaign_id=models.OuterRef("pk"), parked=True)))
+                   .values_list("id", flat=True))
+    for campaign_id in stopped:
+        by_domain = {}
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET next_attempt_at = %s
+                    WHERE campaign_id = %s AND status IN ('queued', 'cancelled') AND NOT parked
+                      AND next_attempt_at > %s
+                    RETURNING domain""",  # noqa: S608
+                [_db_time(now) if _sqlite() else now, campaign_id, _db_time(now) if _sqlite() else now],
+            )
+            for (domain,) in cur.fetchall():
+                by_domain[domain] = by_domain.get(domain, 0) + 1
+        while True:
+            ids = list(Send.objects.filter(campaign_id=campaign_id, parked=True).values_list("id", flat=True)[:SWEEP_CHUNK])
+            if not ids:
+                break
+            for domain, n in (Send.objects.filter(id__in=ids, parked=True).values_list("domain")
+                              .annotate(n=models.Count("id")).values_list("domain", "n")):
+                by_domain[domain] = by_domain.get(domain, 0) + n
+            Send.objects.filter(id__in=ids).update(parked=False)
+        given = {}
+        for domain, n in by_domain.items():
+            limit = routing.limit_for(domain)
+            given[limit] = given.get(limit, 0) + n
+        for limit, n in given.items():
+            throttle.unreserve(limit, n)

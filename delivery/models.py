@@ -125,6 +125,10 @@ class Send(models.Model):
     # Both have database defaults: the set-based INSERTs of the snapshot and of
     # submitted mail name only the columns they fill.
     claims = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Queued for a reserved send slot further ahead than the broker should hold
+    # tasks: no task carries the row until the due-retries tick hands it to the
+    # broker shortly before next_attempt_at, its slot.
+    parked = models.BooleanField(default=False, db_default=False)
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)
@@ -149,6 +153,8 @@ class Send(models.Model):
             # back millions of "sent" rows does not maintain them.
             models.Index(fields=["next_attempt_at"], condition=models.Q(status__in=["queued", "deferred"]), name="send_due_idx"),
             models.Index(fields=["lease_expires_at"], condition=models.Q(status="sending"), name="send_lease_idx"),
+            models.Index(fields=["next_attempt_at"], condition=models.Q(parked=True), name="send_parked_due_idx"),
+            models.Index(fields=["campaign"], condition=models.Q(parked=True), name="send_parked_campaign_idx"),
             models.Index(fields=["email"], name="send_email_idx"),
             # Equality look-ups only (bounces and complaints by Message-ID), so
             # no LIKE index; campaign rows never carry an outbound id.

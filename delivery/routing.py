@@ -28,11 +28,14 @@ class Route:
     relay_limit: Limit | None
 
 
-_relay_cache = {"at": 0.0, "relay": None, "generation": None}
+_relay_cache = {"at": 0.0, "relay": None, "generation": None, "checked": float("-inf")}
 # Bumped whenever a relay is saved or deleted, so every worker re-reads the
 # relay at its next batch: a corrected password or certificate setting takes
 # effect when the campaign is resumed, not seconds later.
 RELAY_GENERATION_KEY = "herald:relay-generation"
+# The generation is read once per batch or planning pass (see refresh), and at
+# most this often in between: never once per row.
+GENERATION_CHECK = 1.0
 
 
 def _generation():
@@ -42,18 +45,29 @@ def _generation():
         return None  # fall back to the time-based re-read
 
 
+def refresh():
+    """Start of a batch or a planning pass: the next look-up asks Redis whether a relay changed."""
+    _relay_cache["checked"] = float("-inf")
+
+
 def active_relay():
     """The first enabled relay by name (re-read when a relay changes, or every few seconds), or None for direct delivery."""
-    generation = _generation()
-    if time.monotonic() - _relay_cache["at"] > 5 or generation != _relay_cache["generation"]:
+    now = time.monotonic()
+    if now - _relay_cache["checked"] >= GENERATION_CHECK:
+        _relay_cache["checked"] = now
+        generation = _generation()
+        if generation != _relay_cache["generation"]:
+            _relay_cache["generation"] = generation
+            _relay_cache["at"] = 0.0
+    if now - _relay_cache["at"] > 5:
         _relay_cache["relay"] = Relay.objects.filter(enabled=True).order_by("name", "pk").first()
-        _relay_cache["at"] = time.monotonic()
-        _relay_cache["generation"] = generation
+        _relay_cache["at"] = now
     return _relay_cache["relay"]
 
 
 def forget_relay():
     _relay_cache["at"] = 0.0
+    _relay_cache["checked"] = float("-inf")
 
 
 @receiver([post_save, post_delete], sender=Relay, dispatch_uid="herald-relay-generation")

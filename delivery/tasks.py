@@ -27,9 +27,9 @@ BATCH_HARD_LIMIT = max(BATCH_SOFT_LIMIT + 10, settings.HERALD_SEND_LEASE * 9 // 
 
 @shared_task(name="delivery.send_batch", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60, max_retries=None,
              soft_time_limit=BATCH_SOFT_LIMIT, time_limit=BATCH_HARD_LIMIT)
-def send_batch(send_ids):
+def send_batch(send_ids, reserved=False):
     try:
-        requeue = engine.send_batch(send_ids)
+        requeue = engine.send_batch(send_ids, reserved=reserved)
     except SoftTimeLimitExceeded:
         # The engine released the rows it still held (and paused the campaign
         # if a render was stuck): whatever is still queued goes round again.
@@ -37,13 +37,16 @@ def send_batch(send_ids):
                     len(send_ids), BATCH_SOFT_LIMIT)
         dispatch.enqueue_sends(send_ids, 5.0)
         return
-    for ids, countdown in requeue:
+    # Rows waiting for reserved slots go back as their slot batches; others regrouped.
+    dispatch.enqueue_slots([item for item in requeue if item[2:3] == (True,)])
+    for ids, countdown, *_ in (item for item in requeue if item[2:3] != (True,)):
         dispatch.enqueue_sends(ids, countdown)
 
 
 @shared_task(name="delivery.sweep")
 def sweep():
-    dispatch.enqueue_sends(engine.sweep())
+    for ids in engine.sweep_chunks():
+        dispatch.enqueue_sends(ids)
 
 
 @shared_task(name="delivery.release_dead")
@@ -53,6 +56,7 @@ def release_dead():
 
 @shared_task(name="delivery.due_retries")
 def due_retries():
+    dispatch.enqueue_slots(engine.due_slots())
     dispatch.enqueue_sends(engine.due_retries())
 
 

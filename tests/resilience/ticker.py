@@ -35,7 +35,7 @@ def main():
         return
     from django.db import close_old_connections, connection
 
-    from delivery import dispatch, engine, lifecycle
+    from delivery import lifecycle, tasks
 
     if args.start:
         lifecycle.start_campaign(args.start)
@@ -44,9 +44,9 @@ def main():
     while True:
         try:
             close_old_connections()
-            dispatch.enqueue_sends(engine.due_retries())
+            tasks.due_retries()  # what beat runs, in this process
             if ticks % 4 == 0:
-                dispatch.enqueue_sends(engine.sweep())
+                tasks.sweep()
         except Exception as exc:  # Redis or PostgreSQL away: the next tick tries again
             print(f"tick failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
             connection.close()
