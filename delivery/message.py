@@ -153,7 +153,12 @@ def address_header(name: str, display_name: str, address: str) -> bytes:
     """``From: Name <address>``; a non-ASCII name as encoded words (RFC 2047 §5(3))."""
     display_name, address = one_line(display_name), one_line(address)
     if display_name.isascii() and "=?" not in display_name:
-        return fold_header(name, formataddr((display_name, address)))
+        line = formataddr((display_name, address))
+        if len(name) + 2 + len(line) <= MAX_LINE:
+            return fold_header(name, line)
+        # A name too long for one line goes out as encoded words below: the
+        # email package's folder drops the quotes of a quoted display name
+        # (CPython 3.11), and "a: b@c <d>" then names another address.
     lines = [f"{name}:"]
     for token in [*_phrase_words(display_name), f"<{address}>"]:
         if len(lines[-1]) + 1 + len(token) <= MAX_LINE or lines[-1] == f"{name}:":

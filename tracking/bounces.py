@@ -457,7 +457,10 @@ def _notice(msg, send_id):
 
 def _recipients(headers, text) -> list[str]:
     """The failed recipients a free-text notice names: flufl.bounce's detectors, then Herald's own rules."""
-    temporary, permanent = all_failures(_without_returned_message(headers))
+    try:
+        temporary, permanent = all_failures(_without_returned_message(headers))
+    except Exception:  # flufl.bounce's detectors trip over mangled input: Herald's own rules still run
+        temporary, permanent = set(), set()
     found = sorted({a.decode("utf-8", "replace") for a in (permanent | temporary)})
     found = [a for a in found if _ADDRESS.fullmatch(a)]
     if found:
