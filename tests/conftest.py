@@ -18,3 +18,37 @@ def redis_client():
 def sink():
     with Sink() as server:
         yield server
+
+
+def _transactional(item):
+    marker = item.get_closest_marker("django_db")
+    return bool(marker and marker.kwargs.get("transaction")) or bool(
+        {"transactional_db", "live_server"} & set(getattr(item, "fixturenames", ())))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Put back the rows migrations ship (operator groups, provider rules) after a transactional test.
+
+    Such a test ends by emptying every table. Run alone, pytest-django orders
+    those tests last; spread over several processes, any test may follow one.
+    """
+    yield
+    if nextitem is None or not _transactional(item):
+        return  # (after the last test the test database is gone)
+    from importlib import import_module
+
+    from django.apps import apps
+    from pytest_django.plugin import blocking_manager_key
+
+    labels = ("campaigns", "tracking")
+    saved = {label: apps.get_app_config(label).models_module for label in labels}
+    with item.config.stash[blocking_manager_key].unblock():
+        try:
+            # The data migrations mark these apps' configs for a migration's app registry.
+            import_module("delivery.migrations.0002_operator_groups").create_groups(apps, None)
+            import_module("tracking.migrations.0005_senders_see_events_and_suppressions").grant(apps, None)
+        finally:
+            for label, module in saved.items():
+                apps.get_app_config(label).models_module = module
+        import_module("delivery.migrations.0005_provider_rules").add_defaults(apps, None)
