@@ -28,9 +28,10 @@ import copy
 import logging
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import HeaderParser
+from email.policy import compat32
 from email.utils import getaddresses
 
 from flufl.bounce import all_failures
@@ -114,6 +115,8 @@ _FAMILIES = [
 _MAX_TEXT = 20000
 _RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 
 
 @dataclass
@@ -223,7 +226,7 @@ class _Parts:
 
 
 def _read(raw, envelope_rcpt):
-    msg = _Parts(message_from_bytes(raw))
+    msg = _Parts(_message(raw))
     send_id = token_in(raw, envelope_rcpt)
     top = msg.parts[0][0]
     report_type = (msg.msg.get_param("report-type") or "").lower() if top == "multipart/report" else ""
@@ -243,6 +246,116 @@ def _read(raw, envelope_rcpt):
             for report in reading.reports:
                 report.reason = f"{reading.family}: {report.reason}"
     return reading
+
+
+def _message(raw: bytes):
+    """The message as ``email.message_from_bytes`` reads it, but for the body of any message it returns.
+
+    The returned original is most of a bounce's lines, often multipart itself, and the standard
+    parser reads all of it and compiles a pattern for every MIME boundary. Reading needs the
+    notice's own parts and the returned message's headers only: parts are split at their
+    boundaries with ``str.find``, and a message/* part that follows other parts (a returned
+    message, always after the notice's own text) holds its message's headers, with its body as
+    unparsed text. A message/* part that comes first is read whole: a notice forwarded by a
+    gateway or a list. message/delivery-status is left as text, which ``_fields`` reads.
+    """
+    return _part(raw.decode("ascii", "surrogateescape"), [0], 0, first=True)
+
+
+def _part(text, count, depth, first):
+    msg, body = _headers(text)
+    count[0] += 1
+    if depth > 10 or count[0] > 200:  # a bomb of nested parts stops here
+        msg.set_payload(body)
+        return msg
+    ctype = msg.get_content_type()
+    if ctype.startswith("message/") and ctype != "message/delivery-status":
+        if first:
+            msg.set_payload([_part(body, count, depth + 1, first=True)])
+        else:
+            returned, rest = _headers(body)
+            returned.set_payload(rest)
+            msg.set_payload([returned])
+        return msg
+    boundary = msg.get_boundary() if ctype.startswith("multipart/") else None
+    parts = _split(body, boundary) if boundary else None
+    if parts is None:  # a leaf, or a multipart without its first boundary: text, as the standard parser leaves it
+        msg.set_payload(body)
+    else:
+        msg.set_payload([_part(p, count, depth + 1, first=i == 0) for i, p in enumerate(parts)])
+    return msg
+
+
+def _headers(text):
+    """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
+    msg = Message()
+    name, value = "", []
+    pos = 0
+    for line in _LINE.finditer(text):
+        line = line.group()
+        if not _HEADER_LINE.match(line):
+            if line.strip("\r\n"):  # a line that is no header ends the block, and belongs to the body
+                break
+            pos += len(line)  # the empty line that ends the block
+            break
+        pos += len(line)
+        if line[0] in " \t":
+            if name:
+                value.append(line)
+            continue
+        if name:
+            msg.set_raw(*compat32.header_source_parse(value))
+            name, value = "", []
+        if line.startswith("From "):
+            if pos == len(line):
+                msg.set_unixfrom(line.rstrip("\r\n"))
+            continue
+        colon = line.find(":")
+        if colon > 0:
+            name, value = line[:colon], [line]
+    if name:
+        msg.set_raw(*compat32.header_source_parse(value))
+    return msg, text[pos:]
+
+
+def _split(body, boundary):
+    """The parts of a multipart body, as the standard parser delimits them; None without a first boundary."""
+    delimiter = "--" + boundary
+    parts = []
+    start = None
+    pos = 0
+    size = len(body)
+    while True:
+        at = body.find(delimiter, pos)
+        if at < 0:
+            break
+        pos = at + 1
+        if at and body[at - 1] not in "\r\n":
+            continue
+        end = at + len(delimiter)
+        close = body.startswith("--", end)
+        if close:
+            end += 2
+        while end < size and body[end] in " \t":
+            end += 1
+        if end < size:
+            if body.startswith("\r\n", end):
+                end += 2
+            elif body[end] in "\r\n":
+                end += 1
+            else:
+                continue  # a line that only starts like the boundary
+        if start is not None:
+            # The line break before a boundary belongs to the boundary.
+            stop = at - 2 if body.startswith("\r\n", at - 2) else at - 1 if at else at
+            parts.append(body[start:max(stop, start)])
+        start = pos = end
+        if close:
+            return parts
+    if start is None:
+        return None
+    parts.append(body[start:])  # no closing boundary: the last part runs to the end
+    return parts
 
 
 def _family(msg, status_part) -> str:
