@@ -34,7 +34,8 @@ from email.parser import HeaderParser
 from email.policy import compat32
 from email.utils import getaddresses
 
-from flufl.bounce import all_failures
+from flufl.bounce._detectors.simplematch import SimpleMatch
+from flufl.bounce._scan import _DETECTORS
 
 from delivery import classify as replies
 from delivery.classify import best_status
@@ -570,7 +571,7 @@ def _notice(msg, send_id):
 
 def _recipients(headers, text) -> list[str]:
     """The failed recipients a free-text notice names: flufl.bounce's detectors, then Herald's own rules."""
-    temporary, permanent = all_failures(_without_returned_message(headers))
+    temporary, permanent = _all_failures(_without_returned_message(headers))
     found = sorted({a.decode("utf-8", "replace") for a in (permanent | temporary)})
     found = [a for a in found if _ADDRESS.fullmatch(a)]
     if found:
@@ -580,6 +581,78 @@ def _recipients(headers, text) -> list[str]:
         if match:
             return [match.group(1)]
     return []
+
+
+def _all_failures(msg):
+    """flufl.bounce's ``all_failures``: its detectors in its order, the first that finds anyone wins.
+
+    Its two catch-all detectors (SimpleMatch and SimpleWarning) try some sixty pattern sets, each
+    over every line of the notice; a set only collects addresses after a line matches its start
+    pattern. They are given only the sets whose start pattern matches somewhere in the notice
+    (its words looked up in the whole text, then the pattern searched in it, lines anchored alike),
+    which finds the same addresses.
+    """
+    text = None
+    for detector in _DETECTORS:
+        if issubclass(detector, SimpleMatch):
+            if text is None:
+                # The texts its detectors read line by line (email.iterators.body_line_iterator).
+                text = "\n".join(p for p in (part.get_payload() for part in msg.walk()) if isinstance(p, str))
+            instance = detector()
+            instance.PATTERNS = _patterns_starting_in(detector, text)
+            if not instance.PATTERNS:
+                continue
+        else:
+            instance = detector()
+        temporary, permanent = instance.process(msg)
+        if temporary or permanent:
+            return temporary, permanent
+    return frozenset(), frozenset()
+
+
+def _patterns_starting_in(detector, text):
+    folded = text.casefold()
+    return [pattern for pattern, (words, start) in zip(detector.PATTERNS, _START_PATTERNS[detector], strict=True)
+            if words in folded and start.search(text)]
+
+
+def _start_pattern(start):
+    """A start pattern that matches at line starts and ends within a whole text, and the words it begins with.
+
+    The words (casefolded, as the pattern ignores case) are a quick test: a text without them cannot match.
+    """
+    words = []
+    for char in start.pattern.removeprefix("^"):
+        if char in _REGEX_SYNTAX:
+            if char in "*?{" and words:
+                words.pop()  # the last character may occur no times at all
+            break
+        words.append(char)
+    if _alternatives_at_top(start.pattern):
+        words = []
+    return "".join(words).casefold(), re.compile(start.pattern, start.flags | re.M)
+
+
+def _alternatives_at_top(pattern):
+    depth = 0
+    escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+    return False
+
+
+_REGEX_SYNTAX = set("\\.^$*+?{}[]|()")
+_START_PATTERNS = {d: [_start_pattern(start) for start, _, _ in d.PATTERNS]
+                   for d in _DETECTORS if issubclass(d, SimpleMatch)}
 
 
 def _without_returned_message(part, depth=0):
