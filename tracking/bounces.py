@@ -33,6 +33,11 @@ from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
 
+from flufl.bounce._detectors.aol import AOL
+from flufl.bounce._detectors.caiwireless import Caiwireless
+from flufl.bounce._detectors.exchange import Exchange
+from flufl.bounce._detectors.qmail import Qmail
+from flufl.bounce._detectors.qmail import introtags as qmail_introtags
 from flufl.bounce._detectors.simplematch import SimpleMatch
 from flufl.bounce._detectors.yahoo import Yahoo
 from flufl.bounce._detectors.yale import Yale
@@ -608,35 +613,34 @@ def _recipients(headers, text) -> list[str]:
 def _all_failures(msg):
     """flufl.bounce's ``all_failures``: its detectors in its order, the first that finds anyone wins.
 
-    Its two catch-all detectors (SimpleMatch and SimpleWarning) try some sixty pattern sets, each
-    over every line of the notice; a set only collects addresses after a line matches its start
-    pattern. They are given only the sets whose start pattern matches somewhere in the notice
-    (its words looked up in the whole text, then the pattern searched in it, lines anchored alike),
-    which finds the same addresses.
+    A detector is skipped where the notice lacks words it cannot find anything without (its
+    provider's name in From, the line it starts reading after), which changes no result and
+    saves reading every line again. Its two catch-all detectors (SimpleMatch and SimpleWarning)
+    try some sixty pattern sets, each over every line of the notice; a set only collects
+    addresses after a line matches its start pattern. They are given only the sets whose start
+    pattern matches somewhere in the notice (its words looked up in the whole text, then the
+    pattern searched in it, lines anchored alike), which finds the same addresses.
     """
-    text = None
-    sender = str(msg.get("From", "")).lower()
+    # What its detectors read: the From header, and the texts they read line by line
+    # (email.iterators.body_line_iterator), as they are and casefolded.
+    text = "\n".join(p for p in (part.get_payload() for part in msg.walk()) if isinstance(p, str))
+    sources = {"From": str(msg.get("From", "")).lower(), "text": text, "folded": text.casefold()}
     for detector in _DETECTORS:
-        if not all(words in sender for words in _SENDER_WORDS.get(detector, ())):
-            continue  # it reads only notices from one provider's mailer-daemon
+        where, alternatives = _NEEDS.get(detector, ("", ()))
+        if alternatives and not any(all(w in sources[where] for w in words) for words in alternatives):
+            continue
+        instance = detector()
         if issubclass(detector, SimpleMatch):
-            if text is None:
-                # The texts its detectors read line by line (email.iterators.body_line_iterator).
-                text = "\n".join(p for p in (part.get_payload() for part in msg.walk()) if isinstance(p, str))
-            instance = detector()
-            instance.PATTERNS = _patterns_starting_in(detector, text)
+            instance.PATTERNS = _patterns_starting_in(detector, text, sources["folded"])
             if not instance.PATTERNS:
                 continue
-        else:
-            instance = detector()
         temporary, permanent = instance.process(msg)
         if temporary or permanent:
             return temporary, permanent
     return frozenset(), frozenset()
 
 
-def _patterns_starting_in(detector, text):
-    folded = text.casefold()
+def _patterns_starting_in(detector, text, folded):
     return [pattern for pattern, (words, start) in zip(detector.PATTERNS, _START_PATTERNS[detector], strict=True)
             if words in folded and start.search(text)]
 
@@ -676,8 +680,16 @@ def _alternatives_at_top(pattern):
 
 
 _REGEX_SYNTAX = set("\\.^$*+?{}[]|()")
-# Words the From header of a notice holds if these detectors are to find anything in it.
-_SENDER_WORDS = {Yahoo: ("mailer-daemon", "yahoo"), Yale: ("mailer-daemon", "yale")}
+# Where a detector finds nothing: without all the words of one of these sets in the lowercased From
+# header, in the text, or in the casefolded text.
+_NEEDS = {
+    Yahoo: ("From", [("mailer-daemon", "yahoo")]),
+    Yale: ("From", [("mailer-daemon", "yale")]),
+    AOL: ("From", [("aol.com",)]),
+    Qmail: ("text", [(tag,) for tag in qmail_introtags]),  # a line starting with one of them
+    Exchange: ("text", [("did not reach the following recipient",)]),
+    Caiwireless: ("folded", [("the following recipients did not receive this message:",)]),
+}
 _START_PATTERNS = {d: [_start_pattern(start) for start, _, _ in d.PATTERNS]
                    for d in _DETECTORS if issubclass(d, SimpleMatch)}
 
