@@ -306,9 +306,33 @@ def _part(text, count, depth, first):
     return msg
 
 
+class _Message(Message):
+    """A compat32 message that finds a header by name in a dict, not by lowering every name it has.
+
+    Reading asks a message for a header (Content-Type above all) hundreds of times; a bounce
+    easily has forty headers.
+    """
+
+    _index = None
+    _indexed = (None, 0)  # the header list the index was made from, and its length then
+
+    def get(self, name, failobj=None):
+        if self._index is None or self._indexed != (id(self._headers), len(self._headers)):
+            index = {}
+            for key, value in self._headers:
+                index.setdefault(key.lower(), (key, value))
+            self._index, self._indexed = index, (id(self._headers), len(self._headers))
+        found = self._index.get(name.lower())
+        return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+    def replace_header(self, name, value):
+        self._index = None  # the one change to the header list that keeps its length
+        super().replace_header(name, value)
+
+
 def _headers(text):
     """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
-    msg = Message()
+    msg = _Message()
     name, value = "", []
     pos = 0
     for line in _LINE.finditer(text):
