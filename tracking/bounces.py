@@ -136,6 +136,7 @@ _RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-head
 _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
 _BLANK_LINES = re.compile(r"\r?\n\s*\r?\n")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)\r?\n")
 _HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 
 
@@ -333,6 +334,16 @@ class _Message(Message):
 def _headers(text):
     """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
     msg = _Message()
+    # Most header blocks are plain fields ending at an empty line: read them a field at a time.
+    pos = 0
+    fields = []
+    while match := _FIELD.match(text, pos):
+        fields.append((match.group(1), match.group(2).lstrip(" \t")))
+        pos = match.end()
+    if text.startswith("\n", pos) or text.startswith("\r\n", pos) or pos == len(text):
+        msg._headers = fields
+        return msg, text[text.index("\n", pos) + 1:] if pos < len(text) else ""
+    # Anything else (a "From " line, a lone CR, a line that is no header) line by line, as the parser reads it.
     name, value = "", []
     pos = 0
     for line in _LINE.finditer(text):
