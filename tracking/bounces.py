@@ -300,8 +300,8 @@ def _part(text, count, depth, first):
         return msg
     boundary = msg.get_boundary() if ctype.startswith("multipart/") else None
     parts = _split(body, boundary) if boundary else None
-    if parts is None:  # a leaf, or a multipart without its first boundary: text, as the standard parser leaves it
-        msg.set_payload(body)
+    if parts is None or isinstance(parts, str):  # a leaf, or a multipart without parts: text, as the parser reads it
+        msg.set_payload(body if parts is None else parts)
     else:
         msg.set_payload([_part(p, count, depth + 1, first=i == 0) for i, p in enumerate(parts)])
     return msg
@@ -380,43 +380,57 @@ def _header_field(lines):
 
 
 def _split(body, boundary):
-    """The parts of a multipart body, as the standard parser delimits them; None without a first boundary."""
+    """The parts of a multipart body, as the standard parser delimits them; text where it finds none
+    (None: no boundary at all, the body stays as it is)."""
     delimiter = "--" + boundary
     parts = []
-    start = None
+    start = None  # where the current part begins
     pos = 0
-    size = len(body)
-    while True:
-        at = body.find(delimiter, pos)
-        if at < 0:
-            break
+    while (at := body.find(delimiter, pos)) >= 0:
         pos = at + 1
-        if at and body[at - 1] not in "\r\n":
+        line = _boundary_line(body, at, delimiter)
+        if line is None:
             continue
-        end = at + len(delimiter)
-        close = body.startswith("--", end)
-        if close:
-            end += 2
-        while end < size and body[end] in " \t":
-            end += 1
-        if end < size:
-            if body.startswith("\r\n", end):
-                end += 2
-            elif body[end] in "\r\n":
-                end += 1
-            else:
-                continue  # a line that only starts like the boundary
+        end, close = line
+        if start is None and close:
+            return body[:at]  # a closing boundary before any other: the parser keeps what came before, as text
         if start is not None:
             # The line break before a boundary belongs to the boundary.
-            stop = at - 2 if body.startswith("\r\n", at - 2) else at - 1 if at else at
+            stop = at - 2 if body.startswith("\r\n", at - 2) else at - 1 if at and body[at - 1] in "\r\n" else at
             parts.append(body[start:max(stop, start)])
-        start = pos = end
         if close:
             return parts
+        # Boundary lines right after a boundary (closing ones too) open no part: the parser skips them.
+        while (line := _boundary_line(body, end, delimiter)) is not None:
+            end = line[0]
+        start = pos = end
     if start is None:
         return None
-    parts.append(body[start:])  # no closing boundary: the last part runs to the end
+    # No closing boundary: the last part runs to the end, less its last line break, as the parser reads it.
+    last = body[start:]
+    parts.append(last[:-2] if last.endswith("\r\n") else last[:-1] if last.endswith(("\n", "\r")) else last)
     return parts
+
+
+def _boundary_line(body, at, delimiter):
+    """(where the line ends, whether it closes) if a boundary line starts at ``at``, else None."""
+    if not body.startswith(delimiter, at) or (at and body[at - 1] not in "\r\n"):
+        return None
+    end = at + len(delimiter)
+    close = body.startswith("--", end)
+    if close:
+        end += 2
+    size = len(body)
+    while end < size and body[end] in " \t":
+        end += 1
+    if end < size:
+        if body.startswith("\r\n", end):
+            end += 2
+        elif body[end] in "\r\n":
+            end += 1
+        else:
+            return None  # a line that only starts like the boundary
+    return end, close
 
 
 def _family(msg, status_part) -> str:
