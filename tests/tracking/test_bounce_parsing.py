@@ -9,6 +9,7 @@ from email import message_from_bytes
 
 import pytest
 
+from delivery.classify import hint
 from tests.tracking.corpus import samples
 from tracking import bounces
 
@@ -66,3 +67,17 @@ def test_a_bomb_of_nested_parts_is_cut_short_and_read_without_error():
     raw = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\n\n--b%d\n" % (i, i) for i in range(500)) + b"\nend\n"
     reading = bounces.read(raw, "")
     assert reading.kind == bounces.NOT_BOUNCE
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("550 USER UNKNOWN", "hard"),
+    ("Mailbox Is Full", "soft"),
+    ("Message REJECTED as SPAM", "policy"),
+    ("EMPFÄNGER UNBEKANNT", "hard"),
+    ("BOÎTE PLEINE", "soft"),
+    ("ПОЛЬЗОВАТЕЛЬ НЕ СУЩЕСТВУЕТ", "hard"),
+    ("Ваше письмо похоже на СПАМ", "policy"),
+    ("Usuario DESCONOCIDO", "hard"),
+])
+def test_reply_words_are_found_in_capitals_too(text, kind):
+    assert hint(text) == kind
