@@ -28,12 +28,20 @@ import copy
 import logging
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from email.header import decode_header, make_header
+from email.message import Message
 from email.parser import HeaderParser
 from email.utils import getaddresses
 
-from flufl.bounce import all_failures
+from flufl.bounce._detectors.aol import AOL
+from flufl.bounce._detectors.caiwireless import Caiwireless
+from flufl.bounce._detectors.exchange import Exchange
+from flufl.bounce._detectors.qmail import Qmail
+from flufl.bounce._detectors.qmail import introtags as qmail_introtags
+from flufl.bounce._detectors.simplematch import SimpleMatch
+from flufl.bounce._detectors.yahoo import Yahoo
+from flufl.bounce._detectors.yale import Yale
+from flufl.bounce._scan import _DETECTORS
 
 from delivery import classify as replies
 from delivery.classify import best_status
@@ -112,8 +120,24 @@ _FAMILIES = [
     ("CommuniGate Pro", re.compile(r"CommuniGate", re.I)),
 ]
 _MAX_TEXT = 20000
+
+
+def _lowercase(pattern):
+    """A pattern that ignores case, compiled to search lowercased text instead: the same matches (for the
+    letters Herald's patterns spell), several times faster, as ignoring case loses the quick scans for
+    literal words."""
+    assert not re.search(r"\\[A-Z]", pattern.pattern), "an escape such as \\S must keep its case"
+    return re.compile(pattern.pattern.lower(), pattern.flags & ~re.I)
+
+
+_LOWERCASE_FAMILIES = [(name, _lowercase(words)) for name, words in _FAMILIES]
+_LOWERCASE_DELAY = _lowercase(_DELAY)
 _RETURNED_TYPES = ("message/rfc822", "text/rfc822-headers", "message/rfc822-headers")
 _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
+_BLANK_LINES = re.compile(r"\r?\n\s*\r?\n")
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
+_FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)\r?\n")
+_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 
 
 @dataclass
@@ -223,7 +247,7 @@ class _Parts:
 
 
 def _read(raw, envelope_rcpt):
-    msg = _Parts(message_from_bytes(raw))
+    msg = _Parts(_message(raw))
     send_id = token_in(raw, envelope_rcpt)
     top = msg.parts[0][0]
     report_type = (msg.msg.get_param("report-type") or "").lower() if top == "multipart/report" else ""
@@ -245,6 +269,170 @@ def _read(raw, envelope_rcpt):
     return reading
 
 
+def _message(raw: bytes):
+    """The message as ``email.message_from_bytes`` reads it, but for the body of any message it returns.
+
+    The returned original is most of a bounce's lines, often multipart itself, and the standard
+    parser reads all of it and compiles a pattern for every MIME boundary. Reading needs the
+    notice's own parts and the returned message's headers only: parts are split at their
+    boundaries with ``str.find``, and a message/* part that follows other parts (a returned
+    message, always after the notice's own text) holds its message's headers, with its body as
+    unparsed text. A message/* part that comes first is read whole: a notice forwarded by a
+    gateway or a list. message/delivery-status is left as text, which ``_fields`` reads.
+    """
+    return _part(raw.decode("ascii", "surrogateescape"), [0], 0, first=True)
+
+
+def _part(text, count, depth, first):
+    msg, body = _headers(text)
+    count[0] += 1
+    if depth > 10 or count[0] > 200:  # a bomb of nested parts stops here
+        msg.set_payload(body)
+        return msg
+    ctype = msg.get_content_type()
+    if ctype.startswith("message/") and ctype != "message/delivery-status":
+        if first:
+            msg.set_payload([_part(body, count, depth + 1, first=True)])
+        else:
+            returned, rest = _headers(body)
+            returned.set_payload(rest)
+            msg.set_payload([returned])
+        return msg
+    boundary = msg.get_boundary() if ctype.startswith("multipart/") else None
+    parts = _split(body, boundary) if boundary else None
+    if parts is None or isinstance(parts, str):  # a leaf, or a multipart without parts: text, as the parser reads it
+        msg.set_payload(body if parts is None else parts)
+    else:
+        msg.set_payload([_part(p, count, depth + 1, first=i == 0) for i, p in enumerate(parts)])
+    return msg
+
+
+class _Message(Message):
+    """A compat32 message that finds a header by name in a dict, not by lowering every name it has.
+
+    Reading asks a message for a header (Content-Type above all) hundreds of times; a bounce
+    easily has forty headers.
+    """
+
+    _index = None
+    _indexed = (None, 0)  # the header list the index was made from, and its length then
+
+    def get(self, name, failobj=None):
+        if self._index is None or self._indexed != (id(self._headers), len(self._headers)):
+            index = {}
+            for key, value in self._headers:
+                index.setdefault(key.lower(), (key, value))
+            self._index, self._indexed = index, (id(self._headers), len(self._headers))
+        found = self._index.get(name.lower())
+        return failobj if found is None else self.policy.header_fetch_parse(*found)
+
+    def replace_header(self, name, value):
+        self._index = None  # the one change to the header list that keeps its length
+        super().replace_header(name, value)
+
+
+def _headers(text):
+    """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
+    msg = _Message()
+    # Most header blocks are plain fields ending at an empty line: read them a field at a time.
+    pos = 0
+    fields = []
+    while match := _FIELD.match(text, pos):
+        fields.append((match.group(1), match.group(2).lstrip(" \t")))
+        pos = match.end()
+    if text.startswith("\n", pos) or text.startswith("\r\n", pos) or pos == len(text):
+        msg._headers = fields
+        return msg, text[text.index("\n", pos) + 1:] if pos < len(text) else ""
+    # Anything else (a "From " line, a lone CR, a line that is no header) line by line, as the parser reads it.
+    name, value = "", []
+    pos = 0
+    for line in _LINE.finditer(text):
+        line = line.group()
+        if not _HEADER_LINE.match(line):
+            if line.strip("\r\n"):  # a line that is no header ends the block, and belongs to the body
+                break
+            pos += len(line)  # the empty line that ends the block
+            break
+        pos += len(line)
+        if line[0] in " \t":
+            if name:
+                value.append(line)
+            continue
+        if name:
+            msg.set_raw(*_header_field(value))
+            name, value = "", []
+        if line.startswith("From "):
+            if pos == len(line):
+                msg.set_unixfrom(line.rstrip("\r\n"))
+            continue
+        colon = line.find(":")
+        if colon > 0:
+            name, value = line[:colon], [line]
+    if name:
+        msg.set_raw(*_header_field(value))
+    return msg, text[pos:]
+
+
+def _header_field(lines):
+    """Name and value of a header from its lines, as the compat32 policy's ``header_source_parse``."""
+    name, value = lines[0].split(":", 1)
+    return name, (value.lstrip(" \t") + "".join(lines[1:])).rstrip("\r\n")
+
+
+def _split(body, boundary):
+    """The parts of a multipart body, as the standard parser delimits them; text where it finds none
+    (None: no boundary at all, the body stays as it is)."""
+    delimiter = "--" + boundary
+    parts = []
+    start = None  # where the current part begins
+    pos = 0
+    while (at := body.find(delimiter, pos)) >= 0:
+        pos = at + 1
+        line = _boundary_line(body, at, delimiter)
+        if line is None:
+            continue
+        end, close = line
+        if start is None and close:
+            return body[:at]  # a closing boundary before any other: the parser keeps what came before, as text
+        if start is not None:
+            # The line break before a boundary belongs to the boundary.
+            stop = at - 2 if body.startswith("\r\n", at - 2) else at - 1 if at and body[at - 1] in "\r\n" else at
+            parts.append(body[start:max(stop, start)])
+        if close:
+            return parts
+        # Boundary lines right after a boundary (closing ones too) open no part: the parser skips them.
+        while (line := _boundary_line(body, end, delimiter)) is not None:
+            end = line[0]
+        start = pos = end
+    if start is None:
+        return None
+    # No closing boundary: the last part runs to the end, less its last line break, as the parser reads it.
+    last = body[start:]
+    parts.append(last[:-2] if last.endswith("\r\n") else last[:-1] if last.endswith(("\n", "\r")) else last)
+    return parts
+
+
+def _boundary_line(body, at, delimiter):
+    """(where the line ends, whether it closes) if a boundary line starts at ``at``, else None."""
+    if not body.startswith(delimiter, at) or (at and body[at - 1] not in "\r\n"):
+        return None
+    end = at + len(delimiter)
+    close = body.startswith("--", end)
+    if close:
+        end += 2
+    size = len(body)
+    while end < size and body[end] in " \t":
+        end += 1
+    if end < size:
+        if body.startswith("\r\n", end):
+            end += 2
+        elif body[end] in "\r\n":
+            end += 1
+        else:
+            return None  # a line that only starts like the boundary
+    return end, close
+
+
 def _family(msg, status_part) -> str:
     """The MTA that wrote the notice, from its own words: never from the Received headers of those it passed."""
     headers = msg.msg
@@ -254,7 +442,8 @@ def _family(msg, status_part) -> str:
     if status_part is not None:
         own.append(str(status_part.get_payload())[:2000])
     text = " ".join(own) + " " + msg.explanation[:3000]
-    return next((name for name, words in _FAMILIES if words.search(text)), "")
+    text = text.lower()
+    return next((name for name, words in _LOWERCASE_FAMILIES if words.search(text)), "")
 
 
 def _original_headers(msg):
@@ -333,7 +522,7 @@ def _fields(part):
     if isinstance(payload, list):
         return payload
     text = payload if isinstance(payload, str) else ""
-    return [HeaderParser().parsestr(block) for block in re.split(r"\r?\n\s*\r?\n", text) if block.strip()]
+    return [_headers(block)[0] for block in _BLANK_LINES.split(text) if block.strip()]
 
 
 def _dsn(msg, status_part, send_id):
@@ -437,7 +626,8 @@ def _notice(msg, send_id):
     if not evidence:
         return Reading(NOT_BOUNCE, "no sign of a bounce", [], send_id)
     message_id = _message_id(_original_headers(msg)) or _inline_message_id(msg)
-    if _DELAY.search(f"{subject} {text[:3000]}") and not _FINAL.search(subject) and "permanent" not in text.lower():
+    delay = _LOWERCASE_DELAY.search(f"{subject} {text[:3000]}".lower())
+    if delay and not _FINAL.search(subject) and "permanent" not in text.lower():
         kind, reason, notice = DELAYED, "a warning that delivery is still being tried", None
     else:
         notice = replies.read_notice(text)
@@ -458,7 +648,7 @@ def _notice(msg, send_id):
 def _recipients(headers, text) -> list[str]:
     """The failed recipients a free-text notice names: flufl.bounce's detectors, then Herald's own rules."""
     try:
-        temporary, permanent = all_failures(_without_returned_message(headers))
+        temporary, permanent = _all_failures(_without_returned_message(headers))
     except Exception:  # flufl.bounce's detectors trip over mangled input: Herald's own rules still run
         temporary, permanent = set(), set()
     found = sorted({a.decode("utf-8", "replace") for a in (permanent | temporary)})
@@ -470,6 +660,90 @@ def _recipients(headers, text) -> list[str]:
         if match:
             return [match.group(1)]
     return []
+
+
+def _all_failures(msg):
+    """flufl.bounce's ``all_failures``: its detectors in its order, the first that finds anyone wins.
+
+    A detector is skipped where the notice lacks words it cannot find anything without (its
+    provider's name in From, the line it starts reading after), which changes no result and
+    saves reading every line again. Its two catch-all detectors (SimpleMatch and SimpleWarning)
+    try some sixty pattern sets, each over every line of the notice; a set only collects
+    addresses after a line matches its start pattern. They are given only the sets whose start
+    pattern matches somewhere in the notice (its words looked up in the whole text, then the
+    pattern searched in it, lines anchored alike), which finds the same addresses.
+    """
+    # What its detectors read: the From header, and the texts they read line by line
+    # (email.iterators.body_line_iterator), as they are and casefolded.
+    text = "\n".join(p for p in (part.get_payload() for part in msg.walk()) if isinstance(p, str))
+    sources = {"From": str(msg.get("From", "")).lower(), "text": text, "folded": text.casefold()}
+    for detector in _DETECTORS:
+        where, alternatives = _NEEDS.get(detector, ("", ()))
+        if alternatives and not any(all(w in sources[where] for w in words) for words in alternatives):
+            continue
+        instance = detector()
+        if issubclass(detector, SimpleMatch):
+            instance.PATTERNS = _patterns_starting_in(detector, text, sources["folded"])
+            if not instance.PATTERNS:
+                continue
+        temporary, permanent = instance.process(msg)
+        if temporary or permanent:
+            return temporary, permanent
+    return frozenset(), frozenset()
+
+
+def _patterns_starting_in(detector, text, folded):
+    return [pattern for pattern, (words, start) in zip(detector.PATTERNS, _START_PATTERNS[detector], strict=True)
+            if words in folded and start.search(text)]
+
+
+def _start_pattern(start):
+    """A start pattern that matches at line starts and ends within a whole text, and the words it begins with.
+
+    The words (casefolded, as the pattern ignores case) are a quick test: a text without them cannot match.
+    """
+    words = []
+    for char in start.pattern.removeprefix("^"):
+        if char in _REGEX_SYNTAX:
+            if char in "*?{" and words:
+                words.pop()  # the last character may occur no times at all
+            break
+        words.append(char)
+    if _alternatives_at_top(start.pattern):
+        words = []
+    return "".join(words).casefold(), re.compile(start.pattern, start.flags | re.M)
+
+
+def _alternatives_at_top(pattern):
+    depth = 0
+    escaped = False
+    for char in pattern:
+        if escaped:
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == "(":
+            depth += 1
+        elif char == ")":
+            depth -= 1
+        elif char == "|" and depth == 0:
+            return True
+    return False
+
+
+_REGEX_SYNTAX = set("\\.^$*+?{}[]|()")
+# Where a detector finds nothing: without all the words of one of these sets in the lowercased From
+# header, in the text, or in the casefolded text.
+_NEEDS = {
+    Yahoo: ("From", [("mailer-daemon", "yahoo")]),
+    Yale: ("From", [("mailer-daemon", "yale")]),
+    AOL: ("From", [("aol.com",)]),
+    Qmail: ("text", [(tag,) for tag in qmail_introtags]),  # a line starting with one of them
+    Exchange: ("text", [("did not reach the following recipient",)]),
+    Caiwireless: ("folded", [("the following recipients did not receive this message:",)]),
+}
+_START_PATTERNS = {d: [_start_pattern(start) for start, _, _ in d.PATTERNS]
+                   for d in _DETECTORS if issubclass(d, SimpleMatch)}
 
 
 def _without_returned_message(part, depth=0):
