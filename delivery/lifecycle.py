@@ -12,6 +12,7 @@ from campaigns import audit
 from campaigns.models import Campaign
 from delivery import dispatch, engine, planner
 from delivery.models import Send
+from delivery.signals import resuming
 
 STARTABLE = (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.MISSED)
 COUNT_KEYS = [s.value for s in Send.Status]
@@ -19,6 +20,10 @@ COUNT_KEYS = [s.value for s in Send.Status]
 
 class LifecycleError(Exception):
     """The campaign is not in a state that allows the action; the message says why."""
+
+
+class AcknowledgementRequired(LifecycleError):
+    """The campaign paused itself for a reason an operator must confirm having read before it resumes."""
 
 
 def _get(campaign_id):
@@ -87,8 +92,16 @@ def pause_campaign(campaign_id, reason="") -> Campaign:
     return _recorded("campaign.pause", campaign_id, reason=reason)
 
 
-def resume_campaign(campaign_id) -> Campaign:
-    """Continue with the rows still queued; sent rows are never touched again."""
+def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
+    """Continue with the rows still queued; sent rows are never touched again.
+
+    A campaign the circuit breaker paused resumes only with ``acknowledge``
+    (the receivers of ``resuming`` decide; see tracking.breaker).
+    """
+    campaign = _get(campaign_id)
+    if campaign.status != Campaign.Status.PAUSED:
+        _refuse(campaign, "resume", [Campaign.Status.PAUSED])
+    resuming.send(sender=Campaign, campaign=campaign, acknowledge=bool(acknowledge))
     updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.PAUSED).update(
         status=Campaign.Status.SENDING, status_reason="", updated_at=timezone.now()
     )
