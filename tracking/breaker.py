@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Count, Max, Q
 from django.dispatch import receiver
 from django.utils import timezone
@@ -263,19 +264,21 @@ class Breaker:
         reason += " Resuming needs an acknowledgement of these figures."
         running = Campaign.objects.filter(pk__in=ids, status=Campaign.Status.SENDING).values_list("id", flat=True)
         for campaign_id in running:
-            try:
-                campaign = lifecycle.pause_campaign(campaign_id, reason)
-            except lifecycle.LifecycleError:
-                continue  # paused, cancelled or finished meanwhile
+            # The pause, its figures and the audit entry are seen together or not at all.
+            with transaction.atomic():
+                try:
+                    campaign = lifecycle.pause_campaign(campaign_id, reason)
+                except lifecycle.LifecycleError:
+                    continue  # paused, cancelled or finished meanwhile
+                BreakerTrip.objects.create(
+                    campaign=campaign, scope=self.scope, domain=self.domain or domain_of(campaign.from_email),
+                    metric=verdict.metric, provider=verdict.provider, count=verdict.count, base=verdict.base,
+                    rate=verdict.rate, threshold=verdict.threshold, reason=reason,
+                )
+                audit.record("campaign.breaker_trip", campaign, scope=self.scope, metric=str(verdict.metric),
+                             provider=verdict.provider, count=verdict.count, base=verdict.base,
+                             rate=round(verdict.rate, 6), threshold=verdict.threshold, reason=reason)
             log.warning("campaign %s paused: %s", campaign_id, reason)
-            BreakerTrip.objects.create(
-                campaign=campaign, scope=self.scope, domain=self.domain or domain_of(campaign.from_email),
-                metric=verdict.metric, provider=verdict.provider, count=verdict.count, base=verdict.base,
-                rate=verdict.rate, threshold=verdict.threshold, reason=reason,
-            )
-            audit.record("campaign.breaker_trip", campaign, scope=self.scope, metric=str(verdict.metric),
-                         provider=verdict.provider, count=verdict.count, base=verdict.base,
-                         rate=round(verdict.rate, 6), threshold=verdict.threshold, reason=reason)
 
     def reset(self):
         """Forget the counters: the sample starts again."""
