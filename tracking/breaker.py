@@ -170,19 +170,20 @@ def judge(f: Figures) -> Verdict | None:
     return None
 
 
-def _needed(count, base, percent):
-    """How many more bad outcomes could trip a limit, with the sample at least ``base``."""
-    least = math.floor(percent * max(base, min_sample()) / 100) + 1
+def _needed(count, base, percent, floor=0):
+    """How many more bad outcomes could trip a limit whose base will be at least max(``base``, ``floor``)."""
+    least = math.floor(percent * max(base, floor) / 100) + 1
     return max(1, least - count)
 
 
 def _slack(f: Figures) -> dict:
     """Per counter: the bad outcomes to come before the figures are worth counting again."""
     limits = thresholds()
-    out = {M.HARD_BOUNCE: _needed(f.hard, f.attempts, limits[M.HARD_BOUNCE]),
+    # Attempts reach the minimum sample before a trip; deliveries need not.
+    out = {M.HARD_BOUNCE: _needed(f.hard, f.attempts, limits[M.HARD_BOUNCE], min_sample()),
            M.COMPLAINT: _needed(f.complaints, max(f.delivered, 0), limits[M.COMPLAINT])}
     for name, (blocks, tried) in f.policy.items():
-        out[f"{M.POLICY}:{name}"] = _needed(blocks, tried, limits[M.POLICY])
+        out[f"{M.POLICY}:{name}"] = _needed(blocks, tried, limits[M.POLICY], min_sample())
     return out
 
 
@@ -349,7 +350,8 @@ def require_acknowledgement(sender, campaign, acknowledge=False, **kwargs):
     if not acknowledge:
         raise lifecycle.AcknowledgementRequired(
             f"campaign {campaign.pk} was paused by the circuit breaker: {trips[-1].reason} "
-            "To resume, acknowledge these figures (API: POST {\"acknowledge\": true}; admin: tick the confirmation)."
+            "To resume, acknowledge these figures (API: POST {\"acknowledge\": true}; admin: tick the confirmation; "
+            "command line: send_campaign --resume --acknowledge)."
         )
     entry = audit.record("campaign.breaker_acknowledge", campaign, reasons=[t.reason for t in trips])
     BreakerTrip.objects.filter(pk__in=[t.pk for t in trips]).update(
