@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 import herald.settings as shipped
@@ -268,3 +270,23 @@ def test_the_command_line_resumes_a_tripped_campaign_only_with_acknowledge(tripp
     call_command("send_campaign", tripped.pk, "--resume", "--acknowledge", stdout=io.StringIO())
     assert status(tripped) == Campaign.Status.SENDING
     assert BreakerTrip.objects.get(campaign=tripped).acknowledged_by == "system"
+
+
+def test_a_bounce_far_below_the_limits_costs_no_count_of_the_campaign(sink, relay, make_campaign, redis_client):
+    campaign = make_campaign([f"q{i}@example.com" for i in range(60)])
+    lifecycle.start_campaign(campaign.pk)
+    send_part(campaign, 40)
+    sent = list(Send.objects.filter(campaign=campaign, status="sent").order_by("id"))
+    # 40 answers, for the campaign and its sending domain alike: the third hard bounce could pass 5 %.
+    assert breaker.Breaker.of_campaign(campaign.pk).evaluate() is None
+    assert breaker.Breaker.of_domain("herald.example").evaluate() is None
+
+    def bounce(send):
+        with CaptureQueriesContext(connection) as queries:
+            process_message(samples.postfix(tokens.verp_address(send.pk), send.email, send.message_id), "b@x")
+        return [q["sql"] for q in queries.captured_queries if "GROUP BY" in q["sql"]]
+
+    assert bounce(sent[0]) == [] and bounce(sent[1]) == []
+    assert bounce(sent[2]) != []  # the third could pass 5 % of 40: counted, and over the limit
+    assert paused(campaign)
+    assert BreakerTrip.objects.get(campaign=campaign).reason.startswith("Circuit breaker: hard bounces 3 of 40 attempts")
