@@ -238,9 +238,10 @@ class Breaker:
             return None  # another worker is counting the same sample
         try:
             now = now or timezone.now()
-            ids = list(self.campaigns(now).values_list("id", flat=True))
-            if not ids:
-                return None
+            campaigns = dict(self.campaigns(now).values_list("id", "status"))
+            if Campaign.Status.SENDING not in campaigns.values():
+                return None  # nothing left to pause: a late report of a finished or paused campaign
+            ids = list(campaigns)
             # Read before counting: outcomes recorded meanwhile make the bound lower, never higher.
             seen = self.seen([M.HARD_BOUNCE, M.COMPLAINT])
             f = figures(ids, self.since(ids, now))
