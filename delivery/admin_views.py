@@ -55,13 +55,14 @@ def campaign_send(request, campaign_id):
     return TemplateResponse(request, "delivery/admin/campaign_send.html", context, status=409 if error else 200)
 
 
-def _action(action, done):
+def _action(action, done, *fields):
+    """A POST that runs ``action``; ``fields`` name checkboxes of the form passed on as keywords."""
     @staff_member_required
     @permission_required(SEND_PERMISSION, raise_exception=True)
     @require_POST
     def view(request, campaign_id):
         try:
-            campaign = action(campaign_id)
+            campaign = action(campaign_id, **{name: bool(request.POST.get(name)) for name in fields})
         except LifecycleError as exc:
             if "does not exist" in str(exc):
                 raise Http404(str(exc)) from None
@@ -74,7 +75,8 @@ def _action(action, done):
 
 
 campaign_pause = _action(lifecycle.pause_campaign, "paused")
-campaign_resume = _action(lifecycle.resume_campaign, "resumed")
+# A campaign the circuit breaker paused needs the "acknowledge" box ticked.
+campaign_resume = _action(lifecycle.resume_campaign, "resumed", "acknowledge")
 campaign_cancel = _action(lifecycle.cancel_campaign, "cancelled")
 
 

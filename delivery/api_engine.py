@@ -132,6 +132,11 @@ class ScheduleIn(Schema):
     scheduled_at: datetime
 
 
+class ResumeIn(Schema):
+    acknowledge: bool = Field(False, description="Required as true to resume a campaign the circuit breaker paused: "
+                                                 "the operator has read the figures in status_reason.")
+
+
 class CampaignProgress(Schema):
     id: int
     status: str
@@ -276,10 +281,24 @@ def pause(request, campaign_id: int):
     return _act(request, lifecycle.pause_campaign, campaign_id)
 
 
-@router.post("/campaigns/{campaign_id}/resume", response=CampaignProgress, summary="Resume sending")
+@router.post("/campaigns/{campaign_id}/resume", response=CampaignProgress, summary="Resume sending",
+             description="A campaign the circuit breaker paused resumes only with {\"acknowledge\": true}; "
+                         "without it the answer is 409 and names the figures.",
+             openapi_extra={"requestBody": {"required": False, "content": {
+                 "application/json": {"schema": ResumeIn.model_json_schema()}}}})
 @requires("campaigns.send_campaign")
 def resume(request, campaign_id: int):
-    return _act(request, lifecycle.resume_campaign, campaign_id)
+    return _act(request, lifecycle.resume_campaign, campaign_id, _resume_in(request).acknowledge)
+
+
+def _resume_in(request) -> ResumeIn:
+    """The body is optional (a plain resume sends none, or an empty form), so it is read here rather than by the router."""
+    if request.content_type != "application/json" or not request.body.strip():
+        return ResumeIn()
+    try:
+        return ResumeIn.model_validate_json(request.body)
+    except ValueError as exc:
+        raise HttpError(422, f"acknowledge: must be true or false ({str(exc).splitlines()[-1].strip()})") from None
 
 
 @router.post("/campaigns/{campaign_id}/cancel", response=CampaignProgress, summary="Cancel: unsent recipients are not mailed")

@@ -26,6 +26,7 @@ from campaigns import audit
 from campaigns.models import Campaign
 from delivery import dispatch, engine, planner
 from delivery.models import Send
+from delivery.signals import resuming
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ STALLED_START_SECONDS = 60
 
 class LifecycleError(Exception):
     """The campaign is not in a state that allows the action; the message says why."""
+
+
+class AcknowledgementRequired(LifecycleError):
+    """The campaign paused itself for a reason an operator must confirm having read before it resumes."""
 
 
 def _get(campaign_id):
@@ -212,13 +217,19 @@ def pause_campaign(campaign_id, reason="") -> Campaign:
     return _recorded("campaign.pause", campaign_id, reason=reason)
 
 
-def resume_campaign(campaign_id) -> Campaign:
+def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
     """Continue with the rows still queued; sent rows are never touched again.
 
     A campaign paused before its snapshot was done goes back to starting, and
-    a worker continues the snapshot where it stopped.
+    a worker continues the snapshot where it stopped. A campaign the circuit
+    breaker paused resumes only with ``acknowledge`` (the receivers of
+    ``resuming`` decide; see tracking.breaker).
     """
-    if _get(campaign_id).snapshot_pending:
+    campaign = _get(campaign_id)
+    if campaign.status != Campaign.Status.PAUSED:
+        _refuse(campaign, "resume", [Campaign.Status.PAUSED])
+    resuming.send(sender=Campaign, campaign=campaign, acknowledge=bool(acknowledge))
+    if campaign.snapshot_pending:
         # The cursor moves only while starting, so it cannot change between this read and the UPDATE.
         if not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.PAUSED).update(
                 status=Campaign.Status.STARTING, status_reason="", updated_at=timezone.now()):

@@ -9,3 +9,8 @@ from django.dispatch import Signal
 # outcome ("bounced" | "failed" | "deferred" | "sent" | "skipped"), code (int|None), reply (str).
 # "skipped": a submitted message's recipient was suppressed and never sent; reply says why.
 send_outcome = Signal()
+
+# Sent before a paused campaign resumes. kwargs: campaign (a Campaign),
+# acknowledge (bool: the operator confirmed what paused it). A receiver that
+# must keep the campaign paused raises lifecycle.AcknowledgementRequired.
+resuming = Signal()

@@ -47,6 +47,21 @@ def envint(name, default, minimum=None):
     return number
 
 
+def envfloat(name, default, minimum=None, maximum=None):
+    value = _raw(name)
+    if value is None:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={value!r} is not a number") from None
+    if number != number or (minimum is not None and number < minimum):
+        raise ImproperlyConfigured(f"{name}={number} is below the minimum of {minimum}")
+    if maximum is not None and number > maximum:
+        raise ImproperlyConfigured(f"{name}={number} is above the maximum of {maximum}")
+    return number
+
+
 def envlist(name, default):
     value = _raw(name)
     if value is None:

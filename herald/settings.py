@@ -10,7 +10,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from herald.env import envbool, envint, envlist, envsecret, envstr
+from herald.env import envbool, envfloat, envint, envlist, envsecret, envstr
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("HERALD_VAR_DIR", str(BASE_DIR / "var")))
@@ -305,6 +305,14 @@ HERALD_BOUNCE_MAX_CONNECTIONS = envint("HERALD_BOUNCE_MAX_CONNECTIONS", 100, min
 HERALD_BOUNCE_MAILBOX = envsecret("HERALD_BOUNCE_MAILBOX", "")
 HERALD_BOUNCE_MAILBOX_CAFILE = envstr("HERALD_BOUNCE_MAILBOX_CAFILE", "")
 HERALD_BOUNCE_MAILBOX_INTERVAL = envint("HERALD_BOUNCE_MAILBOX_INTERVAL", 300, minimum=10)
+# Circuit breaker: a campaign pauses itself, and its sending domain's other
+# campaigns with it, once at least MIN_SAMPLE of its sends have a final answer
+# and hard bounces, complaints or one provider's policy blocks exceed these
+# percentages (0.3 % of complaints is the mailbox providers' published limit).
+HERALD_BREAKER_MIN_SAMPLE = envint("HERALD_BREAKER_MIN_SAMPLE", 500, minimum=1)
+HERALD_BREAKER_HARD_BOUNCE_PERCENT = envfloat("HERALD_BREAKER_HARD_BOUNCE_PERCENT", 5.0, minimum=0.01, maximum=100)
+HERALD_BREAKER_COMPLAINT_PERCENT = envfloat("HERALD_BREAKER_COMPLAINT_PERCENT", 0.3, minimum=0.01, maximum=100)
+HERALD_BREAKER_POLICY_PERCENT = envfloat("HERALD_BREAKER_POLICY_PERCENT", 10.0, minimum=0.01, maximum=100)
 # Test sends: recipients per user per hour (a token bucket in Redis).
 HERALD_TEST_SEND_LIMIT = envint("HERALD_TEST_SEND_LIMIT", 50, minimum=1)
 

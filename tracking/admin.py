@@ -11,7 +11,7 @@ from django.utils.html import format_html
 from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression
 from herald.readonly import ReadOnlyAdminMixin
-from tracking.models import CampaignStatistics, Event
+from tracking.models import BreakerTrip, CampaignStatistics, Event
 from tracking.stats import OUTCOMES, campaign_stats
 from tracking.suppressions import export_csv, import_csv
 
@@ -32,6 +32,26 @@ class EventAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False  # what came back is a record, not something to edit
+
+
+@admin.register(BreakerTrip)
+class BreakerTripAdmin(admin.ModelAdmin):
+    """Every time the circuit breaker paused a campaign: the figures, and who acknowledged them."""
+
+    list_display = ("created_at", "campaign", "scope", "domain", "metric", "provider", "count", "base", "acknowledged_at",
+                    "acknowledged_by")
+    list_filter = ("scope", "metric", ("acknowledged_at", admin.EmptyFieldListFilter))
+    list_select_related = ("campaign",)
+    date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False  # acknowledged by resuming the campaign, never edited
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 class ImportForm(forms.Form):

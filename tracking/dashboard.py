@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign
 from delivery.models import Send
-from tracking.models import Event
+from tracking.models import BreakerTrip, Event
 from tracking.stats import delivery_outcomes
 
 HOURS = 72
@@ -18,14 +18,16 @@ FINISHED_DAYS = 7
 
 
 def campaign_row(campaign):
-    """A campaign's delivery outcomes so far (those it has), and its share done for the progress bar."""
+    """A campaign's delivery outcomes so far (those it has), its share done for the progress bar,
+    and the circuit breaker's trip awaiting an acknowledgement, if any."""
     figures = delivery_outcomes(campaign)
     recipients = figures["recipients"]
     pending = sum(figures["outcomes"][key]["count"] for key in PENDING)
     share = (recipients - pending) * 100 / recipients if recipients else 0
     shown = [{"key": key, **figure} for key, figure in figures["outcomes"].items() if figure["count"]]
     return {"campaign": campaign, "recipients": recipients, "outcomes": shown,
-            "deferred_once": figures["deferred_at_least_once"]["count"], "percent": int(share), "width": share}
+            "deferred_once": figures["deferred_at_least_once"]["count"], "percent": int(share), "width": share,
+            "breaker": BreakerTrip.objects.filter(campaign=campaign, acknowledged_at__isnull=True).first()}
 
 
 def active_campaigns():

@@ -27,6 +27,7 @@ reply code or the words that decided), so an operator can see why.
 import hashlib
 import logging
 from datetime import timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -35,7 +36,7 @@ from django.utils import timezone
 from campaigns.models import Suppression, email_key
 from campaigns.suppression import suppress
 from delivery.models import Send
-from tracking import bounces
+from tracking import bounces, breaker
 from tracking.events import record
 from tracking.models import Event
 from tracking.unsubscribe import unsubscribe
@@ -114,13 +115,15 @@ def apply(report, raw: bytes = b"", source: str = "bounce-server"):
 
 
 def apply_policy(event):
-    """Suppress the address of a new bounce or complaint Event when the policy says so.
+    """Suppress the address of a new bounce or complaint Event when the policy says so,
+    and count it against its campaign's circuit breakers once it is committed.
 
     Only an Event tied to a Send counts: an unverified one (no Send) suppresses
     no one and is not counted toward anyone's soft bounces.
     """
     if event.send_id is None:
         return
+    transaction.on_commit(partial(breaker.observe, event))
     if event.type == Event.Type.BOUNCE:
         suppress(event.email, Suppression.Reason.HARD_BOUNCE, _detail(event), event.pk)
     elif event.type == Event.Type.COMPLAINT:

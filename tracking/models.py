@@ -65,3 +65,41 @@ class CampaignStatistics(Campaign):
         proxy = True
         verbose_name = "campaign statistics"
         verbose_name_plural = "campaign statistics"
+
+
+class BreakerTrip(models.Model):
+    """The circuit breaker paused a campaign: the figures that tripped it, and who acknowledged them.
+
+    One row per campaign paused: a trip of a sending domain's breaker pauses
+    each running campaign from that domain, and each needs its own acknowledgement.
+    """
+
+    class Scope(models.TextChoices):
+        CAMPAIGN = "campaign"
+        DOMAIN = "domain", "sending domain"
+
+    class Metric(models.TextChoices):
+        HARD_BOUNCE = "hard_bounce", "hard bounces"
+        COMPLAINT = "complaint", "complaints"
+        POLICY = "policy", "policy blocks"
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="breaker_trips")
+    scope = models.CharField(max_length=8, choices=Scope.choices)
+    domain = models.CharField(max_length=255, blank=True, default="", help_text="The From domain.")
+    metric = models.CharField(max_length=16, choices=Metric.choices)
+    provider = models.CharField(max_length=255, blank=True, default="", help_text="For policy blocks: the provider group.")
+    count = models.PositiveIntegerField()
+    base = models.PositiveIntegerField(help_text="The sample the rate is of: attempts, or deliveries for complaints.")
+    rate = models.FloatField()
+    threshold = models.FloatField(help_text="Percent.")
+    reason = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+    acknowledged_at = models.DateTimeField(null=True, blank=True)
+    acknowledged_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["campaign", "acknowledged_at"], name="breaker_campaign_ack_idx")]
+
+    def __str__(self):
+        return self.reason[:100]

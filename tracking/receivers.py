@@ -11,8 +11,9 @@ from tracking.models import Event
 
 @receiver(send_outcome, dispatch_uid="tracking.send_outcome")
 def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
-    """A 5xx at send time is a bounce Event; giving up on a send is a failed Event; a recipient
-    skipped because it is suppressed is a rejected Event.
+    """A 5xx at send time is a bounce Event, or a rejected one when it refuses the sender (a
+    policy block); giving up on a send is a failed Event; a recipient skipped because it is
+    suppressed is a rejected Event.
 
     The engine has already suppressed a hard bounce through campaigns; applying
     the policy again is idempotent and covers a 5.2.2 (mailbox full) answered at
@@ -32,6 +33,20 @@ def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
         # sender should see why (the reply names the suppression reason).
         record(Event.Type.REJECTED, send, key=f"skipped:{send.pk}", diagnostic=reply[:2000] or "Not sent: suppressed",
                source="suppression")
+    elif outcome == "failed" and _policy_block(code, reply):
+        # Refused for the sender's reputation, authentication or content: a
+        # policy block, which says nothing about the address (not suppressed)
+        # and is counted per provider by the circuit breaker.
+        status = bounces.best_status("", reply) or str(code)
+        event, created = record(Event.Type.REJECTED, send, key=f"rejected:{send.pk}:smtp", status=status[:16],
+                                diagnostic=reply[:2000], source="smtp",
+                                reason=f"reply {code} {status} at send time: policy"[:255])
+        if created:
+            apply_policy(event)
     elif outcome == "failed":
         record(Event.Type.FAILED, send, key=f"failed:{send.pk}", status=str(code or "")[:16], diagnostic=reply[:2000],
                source="smtp")
+
+
+def _policy_block(code, reply):
+    return bool(code) and 500 <= code < 600 and bounces.classify("failed", "", f"{code} {reply}") == bounces.POLICY

@@ -1,4 +1,4 @@
-"""send_campaign ID [--wait] | --pause | --resume | --cancel | --schedule TIME"""
+"""send_campaign ID [--wait] | --pause | --resume [--acknowledge] | --cancel | --schedule TIME"""
 
 import time
 
@@ -22,6 +22,8 @@ class Command(BaseCommand):
         action.add_argument("--cancel", action="store_true", help="Cancel: unsent recipients are not mailed.")
         action.add_argument("--schedule", metavar="TIME", help="Send at an ISO 8601 time with a zone, e.g. 2030-01-01T09:00Z.")
         action.add_argument("--progress", action="store_true", help="Show progress only.")
+        parser.add_argument("--acknowledge", action="store_true",
+                            help="With --resume: acknowledge the figures of a circuit breaker's pause.")
         parser.add_argument("--wait", action="store_true", help="Show a progress bar until the campaign is done.")
         parser.add_argument("--interval", type=float, default=1.0, help="Seconds between progress updates (default 1).")
 
@@ -30,7 +32,7 @@ class Command(BaseCommand):
             if opts["pause"]:
                 campaign = lifecycle.pause_campaign(campaign_id, reason="paused from the command line")
             elif opts["resume"]:
-                campaign = lifecycle.resume_campaign(campaign_id)
+                campaign = lifecycle.resume_campaign(campaign_id, acknowledge=opts["acknowledge"])
             elif opts["cancel"]:
                 campaign = lifecycle.cancel_campaign(campaign_id)
             elif opts["schedule"]:
