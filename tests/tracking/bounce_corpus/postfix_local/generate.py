@@ -26,6 +26,9 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parents[3]))
+from tests.support.programs import program  # noqa: E402  (the project root is on the path only now)
+
 MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd
 pickup    unix n - n 60 1 pickup
@@ -87,16 +90,16 @@ class Instance:
         (self.dir / "master.cf").write_text(MASTER_CF.format(port=port))
 
     def run(self, *args):
-        result = subprocess.run(["postfix", "-c", str(self.dir), *args], capture_output=True, text=True)
+        result = subprocess.run([program("postfix"), "-c", str(self.dir), *args], capture_output=True, text=True)
         if result.returncode:
             raise SystemExit(f"postfix {args} in {self.dir}: {result.stdout}{result.stderr}")
         return result
 
     def sendmail(self, sender, rcpt, message):
-        subprocess.run(["sendmail", "-C", str(self.dir), "-f", sender, "-i", rcpt], input=message, check=True)
+        subprocess.run([program("sendmail"), "-C", str(self.dir), "-f", sender, "-i", rcpt], input=message, check=True)
 
     def stop(self):
-        subprocess.run(["postfix", "-c", str(self.dir), "stop"], capture_output=True)
+        subprocess.run([program("postfix"), "-c", str(self.dir), "stop"], capture_output=True)
         time.sleep(1)
         shutil.rmtree(self.dir, ignore_errors=True)
 
