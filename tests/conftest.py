@@ -52,3 +52,13 @@ def pytest_runtest_teardown(item, nextitem):
             for label, module in saved.items():
                 apps.get_app_config(label).models_module = module
         import_module("delivery.migrations.0005_provider_rules").add_defaults(apps, None)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Captured output as valid UTF-8: fuzzing tests log undecodable peer bytes
+    (as surrogates), which the reports between test processes cannot carry."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
+                       for title, text in report.sections]

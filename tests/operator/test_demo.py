@@ -50,9 +50,12 @@ def scratch_database():
 
 
 @pytest.fixture
-def demo_env(scratch_database, redis_client):
-    env = {**os.environ, "DATABASE_URL": scratch_database, "REDIS_URL": settings.REDIS_URL}
-    env.pop("HERALD_DEMO_SERVE", None)
+def demo_env(scratch_database):
+    # No REDIS_URL: the demo starts a private Redis of its own, as for someone
+    # who runs it on a fresh machine (and no other test's process can write there).
+    env = {**os.environ, "DATABASE_URL": scratch_database}
+    for name in ("HERALD_DEMO_SERVE", "REDIS_URL"):
+        env.pop(name, None)
     return env
 
 
