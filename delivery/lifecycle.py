@@ -229,6 +229,11 @@ def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
     if campaign.status != Campaign.Status.PAUSED:
         _refuse(campaign, "resume", [Campaign.Status.PAUSED])
     resuming.send(sender=Campaign, campaign=campaign, acknowledge=bool(acknowledge))
+    if not campaign.snapshot_pending and not Send.objects.filter(campaign_id=campaign_id, attempts__gt=0).exists():
+        # Paused before its content reached anyone (a template that failed to
+        # render, say): what it sends is frozen again as it is now, so the fix
+        # applies; once anyone got it, everyone gets the same.
+        campaign.freeze_content()
     if campaign.snapshot_pending:
         # The cursor moves only while starting, so it cannot change between this read and the UPDATE.
         if not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.PAUSED).update(

@@ -1,5 +1,7 @@
 """Events for what the send engine learned at send time (delivery.signals.send_outcome)."""
 
+import re
+
 from django.dispatch import receiver
 
 from delivery.signals import send_outcome
@@ -49,4 +51,14 @@ def record_send_outcome(sender, send, outcome, code=None, reply="", **kwargs):
 
 
 def _policy_block(code, reply):
-    return bool(code) and 500 <= code < 600 and bounces.classify("failed", "", f"{code} {reply}") == bounces.POLICY
+    """A refusal of the sender (5.7.x: reputation, blocklists, authentication), not of what the message needs
+    (5.6.7: no SMTPUTF8, 5.3.4: too big), which stays a failure of its own."""
+    if not code or not 500 <= code < 600:
+        return False
+    enhanced = _ENHANCED.search(reply or "")
+    if enhanced and enhanced.group(1) != "7":
+        return False
+    return bounces.classify("failed", "", f"{code} {reply}") == bounces.POLICY
+
+
+_ENHANCED = re.compile(r"\b5\.(\d{1,3})\.\d{1,3}\b")

@@ -66,8 +66,8 @@ def test_near_slots_go_to_the_broker_as_slot_batches_and_far_ones_wait_in_the_le
     assert len(sink.recipients()) == 1
     # One task per slot (a bucket of one), each due at its slot, none further than the horizon.
     countdowns = [countdown for _, countdown, reserved in requeue if reserved]
-    assert len(requeue) == len(countdowns) == int(engine.SLOT_HORIZON)
-    assert countdowns == sorted(countdowns) and countdowns[-1] <= engine.SLOT_HORIZON
+    assert countdowns and len(requeue) == len(countdowns)
+    assert countdowns == sorted(countdowns) and countdowns[-1] <= engine.SLOT_HORIZON < countdowns[-1] + 1
     assert all(len(batch) == 1 for batch, _, _ in requeue)
     published = {i for batch, _, _ in requeue for i in batch}
     parked = Send.objects.filter(parked=True)

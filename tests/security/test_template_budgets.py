@@ -244,7 +244,13 @@ def test_a_contacts_data_that_blows_a_budget_pauses_the_campaign(relay, sink):
     # Ann went out before Bob's render stopped; Bob and Cy wait for the fix.
     assert statuses == {"ann@example.com": "sent", "bob@example.com": "queued", "cy@example.com": "queued"}
     assert set(Send.objects.filter(campaign=campaign, status="queued").values_list("attempts", flat=True)) == {0}
-    fix_and_resume(campaign, sink)
+    # Ann got the content, so it stays as it is (frozen): the fix is Bob's data.
+    Contact.objects.filter(email="bob@example.com").update(first_name="Bob")
+    lifecycle.resume_campaign(campaign.pk)
+    drain(campaign.pk)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.FINISHED
+    assert sorted(sink.recipients()) == ["ann@example.com", "bob@example.com", "cy@example.com"]
 
 
 def soft_time_limit_after(seconds):
@@ -287,7 +293,13 @@ def test_a_render_stuck_at_the_soft_time_limit_pauses_and_loses_nothing(relay, s
     assert statuses == {"ann@example.com": "sent", "bob@example.com": "queued", "cy@example.com": "queued"}
     assert sink.recipients() == ["ann@example.com"]
     assert set(Send.objects.filter(campaign=campaign, status="queued").values_list("attempts", flat=True)) == {0}
-    fix_and_resume(campaign, sink)
+    # Ann got the content, so it stays as it is (frozen): the fix is Bob's data.
+    Contact.objects.filter(email="bob@example.com").update(first_name="Bob")
+    lifecycle.resume_campaign(campaign.pk)
+    drain(campaign.pk)
+    campaign.refresh_from_db()
+    assert campaign.status == Campaign.Status.FINISHED
+    assert sorted(sink.recipients()) == ["ann@example.com", "bob@example.com", "cy@example.com"]
 
 
 def test_a_batch_stopped_at_the_soft_time_limit_goes_back_to_the_queue(relay, sink, endless, monkeypatch):
