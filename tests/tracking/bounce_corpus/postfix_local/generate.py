@@ -28,6 +28,7 @@ from aiosmtpd.controller import Controller
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[3]))
 from tests.support.programs import program  # noqa: E402  (the project root is on the path only now)
+from tests.support.wait import process_gone, wait_until  # noqa: E402
 
 MASTER_CF = """\
 127.0.0.1:{port} inet n - n - - smtpd
@@ -98,9 +99,16 @@ class Instance:
     def sendmail(self, sender, rcpt, message):
         subprocess.run([program("sendmail"), "-C", str(self.dir), "-f", sender, "-i", rcpt], input=message, check=True)
 
-    def stop(self):
+    def halt(self):
+        """Stop this instance and wait until its master process is gone."""
+        pid_file = self.dir / "queue" / "pid" / "master.pid"
+        pid = int(pid_file.read_text().strip()) if pid_file.exists() else None
         subprocess.run([program("postfix"), "-c", str(self.dir), "stop"], capture_output=True)
-        time.sleep(1)
+        if pid:
+            wait_until(lambda: process_gone(pid), timeout=20, interval=0.1, message="postfix's master to exit")
+
+    def stop(self):
+        self.halt()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -175,8 +183,7 @@ def main():
         # The first message to carol fills her mailbox; only the second bounces.
         _wait(lambda: len(keep.received) >= len(sends) - 1, sender, receiver)
         # A delay notice: warn after a second, keep trying for a day.
-        sender.run("stop")
-        time.sleep(1)
+        sender.halt()
         (sender.dir / "main.cf").write_text((sender.dir / "main.cf").read_text().replace(
             "maximal_queue_lifetime = 0", "maximal_queue_lifetime = 1d\ndelay_warning_time = 1s"))
         sender.run("start")
@@ -205,14 +212,12 @@ def _name(text):
 
 
 def _wait(condition, *instances, timeout=90):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    for instance in instances:
-        print((instance.dir / "maillog").read_text(errors="replace")[-3000:], file=sys.stderr)
-    raise SystemExit("timed out waiting for bounces")
+    try:
+        wait_until(condition, timeout=timeout, interval=0.2, message="bounces")
+    except AssertionError as exc:
+        for instance in instances:
+            print((instance.dir / "maillog").read_text(errors="replace")[-3000:], file=sys.stderr)
+        raise SystemExit(str(exc)) from None
 
 
 def _uid(user):
