@@ -11,9 +11,8 @@ actor is the system (the scheduler, a command, the engine).
 
 from contextvars import ContextVar
 
+from django.apps import apps
 from django.db.models.signals import post_delete, post_save
-
-from campaigns.models import AuditEntry
 
 _request = ContextVar("herald_audit_request", default=None)
 
@@ -49,9 +48,10 @@ def acting_person() -> bool:
     return _actor()[1] is not None
 
 
-def record(action: str, obj=None, **detail) -> AuditEntry:
+def record(action: str, obj=None, **detail):
+    """Append an AuditEntry (looked up through the app registry: campaigns.models records through this module)."""
     actor, actor_id, via, address = _actor()
-    return AuditEntry.objects.create(
+    return apps.get_model("campaigns", "AuditEntry").objects.create(
         actor=actor or "", actor_id=actor_id, via=via, address=address, action=action,
         object_type=obj._meta.model_name if obj is not None else "",
         object_id=str(obj.pk) if obj is not None else "", object_repr=str(obj)[:200] if obj is not None else "",

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from campaigns import audit
 from campaigns.models import Campaign
-from delivery import dispatch, engine, planner
+from delivery import dispatch, ledger, planner
 from delivery.models import Send
 from delivery.signals import resuming
 
@@ -183,7 +183,7 @@ def _start_sending(campaign_id) -> Campaign:
     if started and total:
         dispatch.enqueue_campaign(campaign_id)
     if started:
-        engine.settle_campaigns([campaign_id])
+        ledger.settle_campaigns([campaign_id])
         log.info("campaign %s is sending to %d recipient(s)", campaign_id, total)
     return _get(campaign_id)
 
@@ -213,7 +213,7 @@ def pause_campaign(campaign_id, reason="") -> Campaign:
     if not updated:
         _refuse(_get(campaign_id), "pause", pausable)
     # Batches already claimed stop between two messages, not at their end.
-    engine.flag_stop([campaign_id])
+    ledger.flag_stop([campaign_id])
     return _recorded("campaign.pause", campaign_id, reason=reason)
 
 
@@ -239,7 +239,7 @@ def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
         if not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.PAUSED).update(
                 status=Campaign.Status.STARTING, status_reason="", updated_at=timezone.now()):
             _refuse(_get(campaign_id), "resume", [Campaign.Status.PAUSED])
-        engine.clear_stop([campaign_id])
+        ledger.clear_stop([campaign_id])
         hand_off(campaign_id)
         return _recorded("campaign.resume", campaign_id)
     updated = Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.PAUSED).update(
@@ -247,9 +247,9 @@ def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "resume", [Campaign.Status.PAUSED])
-    engine.clear_stop([campaign_id])
+    ledger.clear_stop([campaign_id])
     dispatch.enqueue_campaign(campaign_id)
-    engine.settle_campaigns([campaign_id])
+    ledger.settle_campaigns([campaign_id])
     return _recorded("campaign.resume", campaign_id)
 
 
@@ -263,8 +263,8 @@ def cancel_campaign(campaign_id) -> Campaign:
     )
     if not updated:
         _refuse(_get(campaign_id), "be cancelled", allowed)
-    engine.flag_stop([campaign_id])
-    engine.settle_campaigns([campaign_id])
+    ledger.flag_stop([campaign_id])
+    ledger.settle_campaigns([campaign_id])
     return _recorded("campaign.cancel", campaign_id)
 
 

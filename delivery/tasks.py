@@ -9,7 +9,7 @@ from celery.signals import worker_init, worker_process_shutdown
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 
-from delivery import dispatch, engine, lifecycle
+from delivery import dispatch, engine, ledger, lifecycle
 from delivery.smtp import pool
 
 log = logging.getLogger(__name__)
@@ -45,19 +45,19 @@ def send_batch(send_ids, reserved=False):
 
 @shared_task(name="delivery.sweep")
 def sweep():
-    for ids in engine.sweep_chunks():
+    for ids in ledger.sweep_chunks():
         dispatch.enqueue_sends(ids)
 
 
 @shared_task(name="delivery.release_dead")
 def release_dead():
-    dispatch.enqueue_sends(engine.release_dead())
+    dispatch.enqueue_sends(ledger.release_dead())
 
 
 @shared_task(name="delivery.due_retries")
 def due_retries():
-    dispatch.enqueue_slots(engine.due_slots())
-    dispatch.enqueue_sends(engine.due_retries())
+    dispatch.enqueue_slots(ledger.due_slots())
+    dispatch.enqueue_sends(ledger.due_retries())
 
 
 @shared_task(name="delivery.start_campaign", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60,

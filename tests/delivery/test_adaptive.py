@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from delivery import adaptive, engine, lifecycle, routing, throttle
+from delivery import adaptive, engine, ledger, lifecycle, routing, throttle
 from delivery.heartbeat import heartbeat
 from delivery.models import DomainThrottle, Period, Send
 from delivery.smtp import BUSY_SLOT_SECONDS, pool
@@ -132,7 +132,7 @@ def test_a_domain_saying_421_after_five_messages_gets_five_per_connection(make_r
         campaign = make_campaign(addresses)
         lifecycle.start_campaign(campaign.pk)
         for _ in range(200):
-            engine.due_retries(now=timezone.now() + timedelta(hours=1))
+            ledger.due_retries(now=timezone.now() + timedelta(hours=1))
             ids = list(Send.objects.filter(status="queued").values_list("id", flat=True))
             if not ids:
                 break
@@ -191,9 +191,9 @@ def test_the_give_up_clock_starts_at_the_first_attempt_not_the_first_claim(make_
         ids = list(Send.objects.values_list("id", flat=True))
         # Claimed and handed back (no token) all through a long throttled backlog.
         start = timezone.now()
-        engine.release(engine.claim(ids, now=start), 3600, now=start)
+        ledger.release(ledger.claim(ids, now=start), 3600, now=start)
         later = start + timedelta(seconds=3600 + 60)
-        engine.release(engine.claim(ids, now=later - timedelta(seconds=1)), 0.0, now=later - timedelta(seconds=1))
+        ledger.release(ledger.claim(ids, now=later - timedelta(seconds=1)), 0.0, now=later - timedelta(seconds=1))
         drain(campaign.pk, now=later)
     send = Send.objects.get()
     assert send.status == "deferred" and send.attempts == 1  # not "gave up" on its first 4xx

@@ -11,7 +11,7 @@ from django.db import OperationalError, connection
 from django.utils import timezone
 
 from campaigns.models import Campaign, Suppression
-from delivery import engine, lifecycle
+from delivery import engine, ledger, lifecycle
 from delivery.classify import SENT
 from delivery.models import Send
 from tests.delivery.conftest import drain
@@ -20,7 +20,7 @@ from tests.support.smtp import Rules, Sink
 
 def later():
     """Past every lease taken now: what the sweeper sees when a worker stalled."""
-    return timezone.now() + timedelta(seconds=engine.lease_seconds() + 1)
+    return timezone.now() + timedelta(seconds=ledger.lease_seconds() + 1)
 
 
 @pytest.mark.django_db
@@ -32,15 +32,15 @@ def test_a_stale_worker_never_overwrites_the_new_owners_outcome(make_relay, make
         lifecycle.start_campaign(campaign.pk)
         ids = list(Send.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True))
 
-        stale = engine.claim(ids)  # worker A, stuck in an SMTP timeout past its lease
-        assert sorted(engine.sweep(now=later())) == ids
-        fresh = engine.claim(ids)  # worker B takes the rows over
+        stale = ledger.claim(ids)  # worker A, stuck in an SMTP timeout past its lease
+        assert sorted(ledger.sweep(now=later())) == ids
+        fresh = ledger.claim(ids)  # worker B takes the rows over
 
         # A wakes up while B holds the rows: every write it tries names its
         # own claim, which it no longer holds.
-        engine.extend_lease(stale)
-        engine.release(stale)
-        written = engine.write_back([engine.Result(r, SENT, 250, "2.0.0 queued", "<late@herald>") for r in stale])
+        ledger.extend_lease(stale)
+        ledger.release(stale)
+        written = ledger.write_back([ledger.Result(r, SENT, 250, "2.0.0 queued", "<late@herald>") for r in stale])
         assert Send.objects.filter(campaign=campaign, status="sending").count() == 3
 
         engine._send_group(fresh)  # B sends and records what the server said
@@ -69,7 +69,7 @@ def test_a_slow_batch_keeps_its_claim_while_the_sweeper_runs(make_relay, make_ca
         def beat():
             try:
                 while not done.wait(0.2):
-                    swept.extend(engine.sweep())
+                    swept.extend(ledger.sweep())
             finally:
                 connection.close()
 
@@ -116,7 +116,7 @@ def test_a_message_that_kills_its_worker_fails_after_five_claims(make_relay, mak
                 engine.send_batch(ids)
             except WorkerDied:
                 deaths += 1
-                engine.sweep(now=later())  # its lease runs out
+                ledger.sweep(now=later())  # its lease runs out
         received = server.recipients()
 
     row = Send.objects.get(campaign=campaign, email=poison)
@@ -140,7 +140,7 @@ def test_rows_handed_back_for_a_throttle_are_never_taken_for_poison(make_relay, 
         lifecycle.start_campaign(campaign.pk)
         ids = list(Send.objects.values_list("id", flat=True))
         for _ in range(8):
-            engine.release(engine.claim(ids), 0.0)
+            ledger.release(ledger.claim(ids), 0.0)
         drain(campaign.pk)
         assert server.recipients() == ["patient@example.com"]
 
@@ -163,7 +163,7 @@ def test_outcomes_that_cannot_be_recorded_are_never_handed_back_for_a_resend(mak
         raise OperationalError("terminating connection due to administrator command")
 
     # PostgreSQL goes away for longer than the write back keeps trying.
-    monkeypatch.setattr(engine, "_write_back_postgres", database_gone)
+    monkeypatch.setattr(ledger, "_write_back_postgres", database_gone)
     with Sink() as server:
         make_relay(server.port)
         campaign = make_campaign(addresses)

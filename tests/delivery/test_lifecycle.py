@@ -8,7 +8,7 @@ from django.db import connection
 from django.utils import timezone
 
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
-from delivery import engine, lifecycle, planner
+from delivery import engine, ledger, lifecycle, planner
 from delivery.lifecycle import LifecycleError
 from delivery.models import Send
 from tests.delivery.conftest import drain, statuses
@@ -86,12 +86,12 @@ def test_cancel_leaves_unsent_rows_cancelled(sink, relay, make_campaign):
     lifecycle.start_campaign(campaign.pk)
     ids = list(Send.objects.filter(campaign=campaign).order_by("id").values_list("id", flat=True))
     engine.send_batch(ids[:3])
-    claimed = engine.claim(ids[3:5])  # on the wire when the operator cancels
+    claimed = ledger.claim(ids[3:5])  # on the wire when the operator cancels
     lifecycle.cancel_campaign(campaign.pk)
     counts = adds_up(campaign.pk)
     assert (counts["sent"], counts["sending"], counts["cancelled"]) == (3, 2, 5)
-    engine.release(claimed)  # the worker hands them back: they end cancelled, not queued
-    engine.settle_campaigns([campaign.pk])
+    ledger.release(claimed)  # the worker hands them back: they end cancelled, not queued
+    ledger.settle_campaigns([campaign.pk])
     counts = adds_up(campaign.pk)
     assert (counts["sent"], counts["cancelled"], counts["queued"]) == (3, 7, 0)
     campaign.refresh_from_db()
@@ -103,10 +103,10 @@ def test_cancel_leaves_unsent_rows_cancelled(sink, relay, make_campaign):
 def test_expired_leases_return_to_the_queue(sink, relay, make_campaign):
     campaign = make_campaign(["lost@example.com"])
     lifecycle.start_campaign(campaign.pk)
-    engine.claim(list(Send.objects.values_list("id", flat=True)))  # a worker that then dies
-    assert engine.sweep() == []  # lease still valid
-    later = timezone.now() + timedelta(seconds=engine.lease_seconds() + 1)
-    assert len(engine.sweep(now=later)) == 1
+    ledger.claim(list(Send.objects.values_list("id", flat=True)))  # a worker that then dies
+    assert ledger.sweep() == []  # lease still valid
+    later = timezone.now() + timedelta(seconds=ledger.lease_seconds() + 1)
+    assert len(ledger.sweep(now=later)) == 1
     drain(campaign.pk)
     assert sink.recipients() == ["lost@example.com"]
 

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from campaigns.models import Campaign
-from delivery import engine, lifecycle
+from delivery import ledger, lifecycle
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt, retry_delay
 from delivery.models import Send
 from tests.delivery.conftest import drain
@@ -76,9 +76,9 @@ def test_a_deferred_send_is_retried_when_due_then_delivered(make_relay, make_cam
         assert 480 <= wait <= 720
 
         # Not due yet: nothing moves.
-        assert engine.due_retries(now=send.next_attempt_at - timedelta(seconds=1)) == []
+        assert ledger.due_retries(now=send.next_attempt_at - timedelta(seconds=1)) == []
         # Due: back on the queue and delivered.
-        assert engine.due_retries(now=send.next_attempt_at) == [send.pk]
+        assert ledger.due_retries(now=send.next_attempt_at) == [send.pk]
         drain(campaign.pk)
         assert sorted(server.recipients()) == ["later@example.com", "now@example.com"]
 
@@ -98,7 +98,7 @@ def test_a_send_deferred_past_the_give_up_age_fails(make_relay, make_campaign, s
         send = Send.objects.get()
         assert send.status == "deferred"
         later = send.first_attempt_at + timedelta(seconds=3601)
-        engine.due_retries(now=later)
+        ledger.due_retries(now=later)
         drain(campaign.pk, now=later)
 
     send.refresh_from_db()

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from delivery import engine, lifecycle, routing, throttle
+from delivery import engine, ledger, lifecycle, routing, throttle
 from delivery.models import DomainThrottle, Period, Send
 from delivery.throttle import Limit, reserve, take_tokens
 from tests.delivery.conftest import statuses
@@ -67,28 +67,28 @@ def test_near_slots_go_to_the_broker_as_slot_batches_and_far_ones_wait_in_the_le
     # One task per slot (a bucket of one), each due at its slot, none further than the horizon.
     countdowns = [countdown for _, countdown, reserved in requeue if reserved]
     assert countdowns and len(requeue) == len(countdowns)
-    assert countdowns == sorted(countdowns) and countdowns[-1] <= engine.SLOT_HORIZON < countdowns[-1] + 1
+    assert countdowns == sorted(countdowns) and countdowns[-1] <= ledger.SLOT_HORIZON < countdowns[-1] + 1
     assert all(len(batch) == 1 for batch, _, _ in requeue)
     published = {i for batch, _, _ in requeue for i in batch}
     parked = Send.objects.filter(parked=True)
     assert parked.count() == 59 - len(requeue) and not published & set(parked.values_list("id", flat=True))
-    assert all(s.next_attempt_at > before + timedelta(seconds=engine.SLOT_HORIZON) for s in parked)
+    assert all(s.next_attempt_at > before + timedelta(seconds=ledger.SLOT_HORIZON) for s in parked)
     assert set(statuses(slow_campaign.pk).values()) == {"sent", "queued"}
 
     # They are handed to the broker when their slot comes near, each once.
     later = timezone.now() + timedelta(seconds=20)
-    due = engine.due_slots(now=later)
+    due = ledger.due_slots(now=later)
     left = Send.objects.filter(parked=True).count()
     assert 15 < len(due) < 25 and left == 59 - len(requeue) - len(due)
-    assert all(reserved and len(batch) == 1 and 0 <= countdown <= engine.SLOT_HORIZON for batch, countdown, reserved in due)
-    assert engine.due_slots(now=later) == []
+    assert all(reserved and len(batch) == 1 and 0 <= countdown <= ledger.SLOT_HORIZON for batch, countdown, reserved in due)
+    assert ledger.due_slots(now=later) == []
 
 
 @pytest.mark.django_db
 def test_a_paused_campaign_gives_its_slots_back(sink, slow_campaign):
     engine.send_batch(list(Send.objects.values_list("id", flat=True)))
     lifecycle.pause_campaign(slow_campaign.pk)
-    assert engine.due_slots() == []
+    assert ledger.due_slots() == []
     assert not Send.objects.filter(parked=True).exists()
     # The queue behind the paused campaign's fifty-nine slots moved up to the front, those of its slot
     # batches on the broker (which find nothing to claim) as well.
@@ -106,16 +106,16 @@ def test_the_sweeper_leaves_a_moving_campaign_alone_and_rescues_a_stalled_one(re
         lifecycle.start_campaign(campaign.pk)
     long_ago = timezone.now() - timedelta(seconds=600)
     Send.objects.update(next_attempt_at=long_ago)
-    engine.mark_progress(engine.claim(list(Send.objects.filter(campaign=moving, email="m0@example.com")
+    ledger.mark_progress(ledger.claim(list(Send.objects.filter(campaign=moving, email="m0@example.com")
                                           .values_list("id", flat=True))))
-    throttle.client().set(engine.PROGRESS_KEY + str(stalled.pk), time.time() - 120)
+    throttle.client().set(ledger.PROGRESS_KEY + str(stalled.pk), time.time() - 120)
 
-    chunks = list(engine.sweep_chunks(size=2))
+    chunks = list(ledger.sweep_chunks(size=2))
     rescued = [i for chunk in chunks for i in chunk]
     assert sorted(rescued) == sorted(Send.objects.filter(campaign=stalled).values_list("id", flat=True))
     assert max(len(chunk) for chunk in chunks) <= 2
     assert Send.objects.filter(campaign=moving, status="queued", next_attempt_at=long_ago).count() == 4
-    assert engine.sweep() == []  # rescued rows get a fresh grace time
+    assert ledger.sweep() == []  # rescued rows get a fresh grace time
 
 
 @pytest.mark.django_db

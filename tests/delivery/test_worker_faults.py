@@ -9,7 +9,7 @@ import pytest
 from django.utils import timezone
 
 from campaigns.models import Campaign
-from delivery import dispatch, engine, lifecycle
+from delivery import dispatch, engine, ledger, lifecycle
 from delivery.heartbeat import HEARTBEAT_TTL
 from delivery.models import Send
 from tests.delivery.workers import Worker
@@ -66,7 +66,7 @@ def test_a_sigkilled_workers_claims_come_back_within_seconds(tmp_path, make_rela
         second = None
         try:
             lifecycle.start_campaign(campaign.pk)
-            assert engine.release_dead() == []  # beat's first look at the heartbeats
+            assert ledger.release_dead() == []  # beat's first look at the heartbeats
             server.wait_for(40, timeout=60)
             first.kill()
             killed_at = time.monotonic()
@@ -74,13 +74,13 @@ def test_a_sigkilled_workers_claims_come_back_within_seconds(tmp_path, make_rela
             assert held > 0 and len(server.recipients()) < 400, "the worker must die mid-batch"
 
             back = []
-            wait_until(lambda: back.extend(engine.release_dead()) or claimed(campaign) == 0,
+            wait_until(lambda: back.extend(ledger.release_dead()) or claimed(campaign) == 0,
                        timeout=60, interval=0.5, message="the dead worker's claims handed back")
             came_back_after = time.monotonic() - killed_at
             # The task the dead worker had reserved stays unacknowledged in Redis:
             # its rows are still queued, and the sweeper finds them after a grace time.
-            later = timezone.now() + timedelta(seconds=engine.orphan_grace() + 1)
-            dispatch.enqueue_sends(back + engine.sweep(now=later))
+            later = timezone.now() + timedelta(seconds=ledger.orphan_grace() + 1)
+            dispatch.enqueue_sends(back + ledger.sweep(now=later))
             second = Worker("survivor", tmp_path, HERALD_BATCH_SIZE=100).wait_ready()
             wait_until(lambda: status_of(campaign) == Campaign.Status.FINISHED, timeout=120, message="campaign finished")
         finally:
@@ -90,7 +90,7 @@ def test_a_sigkilled_workers_claims_come_back_within_seconds(tmp_path, make_rela
         received = server.recipients()
 
     assert len(back) == held
-    assert came_back_after < HEARTBEAT_TTL + 5 < engine.lease_seconds()
+    assert came_back_after < HEARTBEAT_TTL + 5 < ledger.lease_seconds()
     counts = collections.Counter(received)
     assert set(counts) == set(addresses)
     # Only the messages sent since the last write back (one chunk) may go out twice.

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from campaigns.models import Campaign
-from delivery import dispatch, engine, lifecycle
+from delivery import dispatch, engine, ledger, lifecycle
 from delivery.models import DomainThrottle, Period, Send
 from tests.delivery.servers import DroppingSink
 from tests.delivery.workers import Worker
@@ -71,8 +71,8 @@ def test_a_killed_worker_restarted_finishes_the_campaign(tmp_path, make_relay, m
             assert 0 < len(server.recipients()) < 1000, "the worker must die mid-campaign"
 
             # The sweeper (run by beat every 30 s) finds the expired leases and forgotten rows.
-            later = timezone.now() + timedelta(seconds=engine.lease_seconds() + engine.orphan_grace() + 1)
-            dispatch.enqueue_sends(engine.sweep(now=later))
+            later = timezone.now() + timedelta(seconds=ledger.lease_seconds() + ledger.orphan_grace() + 1)
+            dispatch.enqueue_sends(ledger.sweep(now=later))
             second = Worker("crash2", tmp_path, concurrency=2, HERALD_BATCH_SIZE=100).wait_ready()
             wait_until(lambda: finished(campaign), timeout=90, message="campaign finished after restart")
         finally:

@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from delivery import dispatch, engine, routing, tokens
+from delivery import dispatch, ledger, routing, tokens
 from delivery.models import Send
 from tests.delivery.workers import Worker
 from tests.submission.conftest import ServerProcess, connect, make_credential, message
@@ -71,8 +71,8 @@ def test_worker_killed_after_the_250_still_delivers(server, client_tls, alice, r
             first.kill(signal.SIGKILL)
             assert Send.objects.exclude(status=Send.Status.SENT).exists(), "the worker must die before it is done"
             # The sweeper (beat, every 30 s) returns expired leases and forgotten queued rows.
-            later = timezone.now() + timedelta(seconds=engine.lease_seconds() + engine.orphan_grace() + 1)
-            dispatch.enqueue_sends(engine.sweep(now=later))
+            later = timezone.now() + timedelta(seconds=ledger.lease_seconds() + ledger.orphan_grace() + 1)
+            dispatch.enqueue_sends(ledger.sweep(now=later))
             second = Worker("survivor", tmp_path).wait_ready()
             wait_until(lambda: all_sent(len(addresses)), timeout=90, message="every accepted message delivered")
         finally:

@@ -10,7 +10,7 @@ from django.db.models import F
 
 from campaigns.models import ApiToken, Campaign, Contact, MailingList, Subscription
 from campaigns.suppression import suppress
-from delivery import engine, lifecycle, routing, tokens
+from delivery import engine, ledger, lifecycle, routing, tokens
 from delivery.models import Relay, Send
 from tests.delivery.conftest import fresh_engine_state  # noqa: F401 (fixture)
 from tests.support.smtp import Rules, Sink
@@ -78,9 +78,9 @@ def every_outcome(client, settings):
         send_now([ids[a] for a in [*DELIVERED, LATE_BOUNCE, GREYLISTED, GONE, NEVER, LEFT]])
         # Past the give-up age of the first tries: the greylisted one goes through, the other gives up.
         later = Send.objects.get(email=NEVER).first_attempt_at + timedelta(seconds=3601)
-        assert set(engine.due_retries(now=later)) == {ids[GREYLISTED], ids[NEVER]}
+        assert set(ledger.due_retries(now=later)) == {ids[GREYLISTED], ids[NEVER]}
         send_now([ids[GREYLISTED], ids[NEVER], ids[BUSY]], now=later)
-        engine.claim([ids[CLAIMED]])
+        ledger.claim([ids[CLAIMED]])
     # Read ten minutes later: a fetch within seconds of sending would be a prefetch, not a reader.
     Send.objects.filter(campaign=campaign, sent_at__isnull=False).update(sent_at=F("sent_at") - timedelta(minutes=10))
 
