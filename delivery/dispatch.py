@@ -7,6 +7,7 @@ hands them to the engine through it.
 
 from celery import current_app
 from django.db import transaction
+from django.db.models import Count
 from redis.exceptions import RedisError
 
 from delivery import planner, routing
@@ -20,6 +21,11 @@ PUBLISHED_KEY = "herald:published-batches"
 # first): slot batches, retries, submitted mail and beat's tasks do not wait
 # behind a million-recipient campaign.
 BULK_PRIORITY = 6
+# Batches of a campaign's slow domain groups go ahead of its bulk (see slow_domains).
+FEED_PRIORITY = 3
+# A group is slow when its share would take longer than this at its own rate,
+# and longer than the whole campaign at the sum of every group's rate.
+SLOW_MIN_SECONDS = 1.0
 
 # Found by name in the Celery app: delivery.tasks imports this module, so this
 # module never imports it (delivery's AppConfig.ready registers the tasks).
@@ -93,15 +99,47 @@ def enqueue_campaign(campaign_id: int) -> int:
 
     Parked sends keep their reserved slots: the due-retries tick hands them over.
     Batches are published in the order of the audience, not domain by domain,
-    so every domain group's first batches are on the queue early: a throttled
-    domain reserves its slots at the start and sends beside the others, rather
-    than after them.
+    so the domain groups send side by side. Slow groups (see slow_domains) go
+    first, ahead of the bulk: their batches are claimed at once and reserve
+    their slots, so they send at their own rate from the start rather than at
+    the pace their share of the audience comes off the queue, and finish no
+    later than they must.
     """
     routing.refresh()
-    rows = (
-        Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED, parked=False)
-        .order_by("id")
-        .values_list("id", "domain")
-        .iterator(chunk_size=5000)
-    )
-    return _publish(planner.batches(rows, routing.group_of), priority=BULK_PRIORITY)
+    queued = Send.objects.filter(campaign_id=campaign_id, status=Send.Status.QUEUED, parked=False)
+    slow = slow_domains(queued)
+
+    def stream(rows):
+        return rows.order_by("id").values_list("id", "domain").iterator(chunk_size=5000)
+
+    count = 0
+    if slow:
+        count += _publish(planner.batches(stream(queued.filter(domain__in=slow)), routing.group_of),
+                          priority=FEED_PRIORITY)
+    rest = queued.exclude(domain__in=slow) if slow else queued
+    return count + _publish(planner.batches(stream(rest), routing.group_of), priority=BULK_PRIORITY)
+
+
+def slow_domains(sends) -> list[str]:
+    """The domains of the groups that would be starved if fed at the pace of the audience.
+
+    Published in audience order, a group's batches come off the queue at its
+    share of the engine's throughput, which is at most the sum of every group's
+    rate. A group whose share takes longer at its own rate than the whole
+    campaign would at that sum cannot be fed fast enough to use its rate. One
+    aggregate query; a group without a limit is never slow.
+    """
+    by_domain = list(sends.order_by().values_list("domain").annotate(n=Count("id")))
+    groups = {}
+    for domain, n in by_domain:
+        limit = routing.limit_for(domain)
+        group = groups.setdefault(limit.key, {"rate": limit.rate, "n": 0, "domains": []})
+        group["n"] += n
+        group["domains"].append(domain)
+    if not groups:
+        return []
+    total = sum(g["n"] for g in groups.values())
+    rates = [g["rate"] for g in groups.values()]
+    campaign_seconds = 0.0 if any(r <= 0 for r in rates) else total / sum(rates)
+    floor = max(SLOW_MIN_SECONDS, campaign_seconds)
+    return [d for g in groups.values() if g["rate"] > 0 and g["n"] / g["rate"] > floor for d in g["domains"]]

@@ -1,5 +1,7 @@
 """Reserved send slots: a send that cannot go now waits for its turn, in the ledger or as one task per slot batch."""
 
+import base64
+import json
 import time
 from datetime import timedelta
 
@@ -130,3 +132,32 @@ def test_a_batch_asks_redis_for_the_relay_generation_once(relay, make_campaign, 
     engine.send_batch(list(Send.objects.values_list("id", flat=True)))
     assert set(statuses(campaign.pk).values()) == {"sent"}
     assert len(calls) <= 2  # once at the start, and at most once a second after
+
+
+def _queued_ids(redis_client, queue):
+    ids = []
+    for raw in redis_client.lrange(queue, 0, -1):
+        message = json.loads(raw)
+        ids.extend(json.loads(base64.b64decode(message["body"]))[0][0])
+    return sorted(ids)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_slow_domain_goes_to_the_broker_ahead_of_the_bulk(relay, make_campaign, redis_client):
+    """Published in audience order, a throttled domain's batches would come off the queue only at its share of the
+    engine's pace (10 % of a campaign sent at 400/s: 40/s, whatever its limit). Its batches go first, reserve their
+    slots at once, and it sends at its own rate from the start."""
+    DomainThrottle.objects.create(name="slow", domains="slow.example", rate=10, period=Period.SECOND, burst=10)
+    DomainThrottle.objects.create(name="fast", domains="fast.example", rate=1000, period=Period.SECOND, burst=1000)
+    slow = [f"s{i}@slow.example" for i in range(100)]  # ten seconds of its rate
+    fast = [f"f{i}@fast.example" for i in range(50)]  # a twentieth of a second of its rate
+    others = [f"o{i}@d{i % 5}.example" for i in range(1000)]  # no limit
+    campaign = make_campaign(others[:500] + slow + fast + others[500:])
+    redis_client.delete("celery", "celery\x06\x163", "celery\x06\x166")
+    lifecycle.start_campaign(campaign.pk)
+
+    def ids_of(addresses):
+        return sorted(Send.objects.filter(campaign=campaign, email__in=addresses).values_list("id", flat=True))
+
+    assert _queued_ids(redis_client, "celery\x06\x163") == ids_of(slow)
+    assert _queued_ids(redis_client, "celery\x06\x166") == ids_of(others + fast)
