@@ -39,8 +39,12 @@ api = NinjaAPI(
 
 
 @api.exception_handler(DataError)
+@api.exception_handler(OverflowError)
 def _unstorable_value(request, exc):
-    """A number past its column's range, a NUL byte in text, a date PostgreSQL cannot hold: a 422, not a 500."""
+    """A number past its column's range, a NUL byte in text, a date PostgreSQL cannot hold: a 422, not a 500.
+
+    SQLite refuses an integer past 64 bits before the query runs, with an OverflowError.
+    """
     reason = str(exc).splitlines()[0] if str(exc) else "value out of range"
     return api.create_response(request, {"detail": f"A value in this request cannot be stored: {reason}"}, status=422)
 

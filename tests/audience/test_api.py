@@ -188,7 +188,10 @@ def test_openapi_document_lists_the_audience_paths(db):
 
 def test_hostile_input_gets_4xx_never_500(api, readers):
     huge = 2**70
-    assert api.get("/api/v1/contacts", {"list_id": huge}).json()["count"] == 0
+    # No list has that id: nothing matches (PostgreSQL), or the id is refused as out of range (SQLite).
+    by_huge_list = api.get("/api/v1/contacts", {"list_id": huge})
+    assert (by_huge_list.status_code, by_huge_list.json().get("count")) == (200, 0) or (
+        by_huge_list.status_code == 422 and "cannot be stored" in by_huge_list.json()["detail"])
     requests = [
         api.get(f"/api/v1/contacts/{huge}"),
         api.get(f"/api/v1/lists/{huge}"),
