@@ -3,11 +3,13 @@ waits in the ledger for the next day, across every worker."""
 
 import collections
 from datetime import timedelta
+from types import SimpleNamespace
 
 import pytest
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 
-from campaigns.models import Campaign
+from campaigns.models import ApiToken, Campaign
 from delivery import engine, lifecycle, warmup
 from delivery.models import Send, Warmup
 from tests.delivery.workers import Worker
@@ -113,3 +115,29 @@ def test_two_workers_together_send_no_more_than_the_day_s_allowance(tmp_path, si
             w.stop()
     assert by_domain(sink.recipients()) == {"gmail.example": 50, "yahoo.example": 50}
     assert len({item.peer for item in sink.received}) >= 2  # both workers sent
+
+
+@pytest.mark.django_db
+def test_the_api_puts_a_domain_on_a_schedule_and_shows_today_s_usage(client, relay):
+    user = User.objects.create_user("ops")
+    user.user_permissions.set(Permission.objects.filter(content_type__app_label="delivery", codename__endswith="warmup"))
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(user)[1]}"}
+    created = client.post("/api/v1/warmups", {"identity": "News.Example.com"}, content_type="application/json", **auth)
+    assert created.status_code == 201
+    body = created.json()
+    assert (body["identity"], body["preset"], body["daily_allowance"]) == ("news.example.com", "standard", 50)
+    assert body["schedule"][:3] == [50, 100, 200]
+    again = client.post("/api/v1/warmups", {"identity": "news.example.com"}, content_type="application/json", **auth)
+    assert again.status_code == 409
+
+    rows = [SimpleNamespace(id=i, campaign_id=None, domain="gmail.example") for i in range(3)]
+    for row in rows:
+        row.campaign_id = Campaign.objects.create(name=f"c{row.id}", from_email="a@news.example.com").pk
+    warmup.admit(rows)
+    shown = client.get(f"/api/v1/warmups/{body['id']}", **auth).json()
+    assert shown["today"] == {"gmail.example": 3}
+
+    off = client.patch(f"/api/v1/warmups/{body['id']}", {"preset": "off"}, content_type="application/json", **auth)
+    assert off.status_code == 200 and off.json()["daily_allowance"] is None
+    bad = client.patch(f"/api/v1/warmups/{body['id']}", {"preset": "reckless"}, content_type="application/json", **auth)
+    assert bad.status_code == 422 and "preset" in bad.content.decode()
