@@ -2,12 +2,14 @@
 they do not, and the admin shows the schedule and today's usage."""
 
 from datetime import timedelta
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import User
 from django.urls import reverse
 
+import herald.settings as shipped
 from campaigns.models import Campaign
 from delivery import lifecycle, warmup
 from delivery.models import Warmup, WarmupStep
@@ -112,3 +114,10 @@ def test_the_admin_shows_the_schedule_and_today_s_usage_per_provider(client, rel
     assert "gmail.example: 2 of 50, yahoo.example: 1 of 50" in page
     listing = client.get(reverse("admin:delivery_warmup_changelist")).content.decode()
     assert "herald.example" in listing and "gmail.example: 2 of 50" in listing
+
+
+def test_shipped_thresholds_are_the_readme_s():
+    assert (shipped.HERALD_WARMUP_HARD_BOUNCE_PERCENT, shipped.HERALD_WARMUP_COMPLAINT_PERCENT) == (2.0, 0.1)
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    assert "| `HERALD_WARMUP_HARD_BOUNCE_PERCENT` | `2` |" in readme
+    assert "| `HERALD_WARMUP_COMPLAINT_PERCENT` | `0.1` |" in readme
