@@ -19,6 +19,9 @@ twice). Sends over the allowance are handed back to the ledger until the next
 day begins, parked like sends waiting for a far throttle slot: no task holds
 them meanwhile.
 
+A schedule that grows (the daily step) or that an operator changes releases
+the sends it held, so a day's new volume is used that day.
+
 Days are calendar days in Django's TIME_ZONE, read from the clock the engine is
 given (``now``), so tests move through days without waiting.
 """
@@ -33,7 +36,7 @@ from django.utils import timezone
 
 from campaigns.models import Campaign
 from delivery import routing, throttle
-from delivery.models import DomainThrottle, Warmup
+from delivery.models import DomainThrottle, Send, Warmup
 from delivery.mx import NoRoute
 
 PREFIX = throttle.PREFIX + "warmup:"
@@ -152,8 +155,25 @@ schedules = Schedules()
 
 
 @receiver([post_save, post_delete], sender=Warmup, dispatch_uid="herald-warmup-schedules")
-def warmup_changed(**kwargs):
+def warmup_changed(instance, **kwargs):
+    """An operator changed or removed a schedule: what it held for tomorrow may be allowed today."""
     schedules.invalidate()
+    release_held(instance.identity)
+
+
+def release_held(identity: str, now=None) -> int:
+    """Sends of ``identity`` held for the next day try again now (the schedule grew, ended or changed);
+    those still over the allowance are held again. Returns how many.
+
+    Held sends are parked until the next day's start (plus the engine's slot
+    margin, under a second): a send parked for a throttle slot is not touched.
+    """
+    now = now or timezone.now()
+    boundary = next_day(now)
+    return Send.objects.filter(
+        parked=True, status=Send.Status.QUEUED, next_attempt_at__gte=boundary,
+        next_attempt_at__lt=boundary + timedelta(seconds=1), campaign__from_email__iendswith="@" + identity,
+    ).update(next_attempt_at=now)
 
 
 # --- admission -------------------------------------------------------------------------

@@ -118,6 +118,8 @@ def step_one(w: Warmup, now, today) -> WarmupStep | None:
     except IntegrityError:
         return None
     warmup.schedules.invalidate()
+    if action in (A.ADVANCE, A.COMPLETE):
+        warmup.release_held(w.identity, now)
     log.info("warm-up of %s: %s", w.identity, reason)
     return done
 

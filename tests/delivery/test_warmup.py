@@ -67,6 +67,18 @@ def test_a_campaign_over_the_allowance_sends_it_each_day_and_the_rest_the_next(s
 
 
 @pytest.mark.django_db(transaction=True)
+def test_turning_a_schedule_off_sends_what_it_held_at_once(sink, relay, news_campaign):
+    schedule = Warmup.objects.create(identity="herald.example", preset=Warmup.Preset.STANDARD)
+    lifecycle.start_campaign(news_campaign.pk)
+    send_due(news_campaign, timezone.now())
+    assert len(sink.recipients()) == 100
+    schedule.preset = Warmup.Preset.OFF
+    schedule.save()
+    send_due(news_campaign, timezone.now())
+    assert by_domain(sink.recipients()) == {"gmail.example": 80, "yahoo.example": 50}
+
+
+@pytest.mark.django_db(transaction=True)
 def test_a_send_admitted_today_is_not_counted_twice_when_it_comes_back(relay, news_campaign):
     Warmup.objects.create(identity="herald.example", preset=Warmup.Preset.STANDARD)
     lifecycle.start_campaign(news_campaign.pk)

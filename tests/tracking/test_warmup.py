@@ -121,3 +121,17 @@ def test_shipped_thresholds_are_the_readme_s():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "| `HERALD_WARMUP_HARD_BOUNCE_PERCENT` | `2` |" in readme
     assert "| `HERALD_WARMUP_COMPLAINT_PERCENT` | `0.1` |" in readme
+
+
+def test_sends_held_at_midnight_go_out_once_the_day_s_step_grows_the_volume(sink, relay, make_campaign):
+    schedule()
+    campaign = make_campaign([f"r{i}@gmail.example" for i in range(200)])
+    lifecycle.start_campaign(campaign.pk)
+    send_due(campaign, day_start(1))
+    midnight = warmup.next_day(day_start(1))
+    # The held sends come back at midnight, before beat's step: the old volume is spent already.
+    send_due(campaign, midnight + timedelta(seconds=1))
+    assert len(sink.recipients()) == 100
+    steps.step(now=midnight + timedelta(minutes=1))
+    send_due(campaign, midnight + timedelta(minutes=2))
+    assert len(sink.recipients()) == 150  # day 2's hundred
