@@ -195,7 +195,11 @@ def token_in(raw: bytes, envelope_rcpt: str = "", purpose: str = "bounce"):
         candidates.append(envelope_rcpt.encode("utf-8", "replace"))
     candidates.append(raw[:200000])
     for text in candidates:
-        for match in _VERP.finditer(text):
+        # The pattern ignores case: its words looked up in the lowercased text first, which is far quicker.
+        first = text.lower().find(local.encode() + b"+")
+        if first < 0:
+            continue
+        for match in _VERP.finditer(text, max(0, first - 1)):
             if match.group(1).lower().decode() != local:
                 continue
             parts = unsign(purpose, match.group(2).decode())
@@ -311,24 +315,64 @@ class _Message(Message):
     """A compat32 message that finds a header by name in a dict, not by lowering every name it has.
 
     Reading asks a message for a header (Content-Type above all) hundreds of times; a bounce
-    easily has forty headers.
+    easily has forty headers. A plain value (no undecodable bytes, so the policy returns the
+    string itself) is kept as fetched, and so is the content type made from it.
     """
 
     _index = None
-    _indexed = (None, 0)  # the header list the index was made from, and its length then
+    _indexed = None  # the header list the index was made from…
+    _indexed_length = 0  # …and its length then
+    _ctype = None  # (index, default type, content type)
+
+    def _lookup(self):
+        headers = self._headers
+        if self._indexed is not headers or self._indexed_length != len(headers) or self._index is None:
+            index = {}
+            for key, value in headers:
+                index.setdefault(key.lower(), (key, value))
+            self._index, self._indexed, self._indexed_length = index, headers, len(headers)
+        return self._index
 
     def get(self, name, failobj=None):
-        if self._index is None or self._indexed != (id(self._headers), len(self._headers)):
-            index = {}
-            for key, value in self._headers:
-                index.setdefault(key.lower(), (key, value))
-            self._index, self._indexed = index, (id(self._headers), len(self._headers))
-        found = self._index.get(name.lower())
-        return failobj if found is None else self.policy.header_fetch_parse(*found)
+        index = self._lookup()
+        lower = name.lower()
+        found = index.get(lower)
+        if found is None:
+            return failobj
+        if found.__class__ is str:
+            return found
+        value = self.policy.header_fetch_parse(*found)
+        if value.__class__ is str:
+            index[lower] = value
+        return value
+
+    def get_content_type(self):
+        index = self._lookup()
+        cached = self._ctype
+        if cached is None or cached[0] is not index or cached[1] != self._default_type:
+            cached = self._ctype = (index, self._default_type, super().get_content_type())
+        return cached[2]
+
+    def _get_params_preserve(self, failobj, header):
+        value = self.get(header)
+        if value.__class__ is not str:
+            return super()._get_params_preserve(failobj, header)
+        params = _PARAMS.get(value)
+        if params is None:
+            params = tuple(super()._get_params_preserve(failobj, header))
+            if len(_PARAMS) >= 1024:
+                _PARAMS.clear()
+            _PARAMS[value] = params
+        return list(params)
 
     def replace_header(self, name, value):
         self._index = None  # the one change to the header list that keeps its length
         super().replace_header(name, value)
+
+
+# Parameters of a header value (Content-Type, Content-Disposition), as the email package parses them:
+# a notice's parts mostly say the same few things.
+_PARAMS = {}
 
 
 def _headers(text):
