@@ -620,7 +620,7 @@ def send_batch(send_ids, now=None, reserved=False):
     requeue = []
     try:
         first, rest = _screen(rows, now, batch)
-        rest = _within_warmup(rest, now, requeue)
+        rest = _within_warmup(rest, now, requeue)  # (a row sent alone was admitted at its last claim)
         key_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
         for part in (first, rest):
             groups = {}

@@ -1,7 +1,7 @@
 """The daily step of warm-up schedules: grow, hold or step back, from what came back since the last step.
 
-Once a day (beat runs ``step`` every few minutes; it acts on each schedule at
-most once per day), each running schedule (delivery.warmup) is judged on the
+Once a day (beat runs ``step`` every minute; it acts on each schedule at most
+once per day), each running schedule (delivery.warmup) is judged on the
 sends of its identity's campaigns answered since its last step, with the
 circuit breaker's figures (tracking.breaker.figures):
 
