@@ -137,6 +137,7 @@ _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
 _BLANK_LINES = re.compile(r"\r?\n\s*\r?\n")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)\r?\n")
+_FIELDS = re.compile(r"(?:[\041-\071\073-\176]+:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n)*")
 _HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 
 
@@ -379,11 +380,9 @@ def _headers(text):
     """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
     msg = _Message()
     # Most header blocks are plain fields ending at an empty line: read them a field at a time.
-    pos = 0
-    fields = []
-    while match := _FIELD.match(text, pos):
-        fields.append((match.group(1), match.group(2).lstrip(" \t")))
-        pos = match.end()
+    # The run of plain fields is found in one match, then split into fields: as matching them one by one would.
+    pos = _FIELDS.match(text).end()
+    fields = [(name, value.lstrip(" \t")) for name, value in _FIELD.findall(text, 0, pos)]
     if text.startswith("\n", pos) or text.startswith("\r\n", pos) or pos == len(text):
         msg._headers = fields
         return msg, text[text.index("\n", pos) + 1:] if pos < len(text) else ""
