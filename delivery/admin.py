@@ -1,3 +1,3 @@
-# The send engine (relays, throttles, sends) and sending domains (DKIM) each
+# The send engine (relays, throttles, sends), sending domains (DKIM) and warm-up schedules each
 # have their own admin module.
-from delivery import admin_domains, admin_engine  # noqa: F401
+from delivery import admin_domains, admin_engine, admin_warmup  # noqa: F401

@@ -22,7 +22,7 @@ from campaigns.models import Campaign, Contact
 from campaigns.rendering import ContactData, ContentError
 from campaigns.sandbox import BudgetExceeded, render_budget
 from campaigns.suppression import suppress
-from delivery import adaptive, ledger, routing, throttle
+from delivery import adaptive, ledger, routing, throttle, warmup
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
 from delivery.heartbeat import heartbeat
 from delivery.ledger import Result
@@ -232,6 +232,7 @@ def send_batch(send_ids, now=None, reserved=False):
     requeue = []
     try:
         first, rest = _screen(rows, now, batch)
+        rest = _within_warmup(rest, now, requeue)  # (a row sent alone was admitted at its last claim)
         key_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
         for part in (first, rest):
             groups = {}
@@ -302,6 +303,13 @@ def _screen(rows, now, batch):
     for r in others:
         r.claims = 1
     return [first], [r for r in rows if r.claims <= limit and r is not first]
+
+
+def _within_warmup(rows, now, requeue):
+    """The rows today's warm-up allowance admits (delivery.warmup); the others wait in the ledger for the next day."""
+    admitted, held, wait = warmup.admit(rows, now)
+    requeue.extend(hold_for_slots(held, [wait] * len(held), max(len(held), 1), now))
+    return admitted
 
 
 HANDOVER_KEY = throttle.PREFIX + "slots-handover"

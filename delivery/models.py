@@ -1,6 +1,7 @@
 """The send engine's configuration and its ledger: one Send row per recipient."""
 
 from django.db import models
+from django.utils import timezone
 
 from campaigns.models import Campaign, Contact
 from herald.fields import EncryptedTextField
@@ -197,3 +198,65 @@ class ProviderRule(models.Model):
         # Before the uniqueness check: ".google.com" and "*.google.com" are "google.com".
         self.name = self.name.strip().lower()
         self.mx_suffix = self.mx_suffix.strip().lower().removeprefix("*").strip(".")
+
+
+class Warmup(models.Model):
+    """The warm-up schedule of one sending identity (today: a From domain): how much it may send per provider per day.
+
+    Delivery reads the stage (delivery.warmup); tracking's daily step moves it
+    (tracking.warmup), from the bounce and complaint rates of the day before.
+    """
+
+    class Preset(models.TextChoices):
+        OFF = "off", "Off (no daily limit)"
+        CONSERVATIVE = "conservative", "Conservative: 50 a day per provider, ×1.5 each good day"
+        STANDARD = "standard", "Standard: 50 a day per provider, doubling each good day"
+        AGGRESSIVE = "aggressive", "Aggressive: 200 a day per provider, ×3 each good day"
+
+    identity = models.CharField(
+        max_length=255, unique=True, help_text="The sending domain (the From address's domain), e.g. news.example.com.")
+    preset = models.CharField(max_length=16, choices=Preset.choices, default=Preset.STANDARD)
+    stage = models.PositiveSmallIntegerField(default=0, help_text="Days of growth so far (0: the first day's volume).")
+    stepped_on = models.DateField(null=True, blank=True, help_text="The day of the last daily step.")
+    reason = models.TextField(blank=True, default="", help_text="Why the last step advanced, held or stepped back.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["identity"]
+        verbose_name = "warm-up schedule"
+
+    def __str__(self):
+        return f"{self.identity} ({self.preset})"
+
+    def save(self, *args, **kwargs):
+        self.identity = self.identity.strip().lower().rstrip(".")
+        super().save(*args, **kwargs)
+
+
+class WarmupStep(models.Model):
+    """One daily step of a warm-up schedule, with the figures it was taken on."""
+
+    class Action(models.TextChoices):
+        ADVANCE = "advance", "Advanced"
+        HOLD = "hold", "Held"
+        BACK = "back", "Stepped back"
+        COMPLETE = "complete", "Completed"
+
+    warmup = models.ForeignKey(Warmup, on_delete=models.CASCADE, related_name="steps")
+    day = models.DateField()
+    action = models.CharField(max_length=8, choices=Action.choices)
+    from_stage = models.PositiveSmallIntegerField()
+    to_stage = models.PositiveSmallIntegerField()
+    attempts = models.PositiveIntegerField(default=0)
+    hard_bounces = models.PositiveIntegerField(default=0)
+    complaints = models.PositiveIntegerField(default=0)
+    reason = models.TextField()
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-day", "-id"]
+        constraints = [models.UniqueConstraint(fields=["warmup", "day"], name="one_warmup_step_per_day")]
+
+    def __str__(self):
+        return f"{self.warmup.identity} {self.day}: {self.action}"

@@ -229,6 +229,8 @@ CELERY_BEAT_SCHEDULE = {
     "delivery-due-retries": {"task": "delivery.due_retries", "schedule": 15.0},
     # Scheduled campaigns whose time has come are started (claimed once each).
     "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
+    # Warm-up schedules grow, hold or step back once a day; run often so a new day starts on its new volume.
+    "tracking-warmup-step": {"task": "tracking.warmup_step", "schedule": 60.0},
 }
 
 # --- Herald -----------------------------------------------------------------
@@ -313,6 +315,11 @@ HERALD_BREAKER_MIN_SAMPLE = envint("HERALD_BREAKER_MIN_SAMPLE", 500, minimum=1)
 HERALD_BREAKER_HARD_BOUNCE_PERCENT = envfloat("HERALD_BREAKER_HARD_BOUNCE_PERCENT", 5.0, minimum=0.01, maximum=100)
 HERALD_BREAKER_COMPLAINT_PERCENT = envfloat("HERALD_BREAKER_COMPLAINT_PERCENT", 0.3, minimum=0.01, maximum=100)
 HERALD_BREAKER_POLICY_PERCENT = envfloat("HERALD_BREAKER_POLICY_PERCENT", 10.0, minimum=0.01, maximum=100)
+# Warm-up schedules hold their daily volume (rather than grow) when the last
+# day's hard bounces or complaints exceed these percentages, and step back
+# when they exceed the circuit breaker's.
+HERALD_WARMUP_HARD_BOUNCE_PERCENT = envfloat("HERALD_WARMUP_HARD_BOUNCE_PERCENT", 2.0, minimum=0.01, maximum=100)
+HERALD_WARMUP_COMPLAINT_PERCENT = envfloat("HERALD_WARMUP_COMPLAINT_PERCENT", 0.1, minimum=0.01, maximum=100)
 # Test sends: recipients per user per hour (a token bucket in Redis).
 HERALD_TEST_SEND_LIMIT = envint("HERALD_TEST_SEND_LIMIT", 50, minimum=1)
 

@@ -137,6 +137,7 @@ _HTML_TAG = re.compile(r"<[^>]{0,1000}>")
 _BLANK_LINES = re.compile(r"\r?\n\s*\r?\n")
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+")
 _FIELD = re.compile(r"([\041-\071\073-\176]+):([^\r\n]*(?:\r?\n[ \t][^\r\n]*)*)\r?\n")
+_FIELDS = re.compile(r"(?:[\041-\071\073-\176]+:[^\r\n]*(?:\r?\n[ \t][^\r\n]*)*\r?\n)*")
 _HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
 
 
@@ -195,7 +196,11 @@ def token_in(raw: bytes, envelope_rcpt: str = "", purpose: str = "bounce"):
         candidates.append(envelope_rcpt.encode("utf-8", "replace"))
     candidates.append(raw[:200000])
     for text in candidates:
-        for match in _VERP.finditer(text):
+        # The pattern ignores case: its words looked up in the lowercased text first, which is far quicker.
+        first = text.lower().find(local.encode() + b"+")
+        if first < 0:
+            continue
+        for match in _VERP.finditer(text, max(0, first - 1)):
             if match.group(1).lower().decode() != local:
                 continue
             parts = unsign(purpose, match.group(2).decode())
@@ -311,35 +316,73 @@ class _Message(Message):
     """A compat32 message that finds a header by name in a dict, not by lowering every name it has.
 
     Reading asks a message for a header (Content-Type above all) hundreds of times; a bounce
-    easily has forty headers.
+    easily has forty headers. A plain value (no undecodable bytes, so the policy returns the
+    string itself) is kept as fetched, and so is the content type made from it.
     """
 
     _index = None
-    _indexed = (None, 0)  # the header list the index was made from, and its length then
+    _indexed = None  # the header list the index was made from…
+    _indexed_length = 0  # …and its length then
+    _ctype = None  # (index, default type, content type)
+
+    def _lookup(self):
+        headers = self._headers
+        if self._indexed is not headers or self._indexed_length != len(headers) or self._index is None:
+            index = {}
+            for key, value in headers:
+                index.setdefault(key.lower(), (key, value))
+            self._index, self._indexed, self._indexed_length = index, headers, len(headers)
+        return self._index
 
     def get(self, name, failobj=None):
-        if self._index is None or self._indexed != (id(self._headers), len(self._headers)):
-            index = {}
-            for key, value in self._headers:
-                index.setdefault(key.lower(), (key, value))
-            self._index, self._indexed = index, (id(self._headers), len(self._headers))
-        found = self._index.get(name.lower())
-        return failobj if found is None else self.policy.header_fetch_parse(*found)
+        index = self._lookup()
+        lower = name.lower()
+        found = index.get(lower)
+        if found is None:
+            return failobj
+        if found.__class__ is str:
+            return found
+        value = self.policy.header_fetch_parse(*found)
+        if value.__class__ is str:
+            index[lower] = value
+        return value
+
+    def get_content_type(self):
+        index = self._lookup()
+        cached = self._ctype
+        if cached is None or cached[0] is not index or cached[1] != self._default_type:
+            cached = self._ctype = (index, self._default_type, super().get_content_type())
+        return cached[2]
+
+    def _get_params_preserve(self, failobj, header):
+        value = self.get(header)
+        if value.__class__ is not str:
+            return super()._get_params_preserve(failobj, header)
+        params = _PARAMS.get(value)
+        if params is None:
+            params = tuple(super()._get_params_preserve(failobj, header))
+            if len(_PARAMS) >= 1024:
+                _PARAMS.clear()
+            _PARAMS[value] = params
+        return list(params)
 
     def replace_header(self, name, value):
         self._index = None  # the one change to the header list that keeps its length
         super().replace_header(name, value)
 
 
+# Parameters of a header value (Content-Type, Content-Disposition), as the email package parses them:
+# a notice's parts mostly say the same few things.
+_PARAMS = {}
+
+
 def _headers(text):
     """A message with the header block of ``text`` parsed as the standard (compat32) parser does, and the rest."""
     msg = _Message()
     # Most header blocks are plain fields ending at an empty line: read them a field at a time.
-    pos = 0
-    fields = []
-    while match := _FIELD.match(text, pos):
-        fields.append((match.group(1), match.group(2).lstrip(" \t")))
-        pos = match.end()
+    # The run of plain fields is found in one match, then split into fields: as matching them one by one would.
+    pos = _FIELDS.match(text).end()
+    fields = [(name, value.lstrip(" \t")) for name, value in _FIELD.findall(text, 0, pos)]
     if text.startswith("\n", pos) or text.startswith("\r\n", pos) or pos == len(text):
         msg._headers = fields
         return msg, text[text.index("\n", pos) + 1:] if pos < len(text) else ""

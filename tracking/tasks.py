@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from django.db import close_old_connections
 
-from tracking import mailbox
+from tracking import mailbox, warmup
 
 log = logging.getLogger(__name__)
 
@@ -21,6 +21,13 @@ def poll_bounce_mailbox():
     log.info("bounce mailbox: %d message(s) processed, %d new event(s), %d failed",
              result.processed, result.events, len(result.failed))
     return {"processed": result.processed, "events": result.events, "failed": len(result.failed)}
+
+
+@shared_task(name="tracking.warmup_step", ignore_result=True)
+def warmup_step():
+    """Grow, hold or step back each warm-up schedule once a day (beat runs this every minute)."""
+    close_old_connections()
+    return len(warmup.step())
 
 
 def schedule(app, settings):
