@@ -620,15 +620,18 @@ def send_batch(send_ids, now=None, reserved=False):
     requeue = []
     try:
         first, rest = _screen(rows, now, batch)
-        key_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
+        routing.prepare(rows)
+        key_of = {}  # one look-up per domain and way out, not per row
         for part in (first, rest):
             groups = {}
             for row in part:
-                if row.domain not in key_of:
-                    key_of[row.domain] = routing.batch_key(row.domain)
-                groups.setdefault(key_of[row.domain], []).append(row)
-            for group_rows in groups.values():
-                requeue.extend(_send_group(group_rows, now, batch, reserved))
+                plan = routing.plan_for(row)
+                target = plan.pick(row.id, routing.down())
+                if (row.domain, target) not in key_of:
+                    key_of[row.domain, target] = routing.batch_key(row.domain, target)
+                groups.setdefault((key_of[row.domain, target], target), (plan, []))[1].append(row)
+            for (_, target), (plan, group_rows) in groups.items():
+                requeue.extend(_send_group(group_rows, now, batch, reserved, target, plan))
         settle_campaigns({r.campaign_id for r in rows})
     except Exception:
         # Redis or PostgreSQL went away mid-batch: hand back what was never
@@ -706,16 +709,16 @@ HANDOVER_SECONDS = 0.5
 SLOT_MARGIN = 0.05
 
 
-def _send_group(rows, now=None, batch=None, reserved=False):
+def _send_group(rows, now=None, batch=None, reserved=False, target=None, plan=None):
     domain = rows[0].domain
     try:
-        route = routing.route_for(domain)
+        route = routing.route_for(domain, target, plan)
     except NoRoute as exc:
         now = now or timezone.now()
         code, text = (550, f"5.1.2 {exc}") if exc.permanent else (None, str(exc))
         finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now, batch)
         return []
-    limit = routing.limit_for(domain)
+    limit = routing.limit_for(domain, target)
     grant = throttle.reserve(limit, len(rows), held=reserved)
     go, later = rows[:grant.granted], rows[grant.granted:]
     slots = [(later, grant.waits(len(later)), throttle.per_task(limit))]
@@ -996,6 +999,14 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
             if exc.code:
                 # A refusal before any message (greeting, EHLO, AUTH): the session's.
                 pace.throttled(exc.code, str(exc), session=True)
+            if routing.fail_over(route, reason):
+                # Another relay of the group is up: nothing was sent here, so
+                # these go straight back to be routed there (and this relay
+                # gets its share again when its backoff ends).
+                pace.give_back(len(waiting))
+                finish(builder.take_done(), relay_id, t, batch)
+                hand_back_halted()
+                return _hand_back(waiting, 0.0, route, limit, 0)
             if (exc.fatal and route.relay is not None) or _relay_failed(route, exc):
                 # A relay's TLS or AUTH is misconfigured, or it stays down: pause
                 # instead of burning through the list; nothing was attempted. One
@@ -1020,6 +1031,7 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
         if route.relay is not None and conn.sent == 0:
             key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
             throttle.client().delete(key, key + ":since")
+            routing.recovered(route)
         replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
         hand_back_halted()
         pool.put(conn, route.max_messages)
@@ -1064,6 +1076,8 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
         if builder.interrupted is not None:
             raise builder.interrupted
         pace.count(len(replies))
+        if route.relay is not None:
+            routing.noted(route, [reply for _, reply in replies])
         slowed = _slow_down(pace, conn, replies, outcomes)
         if not replies or slowed or conn.broken:
             break
