@@ -56,6 +56,9 @@ STOP_KEY = throttle.PREFIX + "stop:"
 # has to resume anything.
 RELAY_FAILURE_LIMIT = 5
 RELAY_DOWN_SECONDS = 120
+# A relay that refuses this many messages of one chunk at session level (a 4xx
+# to MAIL) and takes none is down: the group's other relays take its messages.
+SESSION_REFUSALS = 3
 # How long a worker keeps trying to record outcomes while PostgreSQL restarts
 # (well inside the lease, so no other worker has taken the rows meanwhile).
 WRITE_RETRY_SECONDS = 30
@@ -1032,9 +1035,14 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
             key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
             throttle.client().delete(key, key + ":since")
             routing.recovered(route)
-        replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
+        replies, slowed, t, moved = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
         hand_back_halted()
         pool.put(conn, route.max_messages)
+        if moved:
+            # The relay refuses every session: what it refused, and the rest, go to the group's other relays.
+            waiting = unsent()
+            pace.give_back(len(waiting))
+            return _hand_back(moved + waiting, 0.0, route, limit, 0)
         if slowed:
             # The destination (or the relay) asked us to slow down: the rest
             # waits its turn at the slower pace (its slow-down tokens are not
@@ -1058,8 +1066,10 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
     """Send over one connection checkout, writing outcomes back after every chunk.
 
     Returns the last chunk's replies, whether the destination asked to slow
-    down, and the time of the last write back. Stops early when the connection
-    breaks, a reply asks to slow down, or every campaign left was stopped.
+    down, the time of the last write back, and the rows a relay refused at
+    session level when they move to another relay of its group. Stops early
+    when the connection breaks, a reply asks to slow down, a relay refuses
+    every session, or every campaign left was stopped.
     """
     budget = max(1, min(CONNECTION_CHUNK, route.max_messages - conn.sent))
     replies, slowed, t = [], False, now or timezone.now()
@@ -1070,11 +1080,20 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
         budget -= len(replies)
         t = now or timezone.now()
         outcomes = [outcome_result(row, code, text, built.message_id, t) for (row, built), (code, text) in replies]
+        results = [result for result, _ in outcomes]
+        refused = _session_refused(route, replies, conn.stages)
         # Record what the server answered before touching Redis again (pool slots,
         # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
-        finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t, batch)
+        finish([r for n, r in enumerate(results) if n not in refused] + builder.take_done(), relay_id, t, batch)
         if builder.interrupted is not None:
             raise builder.interrupted
+        if refused:
+            code, text = replies[max(refused)][1]
+            if routing.fail_over(route, f"{code} {text} (refused {len(refused)} sessions in a row)"):
+                moved = [results[n].row for n in sorted(refused)]
+                batch.on_wire.difference_update(r.id for r in moved)
+                return replies, False, t, moved
+            finish([results[n] for n in sorted(refused)], relay_id, t, batch)
         pace.count(len(replies))
         if route.relay is not None:
             routing.noted(route, [reply for _, reply in replies])
@@ -1083,7 +1102,19 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
             break
         if pending and all(r.campaign_id in batch.stops.stopped for r, _ in pending):
             break
-    return replies, slowed, t
+    return replies, slowed, t, []
+
+
+def _session_refused(route, replies, stages) -> set:
+    """The replies of a relay that refused, at session level (RSET, MAIL), at least SESSION_REFUSALS messages
+    of a chunk with a 4xx and took none: nothing was transferred, so they may go to another relay at once."""
+    if route.relay is None:
+        return set()
+    refused = {n for n, ((_, (code, _)), stage) in enumerate(zip(replies, stages, strict=False))
+               if stage == "session" and code is not None and 400 <= code < 500}
+    if len(refused) < SESSION_REFUSALS or any(code is not None and code < 300 for _, (code, _) in replies):
+        return set()
+    return refused
 
 
 def _slow_down(pace, conn, replies, outcomes) -> bool:

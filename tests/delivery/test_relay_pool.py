@@ -179,3 +179,25 @@ def test_when_every_relay_of_the_group_fails_the_campaign_pauses_with_the_reason
         assert campaign.status == Campaign.Status.PAUSED
         assert "535 5.7.8" in campaign.status_reason
         assert set(statuses(campaign.pk).values()) == {"queued"}
+
+
+class RefusingMailHandler(SinkHandler):
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        return "451 4.3.0 sender queue full, try later"
+
+
+def test_a_relay_refusing_every_session_hands_its_messages_to_the_other_at_once(make_relay, make_campaign):
+    refusing = Sink()
+    refusing.controller.handler = RefusingMailHandler(refusing)
+    with refusing, PipeliningSink() as good:
+        bad = make_relay(refusing.port, name="refusing")
+        fine = make_relay(good.port, name="fine")
+        route(group_of("pair", bad, fine))
+        addresses = [f"r{i}@example.com" for i in range(40)]
+        campaign = make_campaign(addresses)
+        lifecycle.start_campaign(campaign.pk)
+        drain(campaign.pk)
+
+        assert sorted(good.recipients()) == sorted(addresses)
+        assert set(statuses(campaign.pk).values()) == {"sent"}  # none waits for a retry
+        assert "451 4.3.0" in health.status(bad)["reason"]
