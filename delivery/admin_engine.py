@@ -26,6 +26,11 @@ class RelayForm(forms.ModelForm):
         help_text="Leave blank to keep the current password.",
     )
 
+    weight = forms.IntegerField(
+        required=False, min_value=0, initial=1,
+        help_text="This relay's share of its groups' messages, relative to the other relays' weights; "
+                  "0 keeps it for failover only. Blank keeps the current weight.")
+
     class Meta:
         model = Relay
         fields = ["name", "host", "port", "security", "verify_certificate", "username", "password", "helo_name",
@@ -43,6 +48,12 @@ class RelayForm(forms.ModelForm):
         if helo and not _HOST.match(helo):
             raise forms.ValidationError("Enter a host name such as mail.example.com, or leave it blank.")
         return helo
+
+    def clean_weight(self):
+        weight = self.cleaned_data.get("weight")
+        if weight is None:
+            return self.instance.weight if self.instance.pk else 1
+        return weight
 
     def clean_password(self):
         value = self.cleaned_data.get("password")
