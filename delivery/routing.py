@@ -152,6 +152,8 @@ def _load():
     plans = {}
     for group in RelayGroup.objects.prefetch_related("relays").order_by("name"):
         members = sorted((r for r in group.relays.all() if r.pk in relays), key=lambda r: (r.name, r.pk))
+        if not group.direct and not members:
+            continue  # every relay of it disabled: its rules are skipped, rather than send direct unasked
         sources = tuple(Source(a, h) for a, h in group.source_list()) if group.direct else ()
         plans[group.pk] = Plan(group.name, [relays[r.pk] for r in members], direct=group.direct, sources=sources)
     rules = [(rule.from_domain, rule.kind, rule.provider, plans[rule.group_id])

@@ -201,3 +201,20 @@ def test_a_relay_refusing_every_session_hands_its_messages_to_the_other_at_once(
         assert sorted(good.recipients()) == sorted(addresses)
         assert set(statuses(campaign.pk).values()) == {"sent"}  # none waits for a retry
         assert "451 4.3.0" in health.status(bad)["reason"]
+
+
+def test_rules_route_by_recipient_provider_and_skip_a_group_whose_relays_are_all_disabled(two_sinks, make_relay,
+                                                                                          make_campaign):
+    first, second = two_sinks
+    main = make_relay(first.port, name="a main")
+    special = make_relay(second.port, name="b special")
+    switched_off = make_relay(second.port, name="c off", enabled=False)
+    route(group_of("nothing enabled", switched_off), position=1)  # would catch everything
+    route(group_of("for example.org", special), position=2, provider="Example.org")
+    campaign = make_campaign(["ann@example.com", "bob@example.org"])
+    lifecycle.start_campaign(campaign.pk)
+    drain(campaign.pk)
+    # No rule for example.com: the first enabled relay by name, as with no rules at all.
+    assert first.recipients() == ["ann@example.com"]
+    assert second.recipients() == ["bob@example.org"]
+    assert {main.pk, special.pk} == set(Send.objects.values_list("relay_id", flat=True))
