@@ -198,10 +198,6 @@ def active_relay():
     return plan.relays[0]
 
 
-def relay(pk) -> Relay | None:
-    return _current().relays.get(pk)
-
-
 def forget_relay():
     _state.at = 0.0
     _state.checked = float("-inf")
@@ -303,8 +299,9 @@ def target_for(row) -> Target:
 
 
 def default_target() -> Target:
-    plan = _current().default
-    return plan.pick(0, _state.down)
+    """Where a message no rule picks goes (test sends, and planning before a send is claimed)."""
+    state = _current()
+    return state.default.pick(0, state.down)
 
 
 def fail_over(route, why: str) -> bool:
