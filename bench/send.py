@@ -1,6 +1,12 @@
 """End-to-end send benchmark: a whole campaign through Celery workers into Postfix's smtp-sink.
 
     .venv/bin/python bench/send.py [--recipients 100000] [--domains 20] [--workers 1] [--concurrency 2]
+    .venv/bin/python bench/send.py --relays 2 [--weights 3,1]   # a relay group of two smtp-sinks
+
+With ``--relays 2`` the campaign goes through a relay group of two relays (each
+its own smtp-sink), spread by ``--weights``; it prints the rate and each
+relay's share, as its sink counted it and as the ledger recorded it, and skips
+the raw ceiling and the naive baseline.
 
 Uses a scratch PostgreSQL database (herald_bench_send, dropped and re-created)
 and Redis db 14 (flushed); starts and stops its own smtp-sink and workers.
@@ -186,6 +192,8 @@ def main():
     parser.add_argument("--concurrency", type=int, default=3)
     parser.add_argument("--raw-messages", type=int, default=30_000)
     parser.add_argument("--naive-sample", type=int, default=500)
+    parser.add_argument("--relays", type=int, choices=(1, 2), default=1, help="2: a relay group of two smtp-sinks")
+    parser.add_argument("--weights", default="1,1", help="the two relays' weights, with --relays 2")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
 
@@ -202,10 +210,19 @@ def main():
     campaign, Relay = setup_data(args.recipients, args.domains)
 
     sink = SmtpSink()
+    sinks = [sink] + [SmtpSink() for _ in range(args.relays - 1)]
+    weights = [int(w) for w in args.weights.split(",")][:args.relays] if args.relays > 1 else [1]
     workers, peak, cpu, stop = [], {}, {}, threading.Event()
     try:
-        Relay.objects.create(name="sink", host="127.0.0.1", port=sink.port, security="none",
-                             max_connections=8, messages_per_connection=1000)
+        relays = [Relay.objects.create(name=f"sink{n}" if n else "sink", host="127.0.0.1", port=s.port, security="none",
+                                       max_connections=8, messages_per_connection=1000, weight=w)
+                  for n, (s, w) in enumerate(zip(sinks, weights, strict=True))]
+        if args.relays > 1:
+            from delivery.models import RelayGroup, RoutingRule
+
+            group = RelayGroup.objects.create(name="bench pair")
+            group.relays.set(relays)
+            RoutingRule.objects.create(group=group)
         env = dict(os.environ)
         for i in range(args.workers):
             log = (OUT / f"worker{i}.log").open("wb")
@@ -220,6 +237,9 @@ def main():
             t.start()
         time.sleep(4)  # workers boot
         base_sessions = sink.snapshot()[0]
+        base_messages = [s.snapshot()[1] for s in sinks]
+
+        from django.db.models import Count
 
         from campaigns.models import Campaign
         from delivery import lifecycle
@@ -236,6 +256,9 @@ def main():
         last_final = Send.objects.filter(campaign=campaign).order_by("-updated_at").values_list("updated_at", flat=True)[0]
         elapsed = last_final.timestamp() - t0
         counts = lifecycle.counts(campaign.pk)
+        carried = dict(Send.objects.filter(campaign=campaign, status="sent").values("relay__name")
+                       .annotate(n=Count("id"))
+                       .values_list("relay__name", "n"))
         time.sleep(1)  # one more CPU sample
     finally:
         stop.set()
@@ -247,6 +270,22 @@ def main():
                 os.killpg(proc.pid, signal.SIGKILL)
     sessions, messages = sink.snapshot()
     connections = sessions - base_sessions
+    if args.relays > 1:
+        got = [s.snapshot()[1] - base for s, base in zip(sinks, base_messages, strict=True)]
+        for s in sinks:
+            s.stop()
+        rate = counts["sent"] / elapsed
+        print()
+        print(f"campaign status {campaign.status}: {counts}")
+        print(f"end to end                         {elapsed:8.2f} s for {counts['sent']} messages")
+        print(f"end-to-end rate                    {rate:8.0f} messages/s over {args.relays} relays")
+        total = sum(got) or 1
+        for relay, n in zip(relays, got, strict=True):
+            print(f"relay {relay.name} (weight {relay.weight})".ljust(35)
+                  + f"{n:8d} messages = {n / total:6.1%} (weight share {relay.weight / sum(weights):.1%}; "
+                  f"ledger {carried.get(relay.name, 0)})")
+        print(f"sinks' total                       {sum(got):8d}   (duplicates: {sum(got) - counts['sent']})")
+        return
 
     raw = raw_ceiling(sink, args.raw_messages)
     naive = naive_baseline(sink, args.naive_sample)

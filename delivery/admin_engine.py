@@ -1,4 +1,5 @@
-"""Admin for relays (with the check button), domain throttles, provider rules and the send ledger."""
+"""Admin for relays (with the check button and their health), relay groups, routing rules, domain throttles,
+provider rules and the send ledger."""
 
 import re
 
@@ -6,10 +7,11 @@ from django import forms
 from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from redis.exceptions import RedisError
 
-from delivery import providers, routing
-from delivery.models import DomainThrottle, ProviderRule, Relay, Send
+from delivery import health, providers, rdns, routing
+from delivery.models import DomainThrottle, ProviderRule, Relay, RelayGroup, RoutingRule, Send
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
 from herald.readonly import ReadOnlyAdminMixin
@@ -24,10 +26,16 @@ class RelayForm(forms.ModelForm):
         help_text="Leave blank to keep the current password.",
     )
 
+    weight = forms.IntegerField(
+        required=False, min_value=0, initial=1,
+        help_text="This relay's share of its groups' messages, relative to the other relays' weights; "
+                  "0 keeps it for failover only. Blank keeps the current weight.")
+
     class Meta:
         model = Relay
         fields = ["name", "host", "port", "security", "verify_certificate", "username", "password", "helo_name",
-                  "max_connections", "messages_per_connection", "idle_timeout", "rate", "rate_period", "enabled"]
+                  "max_connections", "messages_per_connection", "idle_timeout", "rate", "rate_period", "weight",
+                  "enabled"]
 
     def clean_host(self):
         host = self.cleaned_data["host"].strip()
@@ -41,6 +49,12 @@ class RelayForm(forms.ModelForm):
             raise forms.ValidationError("Enter a host name such as mail.example.com, or leave it blank.")
         return helo
 
+    def clean_weight(self):
+        weight = self.cleaned_data.get("weight")
+        if weight is None:
+            return self.instance.weight if self.instance.pk else 1
+        return weight
+
     def clean_password(self):
         value = self.cleaned_data.get("password")
         if not value and self.instance.pk:
@@ -51,15 +65,64 @@ class RelayForm(forms.ModelForm):
 @admin.register(Relay)
 class RelayAdmin(admin.ModelAdmin):
     form = RelayForm
-    list_display = ("name", "host", "port", "security", "verify_certificate", "max_connections", "rate_display", "enabled")
+    list_display = ("name", "host", "port", "security", "weight", "max_connections", "rate_display", "enabled",
+                    "health_display", "sending_display", "connections_display")
     list_filter = ("enabled", "security")
     search_fields = ("name", "host")
-    readonly_fields = ("check_button",)
+    readonly_fields = ("check_button", "health_display", "sending_display", "connections_display", "replies_display")
     actions = ["check_selected"]
 
     @admin.display(description="Rate")
     def rate_display(self, obj):
         return f"{obj.rate}/{obj.rate_period}" if obj.rate else "unlimited"
+
+    def _status(self, obj):
+        """The relay's health and traffic now, read once per relay and page."""
+        cache = self.__dict__.setdefault("_statuses", {})
+        if obj.pk not in cache:
+            try:
+                cache[obj.pk] = health.status(obj)
+            except RedisError:
+                cache[obj.pk] = None
+        return cache[obj.pk]
+
+    def changelist_view(self, request, extra_context=None):
+        self.__dict__["_statuses"] = {}
+        return super().changelist_view(request, extra_context)
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        self.__dict__["_statuses"] = {}
+        return super().change_view(request, object_id, form_url, extra_context)
+
+    @admin.display(description="Health")
+    def health_display(self, obj):
+        status = obj.pk and self._status(obj)
+        if not status:
+            return "unknown"
+        if status["state"] == "down":
+            return f"down, tried again in {status['retry_in']:.0f} s ({status['failures']} failures in a row): " \
+                   f"{status['reason']}"
+        if status["state"] == "retrying":
+            return f"being tried again after {status['failures']} failures: {status['reason']}"
+        return status["state"]
+
+    @admin.display(description="Sending now")
+    def sending_display(self, obj):
+        status = obj.pk and self._status(obj)
+        return f"{status['rate']:.1f} messages/s" if status else "unknown"
+
+    @admin.display(description="Connections in use")
+    def connections_display(self, obj):
+        status = obj.pk and self._status(obj)
+        return f"{status['connections']} of {obj.max_connections}" if status else "unknown"
+
+    @admin.display(description="Recent replies")
+    def replies_display(self, obj):
+        status = obj.pk and self._status(obj)
+        if not status or not status["replies"]:
+            return "none yet"
+        return format_html("<ul>{}</ul>", format_html_join(
+            "", "<li>{} {}</li>", ((r["code"] or "no reply:", r["text"]) for r in status["replies"])))
 
     @admin.display(description="Check")
     def check_button(self, obj):
@@ -89,6 +152,49 @@ class RelayAdmin(admin.ModelAdmin):
         level = messages.SUCCESS if result.ok else messages.ERROR
         detail = "; ".join(result.steps)
         self.message_user(request, f"{relay.name}: {result.message}" + (f" ({detail})" if detail else ""), level)
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        routing.forget_relay()
+
+
+class RelayGroupForm(forms.ModelForm):
+    class Meta:
+        model = RelayGroup
+        fields = ["name", "relays", "direct", "sources"]
+        widgets = {"relays": forms.CheckboxSelectMultiple, "sources": forms.Textarea(attrs={"rows": 4})}
+
+
+@admin.register(RelayGroup)
+class RelayGroupAdmin(admin.ModelAdmin):
+    """Where routing rules send mail: relays spread by weight, or direct from a pool of source addresses."""
+
+    form = RelayGroupForm
+    list_display = ("name", "members", "direct")
+    search_fields = ("name",)
+
+    @admin.display(description="Relays or sources")
+    def members(self, obj):
+        if obj.direct:
+            return ", ".join(a for a, _ in obj.source_list()) or "direct, from this machine's address"
+        return ", ".join(f"{r.name} ({r.weight})" for r in obj.relays.all()) or "no relay"
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        routing.forget_relay()
+        for problem in rdns.problems(form.instance.source_list()) if form.instance.direct else []:
+            self.message_user(request, f"Reverse DNS: {problem}", messages.WARNING)
+
+
+@admin.register(RoutingRule)
+class RoutingRuleAdmin(admin.ModelAdmin):
+    """Which group each message goes to: the first enabled rule that matches it, by position."""
+
+    list_display = ("position", "__str__", "from_domain", "kind", "provider", "group", "enabled")
+    list_display_links = ("__str__",)
+    list_editable = ("position", "enabled")
+    list_filter = ("enabled", "kind", "group")
+    fields = ("position", "from_domain", "kind", "provider", "group", "enabled")
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)

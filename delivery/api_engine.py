@@ -11,7 +11,7 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
-from delivery import lifecycle, routing
+from delivery import health, lifecycle, routing
 from delivery.lifecycle import LifecycleError
 from delivery.models import DomainThrottle, Period, Relay
 from delivery.relaycheck import check_relay
@@ -45,6 +45,7 @@ class RelayIn(Schema):
     idle_timeout: int = Field(30, ge=1, le=MAX_INT)
     rate: int = Field(0, ge=0, le=MAX_INT)
     rate_period: str = Field("second", pattern="^(" + "|".join(PERIODS) + ")$")
+    weight: int = Field(1, ge=0, le=MAX_INT, description="Share of its groups' messages, relative to the others'.")
     enabled: bool = True
 
 
@@ -62,6 +63,7 @@ class RelayPatch(Schema):
     idle_timeout: int | None = Field(None, ge=1, le=MAX_INT)
     rate: int | None = Field(None, ge=0, le=MAX_INT)
     rate_period: str | None = Field(None, pattern="^(" + "|".join(PERIODS) + ")$")
+    weight: int | None = Field(None, ge=0, le=MAX_INT)
     enabled: bool | None = None
 
 
@@ -80,11 +82,32 @@ class RelayOut(Schema):
     idle_timeout: int
     rate: int
     rate_period: str
+    weight: int
     enabled: bool
 
     @staticmethod
     def resolve_has_password(obj):
         return bool(obj.password)
+
+
+class Reply(Schema):
+    at: float = Field(description="Unix time.")
+    code: int | None = Field(description="None: no reply (the connection, TLS or login failed).")
+    text: str
+
+
+class RelayHealthOut(Schema):
+    id: int
+    name: str
+    state: str = Field(description="up, down (in its backoff: its messages go to the other relays of its groups), "
+                                    "retrying (its backoff ended; the next connection tells) or disabled")
+    failures: int = Field(description="Failures in a row.")
+    reason: str
+    retry_in: float = Field(description="Seconds until it is tried again, when down.")
+    rate: float = Field(description="Messages per second now (averaged over the last seconds).")
+    connections: int = Field(description="Connections in use across all workers.")
+    max_connections: int
+    replies: list[Reply] = Field(description="Its latest replies, newest first.")
 
 
 class CheckOut(Schema):
@@ -174,6 +197,23 @@ def create_relay(request, payload: RelayIn):
     data = payload.dict()
     data["password"] = data.get("password") or ""
     return Status(201, _save(Relay(), data))
+
+
+# Before /relays/{relay_id}, which would take "health" for an id.
+def _health(relay):
+    return {"id": relay.pk, "name": relay.name, "max_connections": relay.max_connections, **health.status(relay)}
+
+
+@router.get("/relays/health", response=list[RelayHealthOut], summary="Each relay's health, rate, connections and replies")
+@requires("delivery.view_relay")
+def relays_health(request):
+    return [_health(relay) for relay in Relay.objects.all()]
+
+
+@router.get("/relays/{relay_id}/health", response=RelayHealthOut, summary="One relay's health, rate, connections and replies")
+@requires("delivery.view_relay")
+def relay_health(request, relay_id: int):
+    return _health(get_object_or_404(Relay, pk=relay_id))
 
 
 @router.get("/relays/{relay_id}", response=RelayOut, summary="One relay")

@@ -50,6 +50,9 @@ STOP_CHECK_SECONDS = 0.1
 # has to resume anything.
 RELAY_FAILURE_LIMIT = 5
 RELAY_DOWN_SECONDS = 120
+# A relay that refuses this many messages of one chunk at session level (a 4xx
+# to MAIL) and takes none is down: the group's other relays take its messages.
+SESSION_REFUSALS = 3
 # How long a worker keeps trying to record outcomes while PostgreSQL restarts
 # (well inside the lease, so no other worker has taken the rows meanwhile).
 WRITE_RETRY_SECONDS = 30
@@ -232,16 +235,19 @@ def send_batch(send_ids, now=None, reserved=False):
     requeue = []
     try:
         first, rest = _screen(rows, now, batch)
+        routing.prepare(rows)
         rest = _within_warmup(rest, now, requeue)  # (a row sent alone was admitted at its last claim)
-        key_of = {}  # one look-up per domain, not per row (each asks Redis for the relay's generation)
+        key_of = {}  # one look-up per domain and way out, not per row
         for part in (first, rest):
             groups = {}
             for row in part:
-                if row.domain not in key_of:
-                    key_of[row.domain] = routing.batch_key(row.domain)
-                groups.setdefault(key_of[row.domain], []).append(row)
-            for group_rows in groups.values():
-                requeue.extend(_send_group(group_rows, now, batch, reserved))
+                plan = routing.plan_for(row)
+                target = plan.pick(row.id, routing.down())
+                if (row.domain, target) not in key_of:
+                    key_of[row.domain, target] = routing.batch_key(row.domain, target)
+                groups.setdefault((key_of[row.domain, target], target), (plan, []))[1].append(row)
+            for (_, target), (plan, group_rows) in groups.items():
+                requeue.extend(_send_group(group_rows, now, batch, reserved, target, plan))
         ledger.settle_campaigns({r.campaign_id for r in rows})
     except Exception:
         # Redis or PostgreSQL went away mid-batch: hand back what was never
@@ -319,16 +325,16 @@ HANDOVER_SECONDS = 0.5
 SLOT_MARGIN = 0.05
 
 
-def _send_group(rows, now=None, batch=None, reserved=False):
+def _send_group(rows, now=None, batch=None, reserved=False, target=None, plan=None):
     domain = rows[0].domain
     try:
-        route = routing.route_for(domain)
+        route = routing.route_for(domain, target, plan)
     except NoRoute as exc:
         now = now or timezone.now()
         code, text = (550, f"5.1.2 {exc}") if exc.permanent else (None, str(exc))
         finish([outcome_result(r, code, text, "", now)[0] for r in rows], None, now, batch)
         return []
-    limit = routing.limit_for(domain)
+    limit = routing.limit_for(domain, target)
     grant = throttle.reserve(limit, len(rows), held=reserved)
     go, later = rows[:grant.granted], rows[grant.granted:]
     slots = [(later, grant.waits(len(later)), throttle.per_task(limit))]
@@ -586,6 +592,14 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
             if exc.code:
                 # A refusal before any message (greeting, EHLO, AUTH): the session's.
                 pace.throttled(exc.code, str(exc), session=True)
+            if routing.fail_over(route, reason):
+                # Another relay of the group is up: nothing was sent here, so
+                # these go straight back to be routed there (and this relay
+                # gets its share again when its backoff ends).
+                pace.give_back(len(waiting))
+                finish(builder.take_done(), relay_id, t, batch)
+                hand_back_halted()
+                return _hand_back(waiting, 0.0, route, limit, 0)
             if (exc.fatal and route.relay is not None) or _relay_failed(route, exc):
                 # A relay's TLS or AUTH is misconfigured, or it stays down: pause
                 # instead of burning through the list; nothing was attempted. One
@@ -610,9 +624,15 @@ def _deliver_paced(rows, route, limit, pace, now, batch):
         if route.relay is not None and conn.sent == 0:
             key = throttle.PREFIX + f"relayfail:{route.relay.pk}"
             throttle.client().delete(key, key + ":since")
-        replies, slowed, t = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
+            routing.recovered(route)
+        replies, slowed, t, moved = _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace)
         hand_back_halted()
         pool.put(conn, route.max_messages)
+        if moved:
+            # The relay refuses every session: what it refused, and the rest, go to the group's other relays.
+            waiting = unsent()
+            pace.give_back(len(waiting))
+            return _hand_back(moved + waiting, 0.0, route, limit, 0)
         if slowed:
             # The destination (or the relay) asked us to slow down: the rest
             # waits its turn at the slower pace (its slow-down tokens are not
@@ -636,8 +656,10 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
     """Send over one connection checkout, writing outcomes back after every chunk.
 
     Returns the last chunk's replies, whether the destination asked to slow
-    down, and the time of the last write back. Stops early when the connection
-    breaks, a reply asks to slow down, or every campaign left was stopped.
+    down, the time of the last write back, and the rows a relay refused at
+    session level when they move to another relay of its group. Stops early
+    when the connection breaks, a reply asks to slow down, a relay refuses
+    every session, or every campaign left was stopped.
     """
     budget = max(1, min(CONNECTION_CHUNK, route.max_messages - conn.sent))
     replies, slowed, t = [], False, now or timezone.now()
@@ -648,18 +670,41 @@ def _send_chunks(conn, route, pending, builder, batch, relay_id, now, pace):
         budget -= len(replies)
         t = now or timezone.now()
         outcomes = [outcome_result(row, code, text, built.message_id, t) for (row, built), (code, text) in replies]
+        results = [result for result, _ in outcomes]
+        refused = _session_refused(route, replies, conn.stages)
         # Record what the server answered before touching Redis again (pool slots,
         # slow-down): if Redis is restarting, an unrecorded outcome would be sent twice.
-        finish([result for result, _ in outcomes] + builder.take_done(), relay_id, t, batch)
+        finish([r for n, r in enumerate(results) if n not in refused] + builder.take_done(), relay_id, t, batch)
         if builder.interrupted is not None:
             raise builder.interrupted
+        if refused:
+            code, text = replies[max(refused)][1]
+            if routing.fail_over(route, f"{code} {text} (refused {len(refused)} sessions in a row)"):
+                moved = [results[n].row for n in sorted(refused)]
+                batch.on_wire.difference_update(r.id for r in moved)
+                return replies, False, t, moved
+            finish([results[n] for n in sorted(refused)], relay_id, t, batch)
         pace.count(len(replies))
+        if route.relay is not None:
+            routing.noted(route, [reply for _, reply in replies])
         slowed = _slow_down(pace, conn, replies, outcomes)
         if not replies or slowed or conn.broken:
             break
         if pending and all(r.campaign_id in batch.stops.stopped for r, _ in pending):
             break
-    return replies, slowed, t
+    return replies, slowed, t, []
+
+
+def _session_refused(route, replies, stages) -> set:
+    """The replies of a relay that refused, at session level (RSET, MAIL), at least SESSION_REFUSALS messages
+    of a chunk with a 4xx and took none: nothing was transferred, so they may go to another relay at once."""
+    if route.relay is None:
+        return set()
+    refused = {n for n, ((_, (code, _)), stage) in enumerate(zip(replies, stages, strict=False))
+               if stage == "session" and code is not None and 400 <= code < 500}
+    if len(refused) < SESSION_REFUSALS or any(code is not None and code < 300 for _, (code, _) in replies):
+        return set()
+    return refused
 
 
 def _slow_down(pace, conn, replies, outcomes) -> bool:

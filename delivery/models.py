@@ -1,5 +1,8 @@
 """The send engine's configuration and its ledger: one Send row per recipient."""
 
+import ipaddress
+
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -35,6 +38,8 @@ class Relay(models.Model):
     idle_timeout = models.PositiveIntegerField(default=30, help_text="Seconds.")
     rate = models.PositiveIntegerField(default=0, help_text="Messages per period; 0 means unlimited.")
     rate_period = models.CharField(max_length=8, choices=Period.choices, default=Period.SECOND)
+    weight = models.PositiveIntegerField(
+        default=1, help_text="This relay's share of its groups' messages, relative to the other relays' weights.")
     enabled = models.BooleanField(default=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -44,6 +49,91 @@ class Relay(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class RelayGroup(models.Model):
+    """Where the messages a routing rule picks go: relays spread by weight, or direct to MX hosts.
+
+    When a relay of the group is down its messages go to the group's other
+    relays until it recovers. Direct delivery may send from a pool of source
+    addresses, each with the HELO name its reverse DNS gives.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    relays = models.ManyToManyField(Relay, blank=True, related_name="groups")
+    direct = models.BooleanField(default=False, help_text="Deliver straight to the recipients' MX hosts, not through relays.")
+    sources = models.TextField(
+        blank=True, default="",
+        help_text="Direct delivery only: source addresses to send from, one per line, each followed by its HELO name "
+                  "(which should be what its reverse DNS gives), e.g. 203.0.113.5 mail1.example.com. "
+                  "Blank: the machine's own address.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def source_list(self) -> list[tuple[str, str]]:
+        """[(address, HELO name)]; the HELO name is "" where none is given."""
+        out = []
+        for line in self.sources.splitlines():
+            words = line.split()
+            if words:
+                out.append((words[0].strip("[]"), words[1] if len(words) > 1 else ""))
+        return out
+
+    def clean(self):
+        for n, (address, _) in enumerate(self.source_list(), 1):
+            try:
+                ipaddress.ip_address(address)
+            except ValueError:
+                raise ValidationError({"sources": f"line {n}: {address!r} is not an IPv4 or IPv6 address"}) from None
+        if self.sources.strip() and not self.direct:
+            raise ValidationError({"sources": "source addresses apply to direct delivery only"})
+
+
+class RoutingRule(models.Model):
+    """Chooses a relay group for the messages it matches; rules are tried in order, the first match wins.
+
+    A rule matches when every condition it sets holds; one with no condition
+    is a default. With no rule at all, mail goes through the first enabled
+    relay by name (the others standing by, in name order, when it is down),
+    or direct when no relay is enabled.
+    """
+
+    class Kind(models.TextChoices):
+        CAMPAIGN = "campaign"
+        AUTOMATION = "automation"
+        TRANSACTIONAL = "transactional"
+        SUBMITTED = "submitted", "Submitted over SMTP"
+
+    position = models.PositiveIntegerField(default=0, help_text="Rules are tried from the lowest position up.")
+    from_domain = models.CharField(max_length=255, blank=True, default="",
+                                   help_text="The sending domain (of the From address); blank: any.")
+    kind = models.CharField(max_length=16, choices=Kind.choices, blank=True, default="", help_text="Blank: any.")
+    provider = models.CharField(
+        max_length=255, blank=True, default="",
+        help_text="The recipient's provider group (e.g. google, microsoft: see provider rules) or domain; blank: any.")
+    group = models.ForeignKey(RelayGroup, on_delete=models.CASCADE, related_name="rules")
+    enabled = models.BooleanField(default=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["position", "pk"]
+
+    def __str__(self):
+        conditions = [f"from {self.from_domain}" if self.from_domain else "", self.kind,
+                      f"to {self.provider}" if self.provider else ""]
+        return f"{' '.join(c for c in conditions if c) or 'everything else'} → {self.group}"
+
+    def save(self, *args, **kwargs):
+        self.from_domain = self.from_domain.strip().lower().lstrip("@")
+        self.provider = self.provider.strip().lower()
+        super().save(*args, **kwargs)
 
 
 class DomainThrottle(models.Model):

@@ -129,6 +129,7 @@ class Endpoint:
     required_by: str = ""
     report_to: str = ""  # opportunistic with ``verify``: a rejected certificate is reported, then not checked
     cafile: str | None = None  # see tls_context
+    source: str | None = None  # the local address to connect from (direct delivery from a pool of addresses)
 
     @property
     def where(self):
@@ -245,7 +246,8 @@ class Connection:
     def open(self):
         ep = self.endpoint
         try:
-            sock = socket.create_connection((ep.host, ep.port), timeout=self.timeouts.connect)
+            sock = socket.create_connection((ep.host, ep.port), timeout=self.timeouts.connect,
+                                            source_address=(ep.source, 0) if ep.source else None)
         except OSError as exc:
             raise ConnectFailed(f"cannot connect to {ep.where}: {exc.strerror or exc}") from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -10,12 +10,19 @@ from collections.abc import Callable
 
 _builder: Callable | None = None
 _link_for: Callable | None = None
+_senders: Callable | None = None
 
 
-def register(*, build: Callable, link_for: Callable) -> None:
-    """``build(send) -> BuiltMessage`` for the engine; ``link_for(send, index) -> url or None`` for the click redirect."""
-    global _builder, _link_for
-    _builder, _link_for = build, link_for
+def register(*, build: Callable, link_for: Callable, senders: Callable | None = None) -> None:
+    """``build(send) -> BuiltMessage`` for the engine; ``link_for(send, index) -> url or None`` for the click
+    redirect; ``senders(ids) -> {id: From domain}`` for routing rules by sending domain."""
+    global _builder, _link_for, _senders
+    _builder, _link_for, _senders = build, link_for, senders
+
+
+def sending_domains(outbound_ids) -> dict:
+    """The checked From domain of each submitted message, for routing; {} when the submission app is not installed."""
+    return _senders(outbound_ids) if _senders is not None else {}
 
 
 def build(send):

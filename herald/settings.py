@@ -284,6 +284,11 @@ HERALD_MTA_STS_MAX_CACHE = envint("HERALD_MTA_STS_MAX_CACHE", 7 * 86400, minimum
 # send chunk with every SMTP timeout spent (workers refuse to start otherwise),
 # and a row whose claim killed its worker this many times fails.
 HERALD_DIRECT_PORT = envint("HERALD_DIRECT_PORT", 25, minimum=1)
+# A relay that is down (refused connections, TLS or AUTH failures) hands its
+# messages to the other relays of its group and is tried again after this many
+# seconds, doubled with each failure in a row up to the maximum.
+HERALD_RELAY_RETRY_SECONDS = envfloat("HERALD_RELAY_RETRY_SECONDS", 10.0, minimum=0.1)
+HERALD_RELAY_RETRY_MAX_SECONDS = envfloat("HERALD_RELAY_RETRY_MAX_SECONDS", 600.0, minimum=0.1)
 HERALD_SMTP_CA_FILE = envstr("HERALD_SMTP_CA_FILE", "")
 HERALD_SMTP_TIMEOUT = envint("HERALD_SMTP_TIMEOUT", 0, minimum=0)
 # Direct mode: seconds an MX host whose opportunistic STARTTLS failed is sent

@@ -11,8 +11,11 @@ class SubmissionConfig(AppConfig):
         from campaigns import audit
         from delivery import submitted
         from submission.build import build_for_send, link_for
-        from submission.models import SmtpCredential
+        from submission.models import OutboundMessage, SmtpCredential
 
         audit.watch(SmtpCredential, "smtp_credential")
         # The engine and the click redirect sit below this app: they reach its messages through delivery.submitted.
-        submitted.register(build=build_for_send, link_for=link_for)
+        def senders(ids):
+            return dict(OutboundMessage.objects.filter(id__in=ids).values_list("id", "from_domain"))
+
+        submitted.register(build=build_for_send, link_for=link_for, senders=senders)

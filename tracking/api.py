@@ -80,6 +80,13 @@ class Timeline(Schema):
     buckets: list[Bucket]
 
 
+class RelayStats(Schema):
+    relay_id: int | None = Field(description="None: delivered direct to the recipients' MX hosts.")
+    relay: str
+    sent: int
+    bounced: int
+
+
 class CampaignStatsOut(Schema):
     campaign_id: int
     name: str
@@ -93,6 +100,7 @@ class CampaignStatsOut(Schema):
     timeline: Timeline
     domains: list[DomainStats]
     domains_truncated: bool
+    relays: list[RelayStats]
 
 
 @router.get("/campaigns/{campaign_id}/stats", response=CampaignStatsOut, summary="Campaign statistics",

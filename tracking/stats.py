@@ -150,7 +150,8 @@ def campaign_stats(campaign) -> dict:
     label, count, rate of the delivered); totals (opens, clicks,
     machine_clicks: every fetch, not people); links; timeline (unit,
     time_zone, buckets); domains (the outcomes per recipient domain, largest
-    first) and domains_truncated.
+    first) and domains_truncated; relays (which relay, or direct delivery,
+    carried how many of the messages a server answered).
     """
     with transaction.atomic():
         _tune_for_aggregates()
@@ -159,6 +160,7 @@ def campaign_stats(campaign) -> dict:
         events = _event_totals(campaign)
         links = _links(campaign)
         timeline = _timeline(campaign, unit)
+        relays = _relays(campaign)
     counts = _partition(by_status, sum(d["bounced_after_delivery"] for d in domains))
     figures = _outcome_figures(counts, sum(by_status.values()), deferred_once)
     delivered = counts["delivered"]
@@ -174,7 +176,20 @@ def campaign_stats(campaign) -> dict:
         "timeline": timeline,
         "domains": domains[:DOMAIN_ROWS],
         "domains_truncated": len(domains) > DOMAIN_ROWS,
+        "relays": relays,
     }
+
+
+def _relays(campaign):
+    """Messages a server answered (delivered or refused), by the relay that carried them; direct delivery
+    (or a relay since deleted) has none. Largest first."""
+    rows = (Send.objects.filter(campaign=campaign, status__in=[S.SENT, S.BOUNCED])
+            .values("relay_id", "relay__name").annotate(sent=Count("id", filter=Q(status=S.SENT)), bounced=Count("id"))
+            .order_by())
+    table = [{"relay_id": row["relay_id"], "relay": row["relay__name"] or "direct", "sent": row["sent"],
+              "bounced": row["bounced"] - row["sent"]} for row in rows]
+    table.sort(key=lambda r: (-r["sent"] - r["bounced"], r["relay"]))
+    return table
 
 
 def _tune_for_aggregates():

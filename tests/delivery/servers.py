@@ -1,9 +1,14 @@
 """Test servers for the send engine: a sink with implicit TLS, a pipelining sink, a loopback DNS server,
-an HTTPS server for MTA-STS policies."""
+an HTTPS server for MTA-STS policies, Postfix's smtp-sink."""
 
 import http.server
+import os
+import pwd
+import re
+import signal
 import socket
 import ssl
+import subprocess
 import threading
 
 import dns.flags
@@ -14,6 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from tests.support.smtp import Sink, SinkHandler
+from tests.support.wait import port_open, wait_until
 
 
 class Authenticator:
@@ -211,3 +217,49 @@ class PolicyServer:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(2)
+
+
+class PostfixSink:
+    """Postfix's smtp-sink on loopback, counting sessions and messages (-c): a relay that keeps up with the engine,
+    where an in-process aiosmtpd sink would be the bottleneck of a test that sends thousands of messages.
+
+    Its counters go to a file, never a pipe: a pipe nobody reads fast enough would stall the sink mid-session.
+    """
+
+    def __init__(self):
+        import tempfile
+
+        from tests.support.programs import program
+        from tests.support.smtp import free_port
+
+        self.port = free_port()
+        self.out = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen([program("smtp-sink"), "-c", "-u", pwd.getpwuid(os.getuid()).pw_name,
+                                      f"127.0.0.1:{self.port}", "256"],
+                                     stdout=self.out, stderr=subprocess.DEVNULL, start_new_session=True)
+
+    def _counters(self):
+        size = os.fstat(self.out.fileno()).st_size
+        tail = os.pread(self.out.fileno(), 4096, max(0, size - 4096))
+        found = re.findall(rb"sess=(\d+) quit=\d+ mesg=(\d+)", tail)
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+
+    @property
+    def sessions(self):
+        return self._counters()[0]
+
+    @property
+    def messages(self):
+        return self._counters()[1]
+
+    def wait_for(self, messages, timeout=30.0):
+        wait_until(lambda: self.messages >= messages, timeout=timeout, message=f"smtp-sink to count {messages} messages")
+
+    def __enter__(self):
+        wait_until(lambda: port_open(self.port), timeout=10, message="smtp-sink listening")
+        return self
+
+    def __exit__(self, *exc):
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(10)
+        self.out.close()

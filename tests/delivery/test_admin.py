@@ -100,3 +100,25 @@ def test_the_throttle_form_says_a_burst_goes_on_top_of_the_rate(client):
     page = client.get(reverse("admin:delivery_domainthrottle_add")).content.decode()
     assert "at most rate + burst" in page
     assert "100/s with a burst of 20: at most 120 in any one second" in page
+
+
+def test_the_relay_pages_show_each_relays_health_traffic_and_latest_replies(operator, sink, make_relay, make_campaign):
+    from delivery import lifecycle
+    from delivery.models import RelayGroup, RoutingRule
+    from tests.delivery.conftest import drain
+    from tests.support.smtp import free_port
+
+    down = make_relay(free_port(), name="gone")
+    up = make_relay(sink.port, name="alive", max_connections=3)
+    group = RelayGroup.objects.create(name="pair")
+    group.relays.set([down, up])
+    RoutingRule.objects.create(group=group)
+    campaign = make_campaign([f"r{i}@example.com" for i in range(10)])
+    lifecycle.start_campaign(campaign.pk)
+    drain(campaign.pk)
+
+    listing = operator.get(reverse("admin:delivery_relay_changelist")).content.decode()
+    assert "down, tried again in" in listing and "cannot connect to 127.0.0.1" in listing
+    assert "messages/s" in listing and "of 3" in listing
+    page = operator.get(reverse("admin:delivery_relay_change", args=[up.pk])).content.decode()
+    assert "Recent replies" in page and "250 2.0.0 queued" in page

@@ -111,3 +111,46 @@ def test_control_characters_and_out_of_range_numbers_are_refused_with_the_field(
         assert response.status_code == 422, body
         assert field in response.content.decode()
     assert not Relay.objects.exists()
+
+
+def test_relay_groups_and_rules_route_mail_and_the_relays_health_shows_which_is_down(client, viewer, sender, sink,
+                                                                                    make_campaign):
+    from delivery import lifecycle
+    from tests.delivery.conftest import drain
+    from tests.support.smtp import free_port
+
+    def post(url, body):
+        response = client.post(url, body, content_type="application/json", **viewer)
+        assert response.status_code == 201, response.content
+        return response.json()
+
+    down = post("/api/v1/relays", {"name": "down", "host": "127.0.0.1", "port": free_port(), "security": "none"})
+    up = post("/api/v1/relays", {"name": "up", "host": "127.0.0.1", "port": sink.port, "security": "none", "weight": 2})
+    group = post("/api/v1/relay-groups", {"name": "pair", "relays": [down["id"], up["id"]]})
+    assert group["relays"] == sorted([down["id"], up["id"]]) and group["warnings"] == []
+    rule = post("/api/v1/routing-rules", {"kind": "campaign", "group": group["id"]})
+    assert client.get("/api/v1/routing-rules", **viewer).json() == [rule]
+
+    campaign = make_campaign([f"r{i}@example.com" for i in range(12)])
+    lifecycle.start_campaign(campaign.pk)
+    drain(campaign.pk)
+    assert len(sink.recipients()) == 12
+
+    health = {row["name"]: row for row in client.get("/api/v1/relays/health", **viewer).json()}
+    assert health["down"]["state"] == "down" and "cannot connect to 127.0.0.1" in health["down"]["reason"]
+    assert health["down"]["retry_in"] > 0 and health["down"]["replies"][0]["code"] is None
+    assert health["up"]["state"] == "up" and health["up"]["replies"][0]["code"] == 250
+    assert health["up"]["connections"] <= health["up"]["max_connections"]
+    one = client.get(f"/api/v1/relays/{up['id']}/health", **viewer).json()
+    assert one["rate"] > 0
+    stats = client.get(f"/api/v1/campaigns/{campaign.pk}/stats", **viewer).json()
+    assert stats["relays"] == [{"relay_id": up["id"], "relay": "up", "sent": 12, "bounced": 0}]
+
+
+def test_a_group_names_relays_that_exist_and_source_addresses_that_are_addresses(client, viewer):
+    missing = client.post("/api/v1/relay-groups", {"name": "g", "relays": [999]}, content_type="application/json",
+                          **viewer)
+    assert missing.status_code == 422 and "no such relay: 999" in missing.json()["detail"]
+    bad = client.post("/api/v1/relay-groups", {"name": "g", "direct": True, "sources": "256.1.1.1 mta.example"},
+                      content_type="application/json", **viewer)
+    assert bad.status_code == 422 and "sources: line 1" in bad.json()["detail"]
