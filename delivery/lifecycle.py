@@ -94,8 +94,10 @@ def begin_start(campaign_id) -> Campaign:
             raise LifecycleError(f"campaign {campaign_id} does not exist")
         if campaign.status not in STARTABLE:
             _refuse(campaign, "start", STARTABLE)
-        if not campaign.lists.exists():
-            raise LifecycleError(f"campaign {campaign.pk} has no target lists")
+        if not campaign.has_audience():
+            raise LifecycleError(f"campaign {campaign.pk} has no target lists or segments")
+        if campaign.not_before is not None and campaign.not_before > timezone.now():
+            raise LifecycleError(f"campaign {campaign.pk} may not start before {campaign.not_before.isoformat()}")
         enter_starting(campaign, timezone.now())
     return _recorded("campaign.start", campaign_id)
 

@@ -24,7 +24,9 @@ class Event(models.Model):
     # Every open and click inserts a row, and each index costs on every insert:
     # send and campaign are served by the composite indexes below that lead with them.
     send = models.ForeignKey(Send, on_delete=models.SET_NULL, null=True, blank=True, related_name="events", db_index=False)
-    contact = models.ForeignKey(Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="events")
+    # Served by the (contact, type, machine, created_at) index below.
+    contact = models.ForeignKey(Contact, on_delete=models.SET_NULL, null=True, blank=True, related_name="events",
+                                db_index=False)
     campaign = models.ForeignKey(Campaign, on_delete=models.SET_NULL, null=True, blank=True, related_name="events",
                                  db_index=False)
     email = models.CharField(max_length=320, blank=True, default="")
@@ -52,6 +54,8 @@ class Event(models.Model):
             # Statistics: unique opens/clicks per campaign, and the hourly timeline.
             models.Index(fields=["campaign", "type", "machine", "send"], name="event_campaign_unique_idx"),
             models.Index(fields=["campaign", "created_at"], name="event_campaign_time_idx"),
+            # Segments: "opened in the last 90 days", "last bounce", "soft bounces" of a contact, humans only or not.
+            models.Index(fields=["contact", "type", "machine", "created_at"], name="event_contact_activity_idx"),
         ]
 
     def __str__(self):

@@ -1,0 +1,41 @@
+"""Each kind of condition picks the contacts it names, on PostgreSQL here and on SQLite in a process of its own."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tests.segments import world
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMES = [name for name, _, _ in world.cases({k: 0 for k in ("news", "offers", "first", "second", "germans")})]
+
+
+@pytest.fixture
+def cast(db):
+    return world.build()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_condition_on_postgresql(cast, name):
+    expected = {n: e for n, _, e in world.cases(cast)}
+    assert world.evaluate(cast)[name] == expected[name]
+
+
+def test_every_condition_on_sqlite(tmp_path, redis_client):
+    env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'herald.sqlite3'}", REDIS_URL=settings.REDIS_URL,
+               HERALD_VAR_DIR=str(tmp_path / "var"), LOG_LEVEL="WARNING")
+
+    def run(*argv):
+        result = subprocess.run([sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    run("manage.py", "migrate", "--noinput")
+    found = json.loads(run("-m", "tests.segments.sqlite_site").strip().splitlines()[-1])
+    expected = {n: e for n, _, e in world.cases({k: 0 for k in ("news", "offers", "first", "second", "germans")})}
+    assert found == expected
