@@ -195,6 +195,9 @@ def schedule_campaign(campaign_id, at) -> Campaign:
         raise LifecycleError("a schedule needs a time (scheduled_at)")
     if timezone.is_naive(at):
         raise LifecycleError("scheduled_at needs a time zone, e.g. 2030-01-01T09:00:00Z")
+    not_before = Campaign.objects.filter(pk=campaign_id).values_list("not_before", flat=True).first()
+    if not_before is not None and at < not_before:
+        raise LifecycleError(f"scheduled_at: campaign {campaign_id} may not start before {not_before.isoformat()}")
     updated = Campaign.objects.filter(pk=campaign_id, status__in=STARTABLE).update(
         status=Campaign.Status.SCHEDULED, scheduled_at=at, updated_at=timezone.now()
     )

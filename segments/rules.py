@@ -282,7 +282,7 @@ class _Check:
                 return self.fail(where, f"must be a list of 1 to {MAX_SET} {kind} values")
             for item in value:
                 if not _fits(kind, item):
-                    return self.fail(where, f"{item!r} is not {_a(kind)} value")
+                    return self.fail(where, f"{item!r} is not {_a(kind)} {kind} value")
             return
         if op == "between":
             if not isinstance(value, list) or len(value) != 2 or not all(_fits(kind, v) for v in value):
@@ -300,7 +300,7 @@ class _Check:
                 self.fail(where, "must be true or false")
             return
         if not _fits(kind, value):
-            self.fail(where, f"must be {_a(kind)} value" + (" (YYYY-MM-DD)" if kind == "date" else ""))
+            self.fail(where, f"must be {_a(kind)} {kind} value" + (" (YYYY-MM-DD)" if kind == "date" else ""))
 
 
 def _at(path, key):
