@@ -9,8 +9,8 @@ class SegmentsConfig(AppConfig):
         from campaigns import audit
         from campaigns.models import Segment
         from delivery import audiences
-        from segments.audience import targeted
+        from segments.audience import notes, targeted
 
         audit.watch(Segment)
         # The snapshot and the confirmation's count (in delivery) reach segments and follow-ups through this hook.
-        audiences.register(targeted)
+        audiences.register(targeted, notes=notes)

@@ -41,3 +41,10 @@ def _segment(compiler, segment):
         return compiler.compile(segment.rules or {"match": "all", "rules": []})
     finally:
         compiler.inside.pop()
+
+
+def notes(campaign) -> list[str]:
+    """For the send confirmation: how many recipients machine activity leaves out of (or lets into) a follow-up."""
+    if campaign.follow_up_of_id is None:
+        return []
+    return [followups.left_out_by_machines(campaign)[1]]
