@@ -3,8 +3,10 @@
 Every value from the tree reaches the database as a bound parameter (the ORM's
 lookups, never text pasted into SQL), and each condition is an EXISTS or a
 column test on the contact row, so a count or a snapshot stays one statement on
-PostgreSQL and SQLite alike. Engagement is read from tracking's events through
-the (contact, type, machine, created_at) index.
+PostgreSQL and SQLite alike. Opens and clicks of any campaign are read from
+tracking's Engagement (a contact's latest times, kept by a trigger); those of a
+given campaign, links, bounces and complaints from the events, through the
+(contact, type, machine, created_at) index.
 
 Call ``validate`` (segments.rules) first: this module trusts the tree it gets.
 """
@@ -31,7 +33,7 @@ from django.utils import timezone
 from campaigns.audience import LIVE, subscribed_to
 from campaigns.models import Segment, Subscription, Suppression
 from delivery.models import DomainThrottle, Send
-from tracking.models import Event
+from tracking.models import Engagement, Event
 
 NOTHING = Q(pk__in=[])
 EVERYONE = ~NOTHING
@@ -152,11 +154,26 @@ class Compiler:
                 rows = rows.filter(created_at__gte=self.days_ago(node["within_days"]))
         return rows if machine else rows.filter(machine=False)
 
+    def latest(self, column, since=None):
+        """Contacts whose latest open or click (tracking's Engagement, one row per contact) is known, or since a time."""
+        rows = Engagement.objects.filter(contact_id=OuterRef("pk"), **{f"{column}__isnull": False})
+        if since is not None:
+            rows = rows.filter(**{f"{column}__gte": since})
+        return Exists(rows)
+
+    def engaged(self, node, clicks):
+        if node.get("campaign") is not None:
+            return Q(Exists(self.events([Event.Type.CLICK] if clicks else OPENS, node)))
+        # Any campaign: the contact's latest times answer without reading the events.
+        column = ("last_click" if clicks else "last_open") + ("_any_at" if node.get("include_machine") else "_at")
+        within = node.get("within_days")
+        return Q(self.latest(column, None if within is None else self.days_ago(within)))
+
     def c_opened(self, node):
-        return Q(Exists(self.events(OPENS, node)))
+        return self.engaged(node, clicks=False)
 
     def c_clicked(self, node):
-        return Q(Exists(self.events([Event.Type.CLICK], node)))
+        return self.engaged(node, clicks=True)
 
     def c_clicked_link(self, node):
         return Q(Exists(self.events([Event.Type.CLICK], node).filter(url=node["url"])))
@@ -175,11 +192,11 @@ class Compiler:
     def c_last_activity(self, node):
         op = node["op"]
         if op == "never":
-            return ~Q(Exists(self.events(OPENS)))
-        recent = Exists(self.events(OPENS).filter(created_at__gte=self.days_ago(node["value"])))
+            return ~Q(self.latest("last_open_at"))
+        recent = self.latest("last_open_at", self.days_ago(node["value"]))
         if op == "in_last_days":
             return Q(recent)
-        return Q(Exists(self.events(OPENS))) & ~Q(recent)
+        return Q(self.latest("last_open_at")) & ~Q(recent)
 
     # -- deliverability ----------------------------------------------------------
 

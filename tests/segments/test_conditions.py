@@ -39,3 +39,19 @@ def test_every_condition_on_sqlite(tmp_path, redis_client):
     found = json.loads(run("-m", "tests.segments.sqlite_site").strip().splitlines()[-1])
     expected = {n: e for n, _, e in world.cases({k: 0 for k in ("news", "offers", "first", "second", "germans")})}
     assert found == expected
+
+
+def test_a_click_found_to_be_a_scanners_later_no_longer_counts(db):
+    """The latest-activity row follows the events: marking a click as a machine's after the fact takes it back."""
+    from campaigns.models import Contact
+    from segments.compiler import compile_rules
+    from tracking.models import Engagement, Event
+
+    ann = Contact.objects.create(email="ann@example.com")
+    click = Event.objects.create(type="click", contact=ann, email=ann.email, url="https://example.com/")
+    clicked = {"match": "all", "rules": [{"type": "clicked", "within_days": 1}]}
+    assert list(Contact.objects.filter(compile_rules(clicked))) == [ann]
+    Event.objects.filter(pk=click.pk).update(machine=True)
+    assert not Contact.objects.filter(compile_rules(clicked)).exists()
+    assert Engagement.objects.get(contact=ann).last_click_any_at == click.created_at
+    Event.objects.filter(pk=click.pk).delete()  # an event that goes (an erased contact's) leaves a stale time at most

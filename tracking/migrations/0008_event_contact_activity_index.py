@@ -7,7 +7,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('campaigns', '0010_segments_and_follow_ups'),
+        ('campaigns', '0001_initial'),
         ('delivery', '0007_send_parked'),
         ('tracking', '0007_breaker_trips'),
     ]
