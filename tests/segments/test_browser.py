@@ -70,6 +70,7 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
     page.click("#herald-send")
     assert page.inner_text("#content strong") == "2"
     page.click("input[type=submit].default")
+    sink.wait_for(2, timeout=60)
     page.wait_for_function("""() => {
         const status = document.getElementById('herald-status'), percent = document.getElementById('herald-percent');
         return status && percent && status.textContent === 'finished' && percent.textContent === '100%';
