@@ -386,6 +386,13 @@ class Campaign(models.Model):
         """Whether it names anyone to send to: a list, a segment, or the campaign it follows up."""
         return self.follow_up_of_id is not None or self.lists.exists() or self.segments.exists()
 
+    def unsubscribe_list_ids(self) -> list[int]:
+        """The lists its unsubscribe link ends: its own, or for a follow-up those of the campaign it follows."""
+        own = list(self.lists.values_list("id", flat=True))
+        if own or self.follow_up_of_id is None:
+            return own
+        return self.follow_up_of.unsubscribe_list_ids()
+
     def targets_lists_only(self) -> bool:
         """Whether its audience is whole lists and nothing else (the snapshot's hand-written fast path)."""
         return (self.follow_up_of_id is None and not self.segments.exists() and not self.exclude_lists.exists()

@@ -109,3 +109,15 @@ def test_only_a_sent_campaign_can_be_followed_up(original):
     draft = Campaign.objects.create(name="Draft", subject="x", from_email="news@herald.example", html_body="<p>x</p>")
     with pytest.raises(followups.FollowUpError, match="only a campaign that was sent"):
         followups.create(draft, "not_opened")
+
+
+def test_unsubscribing_from_a_follow_up_leaves_the_originals_lists(original):
+    from tracking.unsubscribe import unsubscribe
+
+    follow = followups.create(original, "not_opened")
+    planner.snapshot_range(follow, 0, planner.highest_contact_id())
+    send = Send.objects.get(campaign=follow, email="fay@example.com")
+    unsubscribe(send)
+    fay = Contact.objects.get(email="fay@example.com")
+    assert fay.status == Contact.Status.ACTIVE
+    assert list(fay.subscriptions.values_list("status", flat=True)) == ["unsubscribed"]
