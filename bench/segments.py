@@ -162,7 +162,7 @@ def segments():
 
     news = MailingList.objects.get(name="News").pk
     staff = MailingList.objects.get(name="Staff").pk
-    recent = Campaign.objects.order_by("-started_at").first().pk
+    recent = Campaign.objects.filter(name__startswith="Campaign ", started_at__isnull=False).order_by("-started_at").first().pk
     live = ("EXISTS (SELECT 1 FROM campaigns_subscription s JOIN campaigns_mailinglist l ON l.id = s.mailing_list_id "
             "WHERE s.contact_id = c.id AND s.mailing_list_id = {list} AND (s.status = 'confirmed' "
             "OR (l.optin = 'single' AND s.status <> 'unsubscribed')))")
