@@ -105,13 +105,10 @@ def _insert_targeted(campaign, after, upto) -> int:
             (campaign_id, contact_id, email, domain, status, attempts, next_attempt_at,
              smtp_reply, message_id, created_at, updated_at)
         SELECT %s, a.id, a.email, {domain}, 'queued', 0, %s, '', '', %s, %s
-        FROM ({select}) a (id, email, email_key)
+        FROM ({select}) a
         WHERE true
         ON CONFLICT DO NOTHING
     """  # noqa: S608
-    if connection.vendor == "sqlite":
-        # SQLite takes no column list on a derived table: the inner names are email_key and the others already.
-        sql = sql.replace(" a (id, email, email_key)", " a")
     with connection.cursor() as cur:
         cur.execute(sql, [campaign.pk, now, now, now, *params])
         return max(cur.rowcount, 0)

@@ -14,4 +14,7 @@ if __name__ == "__main__":
     django.setup()
     from tests.segments import world
 
-    print(json.dumps(world.evaluate(world.build())))
+    cast = world.build()
+    found = world.evaluate(cast)
+    found["snapshot"] = world.snapshot(cast)
+    print(json.dumps(found))

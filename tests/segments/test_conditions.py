@@ -38,7 +38,13 @@ def test_every_condition_on_sqlite(tmp_path, redis_client):
     run("manage.py", "migrate", "--noinput")
     found = json.loads(run("-m", "tests.segments.sqlite_site").strip().splitlines()[-1])
     expected = {n: e for n, _, e in world.cases({k: 0 for k in ("news", "offers", "first", "second", "germans")})}
+    # Segments, lists and exclusions together, snapshotted: dan is suppressed, on Offers too.
+    assert found.pop("snapshot") == [2, "ann bob"]
     assert found == expected
+
+
+def test_a_campaign_to_lists_and_segments_minus_a_list_on_postgresql(cast):
+    assert world.snapshot(cast) == (2, "ann bob")
 
 
 def test_a_click_found_to_be_a_scanners_later_no_longer_counts(db):

@@ -151,3 +151,19 @@ def evaluate(w):
         out[name] = " ".join(sorted(Contact.objects.filter(compile_rules(rules)).values_list("first_name", flat=True))
                              ).lower()
     return out
+
+
+def snapshot(w):
+    """A campaign to the News list and the Germans segment, minus the Offers list: (count shown, names snapshotted)."""
+    from campaigns.models import Campaign
+    from delivery import planner
+    from delivery.models import Send
+
+    campaign = Campaign.objects.create(name="Mixed", subject="x", from_email="n@herald.example", html_body="x")
+    campaign.lists.set([w["news"]])
+    campaign.segments.set([w["germans"]])
+    campaign.exclude_lists.set([w["offers"]])
+    count = planner.count_audience(campaign)
+    planner.snapshot_range(campaign, 0, planner.highest_contact_id())
+    sent = Send.objects.filter(campaign=campaign).order_by("email").values_list("contact__first_name", flat=True)
+    return count, " ".join(sent).lower()
