@@ -31,7 +31,7 @@ CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
 # Before the start; from then on the content is frozen (campaigns.models.CampaignContent).
 EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.MISSED)
 CONTENT_FIELDS = ("name", "subject", "from_name", "from_email", "reply_to", "template", "html_body", "text_body",
-                  "lists", "track_opens", "track_clicks")
+                  "lists", "segments", "exclude_lists", "exclude_segments", "track_opens", "track_clicks")
 
 
 def _add_errors(form, errors):
@@ -133,15 +133,25 @@ class CampaignAdmin(admin.ModelAdmin):
     list_display = ("name", "status", "subject", "total", "scheduled_at", "created_at")
     list_filter = ("status",)
     search_fields = ("name", "subject")
-    filter_horizontal = ("lists",)
+    filter_horizontal = ("lists", "segments", "exclude_lists", "exclude_segments")
     change_form_template = "admin/campaigns/campaign/change_form.html"
     actions = ["send_test_action"]
     fieldsets = (
-        (None, {"fields": ("name", "lists")}),
+        (None, {"fields": ("name", "lists", "segments")}),
+        ("Leave out", {"fields": ("exclude_lists", "exclude_segments"), "classes": ("collapse",)}),
         ("Envelope", {"fields": ("subject", "from_name", "from_email", "reply_to")}),
         ("Content", {"fields": ("template", "html_body", "text_body", "track_opens", "track_clicks")}),
         ("Status", {"fields": ("status", "status_reason", "scheduled_at", "total", "started_at", "finished_at")}),
     )
+    follow_up_fieldset = ("Follow-up", {"fields": ("follow_up_of", "follow_up_audience", "follow_up_machine_opens",
+                                                   "not_before")})
+
+    def get_fieldsets(self, request, obj=None):
+        if obj is not None and obj.follow_up_of_id is not None:
+            # A follow-up's audience is the original's recipients, chosen by what they did: no lists or segments.
+            first = (None, {"fields": ("name",)})
+            return (first, self.fieldsets[1], self.follow_up_fieldset, *self.fieldsets[2:])
+        return self.fieldsets
 
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
@@ -149,7 +159,8 @@ class CampaignAdmin(admin.ModelAdmin):
             messages.warning(request, warning)
 
     def get_readonly_fields(self, request, obj=None):
-        fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at"]
+        fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at",
+                 "follow_up_of", "follow_up_audience", "follow_up_machine_opens", "not_before"]
         if obj is not None and obj.status not in EDITABLE:
             # Frozen when it started: what went out, and what the rest of the
             # audience gets after a pause, is what the ledger says went out.

@@ -22,7 +22,7 @@ from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
 from campaigns import rendering
-from campaigns.models import Campaign, CampaignLink, Contact, MailingList, Template
+from campaigns.models import Campaign, CampaignLink, Contact, MailingList, Segment, Template
 from herald.permissions import requires
 
 router = Router(tags=["content"])
@@ -80,6 +80,9 @@ class CampaignIn(Schema):
     text_body: str = ""
     template_id: int | None = None
     lists: list[int] = []
+    segments: list[int] = []
+    exclude_lists: list[int] = []
+    exclude_segments: list[int] = []
     track_opens: bool = True
     track_clicks: bool = True
 
@@ -94,6 +97,9 @@ class CampaignPatch(Schema):
     text_body: str | None = None
     template_id: int | None = None
     lists: list[int] | None = None
+    segments: list[int] | None = None
+    exclude_lists: list[int] | None = None
+    exclude_segments: list[int] | None = None
     track_opens: bool | None = None
     track_clicks: bool | None = None
 
@@ -109,6 +115,13 @@ class CampaignOut(Schema):
     text_body: str
     template_id: int | None
     lists: list[int]
+    segments: list[int]
+    exclude_lists: list[int]
+    exclude_segments: list[int]
+    follow_up_of: int | None = Field(None, description="The campaign this one follows up, if any.")
+    follow_up_audience: str = Field("", description="not_opened, not_clicked or clicked, for a follow-up.")
+    follow_up_machine_opens: bool
+    not_before: datetime | None
     status: str
     status_reason: str
     scheduled_at: datetime | None
@@ -123,6 +136,22 @@ class CampaignOut(Schema):
     @staticmethod
     def resolve_lists(obj):
         return sorted(m.pk for m in obj.lists.all())
+
+    @staticmethod
+    def resolve_segments(obj):
+        return sorted(m.pk for m in obj.segments.all())
+
+    @staticmethod
+    def resolve_exclude_lists(obj):
+        return sorted(m.pk for m in obj.exclude_lists.all())
+
+    @staticmethod
+    def resolve_exclude_segments(obj):
+        return sorted(m.pk for m in obj.exclude_segments.all())
+
+    @staticmethod
+    def resolve_follow_up_of(obj):
+        return obj.follow_up_of_id
 
 
 class CampaignDetail(CampaignOut):
@@ -184,7 +213,32 @@ def _check_address(value, field, errors, required=True):
         errors.append(rendering.ContentError(field, f"not a valid address: {exc}"))
 
 
-def _campaign_errors(campaign, list_ids):
+# The campaign's audience: each a list of ids of the model named.
+AUDIENCE = {"lists": MailingList, "segments": Segment, "exclude_lists": MailingList, "exclude_segments": Segment}
+
+
+def _pop_audience(data) -> dict:
+    return {key: data.pop(key, None) for key in AUDIENCE}
+
+
+def _set_audience(campaign, audience):
+    for key, ids in audience.items():
+        if ids is not None:
+            getattr(campaign, key).set(ids)
+
+
+def _audience_errors(audience):
+    errors = []
+    for key, ids in audience.items():
+        model = AUDIENCE[key]
+        unknown = sorted(set(ids or []) - set(model.objects.filter(pk__in=ids or []).values_list("pk", flat=True)))
+        if unknown:
+            what = "list" if model is MailingList else "segment"
+            errors.append(rendering.ContentError(key, f"no {what} with id {', '.join(map(str, unknown))}"))
+    return errors
+
+
+def _campaign_errors(campaign, audience):
     errors = rendering.validate_campaign_fields(campaign.subject, campaign.from_name, campaign.html_body,
                                                 campaign.text_body, campaign.from_email, campaign.reply_to)
     if not any(e.field == "from_email" for e in errors):
@@ -193,11 +247,7 @@ def _campaign_errors(campaign, list_ids):
         _check_address(campaign.reply_to, "reply_to", errors, required=False)
     if campaign.template_id is not None and not Template.objects.filter(pk=campaign.template_id).exists():
         errors.append(rendering.ContentError("template_id", f"no template with id {campaign.template_id}"))
-    if list_ids:
-        known = set(MailingList.objects.filter(pk__in=list_ids).values_list("pk", flat=True))
-        unknown = sorted(set(list_ids) - known)
-        if unknown:
-            errors.append(rendering.ContentError("lists", f"no list with id {', '.join(map(str, unknown))}"))
+    errors.extend(_audience_errors(audience))
     if not (campaign.html_body or "").strip() and not (campaign.text_body or "").strip():
         errors.append(rendering.ContentError("html_body", "a campaign needs an HTML body or a text body"))
     return errors
@@ -269,7 +319,7 @@ def frozen_reason(campaign) -> str:
 @router.get("/campaigns", response=list[CampaignOut], summary="Campaigns, newest first")
 @requires("campaigns.view_campaign")
 def list_campaigns(request, status: str | None = None):
-    rows = Campaign.objects.prefetch_related("lists")
+    rows = Campaign.objects.prefetch_related(*AUDIENCE)
     if status:
         if status not in Campaign.Status.values:
             raise HttpError(422, f"status: {status!r} is not one of {', '.join(Campaign.Status.values)}")
@@ -281,20 +331,20 @@ def list_campaigns(request, status: str | None = None):
 @requires("campaigns.add_campaign")
 def create_campaign(request, payload: CampaignIn):
     data = payload.dict()
-    list_ids = data.pop("lists")
+    audience = _pop_audience(data)
     campaign = Campaign(**data)
-    errors = _campaign_errors(campaign, list_ids)
+    errors = _campaign_errors(campaign, audience)
     if errors:
         return _unprocessable(errors)
     campaign.save()
-    campaign.lists.set(list_ids)
+    _set_audience(campaign, audience)
     return 201, campaign
 
 
 @router.get("/campaigns/{campaign_id}", response=CampaignDetail, summary="One campaign, with send counts by status")
 @requires("campaigns.view_campaign")
 def get_campaign(request, campaign_id: int):
-    return get_object_or_404(Campaign.objects.prefetch_related("lists"), pk=campaign_id)
+    return get_object_or_404(Campaign.objects.prefetch_related(*AUDIENCE), pk=campaign_id)
 
 
 @router.patch("/campaigns/{campaign_id}", response={200: CampaignDetail, 409: dict, 422: ContentErrorOut},
@@ -305,17 +355,16 @@ def update_campaign(request, campaign_id: int, payload: CampaignPatch):
     if campaign.status not in EDITABLE:
         return 409, {"detail": frozen_reason(campaign)}
     changes = payload.dict(exclude_unset=True)
-    list_ids = changes.pop("lists", None)
+    audience = _pop_audience(changes)
     for key, value in changes.items():
         if value is None and key != "template_id":
             continue
         setattr(campaign, key, value)
-    errors = _campaign_errors(campaign, list_ids or [])
+    errors = _campaign_errors(campaign, audience)
     if errors:
         return _unprocessable(errors)
     campaign.save()
-    if list_ids is not None:
-        campaign.lists.set(list_ids)
+    _set_audience(campaign, audience)
     return 200, campaign
 
 

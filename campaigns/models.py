@@ -160,6 +160,26 @@ class Subscription(models.Model):
             )
 
 
+class Segment(models.Model):
+    """A saved, named rule tree: who matches is worked out live, each time it is counted or sent to.
+
+    The tree is JSON (groups of ``all``/``any``/``none`` over conditions); its
+    checking and its SQL live in the segments app, which sees engagement events.
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    description = models.TextField(blank=True, default="")
+    rules = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+
 class Suppression(models.Model):
     """An address that no campaign may mail, whatever its subscriptions say."""
 
@@ -297,6 +317,12 @@ class Template(models.Model):
         return self.name
 
 
+class FollowUp(models.TextChoices):
+    NOT_OPENED = "not_opened", "did not open"
+    NOT_CLICKED = "not_clicked", "did not click"
+    CLICKED = "clicked", "clicked"
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft"
@@ -318,6 +344,19 @@ class Campaign(models.Model):
     text_body = models.TextField(blank=True, default="")
     template = models.ForeignKey(Template, on_delete=models.PROTECT, null=True, blank=True)
     lists = models.ManyToManyField(MailingList, blank=True, related_name="campaigns")
+    # The audience: contacts in any of the lists or segments, minus those in any
+    # exclusion list or segment (and, at send time, minus suppressions).
+    segments = models.ManyToManyField(Segment, blank=True, related_name="campaigns")
+    exclude_lists = models.ManyToManyField(MailingList, blank=True, related_name="excluded_by",
+                                           help_text="Nobody subscribed to these lists gets the campaign.")
+    exclude_segments = models.ManyToManyField(Segment, blank=True, related_name="excluded_by",
+                                              help_text="Nobody in these segments gets the campaign.")
+    # A follow-up goes to some of another campaign's recipients, chosen by what they did with it.
+    follow_up_of = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="follow_ups")
+    follow_up_audience = models.CharField(max_length=16, choices=FollowUp.choices, blank=True, default="")
+    follow_up_machine_opens = models.BooleanField(
+        default=False, help_text="Count opens by privacy proxies and link scanners as opens.")
+    not_before = models.DateTimeField(null=True, blank=True, help_text="It does not start sending before this time.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_reason = models.TextField(blank=True, default="", help_text="Why the campaign paused or failed.")
     scheduled_at = models.DateTimeField(null=True, blank=True, db_index=True)
@@ -342,6 +381,22 @@ class Campaign(models.Model):
 
     def __str__(self):
         return self.name
+
+    def has_audience(self) -> bool:
+        """Whether it names anyone to send to: a list, a segment, or the campaign it follows up."""
+        return self.follow_up_of_id is not None or self.lists.exists() or self.segments.exists()
+
+    def unsubscribe_list_ids(self) -> list[int]:
+        """The lists its unsubscribe link ends: its own, or for a follow-up those of the campaign it follows."""
+        own = list(self.lists.values_list("id", flat=True))
+        if own or self.follow_up_of_id is None:
+            return own
+        return self.follow_up_of.unsubscribe_list_ids()
+
+    def targets_lists_only(self) -> bool:
+        """Whether its audience is whole lists and nothing else (the snapshot's hand-written fast path)."""
+        return (self.follow_up_of_id is None and not self.segments.exists() and not self.exclude_lists.exists()
+                and not self.exclude_segments.exists())
 
     @property
     def snapshot_pending(self) -> bool:

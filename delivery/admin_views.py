@@ -10,7 +10,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from campaigns.models import Campaign
-from delivery import lifecycle, planner
+from delivery import audiences, lifecycle, planner
 from delivery.lifecycle import LifecycleError
 
 SEND_PERMISSION = "campaigns.send_campaign"
@@ -47,6 +47,11 @@ def campaign_send(request, campaign_id):
         "back_url": _campaign_url(campaign.pk),
         "recipients": planner.count_audience(campaign),
         "lists": [str(lst) for lst in campaign.lists.all()],
+        "segments": [str(s) for s in campaign.segments.all()],
+        "exclude_lists": [str(lst) for lst in campaign.exclude_lists.all()],
+        "exclude_segments": [str(s) for s in campaign.exclude_segments.all()],
+        "follow_up_of": campaign.follow_up_of,
+        "notes": audiences.notes(campaign),
         "startable": campaign.status in lifecycle.STARTABLE,
         "error": error or ("" if campaign.status in lifecycle.STARTABLE else f"This campaign is {campaign.status}."),
         "title": f"Send {campaign.name}",

@@ -94,8 +94,10 @@ def begin_start(campaign_id) -> Campaign:
             raise LifecycleError(f"campaign {campaign_id} does not exist")
         if campaign.status not in STARTABLE:
             _refuse(campaign, "start", STARTABLE)
-        if not campaign.lists.exists():
-            raise LifecycleError(f"campaign {campaign.pk} has no target lists")
+        if not campaign.has_audience():
+            raise LifecycleError(f"campaign {campaign.pk} has no target lists or segments")
+        if campaign.not_before is not None and campaign.not_before > timezone.now():
+            raise LifecycleError(f"campaign {campaign.pk} may not start before {campaign.not_before.isoformat()}")
         enter_starting(campaign, timezone.now())
     return _recorded("campaign.start", campaign_id)
 
@@ -193,6 +195,9 @@ def schedule_campaign(campaign_id, at) -> Campaign:
         raise LifecycleError("a schedule needs a time (scheduled_at)")
     if timezone.is_naive(at):
         raise LifecycleError("scheduled_at needs a time zone, e.g. 2030-01-01T09:00:00Z")
+    not_before = Campaign.objects.filter(pk=campaign_id).values_list("not_before", flat=True).first()
+    if not_before is not None and at < not_before:
+        raise LifecycleError(f"scheduled_at: campaign {campaign_id} may not start before {not_before.isoformat()}")
     updated = Campaign.objects.filter(pk=campaign_id, status__in=STARTABLE).update(
         status=Campaign.Status.SCHEDULED, scheduled_at=at, updated_at=timezone.now()
     )

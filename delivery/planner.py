@@ -1,11 +1,14 @@
 """The audience snapshot (one Send row per recipient) and the grouping of sends into batches."""
 
 from django.conf import settings
+from django.core.exceptions import EmptyResultSet
 from django.db import connection
 from django.db.models import Max
 from django.utils import timezone
 
+from campaigns.audience import mailable
 from campaigns.models import Campaign, Contact, MailingList, Subscription, Suppression
+from delivery import audiences
 from delivery.models import Send
 
 
@@ -75,8 +78,46 @@ def _list_ids(campaign):
     return list(campaign.lists.values_list("id", flat=True))
 
 
+def targeted_contacts(campaign: Campaign):
+    """The contacts a campaign with segments, exclusions or a follow-up would mail now, each once.
+
+    One query, compiled by the ORM from the audience's conditions (see delivery.audiences):
+    used for the count and, wrapped in an INSERT, for the snapshot.
+    """
+    return Contact.objects.filter(mailable(), audiences.targeted(campaign))
+
+
+def _insert_targeted(campaign, after, upto) -> int:
+    """The snapshot of a chunk of a campaign aimed at segments: one INSERT … SELECT, like the lists' own."""
+    rows = targeted_contacts(campaign).filter(id__gt=after, id__lte=upto).order_by().values_list("id", "email", "email_key")
+    try:
+        select, params = rows.query.sql_with_params()
+    except EmptyResultSet:
+        return 0  # aimed at nobody (no list or segment left)
+    if connection.vendor == "sqlite":
+        domain = "substr(a.email_key, length(rtrim(a.email_key, replace(a.email_key, '@', ''))) + 1)"
+    else:
+        domain = "substring(a.email_key from '@([^@]*)$')"
+    now = connection.ops.adapt_datetimefield_value(timezone.now())
+    # WHERE true: SQLite reads "ON CONFLICT" after a bare FROM as a join constraint.
+    sql = f"""
+        INSERT INTO {Send._meta.db_table}
+            (campaign_id, contact_id, email, domain, status, attempts, next_attempt_at,
+             smtp_reply, message_id, created_at, updated_at)
+        SELECT %s, a.id, a.email, {domain}, 'queued', 0, %s, '', '', %s, %s
+        FROM ({select}) a
+        WHERE true
+        ON CONFLICT DO NOTHING
+    """  # noqa: S608
+    with connection.cursor() as cur:
+        cur.execute(sql, [campaign.pk, now, now, now, *params])
+        return max(cur.rowcount, 0)
+
+
 def count_audience(campaign: Campaign) -> int:
-    """How many recipients a send would have now (what the confirmation page shows)."""
+    """How many recipients a send would have now (what the confirmation page shows), after exclusions and suppressions."""
+    if not campaign.targets_lists_only():
+        return targeted_contacts(campaign).count()
     lists = _list_ids(campaign)
     if not lists:
         return 0
@@ -105,8 +146,12 @@ def snapshot_range(campaign: Campaign, after: int, upto: int) -> int:
     Idempotent: a contact already in the campaign is skipped (ON CONFLICT), so
     a chunk done twice (a worker lost after its commit) adds nobody twice.
     """
+    if upto <= after:
+        return 0
+    if not campaign.targets_lists_only():
+        return _insert_targeted(campaign, after, upto)
     lists = _list_ids(campaign)
-    if not lists or upto <= after:
+    if not lists:
         return 0
     with connection.cursor() as cur:
         if connection.vendor == "sqlite":

@@ -80,13 +80,14 @@ def claim_and_start(campaign_id, now) -> bool:
         if not claimed:
             return False
         campaign = Campaign.objects.get(pk=campaign_id)
-        if not campaign.lists.exists():
+        if not campaign.has_audience():
             # Nothing to snapshot: leave it for the operator rather than finish it empty.
             Campaign.objects.filter(pk=campaign_id).update(
                 status=Campaign.Status.MISSED, started_at=None,
-                status_reason="It has no target lists, so the scheduler could not start it. Add a list and start it.",
+                status_reason=("It has no target lists or segments, so the scheduler could not start it. "
+                               "Add a list or a segment and start it."),
             )
-            log.warning("campaign %s is due but has no target lists", campaign_id)
+            log.warning("campaign %s is due but has no target lists or segments", campaign_id)
             return False
         lifecycle.enter_starting(campaign, now)
         lifecycle.hand_off(campaign_id)

@@ -52,6 +52,7 @@ def _unstorable_value(request, exc):
 def _add_routers():
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
+    from segments.api import router as segments_router
     from submission.api import router as submission_router
     from tracking.api import router as tracking_router
 
@@ -59,6 +60,7 @@ def _add_routers():
     api.add_router("/", delivery_router)
     api.add_router("/", submission_router)
     api.add_router("/", tracking_router)
+    api.add_router("/", segments_router)
 
 
 _add_routers()

@@ -86,6 +86,7 @@ INSTALLED_APPS = [
     "delivery",
     "tracking",
     "submission",
+    "segments",
 ]
 
 MIDDLEWARE = [

@@ -12,6 +12,7 @@ urlpatterns = [
     path("admin/herald/", include("delivery.admin_urls")),
     path("admin/herald/", include("delivery.admin_operator")),
     path("admin/herald/", include("campaigns.admin_import_preview")),
+    path("admin/herald/", include("segments.admin_urls")),
     path("admin/herald/", include("herald.login")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),

@@ -48,6 +48,7 @@ def pytest_runtest_teardown(item, nextitem):
             # The data migrations mark these apps' configs for a migration's app registry.
             import_module("delivery.migrations.0002_operator_groups").create_groups(apps, None)
             import_module("tracking.migrations.0005_senders_see_events_and_suppressions").grant(apps, None)
+            import_module("segments.migrations.0001_operator_groups").grant(apps, None)
         finally:
             for label, module in saved.items():
                 apps.get_app_config(label).models_module = module

@@ -25,7 +25,7 @@ def unsubscribe(send, scope=LISTS, source="page", user_agent="", raw=""):
             Event.Type.UNSUBSCRIBE, send, key=f"unsubscribe:{send.pk}:{scope}", source=source,
             user_agent=user_agent[:1000], raw=raw[:10000], diagnostic=f"scope: {scope}",
         )
-        list_ids = list(send.campaign.lists.values_list("id", flat=True)) if send.campaign_id else []
+        list_ids = send.campaign.unsubscribe_list_ids() if send.campaign_id else []
         if scope == ALL or not list_ids or send.contact_id is None:
             if send.contact_id is not None:
                 Contact.objects.filter(pk=send.contact_id).exclude(status=Contact.Status.BLOCKLISTED).update(

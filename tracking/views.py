@@ -83,7 +83,7 @@ def unsubscribe(request, token):
 
 
 def _has_lists(send):
-    return bool(send.campaign_id and send.contact_id and send.campaign.lists.exists())
+    return bool(send.campaign_id and send.contact_id and send.campaign.unsubscribe_list_ids())
 
 
 @never_cache

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-LAYERS = ["campaigns", "delivery", "tracking", "submission"]
+LAYERS = ["campaigns", "delivery", "tracking", "submission", "segments"]
 
 
 def _module_name(path: Path) -> str:

@@ -14,7 +14,7 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
 )
 
-from campaigns.models import ApiToken, Campaign, Contact, MailingList
+from campaigns.models import ApiToken, Campaign, Contact, MailingList, Segment
 
 
 def _isolated(application):
@@ -63,6 +63,7 @@ def token(db):
     Contact.objects.create(email="reader@example.com")
     campaign = Campaign.objects.create(name="Schema", subject="Hi", from_email="news@example.com", html_body="<p>x</p>")
     campaign.lists.add(lst)
+    Segment.objects.create(name="Openers", rules={"match": "all", "rules": [{"type": "opened", "within_days": 30}]})
     return ApiToken.issue(user)[1]
 
 

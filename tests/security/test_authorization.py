@@ -7,7 +7,7 @@ from importlib import import_module
 import pytest
 from django.contrib.auth.models import Group, Permission, User
 
-from campaigns.models import ApiToken, Campaign, Contact, MailingList, Subscription, Suppression
+from campaigns.models import ApiToken, Campaign, Contact, MailingList, Segment, Subscription, Suppression
 from delivery.models import Relay
 from herald.api import api
 from submission.models import SmtpCredential
@@ -26,7 +26,8 @@ def world(db):
     campaign = Campaign.objects.create(name="Spring", subject="Hi", from_email="news@example.com", html_body="<p>Hi</p>")
     campaign.lists.add(lst)
     relay = Relay.objects.create(name="main", host="127.0.0.1", port=2525, security="none")
-    return {"campaign": campaign.pk, "contact": alice.pk, "list": lst.pk, "relay": relay.pk}
+    segment = Segment.objects.create(name="Readers who open", rules={"match": "all", "rules": [{"type": "opened"}]})
+    return {"campaign": campaign.pk, "contact": alice.pk, "list": lst.pk, "relay": relay.pk, "segment": segment.pk}
 
 
 def user_for(role):
@@ -46,6 +47,8 @@ ADMIN = [
     ("get", "/admin/campaigns/campaign/", [D, A, A, A]),
     ("get", "/admin/campaigns/campaign/{campaign}/change/", [D, A, A, A]),
     ("get", "/admin/campaigns/contact/", [D, A, A, A]),
+    ("get", "/admin/campaigns/segment/", [D, A, A, A]),
+    ("get", "/admin/campaigns/segment/{segment}/change/", [D, A, A, A]),
     ("get", "/admin/delivery/relay/", [D, D, D, A]),
     ("get", "/admin/auth/user/", [D, D, D, A]),
     ("get", "/admin/herald/campaigns/{campaign}/send/", [D, D, A, A]),
@@ -77,6 +80,13 @@ API = [
     ("get", "/api/v1/suppressions", [D, D, A, A]),
     ("post", "/api/v1/suppressions", [D, D, A, A]),
     ("delete", "/api/v1/suppressions/alice@example.com", [D, D, D, A]),
+    ("get", "/api/v1/segments", [D, A, A, A]),
+    ("post", "/api/v1/segments", [D, A, A, A]),
+    ("patch", "/api/v1/segments/{segment}", [D, A, A, A]),
+    ("get", "/api/v1/segments/{segment}/count", [D, A, A, A]),
+    ("delete", "/api/v1/segments/{segment}", [D, D, D, A]),
+    ("get", "/api/v1/campaigns/{campaign}/audience", [D, A, A, A]),
+    ("post", "/api/v1/campaigns/{campaign}/follow-up", [D, A, A, A]),
 ]
 
 # A valid body for each create, so that what the matrix sees is the permission, not a 422.
@@ -86,6 +96,8 @@ BODIES = {
     "/throttles": {"name": "mine", "domains": "example.org", "rate": 10, "period": "minute"},
     "/smtp-credentials": {"username": "mine", "allowed_domains": ["example.com"]},
     "/suppressions": {"email": "mallory@example.com", "reason": "manual"},
+    "/segments": {"name": "mine", "rules": {"match": "any", "rules": [{"type": "clicked"}]}},
+    "/follow-up": {"audience": "not_opened"},
 }
 
 
@@ -175,7 +187,8 @@ def test_an_editor_cannot_manage_relays_credentials_or_suppressions_through_the_
 
 
 LEAF_ROUTERS = ["campaigns.api_audience", "campaigns.api_audit", "campaigns.api_content", "delivery.api_engine",
-                "delivery.api_domains", "delivery.api_routing", "delivery.api_warmup", "submission.api", "tracking.api"]
+                "delivery.api_domains", "delivery.api_routing", "delivery.api_warmup", "submission.api", "tracking.api",
+                "segments.api"]
 
 
 def test_every_api_operation_names_an_existing_permission():
