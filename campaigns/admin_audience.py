@@ -60,8 +60,12 @@ class SubscriptionInline(admin.TabularInline):
     form = SubscriptionForm
     formset = SubscriptionFormSet
     extra = 0
-    fields = ("mailing_list", "status", "resubscribe", "created_at")
-    readonly_fields = ("resubscribe", "created_at")
+    fields = ("mailing_list", "status", "resubscribe", "evidence", "created_at")
+    readonly_fields = ("resubscribe", "evidence", "created_at")
+
+    @admin.display(description="consent")
+    def evidence(self, obj):
+        return consent_summary(obj) if obj.pk else ""
 
     @admin.display(description="")
     def resubscribe(self, obj):
@@ -72,6 +76,27 @@ class SubscriptionInline(admin.TabularInline):
             who = obj.resubscribed_by.get_username() if obj.resubscribed_by else "the contact"
             return f"resubscribed {obj.resubscribed_at:%Y-%m-%d} by {who}: {obj.resubscribe_reason}"
         return ""
+
+
+def consent_summary(sub) -> str:
+    """How a subscription came about, in one line: the evidence kept for it."""
+    parts = [sub.source or "unrecorded"]
+    if sub.source_detail:
+        parts.append(sub.source_detail)
+    if sub.consent_ip:
+        parts.append(f"from {sub.consent_ip}")
+    if sub.confirmed_at:
+        parts.append(f"confirmed {sub.confirmed_at:%Y-%m-%d %H:%M} UTC")
+    return "; ".join(parts)
+
+
+def record_admin_consent(request, subscription):
+    """A subscription an operator adds in the admin names them as its source."""
+    if subscription.pk is None and not subscription.source:
+        subscription.source = Subscription.Source.ADMIN
+        subscription.source_detail = f"admin user {request.user.get_username()}"[:200]
+        if subscription.status == Subscription.Status.CONFIRMED:
+            subscription.confirmed_at = timezone.now()
 
 
 class ContactForm(forms.ModelForm):
@@ -102,6 +127,12 @@ class ContactAdmin(admin.ModelAdmin):
     actions = ["export_selected"]
     show_full_result_count = False
     list_per_page = 100
+
+    def save_formset(self, request, form, formset, change):
+        for inline_form in formset.forms:
+            if isinstance(inline_form.instance, Subscription) and inline_form.has_changed():
+                record_admin_consent(request, inline_form.instance)
+        super().save_formset(request, form, formset, change)
 
     def get_search_results(self, request, queryset, search_term):
         # Addresses are stored lower-cased in email_key: search it in lower case.
@@ -167,9 +198,14 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_select_related = ("contact", "mailing_list")
     search_fields = ("contact__email_key",)
     raw_id_fields = ("contact",)
-    readonly_fields = ("resubscribed_at", "resubscribed_by", "resubscribe_reason")
+    readonly_fields = ("resubscribed_at", "resubscribed_by", "resubscribe_reason", "source", "source_detail",
+                       "consent_ip", "consent_user_agent", "consent_text", "confirmed_at")
     show_full_result_count = False
     list_per_page = 100
+
+    def save_model(self, request, obj, form, change):
+        record_admin_consent(request, obj)
+        super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and obj.is_unsubscribed:

@@ -46,6 +46,7 @@ def _unstorable_value(request, exc):
 
 
 def _add_routers():
+    from audience.api import router as audience_router
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
     from submission.api import router as submission_router
@@ -55,6 +56,7 @@ def _add_routers():
     api.add_router("/", delivery_router)
     api.add_router("/", submission_router)
     api.add_router("/", tracking_router)
+    api.add_router("/", audience_router)
 
 
 _add_routers()
