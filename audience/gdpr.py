@@ -68,7 +68,7 @@ def erase(contact) -> None:
             status=Send.Status.CANCELLED, smtp_reply="cancelled: the recipient's data was erased")
         Send.objects.filter(id__in=send_ids).update(email="", smtp_reply="", contact=None)
         Event.objects.filter(Q(contact_id=contact_id) | Q(send_id__in=send_ids) | Q(email__in={address, key})).update(
-            email="", raw="", diagnostic="", user_agent="", url="", reason="", contact=None)
+            email="", raw="", diagnostic="", user_agent="", url="", reason="", key=None, contact=None)
         if outbound_ids:
             OutboundMessage.objects.filter(id__in=outbound_ids).update(raw=b"", subject="", size=0)
         contact_type = ContentType.objects.get_for_model(Contact)

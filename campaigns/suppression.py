@@ -4,7 +4,7 @@ import hashlib
 import hmac
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 
 from campaigns.models import Contact, Suppression, email_key
 
@@ -48,10 +48,13 @@ def erased_key(address: str) -> str:
 
 def record_erasure(address: str) -> None:
     """Replace the address's suppression (if any) by its keyed hash, so it stays unmailable without being kept."""
-    with transaction.atomic():
-        Suppression.objects.filter(email_key=email_key(address)).delete()
-        Suppression.objects.get_or_create(email_key=erased_key(address),
-                                          defaults={"email": "", "reason": Suppression.Reason.ERASED, "detail": ""})
+    with transaction.atomic(), connection.cursor() as cursor:
+        # Not through the ORM: its delete signal would write the address into the audit log.
+        cursor.execute(f"DELETE FROM {Suppression._meta.db_table} WHERE email_key = %s",  # noqa: S608
+                       [email_key(address)])
+        # bulk_create, since save() would derive the key from the (empty) address.
+        Suppression.objects.bulk_create([Suppression(email="", email_key=erased_key(address),
+                                                     reason=Suppression.Reason.ERASED)], ignore_conflicts=True)
 
 
 def is_erased(address: str) -> bool:
