@@ -18,3 +18,10 @@ class AudienceConfig(AppConfig):
         from campaigns import audit
 
         audit.watch(SignupForm, "signup_form")
+        from django.db.models.signals import m2m_changed, post_delete, post_save
+
+        from audience.views import forget_forms
+
+        for signal in (post_save, post_delete):
+            signal.connect(forget_forms, sender=SignupForm, dispatch_uid=f"forget-forms-{signal}")
+        m2m_changed.connect(forget_forms, sender=SignupForm.lists.through, dispatch_uid="forget-forms-lists")

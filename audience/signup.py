@@ -97,8 +97,11 @@ def _contact(data: Signup, now):
         return found[0], found[1], False
 
 
-def sign_up(form: SignupForm, optins: dict, data: Signup) -> Outcome:
-    """Subscribe ``data`` to ``optins`` ({list id: optin}) of ``form`` and mail a confirmation where one is due."""
+def sign_up(form: SignupForm, optins: dict, data: Signup, names: dict | None = None) -> Outcome:
+    """Subscribe ``data`` to ``optins`` ({list id: optin}) of ``form`` and mail a confirmation where one is due.
+
+    ``names``: the lists' names by id, when the caller has them already.
+    """
     now = timezone.now()
     evidence = {
         "source": Subscription.Source.FORM, "source_detail": f"form {form.slug} v{form.version}"[:200],
@@ -137,13 +140,15 @@ def sign_up(form: SignupForm, optins: dict, data: Signup) -> Outcome:
                 updated_at=now, **evidence)
         mailed = bool(pending) and _may_mail_again(contact_id, form.pk)
         if mailed:
-            _mail_confirmation(form, contact_id, data, pending)
+            _mail_confirmation(form, contact_id, data, pending, names)
     return Outcome(contact_id, subscribed, pending, mailed)
 
 
-def _mail_confirmation(form, contact_id, data: Signup, list_ids):
+def _mail_confirmation(form, contact_id, data: Signup, list_ids, names=None):
     words = texts(form.language)
-    names = ", ".join(MailingList.objects.filter(pk__in=list_ids).order_by("name").values_list("name", flat=True))
+    if names is None:
+        names = dict(MailingList.objects.filter(pk__in=list_ids).values_list("pk", "name"))
+    names = ", ".join(sorted(names[pk] for pk in list_ids if pk in names))
     url = f"{settings.HERALD_BASE_URL}/s/c/{tokens.confirm_token(contact_id, form.pk, list_ids)}/"
     context = {"contact": ContactData(data.email, data.first_name, data.last_name, data.attributes),
                "confirm_url": url, "lists": names, "form": {"name": form.name}}

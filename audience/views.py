@@ -9,6 +9,7 @@ from the page's button does.
 
 import datetime
 import json
+import time
 
 from django.conf import settings
 from django.http import Http404, HttpResponse, HttpResponseRedirect
@@ -30,11 +31,30 @@ def _client_ip(request):
     return request.META.get("REMOTE_ADDR") or None
 
 
+# Forms as served, per process for a few seconds: every signup reads its form,
+# and two queries are a third of a signup's cost. A change made in this process
+# is seen at once (see forget_forms); other processes see it within FORM_CACHE_SECONDS.
+FORM_CACHE_SECONDS = 5.0
+_forms: dict[str, tuple] = {}
+
+
+def forget_forms(**kwargs):
+    _forms.clear()
+
+
 def _form(slug) -> tuple[SignupForm, list]:
+    now = time.monotonic()
+    cached = _forms.get(slug)
+    if cached is not None and now - cached[0] < FORM_CACHE_SECONDS:
+        return cached[1], cached[2]
     form = SignupForm.objects.filter(slug=slug, enabled=True).first()
     if form is None:
         raise Http404("no such form")
-    return form, list(form.lists.order_by("name").values_list("pk", "name", "optin"))
+    lists = list(form.lists.order_by("name").values_list("pk", "name", "optin"))
+    if len(_forms) > 1000:
+        _forms.clear()
+    _forms[slug] = (now, form, lists)
+    return form, lists
 
 
 def _page(request, form, lists, values=None, errors=None, notice="", status=200):
@@ -138,7 +158,7 @@ def signup_form(request, slug):
     attributes = {spec["name"]: values[spec["name"]] for spec in form.fields
                   if spec["name"] not in ("first_name", "last_name") and values.get(spec["name"]) not in ("", None)}
     optins = {pk: optin for pk, _, optin in lists if pk in values["lists"]}
-    signup.sign_up(form, optins, signup.Signup(
+    signup.sign_up(form, optins, names={pk: name for pk, name, _ in lists}, data=signup.Signup(
         email=values["email"], attributes=attributes, list_ids=list(optins), ip=_client_ip(request),
         user_agent=request.META.get("HTTP_USER_AGENT", ""), **names))
     return _done(request, form)
