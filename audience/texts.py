@@ -13,6 +13,7 @@ TEXTS = {
         "thanks": "Thank you. If this address needs to confirm, we have sent it an email with a link.",
         "too_fast": "That was quicker than a person can fill in a form. Please check the form and send it again.",
         "expired_form": "This form has expired. Please send it again.",
+        "check_and_send": "Please check your details and press the button once more.",
         "invalid": "Please check the highlighted fields.",
         "required": "This field is required.",
         "bad_email": "This is not a valid email address.",
@@ -46,6 +47,7 @@ TEXTS = {
         "too_fast": "Das ging schneller, als ein Mensch ein Formular ausfüllen kann. Bitte prüfen Sie das Formular "
                     "und senden Sie es erneut.",
         "expired_form": "Dieses Formular ist abgelaufen. Bitte senden Sie es erneut.",
+        "check_and_send": "Bitte prüfen Sie Ihre Angaben und drücken Sie die Schaltfläche noch einmal.",
         "invalid": "Bitte prüfen Sie die markierten Felder.",
         "required": "Dieses Feld ist erforderlich.",
         "bad_email": "Das ist keine gültige E-Mail-Adresse.",

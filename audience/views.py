@@ -143,7 +143,7 @@ def signup_form(request, slug):
     if not token:
         # Posted from an embedded snippet, which cannot carry a fresh timestamp: the hosted
         # page asks once more, with what was typed kept.
-        return _page(request, form, lists, values, errors, notice=words["expired_form"])
+        return _page(request, form, lists, values, errors, notice=words["check_and_send"])
     try:
         fresh = tokens.check_form_token(token, form.pk)
     except tokens.TooFast:

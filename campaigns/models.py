@@ -254,6 +254,53 @@ class Import(models.Model):
         return f"import {self.pk} ({self.status})"
 
 
+class BulkJob(models.Model):
+    """One action on every contact a filter matched, done by a worker a chunk at a time (see campaigns.bulk)."""
+
+    class Action(models.TextChoices):
+        ADD_TO_LIST = "add_to_list", "add to list"
+        REMOVE_FROM_LIST = "remove_from_list", "remove from list"
+        UNSUBSCRIBE = "unsubscribe"
+        BLOCKLIST = "blocklist"
+        DELETE = "delete"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    action = models.CharField(max_length=20, choices=Action.choices)
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, null=True, blank=True)
+    # The filter as the contact list had it: status, list, q (search words), or ids picked on one page.
+    spec = models.JSONField(default=dict)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(default=0, help_text="Contacts matched when the job was created.")
+    processed = models.PositiveIntegerField(default=0)
+    upto = models.BigIntegerField(default=0, help_text="The highest contact id when the job was created.")
+    cursor = models.BigIntegerField(default=0, help_text="Contacts up to this id are done.")
+    error = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "bulk contact job"
+
+    def __str__(self):
+        return f"{self.get_action_display()} ({self.processed} of {self.total})"
+
+    @property
+    def created_by_name(self) -> str:
+        return self.created_by.get_username() if self.created_by_id else "system"
+
+    @property
+    def share(self) -> float:
+        return 1.0 if self.status == self.Status.DONE else (self.cursor / self.upto if self.upto else 0.0)
+
+
 def full_scope():
     return [ApiToken.FULL]
 
