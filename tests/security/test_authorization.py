@@ -175,7 +175,7 @@ def test_an_editor_cannot_manage_relays_credentials_or_suppressions_through_the_
 
 
 LEAF_ROUTERS = ["campaigns.api_audience", "campaigns.api_audit", "campaigns.api_content", "delivery.api_engine",
-                "delivery.api_domains", "submission.api", "tracking.api"]
+                "delivery.api_domains", "submission.api", "tracking.api", "audience.api"]
 
 
 def test_every_api_operation_names_an_existing_permission():
