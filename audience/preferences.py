@@ -19,6 +19,7 @@ from audience import mail, tokens
 from audience.models import SignupForm
 from campaigns.models import AuditEntry, Contact, MailingList, Subscription
 from delivery.models import Send
+from delivery.throttle import client as redis_client
 from delivery.tokens import read_preferences_token
 
 PAUSES = {"": None, "30": 30, "90": 90, "180": 180}
@@ -76,8 +77,10 @@ def apply(contact, post, ip=None, user_agent="") -> str:
             record(contact.pk, "contact.unsubscribe_all", ip, source="preference centre")
         return "You are unsubscribed from everything."
     if action == "export":
-        send_export_link(contact)
-        record(contact.pk, "contact.export_requested", ip, source="preference centre")
+        # At most one such mail an hour: a forwarded newsletter's link must not become a way to flood its owner.
+        if redis_client().set(f"herald:export-mailed:{contact.pk}", 1, nx=True, ex=3600):
+            send_export_link(contact)
+            record(contact.pk, "contact.export_requested", ip, source="preference centre")
         return "We have sent a link to your data to your address."
     return _save(contact, post, ip, user_agent)
 
