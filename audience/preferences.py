@@ -17,6 +17,7 @@ from django.utils import timezone
 
 from audience import mail, tokens
 from audience.models import SignupForm
+from audience.texts import texts
 from campaigns.models import AuditEntry, Contact, MailingList, Subscription
 from delivery.models import Send
 from delivery.throttle import client as redis_client
@@ -47,8 +48,19 @@ def editable_attributes() -> list[dict]:
     return list(seen.values())
 
 
+def language_of(subs) -> str:
+    """The language of the form the contact last signed up through; English without one."""
+    latest = max((s for s in subs if s.source == Subscription.Source.FORM), key=lambda s: s.created_at, default=None)
+    if latest is None:
+        return "en"
+    slug = latest.source_detail.removeprefix("form ").rpartition(" v")[0]
+    return SignupForm.objects.filter(slug=slug).values_list("language", flat=True).first() or "en"
+
+
 def page(contact) -> dict:
     subs = {s.mailing_list_id: s for s in Subscription.objects.filter(contact=contact)}
+    language = language_of(subs.values())
+    words = texts(language)
     lists = MailingList.objects.filter(pk__in=list(subs)) | MailingList.objects.filter(public=True)
     rows = [{"id": ml.pk, "name": ml.name, "description": ml.description,
              "subscribed": ml.pk in subs and subs[ml.pk].status != Subscription.Status.UNSUBSCRIBED,
@@ -57,8 +69,10 @@ def page(contact) -> dict:
     attributes = [{**spec, "label": spec.get("label") or spec["name"], "value": (contact.attributes or {}).get(spec["name"], "")}
                   for spec in editable_attributes()]
     paused = contact.paused_until if contact.paused_until and contact.paused_until > timezone.now() else None
-    return {"contact": contact, "lists": rows, "attributes": attributes, "paused_until": paused,
-            "pauses": [k for k in PAUSES if k], "unsubscribed": contact.status == Contact.Status.UNSUBSCRIBED}
+    return {"contact": contact, "lists": rows, "attributes": attributes, "language": language, "words": words,
+            "paused_note": words["paused_until"].format(date=f"{paused:%Y-%m-%d}") if paused else "",
+            "pauses": [(k, words["pause_for"].format(days=k)) for k in PAUSES if k],
+            "unsubscribed": contact.status == Contact.Status.UNSUBSCRIBED}
 
 
 def record(contact_id: int, action: str, ip=None, **detail):
@@ -68,6 +82,8 @@ def record(contact_id: int, action: str, ip=None, **detail):
 
 
 def apply(contact, post, ip=None, user_agent="") -> str:
+    """Carry out what the page posted; returns the notice to show, in the page's language."""
+    words = texts(language_of(Subscription.objects.filter(contact=contact)))
     action = post.get("action", "save")
     if action == "unsubscribe_all":
         with transaction.atomic():
@@ -75,17 +91,18 @@ def apply(contact, post, ip=None, user_agent="") -> str:
                 status=Subscription.Status.UNSUBSCRIBED, updated_at=timezone.now())
             Contact.objects.filter(pk=contact.pk).update(status=Contact.Status.UNSUBSCRIBED, updated_at=timezone.now())
             record(contact.pk, "contact.unsubscribe_all", ip, source="preference centre")
-        return "You are unsubscribed from everything."
+        return words["unsubscribed_all"]
     if action == "export":
         # At most one such mail an hour: a forwarded newsletter's link must not become a way to flood its owner.
         if redis_client().set(f"herald:export-mailed:{contact.pk}", 1, nx=True, ex=3600):
             send_export_link(contact)
             record(contact.pk, "contact.export_requested", ip, source="preference centre")
-        return "We have sent a link to your data to your address."
-    return _save(contact, post, ip, user_agent)
+        return words["export_sent"]
+    _save(contact, post, ip, user_agent)
+    return words["saved"]
 
 
-def _save(contact, post, ip, user_agent) -> str:
+def _save(contact, post, ip, user_agent) -> None:
     now = timezone.now()
     changed = []
     for name in ("first_name", "last_name"):
@@ -116,7 +133,6 @@ def _save(contact, post, ip, user_agent) -> str:
         joined, left = _lists(contact, wanted, now, ip, user_agent)
         if changed or joined or left:
             record(contact.pk, "contact.preferences", ip, fields=changed, joined=joined, left=left)
-    return "Your preferences are saved."
 
 
 def _lists(contact, wanted, now, ip, user_agent):

@@ -131,3 +131,14 @@ def test_asking_for_the_data_mails_a_download_link_to_the_address(page, ann, set
     download = Client().get(path)
     assert download.status_code == 200 and download.json()["contact"]["email"] == "ann@example.org"
     assert Client().get(path[:-4] + "xx/").status_code == 404
+
+
+def test_the_page_speaks_the_language_of_the_form_the_contact_signed_up_through(ann, weekly):
+    SignupForm.objects.create(name="Wöchentlich", slug="woche", consent_text="Ja", from_email="n@shop.example",
+                              language="de")
+    Subscription.objects.filter(contact=ann).update(source="form", source_detail="form woche v1")
+    page = f"/s/p/{tokens.preferences_token(contact_id=ann.pk)}/"
+    html = Client().get(page).content.decode()
+    assert 'lang="de"' in html and "Ihre Abonnements" in html and "Von allem abmelden" in html
+    saved = Client().post(page, {"action": "save", "lists": [str(weekly.pk)]}).content.decode()
+    assert "Ihre Einstellungen sind gespeichert." in saved
