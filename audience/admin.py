@@ -7,7 +7,7 @@ from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
 
 from audience import gdpr, timeline
 from audience.models import SignupForm
@@ -39,7 +39,8 @@ class SignupFormAdmin(admin.ModelAdmin):
     def embed(self, obj):
         if not obj.pk:
             return "Save the form first."
-        return format_html('<textarea readonly rows="12" cols="90">{}</textarea>', embed_snippet(obj))
+        # escape(), not format_html's own escaping: the snippet is a safe string, and must show as text.
+        return format_html('<textarea readonly rows="12" cols="90">{}</textarea>', escape(embed_snippet(obj)))
 
 
 def timeline_view(request, contact_id):

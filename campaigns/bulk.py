@@ -9,7 +9,7 @@ per contact.
 """
 
 from django.db import connection, transaction
-from django.db.models import Max, Q
+from django.db.models import Max, Min, Q
 from django.utils import timezone
 
 from campaigns.models import BulkJob, Contact, Subscription, email_key
@@ -68,9 +68,11 @@ def _apply(job, chunk, now):
 
 def start(job: BulkJob) -> BulkJob:
     """Fix the job's extent (the contacts there are now) and count what it matches: the "all N" it promises."""
-    job.upto = Contact.objects.aggregate(top=Max("id"))["top"] or 0
+    extent = Contact.objects.aggregate(first=Min("id"), top=Max("id"))
+    job.upto = extent["top"] or 0
+    job.cursor = (extent["first"] or 1) - 1  # no empty chunks below the first contact
     job.total = matching(job.spec).filter(id__lte=job.upto).count()
-    job.save(update_fields=["upto", "total"])
+    job.save(update_fields=["upto", "cursor", "total"])
     return job
 
 

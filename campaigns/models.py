@@ -298,7 +298,9 @@ class BulkJob(models.Model):
 
     @property
     def share(self) -> float:
-        return 1.0 if self.status == self.Status.DONE else (self.cursor / self.upto if self.upto else 0.0)
+        if self.status == self.Status.DONE:
+            return 1.0
+        return min(1.0, self.processed / self.total) if self.total else 0.0
 
 
 def full_scope():
