@@ -21,6 +21,8 @@ def many_contacts(db):
             "updated_at) SELECT 'u' || g || '@example.com', 'u' || g || '@example.com', '', '', '{}', "
             "CASE WHEN g %% 10 = 0 THEN 'blocklisted' ELSE 'active' END, now(), now() FROM generate_series(1, %s) g",
             [MANY])
+        # As autovacuum would soon after a real import: without statistics the planner takes the table for empty.
+        cur.execute("ANALYZE campaigns_contact")
     return MANY
 
 
@@ -45,7 +47,9 @@ def test_adding_all_matching_contacts_to_a_list_runs_in_chunks_not_per_contact(m
     assert job.status == "done" and job.processed == job.total
     assert progress == sorted(progress) and progress[-1] == 1.0 and len(progress) == chunks
     subs = Subscription.objects.filter(mailing_list=readers)
-    assert subs.count() == MANY * 9 // 10 and not subs.filter(contact__status="blocklisted").exists()
+    added = set(subs.values_list("contact_id", flat=True))
+    assert len(added) == MANY * 9 // 10
+    assert added.isdisjoint(Contact.objects.filter(status="blocklisted").values_list("id", flat=True))
     assert subs.filter(source="admin").count() == subs.count()
 
 
