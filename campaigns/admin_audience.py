@@ -15,10 +15,10 @@ from django.urls import NoReverseMatch, path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from campaigns import audit
+from campaigns import audit, bulk
 from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, size_refusal
 from campaigns.exports import contact_rows
-from campaigns.models import ApiToken, Contact, Import, MailingList, Subscription
+from campaigns.models import ApiToken, BulkJob, Contact, Import, MailingList, Subscription
 
 
 def _csv_response(rows, filename):
@@ -60,8 +60,12 @@ class SubscriptionInline(admin.TabularInline):
     form = SubscriptionForm
     formset = SubscriptionFormSet
     extra = 0
-    fields = ("mailing_list", "status", "resubscribe", "created_at")
-    readonly_fields = ("resubscribe", "created_at")
+    fields = ("mailing_list", "status", "resubscribe", "evidence", "created_at")
+    readonly_fields = ("resubscribe", "evidence", "created_at")
+
+    @admin.display(description="consent")
+    def evidence(self, obj):
+        return consent_summary(obj) if obj.pk else ""
 
     @admin.display(description="")
     def resubscribe(self, obj):
@@ -72,6 +76,63 @@ class SubscriptionInline(admin.TabularInline):
             who = obj.resubscribed_by.get_username() if obj.resubscribed_by else "the contact"
             return f"resubscribed {obj.resubscribed_at:%Y-%m-%d} by {who}: {obj.resubscribe_reason}"
         return ""
+
+
+def consent_summary(sub) -> str:
+    """How a subscription came about, in one line: the evidence kept for it."""
+    parts = [sub.source or "unrecorded"]
+    if sub.source_detail:
+        parts.append(sub.source_detail)
+    if sub.consent_ip:
+        parts.append(f"from {sub.consent_ip}")
+    if sub.confirmed_at:
+        parts.append(f"confirmed {sub.confirmed_at:%Y-%m-%d %H:%M} UTC")
+    return "; ".join(parts)
+
+
+def bulk_spec(request) -> dict:
+    """The contact list's filter as it is shown (all matching), or the ids ticked on the page."""
+    spec = {"status": request.GET.get("status__exact") or None,
+            "list": request.GET.get("subscriptions__mailing_list__id__exact") or None,
+            "q": request.GET.get("q") or None}
+    if request.POST.get("select_across") != "1":
+        spec["ids"] = [int(i) for i in request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME) if i.isdigit()]
+    return {k: v for k, v in spec.items() if v}
+
+
+@admin.register(BulkJob)
+class BulkJobAdmin(admin.ModelAdmin):
+    list_display = ("__str__", "status", "created_by", "created_at", "finished_at")
+    readonly_fields = ("action", "mailing_list", "spec", "status", "total", "processed", "progress", "error",
+                       "created_by", "created_at", "finished_at")
+    fields = readonly_fields
+
+    @admin.display(description="progress")
+    def progress(self, obj):
+        return format_html('<progress max="100" value="{}"></progress> {}%', round(obj.share * 100),
+                           round(obj.share * 100))
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        response = super().change_view(request, object_id, form_url, extra_context)
+        job = BulkJob.objects.filter(pk=object_id).first()
+        if job is not None and job.status in (BulkJob.Status.PENDING, BulkJob.Status.RUNNING):
+            response["Refresh"] = "2"  # the page follows the job until it is done
+        return response
+
+
+def record_admin_consent(request, subscription):
+    """A subscription an operator adds in the admin names them as its source."""
+    if subscription.pk is None and not subscription.source:
+        subscription.source = Subscription.Source.ADMIN
+        subscription.source_detail = f"admin user {request.user.get_username()}"[:200]
+        if subscription.status == Subscription.Status.CONFIRMED:
+            subscription.confirmed_at = timezone.now()
 
 
 class ContactForm(forms.ModelForm):
@@ -95,13 +156,83 @@ class ContactAdmin(admin.ModelAdmin):
     # admin pages link to; its choices come from one query over the lists.
     list_filter = ("status", ("subscriptions__mailing_list", admin.RelatedOnlyFieldListFilter))
     search_fields = ("email_key", "first_name", "last_name")
-    readonly_fields = ("created_at", "updated_at")
-    fields = ("email", "first_name", "last_name", "attributes", "status", "created_at", "updated_at")
+    readonly_fields = ("created_at", "updated_at", "paused_until", "history")
+    fields = ("email", "first_name", "last_name", "attributes", "status", "paused_until", "history", "created_at",
+              "updated_at")
     form = ContactForm
     inlines = [SubscriptionInline]
-    actions = ["export_selected"]
+    actions = ["export_selected", "bulk_add_to_list", "bulk_remove_from_list", "bulk_unsubscribe", "bulk_blocklist",
+               "bulk_delete"]
     show_full_result_count = False
     list_per_page = 100
+
+    # Bulk actions: "select all N matching" in the admin means the filter, not a page of ids. Each
+    # opens a confirmation page, then runs as a background job (campaigns.bulk) with its progress.
+    @admin.action(description="Add to list… (background job)")
+    def bulk_add_to_list(self, request, queryset):
+        return self._bulk(request, queryset, BulkJob.Action.ADD_TO_LIST)
+
+    @admin.action(description="Remove from list… (background job)")
+    def bulk_remove_from_list(self, request, queryset):
+        return self._bulk(request, queryset, BulkJob.Action.REMOVE_FROM_LIST)
+
+    @admin.action(description="Unsubscribe from everything (background job)")
+    def bulk_unsubscribe(self, request, queryset):
+        return self._bulk(request, queryset, BulkJob.Action.UNSUBSCRIBE)
+
+    @admin.action(description="Blocklist (background job)")
+    def bulk_blocklist(self, request, queryset):
+        return self._bulk(request, queryset, BulkJob.Action.BLOCKLIST)
+
+    @admin.action(description="Delete (background job)")
+    def bulk_delete(self, request, queryset):
+        return self._bulk(request, queryset, BulkJob.Action.DELETE)
+
+    def _bulk(self, request, queryset, action):
+        perm = "campaigns.delete_contact" if action == BulkJob.Action.DELETE else "campaigns.change_contact"
+        if not request.user.has_perm(perm):
+            raise PermissionDenied
+        spec = bulk_spec(request)
+        needs_list = action in (BulkJob.Action.ADD_TO_LIST, BulkJob.Action.REMOVE_FROM_LIST)
+        if request.POST.get("confirmed"):
+            mailing_list = MailingList.objects.filter(pk=request.POST.get("mailing_list") or 0).first()
+            if needs_list and mailing_list is None:
+                messages.error(request, "Choose a list.")
+            else:
+                from django.db import transaction
+
+                from campaigns.tasks import enqueue_bulk_job
+
+                with transaction.atomic():
+                    job = BulkJob.objects.create(action=action, mailing_list=mailing_list if needs_list else None,
+                                                 spec=spec, created_by=request.user)
+                    bulk.start(job)
+                    # The filter's names only: a search word may be an address, and the log is for good.
+                    audit.record("contacts.bulk", job, job_action=action, total=job.total, filters=sorted(spec))
+                    enqueue_bulk_job(job)
+                return redirect(reverse("admin:campaigns_bulkjob_change", args=[job.pk]))
+        count = bulk.matching(spec).count()
+        context = {**self.admin_site.each_context(request), "opts": self.model._meta, "title": "Confirm bulk action",
+                   "action": action, "label": BulkJob.Action(action).label, "count": count,
+                   "across": "ids" not in spec, "needs_list": needs_list, "lists": MailingList.objects.all(),
+                   "selected": request.POST.getlist(admin.helpers.ACTION_CHECKBOX_NAME),
+                   "select_across": request.POST.get("select_across", "0")}
+        return render(request, "admin/campaigns/contact/bulk_confirm.html", context)
+
+    @admin.display(description="history")
+    def history(self, obj):
+        if not obj.pk:
+            return ""
+        # The timeline, export and erasure pages belong to the public-pages app above this one: linked by path.
+        base = f"/admin/herald/contacts/{obj.pk}"
+        return format_html('<a href="{}/timeline/">Timeline</a> · <a href="{}/export/">Export data (JSON)</a> · '
+                           '<a href="{}/erase/">Erase personal data…</a>', base, base, base)
+
+    def save_formset(self, request, form, formset, change):
+        for inline_form in formset.forms:
+            if isinstance(inline_form.instance, Subscription) and inline_form.has_changed():
+                record_admin_consent(request, inline_form.instance)
+        super().save_formset(request, form, formset, change)
 
     def get_search_results(self, request, queryset, search_term):
         # Addresses are stored lower-cased in email_key: search it in lower case.
@@ -167,9 +298,14 @@ class SubscriptionAdmin(admin.ModelAdmin):
     list_select_related = ("contact", "mailing_list")
     search_fields = ("contact__email_key",)
     raw_id_fields = ("contact",)
-    readonly_fields = ("resubscribed_at", "resubscribed_by", "resubscribe_reason")
+    readonly_fields = ("resubscribed_at", "resubscribed_by", "resubscribe_reason", "source", "source_detail",
+                       "consent_ip", "consent_user_agent", "consent_text", "confirmed_at")
     show_full_result_count = False
     list_per_page = 100
+
+    def save_model(self, request, obj, form, change):
+        record_admin_consent(request, obj)
+        super().save_model(request, obj, form, change)
 
     def has_delete_permission(self, request, obj=None):
         if obj is not None and obj.is_unsubscribed:
@@ -219,6 +355,9 @@ class ImportUploadForm(forms.Form):
                                        "skip-existing leaves them untouched.")
     delimiter = forms.CharField(required=False, max_length=5, help_text="Empty to detect (comma, semicolon or tab).")
     encoding = forms.CharField(required=False, max_length=32, help_text="Empty to detect (UTF-8, else Windows-1252).")
+    confirmed = forms.BooleanField(
+        required=False, label="These people confirmed their subscription elsewhere",
+        help_text="Only for a double opt-in list: without it, new subscriptions stay unconfirmed and are not mailed.")
 
     def clean_delimiter(self):
         value = self.cleaned_data["delimiter"]
@@ -303,7 +442,8 @@ class ImportAdmin(admin.ModelAdmin):
         upload = data["file"]
         with transaction.atomic():
             imp = Import(mailing_list=mailing_list, original_name=(upload.name or "")[:255], mode=data["mode"],
-                         delimiter=data["delimiter"], encoding=data["encoding"], created_by=request.user)
+                         delimiter=data["delimiter"], encoding=data["encoding"], created_by=request.user,
+                         confirmed=data.get("confirmed", False))
             imp.file.save(f"import-{imp.original_name or 'upload.csv'}", upload, save=False)
             imp.save()
             enqueue_import(imp)

@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Count, Prefetch, Q
 from django.http import FileResponse, StreamingHttpResponse
 from django.shortcuts import get_object_or_404
+from django.utils import timezone
 from ninja import Field, File, Form, Query, Router, Schema
 from ninja.files import UploadedFile
 from pydantic import AfterValidator
@@ -24,6 +25,7 @@ from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, siz
 from campaigns.exports import contact_rows
 from campaigns.imports import is_valid_address
 from campaigns.models import Contact, Import, MailingList, Subscription, Suppression, email_key
+from campaigns.suppression import is_erased
 from herald.permissions import requires
 
 router = Router(tags=["audience"])
@@ -199,6 +201,8 @@ class ContactIn(Schema):
     attributes: Attributes = {}
     status: ContactStatus = "active"
     lists: list[int] = Field([], description="ids of the lists to subscribe to", max_length=1000)
+    confirmed: bool = Field(False, description="the person confirmed the subscription elsewhere: without it, "
+                                              "subscriptions to double opt-in lists stay unconfirmed and unmailed")
 
 
 class ContactPatch(Schema):
@@ -212,6 +216,7 @@ class ContactPatch(Schema):
         description="the full set of list ids; lists not named are left. An unsubscribe is kept either way: a list the "
                     "contact unsubscribed from stays unsubscribed when named again (see POST /contacts/{id}/resubscribe)",
     )
+    confirmed: bool = Field(False, description="new subscriptions to double opt-in lists were confirmed elsewhere")
 
 
 class ResubscribeIn(Schema):
@@ -304,15 +309,29 @@ def _unknown_lists(ids):
     return sorted(set(ids) - known)
 
 
-def _subscribe(contact, list_ids):
-    """Subscribe to lists the contact is not on; an existing row, unsubscribed above all, is left as it is."""
+def _api_caller(request) -> str:
+    token = getattr(request, "api_token", None)
+    who = request.user.get_username() if getattr(request, "user", None) and request.user.is_authenticated else "?"
+    return f"API token {token.prefix}… of {who}" if token is not None else f"API as {who}"
+
+
+def _subscribe(request, contact, list_ids, confirmed=False):
+    """Subscribe to lists the contact is not on; an existing row, unsubscribed above all, is left as it is.
+
+    The API call is the consent evidence; a double opt-in list's subscription
+    stays unconfirmed unless the caller says the person confirmed elsewhere.
+    """
     optins = dict(MailingList.objects.filter(pk__in=list_ids).values_list("pk", "optin"))
+    now = timezone.now()
+    detail = (_api_caller(request) + (", confirmed elsewhere" if confirmed else ""))[:200]
     Subscription.objects.bulk_create(
         [
             Subscription(
                 contact=contact,
                 mailing_list_id=pk,
-                status=Subscription.Status.UNCONFIRMED if optin == MailingList.OptIn.DOUBLE else Subscription.Status.CONFIRMED,
+                status=(Subscription.Status.UNCONFIRMED if optin == MailingList.OptIn.DOUBLE and not confirmed
+                        else Subscription.Status.CONFIRMED),
+                source=Subscription.Source.API, source_detail=detail, confirmed_at=now if confirmed else None,
             )
             for pk, optin in optins.items()
         ],
@@ -354,9 +373,11 @@ def create_contact(request, payload: ContactIn):
         with transaction.atomic():
             contact = Contact.objects.create(
                 email=email, first_name=payload.first_name.strip(), last_name=payload.last_name.strip(),
-                attributes=payload.attributes, status=payload.status,
+                attributes=payload.attributes,
+                # An address whose owner had their data erased is never mailed again.
+                status=Contact.Status.BLOCKLISTED if is_erased(email) else payload.status,
             )
-            _subscribe(contact, payload.lists)
+            _subscribe(request, contact, payload.lists, payload.confirmed)
     except IntegrityError:
         return _error(409, "email", "a contact with this address exists already")
     return 201, _contacts().get(pk=contact.pk)
@@ -405,7 +426,7 @@ def update_contact(request, contact_id: int, payload: ContactPatch):
                 # so naming the list again cannot turn it into a subscription.
                 contact.subscriptions.exclude(mailing_list_id__in=lists).exclude(
                     status=Subscription.Status.UNSUBSCRIBED).delete()
-                _subscribe(contact, lists)
+                _subscribe(request, contact, lists, bool(data.get("confirmed")))
     except IntegrityError:
         return _error(409, "email", "another contact has this address")
     return 200, _contacts().get(pk=contact.pk)
@@ -501,6 +522,7 @@ def create_import(
     list_id: Form[int | None] = None,
     list_name: Text | None = _LIST_NAME,
     mode: Form[Literal["upsert", "skip-existing"]] = "upsert",
+    confirmed: Form[bool] = False,
     delimiter: Form[Text | None] = None,
     encoding: Form[Text | None] = None,
 ):
@@ -529,7 +551,7 @@ def create_import(
     from campaigns.tasks import enqueue_import
 
     with transaction.atomic():
-        imp = Import(mailing_list=mailing_list, original_name=(file.name or "")[:255], mode=mode,
+        imp = Import(mailing_list=mailing_list, original_name=(file.name or "")[:255], mode=mode, confirmed=confirmed,
                      delimiter=delimiter, encoding=encoding, created_by=request.user)
         imp.file.save(f"import-{imp.original_name or 'upload.csv'}", file, save=False)
         imp.save()

@@ -1,6 +1,7 @@
 """Who a list reaches, as a condition on contacts: shared by the audience snapshot and by segments."""
 
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.functions import Now
 
 from campaigns.models import Contact, MailingList, Subscription, Suppression
 
@@ -20,5 +21,6 @@ def suppressed() -> Exists:
 
 
 def mailable() -> Q:
-    """Contacts a campaign may mail at all: active and not suppressed."""
-    return Q(status=Contact.Status.ACTIVE) & ~Q(suppressed())
+    """Contacts a campaign may mail at all: active, not suppressed, and not pausing their mail (preference centre)."""
+    return (Q(status=Contact.Status.ACTIVE) & ~Q(suppressed())
+            & (Q(paused_until__isnull=True) | Q(paused_until__lte=Now())))

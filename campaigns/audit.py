@@ -48,13 +48,25 @@ def acting_person() -> bool:
     return _actor()[1] is not None
 
 
+# Rows named by a person's address: the append-only log names them by id, since
+# an erasure must be able to leave no trace of the address anywhere.
+PERSONAL = {"contact", "suppression", "subscription"}
+
+
+def _repr(obj) -> str:
+    if obj is None:
+        return ""
+    name = obj._meta.model_name
+    return f"{name} {obj.pk}" if name in PERSONAL else str(obj)[:200]
+
+
 def record(action: str, obj=None, **detail):
     """Append an AuditEntry (looked up through the app registry: campaigns.models records through this module)."""
     actor, actor_id, via, address = _actor()
     return apps.get_model("campaigns", "AuditEntry").objects.create(
         actor=actor or "", actor_id=actor_id, via=via, address=address, action=action,
         object_type=obj._meta.model_name if obj is not None else "",
-        object_id=str(obj.pk) if obj is not None else "", object_repr=str(obj)[:200] if obj is not None else "",
+        object_id=str(obj.pk) if obj is not None else "", object_repr=_repr(obj),
         detail=detail,
     )
 

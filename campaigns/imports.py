@@ -36,7 +36,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from email_validator import SPECIAL_USE_DOMAIN_NAMES, EmailNotValidError, validate_email
 
-from campaigns import csvfiles
+from campaigns import csvfiles, suppression
 from campaigns.models import Import, MailingList, Subscription
 
 log = logging.getLogger(__name__)
@@ -232,7 +232,7 @@ class _PostgresStage(_Stage):
             params.extend(keys[start : start + 40])
         return f"jsonb_strip_nulls({' || '.join(parts)})", params
 
-    def merge(self, cursor, list_id, sub_status, mode, keys, now):
+    def merge(self, cursor, list_id, consent, mode, keys, now):
         attrs, params = self.attributes_sql(keys)
         source = (
             f"SELECT DISTINCT ON (s_key) s_key, s_email, s_first, s_last, {attrs} AS attrs "
@@ -247,12 +247,12 @@ class _PostgresStage(_Stage):
         # its subscription goes in with a plain INSERT: ON CONFLICT's speculative
         # insertion costs a quarter more per row. Known contacts may have one.
         subscribe = (
-            "INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at) "
-            "SELECT id, %s, %s, %s, %s FROM {ids}"
+            "INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, source, source_detail, confirmed_at, "
+            "created_at, updated_at) SELECT id, %s, %s, 'import', %s, %s, %s, %s FROM {ids}"
         )
         new_subs = subscribe.format(ids="{new}")
         old_subs = subscribe.format(ids="{old}") + " ON CONFLICT (contact_id, mailing_list_id) DO NOTHING"
-        sub_args = [list_id, sub_status, now, now]
+        sub_args = [list_id, *consent, now, now]
         if mode == Import.Mode.UPSERT:
             # Empty cells (NULL in staging, '' in EXCLUDED) leave what is stored;
             # attributes are merged key by key.
@@ -334,7 +334,7 @@ class _SqliteStage(_Stage):
             expr = f"json_patch({expr}, {part})"
         return expr, params
 
-    def merge(self, cursor, list_id, sub_status, mode, keys, now):
+    def merge(self, cursor, list_id, consent, mode, keys, now):
         attrs, params = self.attributes_sql(keys)
         attrs = attrs.replace("?", "%s")
         source = (
@@ -364,11 +364,12 @@ class _SqliteStage(_Stage):
             [now, now, *params],
         )
         cursor.execute(
-            "INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, created_at, updated_at) "
-            f"SELECT c.id, %s, %s, %s, %s FROM (SELECT DISTINCT s_key FROM {self.table}) s "
+            "INSERT INTO campaigns_subscription (contact_id, mailing_list_id, status, source, source_detail, confirmed_at, "
+            "created_at, updated_at) SELECT c.id, %s, %s, 'import', %s, %s, %s, %s "
+            f"FROM (SELECT DISTINCT s_key FROM {self.table}) s "
             "JOIN campaigns_contact c ON c.email_key = s.s_key "
             "ON CONFLICT (contact_id, mailing_list_id) DO NOTHING",
-            [list_id, sub_status, now, now],
+            [list_id, *consent, now, now],
         )
         if mode == Import.Mode.UPSERT:
             return distinct - existing, existing, 0
@@ -449,8 +450,12 @@ class ErrorReport:
 
 
 def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter=None, encoding=None,
-                    report=None, progress=None, on_merged=None) -> Outcome:
+                    report=None, progress=None, on_merged=None, confirmed=False, source_detail="") -> Outcome:
     """Import a CSV file (a binary, seekable file object) into ``mailing_list``.
+
+    New subscriptions record the import as their source (``source_detail`` says
+    which and by whom). On a double opt-in list they stay unconfirmed, so no
+    campaign mails them, unless ``confirmed`` says the people confirmed elsewhere.
 
     ``report`` is a writable text file that receives the error report as CSV;
     ``progress(rows)`` is called after each chunk; ``on_merged(outcome)`` runs in
@@ -473,7 +478,7 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
         staged = time.monotonic()
         try:
             with transaction.atomic():
-                _merge(stage, columns, outcome, mailing_list, mode, errors, report)
+                _merge(stage, columns, outcome, mailing_list, mode, errors, report, confirmed, source_detail)
                 if on_merged is not None:
                     on_merged(outcome)
             log.info("import of %d rows into %r: read %.1fs, merge %.1fs", outcome.rows, mailing_list.name,
@@ -587,17 +592,22 @@ def _too_long_name(header, columns, first, last):
     return header[index], value[:60] + "…", f"longer than 200 characters ({len(value)})"
 
 
-def _merge(stage, columns, outcome, mailing_list, mode, errors, report):
-    sub_status = (
-        Subscription.Status.UNCONFIRMED if mailing_list.optin == MailingList.OptIn.DOUBLE else Subscription.Status.CONFIRMED
-    )
+def _merge(stage, columns, outcome, mailing_list, mode, errors, report, confirmed=False, source_detail=""):
+    now = timezone.now()
+    if mailing_list.optin == MailingList.OptIn.DOUBLE and not confirmed:
+        consent = (Subscription.Status.UNCONFIRMED, source_detail[:200], None)
+    else:
+        consent = (Subscription.Status.CONFIRMED, source_detail[:200], now if confirmed else None)
     keys = [name for _, name in columns.attributes]
     # Subscriptions carry no foreign-key constraint: hold the list until commit
     # so that it cannot be deleted under the import.
     if not MailingList.objects.select_for_update(no_key=True).filter(pk=mailing_list.pk).exists():
         raise ImportRejected(f"The list {mailing_list.name!r} was deleted during the import; nothing was imported.")
     with connection.cursor() as cursor:
-        created, updated, skipped = stage.merge(cursor, mailing_list.pk, sub_status, mode, keys, timezone.now())
+        created, updated, skipped = stage.merge(cursor, mailing_list.pk, consent, mode, keys, now)
+        if connection.vendor == "postgresql":
+            # An address erased before comes back blocklisted: its keyed hash is in the suppression list.
+            suppression.blocklist_erased_in(cursor, f"SELECT DISTINCT s_key FROM {stage.table}")
     outcome.created, outcome.updated, outcome.skipped = created, updated, skipped
     email_col = columns.header[columns.email]
     # Every distinct address was created, updated or skipped as known: when they
@@ -627,6 +637,12 @@ def _counting(duplicates, outcome):
 
 
 # --- the Import row --------------------------------------------------------
+
+
+def _import_detail(imp: Import) -> str:
+    by = imp.created_by.get_username() if imp.created_by_id else "the command line"
+    confirmed = ", confirmed elsewhere" if imp.confirmed else ""
+    return f"import {imp.pk} of {imp.original_name or 'a file'} by {by}{confirmed}"
 
 
 def run_import(imp: Import, fileobj=None) -> Import:
@@ -670,7 +686,8 @@ def run_import(imp: Import, fileobj=None) -> Import:
         try:
             imp.outcome = import_contacts(fileobj, imp.mailing_list, mode=imp.mode, delimiter=imp.delimiter or None,
                                           encoding=imp.encoding or None, report=report, progress=progress,
-                                          on_merged=on_merged)
+                                          on_merged=on_merged, confirmed=imp.confirmed,
+                                          source_detail=_import_detail(imp))
         except ImportRejected as exc:
             return _fail(imp, str(exc))
         return imp

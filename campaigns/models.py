@@ -31,6 +31,8 @@ class Contact(models.Model):
     last_name = models.CharField(max_length=200, blank=True, default="")
     attributes = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ACTIVE)
+    # Set from the preference centre: no campaign mails the contact before this time.
+    paused_until = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -74,6 +76,8 @@ class MailingList(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True, default="")
     optin = models.CharField(max_length=8, choices=OptIn.choices, default=OptIn.SINGLE)
+    public = models.BooleanField(default=False, db_default=False,
+                                 help_text="Offered in the preference centre, where subscribers may join it.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -89,6 +93,13 @@ class Subscription(models.Model):
         UNCONFIRMED = "unconfirmed"
         CONFIRMED = "confirmed"
         UNSUBSCRIBED = "unsubscribed"
+
+    class Source(models.TextChoices):
+        FORM = "form"
+        IMPORT = "import"
+        API = "api"
+        ADMIN = "admin"
+        PREFERENCES = "preferences"
 
     # No foreign-key constraints in the database, by choice: PostgreSQL checks
     # them with a trigger per inserted row, which took a third of a million-row
@@ -112,6 +123,17 @@ class Subscription(models.Model):
     resubscribed_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True,
                                         related_name="+", db_constraint=False, db_index=False)
     resubscribe_reason = models.TextField(blank=True, default="", db_default="")
+    # Consent evidence: how the subscription came about, by whom, and what the
+    # person was shown. A web signup keeps its address, user agent, the exact
+    # consent text and the form's version; confirmed_at is when a double
+    # opt-in was confirmed (or when an import or the API said it had been).
+    source = models.CharField(max_length=16, choices=Source.choices, blank=True, default="", db_default="")
+    source_detail = models.CharField(max_length=200, blank=True, default="", db_default="",
+                                     help_text="Which form and version, import, user or API token.")
+    consent_ip = models.GenericIPAddressField(null=True, blank=True)
+    consent_user_agent = models.TextField(blank=True, default="", db_default="")
+    consent_text = models.TextField(blank=True, default="", db_default="")
+    confirmed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -189,6 +211,8 @@ class Suppression(models.Model):
         COMPLAINT = "complaint"
         UNSUBSCRIBE = "unsubscribe"
         MANUAL = "manual"
+        # The person's data was erased: email is empty and email_key a keyed hash of the address.
+        ERASED = "erased"
 
     email = models.CharField(max_length=320)
     email_key = models.CharField(max_length=320, unique=True, editable=False)
@@ -226,6 +250,9 @@ class Import(models.Model):
     file = models.FileField(upload_to="imports/", blank=True)
     original_name = models.CharField(max_length=255, blank=True, default="")
     mode = models.CharField(max_length=16, choices=Mode.choices, default=Mode.UPSERT)
+    # Only an explicit statement makes a double opt-in list's imported contacts mailable.
+    confirmed = models.BooleanField(default=False, db_default=False,
+                                    help_text="The people confirmed their subscription elsewhere (double opt-in lists).")
     delimiter = models.CharField(max_length=4, blank=True, default="")
     encoding = models.CharField(max_length=32, blank=True, default="")
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
@@ -245,6 +272,55 @@ class Import(models.Model):
 
     def __str__(self):
         return f"import {self.pk} ({self.status})"
+
+
+class BulkJob(models.Model):
+    """One action on every contact a filter matched, done by a worker a chunk at a time (see campaigns.bulk)."""
+
+    class Action(models.TextChoices):
+        ADD_TO_LIST = "add_to_list", "add to list"
+        REMOVE_FROM_LIST = "remove_from_list", "remove from list"
+        UNSUBSCRIBE = "unsubscribe"
+        BLOCKLIST = "blocklist"
+        DELETE = "delete"
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        DONE = "done"
+        FAILED = "failed"
+
+    action = models.CharField(max_length=20, choices=Action.choices)
+    mailing_list = models.ForeignKey(MailingList, on_delete=models.CASCADE, null=True, blank=True)
+    # The filter as the contact list had it: status, list, q (search words), or ids picked on one page.
+    spec = models.JSONField(default=dict)
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
+    total = models.PositiveIntegerField(default=0, help_text="Contacts matched when the job was created.")
+    processed = models.PositiveIntegerField(default=0)
+    upto = models.BigIntegerField(default=0, help_text="The highest contact id when the job was created.")
+    cursor = models.BigIntegerField(default=0, help_text="Contacts up to this id are done.")
+    error = models.TextField(blank=True, default="")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "bulk contact job"
+
+    def __str__(self):
+        return f"{self.get_action_display()} ({self.processed} of {self.total})"
+
+    @property
+    def created_by_name(self) -> str:
+        return self.created_by.get_username() if self.created_by_id else "system"
+
+    @property
+    def share(self) -> float:
+        if self.status == self.Status.DONE:
+            return 1.0
+        return min(1.0, self.processed / self.total) if self.total else 0.0
 
 
 def full_scope():

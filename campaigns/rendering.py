@@ -2,7 +2,7 @@
 
 Subject, from name, HTML and text bodies are Jinja2 templates run in the
 sandbox with ``contact`` (email, first_name, last_name, attributes),
-``unsubscribe_url`` and ``view_in_browser_url`` in scope. A variable a contact
+``unsubscribe_url``, ``preferences_url`` and ``view_in_browser_url`` in scope. A variable a contact
 lacks renders as empty (or its ``default``), never as an error mid-campaign.
 
 Compiling a campaign does the expensive work once: the layout and the body
@@ -51,7 +51,9 @@ _PLACEHOLDER = re.compile(r"HJ[XS](\d{5})Z")
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
 _BODY_END = re.compile(r"</body\s*>", re.I)
 _EXPR_NAME = re.compile(r"^\{\{-?\s*(\w+)\s*-?\}\}$")
-UNTRACKED_NAMES = {"unsubscribe_url", "view_in_browser_url"}
+# The preference centre's signed link (made by delivery.tokens); like the unsubscribe link, never click-tracked.
+PREFERENCES_NAME = "preferences_url"
+UNTRACKED_NAMES = {"unsubscribe_url", "view_in_browser_url", PREFERENCES_NAME}
 
 CLICK_FN = "_herald_click"
 LINK_FN = "_herald_link"
@@ -214,7 +216,7 @@ def _trial_render(template, field):
     """Render once for a contact with no fields: an error that does not depend on data
     (``{{ 1 / 0 }}``, a call with wrong arguments) is reported at save, not mid-campaign."""
     sample = {"contact": ContactData("preview@example.com"), "unsubscribe_url": "https://example.invalid/u",
-              "view_in_browser_url": "https://example.invalid/v"}
+              "view_in_browser_url": "https://example.invalid/v", PREFERENCES_NAME: "https://example.invalid/p"}
     try:
         with render_budget(TRIAL_SECONDS):
             template.render(sample)
@@ -915,7 +917,7 @@ def text_part_warnings(html_source, text_source, where="HTML"):
 def missing_variables(campaign, contact_data, extra=None):
     """Names the chosen contact lacks, in the order the templates use them."""
     layout = campaign.template if campaign.template_id else None
-    context = {"contact": contact_data, "unsubscribe_url": "", "view_in_browser_url": "",
+    context = {"contact": contact_data, "unsubscribe_url": "", "view_in_browser_url": "", PREFERENCES_NAME: "",
                CLICK_FN: lambda i: "", LINK_FN: lambda i: "", OPEN_VAR: ""}
     context.update(extra or {})
     sources = [(_preview_text_env, campaign.subject), (_preview_text_env, campaign.from_name),

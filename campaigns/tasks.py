@@ -21,3 +21,23 @@ def enqueue_import(imp: Import) -> None:
     from django.db import transaction
 
     transaction.on_commit(lambda: run_import_task.delay(imp.pk))
+
+
+@shared_task(name="campaigns.run_bulk_job", acks_late=True)
+def run_bulk_job(job_id: int) -> str:
+    from campaigns import bulk
+    from campaigns.models import BulkJob
+
+    try:
+        return bulk.run(job_id).status
+    except BulkJob.DoesNotExist:
+        return "missing"
+    except Exception as exc:
+        BulkJob.objects.filter(pk=job_id).update(status=BulkJob.Status.FAILED, error=str(exc)[:2000])
+        raise
+
+
+def enqueue_bulk_job(job) -> None:
+    from django.db import transaction
+
+    transaction.on_commit(lambda: run_bulk_job.delay(job.pk))

@@ -77,16 +77,22 @@ def enqueue_slots(slot_batches):
         transaction.on_commit(lambda: _publish(batches, reserved=True))
 
 
-def enqueue_sends(send_ids: list[int], countdown: float = 0.0):
-    """Enqueue queued sends as batch tasks once the current transaction commits."""
+def enqueue_sends(send_ids: list[int], countdown: float = 0.0, domains: list[str] | None = None):
+    """Enqueue queued sends as batch tasks once the current transaction commits.
+
+    ``domains``, the sends' recipient domains in the same order, spares reading them back.
+    """
     ids = [int(i) for i in send_ids]
     if not ids:
         return
 
     def publish():
         routing.refresh()
-        rows = []
-        for start in range(0, len(ids), 10000):
+        if domains is not None:
+            rows = list(zip(ids, domains, strict=True))
+        else:
+            rows = []
+        for start in range(0, len(ids) if domains is None else 0, 10000):
             rows.extend(Send.objects.filter(id__in=ids[start:start + 10000]).values_list("id", "domain"))
         rows.sort(key=lambda r: (r[1], r[0]))
         _publish(planner.batches(rows, routing.group_of), countdown)

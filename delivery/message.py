@@ -506,6 +506,9 @@ class CompiledCampaign:
         self._links_lock = threading.Lock()
         fast = FastTokens()
         self.tokens = fast.for_send if fast.ok else slow_tokens
+        # The preference centre's link costs a signature per message: made only for content that shows it.
+        self.uses_preferences = any(rendering.PREFERENCES_NAME in (text or "") for text in (
+            c.html_source, c.text_source, campaign.html_body, campaign.text_body))
 
         from_email = one_line(campaign.from_email)
         self.domain = from_email.rpartition("@")[2].lower() or "localhost"
@@ -642,7 +645,7 @@ class CompiledCampaign:
         if toks is None:
             toks = self.tokens(send_id, self.link_indexes)
         clicks = toks[3]
-        return {
+        ctx = {
             "contact": contact_data,
             "unsubscribe_url": toks[0],
             "view_in_browser_url": toks[1],
@@ -650,10 +653,15 @@ class CompiledCampaign:
             rendering.LINK_FN: lambda k: self._dynamic_link(send_id, k, contact_data, toks),
             rendering.OPEN_VAR: toks[2],
         }
+        if self.uses_preferences:
+            ctx[rendering.PREFERENCES_NAME] = tokens.preferences_url(send_id)
+        return ctx
 
     def _dynamic_link(self, send_id, k, contact_data, toks):
         """A link whose URL has expressions: render it, then track it by its rendered URL."""
         ctx = {"contact": contact_data, "unsubscribe_url": toks[0], "view_in_browser_url": toks[1]}
+        if self.uses_preferences:
+            ctx[rendering.PREFERENCES_NAME] = tokens.preferences_url(send_id)
         rendered = self.content.dynamic_links[k].render(ctx)
         url = rendering.html.unescape(rendered).strip()
         if not url.lower().startswith(("http://", "https://")) or url in (toks[0], toks[1]):

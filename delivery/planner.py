@@ -13,7 +13,10 @@ from delivery.models import Send
 
 
 def audience_sql(count_only=False, ranged=False):
-    """Active contacts with a live subscription in any target list, not suppressed, each once.
+    """Active contacts with a live subscription in any target list, not suppressed or paused, each once.
+
+    A live subscription is a confirmed one, or on a single opt-in list any
+    not unsubscribed: a double opt-in list's unconfirmed signups get nothing.
 
     ``ranged``: only contacts with ``after < id <= upto`` (one chunk of a snapshot).
     """
@@ -21,12 +24,13 @@ def audience_sql(count_only=False, ranged=False):
     where = f"""
         FROM {c} c
         WHERE c.status = 'active'
+          AND (c.paused_until IS NULL OR c.paused_until <= {{now}})
           AND EXISTS (
             SELECT 1 FROM {s} s JOIN {ml} l ON l.id = s.mailing_list_id
             WHERE s.contact_id = c.id AND s.mailing_list_id = ANY(%(lists)s)
               AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
           AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
-    """  # noqa: S608
+    """.replace("{now}", "now()")  # noqa: S608
     if ranged:
         where += " AND c.id > %(after)s AND c.id <= %(upto)s"
     if count_only:
@@ -53,12 +57,13 @@ def sqlite_audience_sql(n_lists, count_only=False, ranged=False):
     where = f"""
         FROM {c} c
         WHERE c.status = 'active'
+          AND (c.paused_until IS NULL OR c.paused_until <= {{now}})
           AND EXISTS (
             SELECT 1 FROM {s} s JOIN {ml} l ON l.id = s.mailing_list_id
             WHERE s.contact_id = c.id AND s.mailing_list_id IN ({lists})
               AND (s.status = 'confirmed' OR (l.optin = 'single' AND s.status <> 'unsubscribed')))
           AND NOT EXISTS (SELECT 1 FROM {x} x WHERE x.email_key = c.email_key)
-    """  # noqa: S608
+    """.replace("{now}", "datetime('now')")  # noqa: S608
     if ranged:
         where += " AND c.id > %s AND c.id <= %s"
     if count_only:

@@ -15,6 +15,7 @@ import hmac
 from functools import lru_cache
 
 from django.conf import settings
+from django.core import signing
 
 PURPOSES = ("bounce", "unsubscribe", "open", "click", "view")
 _MAC_CHARS = 16
@@ -92,3 +93,44 @@ def unsubscribe_url(send_id: int) -> str:
 
 def view_url(send_id: int) -> str:
     return f"{settings.HERALD_BASE_URL}/t/v/{sign('view', send_id)}"
+
+
+# The preference centre: one link per message (``s``: a send) or per contact
+# (``c``: pages and mail that have no send), signed with Django's signer under
+# its own salt. It never expires: a newsletter from last year still leads to
+# the recipient's own settings, and erasing the contact makes it lead nowhere.
+PREFERENCES_SALT = "herald.preferences"
+
+
+def _b36_or_none(text: str):
+    try:
+        return int(text, 36)
+    except ValueError:
+        return None
+
+
+def preferences_token(*, send_id: int | None = None, contact_id: int | None = None) -> str:
+    body = f"s{_b36(send_id)}" if send_id is not None else f"c{_b36(contact_id)}"
+    return signing.Signer(salt=PREFERENCES_SALT).sign(body)
+
+
+def read_preferences_token(token: str):
+    """("send" or "contact", id) for a valid token; None for anything tampered or foreign."""
+    if not isinstance(token, str) or len(token) > 100:
+        return None
+    try:
+        body = signing.Signer(salt=PREFERENCES_SALT).unsign(token)
+    except signing.BadSignature:
+        return None
+    number = _b36_or_none(body[1:]) if body[:1] in ("s", "c") and body[1:] else None
+    if number is None:
+        return None
+    return ("send" if body[0] == "s" else "contact"), number
+
+
+def preferences_url(send_id: int) -> str:
+    return f"{settings.HERALD_BASE_URL}/s/p/{preferences_token(send_id=send_id)}/"
+
+
+def contact_preferences_url(contact_id: int) -> str:
+    return f"{settings.HERALD_BASE_URL}/s/p/{preferences_token(contact_id=contact_id)}/"

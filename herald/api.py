@@ -50,6 +50,7 @@ def _unstorable_value(request, exc):
 
 
 def _add_routers():
+    from audience.api import router as audience_router
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
     from segments.api import router as segments_router
@@ -61,6 +62,7 @@ def _add_routers():
     api.add_router("/", submission_router)
     api.add_router("/", tracking_router)
     api.add_router("/", segments_router)
+    api.add_router("/", audience_router)
 
 
 _add_routers()

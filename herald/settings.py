@@ -87,6 +87,7 @@ INSTALLED_APPS = [
     "tracking",
     "submission",
     "segments",
+    "audience",
 ]
 
 MIDDLEWARE = [
@@ -232,6 +233,8 @@ CELERY_BEAT_SCHEDULE = {
     "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
     # Warm-up schedules grow, hold or step back once a day; run often so a new day starts on its new volume.
     "tracking-warmup-step": {"task": "tracking.warmup_step", "schedule": 60.0},
+    # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
+    "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
 }
 
 # --- Herald -----------------------------------------------------------------
@@ -327,6 +330,22 @@ HERALD_BREAKER_POLICY_PERCENT = envfloat("HERALD_BREAKER_POLICY_PERCENT", 10.0, 
 HERALD_WARMUP_HARD_BOUNCE_PERCENT = envfloat("HERALD_WARMUP_HARD_BOUNCE_PERCENT", 2.0, minimum=0.01, maximum=100)
 HERALD_WARMUP_COMPLAINT_PERCENT = envfloat("HERALD_WARMUP_COMPLAINT_PERCENT", 0.1, minimum=0.01, maximum=100)
 # Test sends: recipients per user per hour (a token bucket in Redis).
+# Signup forms: a post sooner than HERALD_SIGNUP_MIN_SECONDS after the page was
+# served is a bot's, one later than HERALD_SIGNUP_FORM_MAX_AGE a stale page's;
+# signups per hour are limited per client address and per email address.
+# Thank-you redirects may go only to the hosts listed.
+HERALD_SIGNUP_MIN_SECONDS = envint("HERALD_SIGNUP_MIN_SECONDS", 2, minimum=0)
+HERALD_SIGNUP_FORM_MAX_AGE = envint("HERALD_SIGNUP_FORM_MAX_AGE", 24 * 3600, minimum=60)
+HERALD_SIGNUP_LIMIT_PER_IP = envint("HERALD_SIGNUP_LIMIT_PER_IP", 30, minimum=1)
+HERALD_SIGNUP_LIMIT_PER_ADDRESS = envint("HERALD_SIGNUP_LIMIT_PER_ADDRESS", 5, minimum=1)
+HERALD_SIGNUP_REDIRECT_HOSTS = [h.lower() for h in envlist("HERALD_SIGNUP_REDIRECT_HOSTS", [])]
+HERALD_CONFIRM_LINK_DAYS = envint("HERALD_CONFIRM_LINK_DAYS", 7, minimum=1)
+HERALD_CONFIRM_RESEND_SECONDS = envint("HERALD_CONFIRM_RESEND_SECONDS", 3600, minimum=0)
+HERALD_UNCONFIRMED_PURGE_DAYS = envint("HERALD_UNCONFIRMED_PURGE_DAYS", 30, minimum=1)
+HERALD_EXPORT_LINK_HOURS = envint("HERALD_EXPORT_LINK_HOURS", 48, minimum=1)
+# Sender of mail the public pages send on their own (the data-export link).
+HERALD_PUBLIC_FROM_EMAIL = envstr("HERALD_PUBLIC_FROM_EMAIL", "no-reply@herald.localhost")
+
 HERALD_TEST_SEND_LIMIT = envint("HERALD_TEST_SEND_LIMIT", 50, minimum=1)
 
 EMAIL_BACKEND = envstr("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")

@@ -14,9 +14,12 @@ urlpatterns = [
     path("admin/herald/", include("campaigns.admin_import_preview")),
     path("admin/herald/", include("segments.admin_urls")),
     path("admin/herald/", include("herald.login")),
+    path("admin/herald/", include("audience.admin")),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),
     path("t/", include("tracking.urls")),
+    # Signup forms, confirmation and the preference centre.
+    path("s/", include("audience.urls")),
 ]
 # ESP tracking webhooks, e.g. /webhooks/anymail/amazon_ses/tracking/: only with ANYMAIL_WEBHOOK_SECRET set.
 urlpatterns += webhooks_urls.urlpatterns()

@@ -1,4 +1,5 @@
-"""python manage.py import_contacts FILE --list NAME [--mode upsert|skip-existing] [--delimiter D] [--encoding E]"""
+"""python manage.py import_contacts FILE --list NAME [--mode upsert|skip-existing] [--delimiter D] [--encoding E]
+[--confirmed]"""
 
 import shutil
 from pathlib import Path
@@ -27,8 +28,11 @@ class Command(BaseCommand):
         parser.add_argument("--delimiter", default="", help="',' ';' or 'tab' (detected when omitted)")
         parser.add_argument("--encoding", default="", help="e.g. utf-8 or cp1252 (detected when omitted)")
         parser.add_argument("--errors", metavar="PATH", help="also write the error report to PATH")
+        parser.add_argument("--confirmed", action="store_true",
+                            help="the people confirmed their subscription elsewhere: without it, a double opt-in "
+                                 "list's new subscriptions stay unconfirmed and are not mailed")
 
-    def handle(self, *args, file, list_name, mode, delimiter, encoding, errors=None, **options):
+    def handle(self, *args, file, list_name, mode, delimiter, encoding, errors=None, confirmed=False, **options):
         path = Path(file)
         if not path.is_file():
             raise CommandError(f"{file}: no such file")
@@ -43,7 +47,8 @@ class Command(BaseCommand):
         if created:
             self.stdout.write(f'Created mailing list "{mailing_list.name}".')
         imp = Import.objects.create(
-            mailing_list=mailing_list, original_name=path.name, mode=mode, delimiter=delimiter, encoding=encoding
+            mailing_list=mailing_list, original_name=path.name, mode=mode, delimiter=delimiter, encoding=encoding,
+            confirmed=confirmed,
         )
         with path.open("rb") as fh:
             imp = run_import(imp, fh)
