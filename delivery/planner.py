@@ -171,12 +171,21 @@ def batch_size():
     return getattr(settings, "HERALD_BATCH_SIZE", 200)
 
 
+# Domains whose group batches() remembers while it streams a campaign's rows.
+DOMAIN_CACHE = 20000
+
+
 def batches(rows, group_of, size=None):
     """Yield (group, [send ids]) of at most ``size`` sends from (id, domain) rows sorted by domain."""
     size = size or batch_size()
     open_batches = {}
+    group_by_domain = {}  # one look-up per domain, not per row; bounded, so memory stays flat
     for send_id, domain in rows:
-        group = group_of(domain)
+        group = group_by_domain.get(domain)
+        if group is None:
+            if len(group_by_domain) >= DOMAIN_CACHE:
+                group_by_domain.clear()
+            group = group_by_domain[domain] = group_of(domain)
         ids = open_batches.setdefault(group, [])
         ids.append(send_id)
         if len(ids) >= size:
