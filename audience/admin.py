@@ -13,10 +13,11 @@ from audience import gdpr, timeline
 from audience.models import SignupForm
 from audience.views import embed_snippet
 from campaigns.models import Contact
+from herald import adminkit
 
 
 @admin.register(SignupForm)
-class SignupFormAdmin(admin.ModelAdmin):
+class SignupFormAdmin(adminkit.ModelAdmin):
     list_display = ("name", "slug", "language", "enabled", "version", "hosted_page")
     list_filter = ("enabled", "language")
     search_fields = ("name", "slug")

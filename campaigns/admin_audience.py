@@ -19,6 +19,7 @@ from campaigns import audit, bulk
 from campaigns.csvfiles import CsvRejected, check_encoding, parse_delimiter, size_refusal
 from campaigns.exports import contact_rows
 from campaigns.models import ApiToken, BulkJob, Contact, Import, MailingList, Subscription
+from herald import adminkit
 
 
 def _csv_response(rows, filename):
@@ -55,7 +56,7 @@ class SubscriptionFormSet(forms.BaseInlineFormSet):
             form.fields["DELETE"].disabled = True
 
 
-class SubscriptionInline(admin.TabularInline):
+class SubscriptionInline(adminkit.TabularInline):
     model = Subscription
     form = SubscriptionForm
     formset = SubscriptionFormSet
@@ -101,7 +102,7 @@ def bulk_spec(request) -> dict:
 
 
 @admin.register(BulkJob)
-class BulkJobAdmin(admin.ModelAdmin):
+class BulkJobAdmin(adminkit.ModelAdmin):
     list_display = ("__str__", "status", "created_by", "created_at", "finished_at")
     readonly_fields = ("action", "mailing_list", "spec", "status", "total", "processed", "progress", "error",
                        "created_by", "created_at", "finished_at")
@@ -150,7 +151,7 @@ class ContactForm(forms.ModelForm):
 
 
 @admin.register(Contact)
-class ContactAdmin(admin.ModelAdmin):
+class ContactAdmin(adminkit.ModelAdmin):
     list_display = ("email", "first_name", "last_name", "status", "created_at")
     # A related filter (?subscriptions__mailing_list__id__exact=N), which other
     # admin pages link to; its choices come from one query over the lists.
@@ -246,7 +247,7 @@ class ContactAdmin(admin.ModelAdmin):
 
 
 @admin.register(MailingList)
-class MailingListAdmin(admin.ModelAdmin):
+class MailingListAdmin(adminkit.ModelAdmin):
     list_display = ("name", "optin", "subscriber_count", "unsubscribed_count", "export_link", "created_at")
     search_fields = ("name",)
     list_filter = ("optin",)
@@ -291,7 +292,7 @@ class ResubscribeForm(forms.Form):
 
 
 @admin.register(Subscription)
-class SubscriptionAdmin(admin.ModelAdmin):
+class SubscriptionAdmin(adminkit.ModelAdmin):
     form = SubscriptionForm
     list_display = ("contact", "mailing_list", "status", "created_at")
     list_filter = ("status", "mailing_list")
@@ -388,7 +389,7 @@ class ImportUploadForm(forms.Form):
 
 
 @admin.register(Import)
-class ImportAdmin(admin.ModelAdmin):
+class ImportAdmin(adminkit.ModelAdmin):
     list_display = ("id", "original_name", "mailing_list", "status", "rows_processed", "created", "updated",
                     "skipped", "invalid", "report_link", "created_at")
     list_filter = ("status", "mode")
@@ -472,7 +473,7 @@ class ApiTokenForm(forms.ModelForm):
 
 
 @admin.register(ApiToken)
-class ApiTokenAdmin(admin.ModelAdmin):
+class ApiTokenAdmin(adminkit.ModelAdmin):
     """Tokens are shown once, when created; only their hash is kept. Revoking is final."""
 
     list_display = ("prefix", "user", "name", "scope_list", "state", "expires_at", "created_at", "last_used_at")

@@ -3,11 +3,12 @@
 from django.contrib import admin
 
 from campaigns.models import AuditEntry
+from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
 
 
 @admin.register(AuditEntry)
-class AuditEntryAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class AuditEntryAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
     list_display = ("at", "actor_or_system", "via", "action", "object_repr", "address")
     list_filter = ("action", "via")
     search_fields = ("actor", "object_repr", "action", "object_id")

@@ -24,6 +24,7 @@ from email_validator import EmailNotValidError, validate_email
 
 from campaigns import rendering
 from campaigns.models import Campaign, Contact, Template
+from herald import adminkit
 
 DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
 CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
@@ -53,7 +54,7 @@ class TemplateForm(forms.ModelForm):
 
 
 @admin.register(Template)
-class TemplateAdmin(admin.ModelAdmin):
+class TemplateAdmin(adminkit.ModelAdmin):
     form = TemplateForm
     list_display = ("name", "updated_at")
     search_fields = ("name",)
@@ -128,7 +129,7 @@ class TestForm(forms.Form):
 
 
 @admin.register(Campaign)
-class CampaignAdmin(admin.ModelAdmin):
+class CampaignAdmin(adminkit.ModelAdmin):
     form = CampaignForm
     list_display = ("name", "status", "subject", "total", "scheduled_at", "created_at")
     list_filter = ("status",)

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from delivery import dkim
 from delivery.models import SendingDomain
+from herald import adminkit
 
 
 class SendingDomainForm(forms.ModelForm):
@@ -60,7 +61,7 @@ class SendingDomainForm(forms.ModelForm):
 
 
 @admin.register(SendingDomain)
-class SendingDomainAdmin(admin.ModelAdmin):
+class SendingDomainAdmin(adminkit.ModelAdmin):
     form = SendingDomainForm
     list_display = ("domain", "selector", "algorithm", "has_key", "created_at")
     search_fields = ("domain",)

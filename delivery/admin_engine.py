@@ -14,6 +14,7 @@ from delivery import health, providers, rdns, routing
 from delivery.models import DomainThrottle, ProviderRule, Relay, RelayGroup, RoutingRule, Send
 from delivery.relaycheck import check_relay
 from delivery.throttle import throttles
+from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
 
 _HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
@@ -63,7 +64,7 @@ class RelayForm(forms.ModelForm):
 
 
 @admin.register(Relay)
-class RelayAdmin(admin.ModelAdmin):
+class RelayAdmin(adminkit.ModelAdmin):
     form = RelayForm
     list_display = ("name", "host", "port", "security", "weight", "max_connections", "rate_display", "enabled",
                     "health_display", "sending_display", "connections_display")
@@ -166,7 +167,7 @@ class RelayGroupForm(forms.ModelForm):
 
 
 @admin.register(RelayGroup)
-class RelayGroupAdmin(admin.ModelAdmin):
+class RelayGroupAdmin(adminkit.ModelAdmin):
     """Where routing rules send mail: relays spread by weight, or direct from a pool of source addresses."""
 
     form = RelayGroupForm
@@ -187,7 +188,7 @@ class RelayGroupAdmin(admin.ModelAdmin):
 
 
 @admin.register(RoutingRule)
-class RoutingRuleAdmin(admin.ModelAdmin):
+class RoutingRuleAdmin(adminkit.ModelAdmin):
     """Which group each message goes to: the first enabled rule that matches it, by position."""
 
     list_display = ("position", "__str__", "from_domain", "kind", "provider", "group", "enabled")
@@ -215,7 +216,7 @@ class DomainThrottleForm(forms.ModelForm):
 
 
 @admin.register(DomainThrottle)
-class DomainThrottleAdmin(admin.ModelAdmin):
+class DomainThrottleAdmin(adminkit.ModelAdmin):
     form = DomainThrottleForm
     list_display = ("name", "domains", "is_default", "rate", "period", "burst", "max_connections")
     list_filter = ("is_default", "period")
@@ -227,7 +228,7 @@ class DomainThrottleAdmin(admin.ModelAdmin):
 
 
 @admin.register(ProviderRule)
-class ProviderRuleAdmin(admin.ModelAdmin):
+class ProviderRuleAdmin(adminkit.ModelAdmin):
     """MX host suffixes of the large providers: their domains share one throttle group in direct mode."""
 
     list_display = ("name", "mx_suffix", "enabled")
@@ -240,7 +241,7 @@ class ProviderRuleAdmin(admin.ModelAdmin):
 
 
 @admin.register(Send)
-class SendAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class SendAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
     """The ledger, read-only: one row per recipient and campaign (or submitted message)."""
 
     list_display = ("email", "campaign", "status", "attempts", "smtp_code", "sent_at", "next_attempt_at")

@@ -5,9 +5,10 @@ from django.utils.html import format_html, format_html_join
 
 from delivery import warmup
 from delivery.models import Warmup, WarmupStep
+from herald import adminkit
 
 
-class WarmupStepInline(admin.TabularInline):
+class WarmupStepInline(adminkit.TabularInline):
     model = WarmupStep
     verbose_name_plural = "Daily steps"
     fields = ("day", "action", "from_stage", "to_stage", "attempts", "hard_bounces", "complaints", "reason")
@@ -22,7 +23,7 @@ class WarmupStepInline(admin.TabularInline):
 
 
 @admin.register(Warmup)
-class WarmupAdmin(admin.ModelAdmin):
+class WarmupAdmin(adminkit.ModelAdmin):
     list_display = ("identity", "preset", "stage", "daily_allowance", "today", "stepped_on", "reason")
     list_filter = ("preset",)
     search_fields = ("identity",)

@@ -20,6 +20,8 @@ from django_otp import login as otp_login
 from django_otp.forms import OTPAuthenticationFormMixin
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from herald import adminkit
+
 
 def confirmed_device(user):
     return TOTPDevice.objects.devices_for_user(user, confirmed=True).first()
@@ -100,7 +102,7 @@ def locked_out(request, original_response=None, credentials=None):
     return render(request, "admin/herald/locked_out.html", context, status=429)
 
 
-class AuthenticatorAdmin(admin.ModelAdmin):
+class AuthenticatorAdmin(adminkit.ModelAdmin):
     """Who has a second factor; a superuser deletes the device of an operator who lost it. The key is never shown."""
 
     list_display = ["user", "name", "confirmed", "created_at", "last_used_at"]

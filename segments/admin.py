@@ -14,6 +14,7 @@ from django.views.decorators.http import require_POST
 from campaigns.audience import mailable
 from campaigns.models import Campaign, Contact, MailingList, Segment, Suppression
 from delivery.models import DomainThrottle
+from herald import adminkit
 from segments import rules
 from segments.compiler import compile_rules, segment_q
 
@@ -52,7 +53,7 @@ def builder_options():
 
 
 @admin.register(Segment)
-class SegmentAdmin(admin.ModelAdmin):
+class SegmentAdmin(adminkit.ModelAdmin):
     form = SegmentForm
     list_display = ("name", "description", "updated_at", "contacts_link")
     search_fields = ("name", "description")

@@ -6,6 +6,7 @@ from django.db.models.functions import Coalesce
 from django.utils.html import format_html, format_html_join
 
 from delivery.models import Send
+from herald import adminkit
 from submission.models import OutboundMessage, SmtpCredential
 from tracking.models import Event
 
@@ -32,7 +33,7 @@ def _show_secret(request, row, secret):
 
 
 @admin.register(SmtpCredential)
-class SmtpCredentialAdmin(admin.ModelAdmin):
+class SmtpCredentialAdmin(adminkit.ModelAdmin):
     list_display = ("username", "domains", "enabled", "tracking", "rate", "default_tag", "message_count",
                     *[f"{s}_count" for s in STAT_STATUSES])
     list_filter = ("enabled", "tracking")
@@ -86,7 +87,7 @@ for _status in STAT_STATUSES:
 
 
 @admin.register(OutboundMessage)
-class OutboundMessageAdmin(admin.ModelAdmin):
+class OutboundMessageAdmin(adminkit.ModelAdmin):
     list_display = ("id", "created_at", "credential", "mail_from", "subject", "tag", "recipients", "size")
     list_filter = ("credential", "tag")
     search_fields = ("mail_from", "subject", "message_id", "from_header")

@@ -10,6 +10,7 @@ from django.utils.html import format_html
 
 from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression
+from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
 from tracking.models import BreakerTrip, CampaignStatistics, Event
 from tracking.stats import OUTCOMES, campaign_stats
@@ -17,7 +18,7 @@ from tracking.suppressions import export_csv, import_csv
 
 
 @admin.register(Event)
-class EventAdmin(admin.ModelAdmin):
+class EventAdmin(adminkit.ModelAdmin):
     list_display = ("created_at", "type", "email", "campaign", "machine", "status", "source")
     list_filter = ("type", "machine", "source")
     search_fields = ("=email", "=key")
@@ -35,7 +36,7 @@ class EventAdmin(admin.ModelAdmin):
 
 
 @admin.register(BreakerTrip)
-class BreakerTripAdmin(admin.ModelAdmin):
+class BreakerTripAdmin(adminkit.ModelAdmin):
     """Every time the circuit breaker paused a campaign: the figures, and who acknowledged them."""
 
     list_display = ("created_at", "campaign", "scope", "domain", "metric", "provider", "count", "base", "acknowledged_at",
@@ -66,7 +67,7 @@ class ImportForm(forms.Form):
 
 
 @admin.register(Suppression)
-class SuppressionAdmin(admin.ModelAdmin):
+class SuppressionAdmin(adminkit.ModelAdmin):
     list_display = ("email", "reason", "created_at", "source_event")
     list_filter = ("reason",)
     search_fields = ("email_key",)
@@ -126,7 +127,7 @@ class SuppressionAdmin(admin.ModelAdmin):
 
 
 @admin.register(CampaignStatistics)
-class CampaignStatisticsAdmin(ReadOnlyAdminMixin, admin.ModelAdmin):
+class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
     """Lists campaigns; opening one shows its statistics with charts."""
 
     list_display = ("name", "status", "total", "started_at", "finished_at")
