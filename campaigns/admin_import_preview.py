@@ -72,27 +72,64 @@ def upload(request):
     return TemplateResponse(request, "admin/campaigns/import/upload.html", context(request, "Import contacts", form=form))
 
 
-def read_preview(imp: Import, rows=PREVIEW_ROWS) -> dict:
-    """The first rows as the import will read them, and what each column becomes. Raises CsvRejected."""
+def read_preview(imp: Import, rows=PREVIEW_ROWS, chosen=None) -> dict:
+    """The first rows as the import will read them, and what each column becomes. Raises CsvRejected.
+
+    ``chosen`` ({column index: target}, default the import's stored mapping) is what the
+    operator picked; a mapping that cannot be imported is shown with ``mapping_error``.
+    """
     with imp.file.open("rb") as fh:
         source = csvfiles.CsvFile(fh, encoding=imp.encoding or None, delimiter=imp.delimiter or None)
         header, body = source.read(lambda records: _first_rows(records, rows))
     encoding, delimiter = source.encoding_name, source.delimiter
-    columns = imports.map_columns(header)
-    known = {columns.email: "email", columns.first_name: "first name", columns.last_name: "last name",
-             columns.name: "full name (split into first and last)"}
-    attributes = dict(columns.attributes)
+    chosen = imp.mapping if chosen is None else chosen
+    picks = {int(k): v for k, v in (chosen or {}).items()}
+    try:
+        columns, mapping_error = imports.map_columns(header, picks), ""
+    except CsvRejected as exc:
+        columns, mapping_error = None, str(exc)
     mapping = []
     for index, name in enumerate(header):
-        if index in known:
-            target = known[index]
-        elif index in attributes:
-            target = f"attribute “{attributes[index]}”"
-        else:
-            target = "ignored (no name)"
-        mapping.append({"column": name.strip(), "target": target})
+        kind, key = _kind(columns, index, name, picks.get(index))
+        mapping.append({"index": index, "column": name.strip(), "kind": kind, "name": key,
+                        "target": f"attribute “{key}”" if kind == "attribute" else imports.TARGETS[kind]})
     return {"encoding": encoding, "delimiter": "tab" if delimiter == "\t" else delimiter, "header": [h.strip() for h in header],
-            "rows": body, "mapping": mapping}
+            "rows": body, "mapping": mapping, "mapping_error": mapping_error,
+            "targets": [(k, v) for k, v in imports.TARGETS.items()]}
+
+
+def _kind(columns, index, name, pick):
+    """(target, attribute key) of one column, as the import reads it (or would, by its name alone)."""
+    if pick is not None:
+        kind, _, renamed = str(pick).partition(":")
+        if kind in imports.TARGETS:
+            return kind, (renamed.strip() or name.strip()) if kind == "attribute" else ""
+    if columns is not None:
+        for field in ("email", "first_name", "last_name", "name"):
+            if getattr(columns, field) == index:
+                return field, ""
+        for at, key in columns.attributes:
+            if at == index:
+                return "attribute", key
+        return "ignore", ""
+    folded = imports.field_for(name)
+    if not folded or folded in imports.IGNORED:
+        return "ignore", ""
+    return (folded, "") if folded in imports.TARGETS else ("attribute", name.strip())
+
+
+def chosen_mapping(post, columns: int) -> dict:
+    """{column index: target} from the preview's form: a select per column, a name for attributes."""
+    chosen = {}
+    for index in range(columns):
+        kind = post.get(f"col-{index}")
+        if kind is None:
+            continue
+        if kind == "attribute":
+            chosen[str(index)] = f"attribute:{post.get(f'name-{index}', '').strip()[:200]}"
+        else:
+            chosen[str(index)] = kind
+    return chosen
 
 
 def _first_rows(records, count):
@@ -122,15 +159,26 @@ def preview(request, import_id):
         shown, error = read_preview(imp), ""
     except CsvRejected as exc:
         shown, error = None, str(exc)
-    if request.method == "POST":
-        if error:
-            messages.error(request, error)
-        elif Import.objects.filter(pk=imp.pk, status=Import.Status.PENDING).exists():
+    status = 422 if error else 200
+    if request.method == "POST" and not error:
+        chosen = chosen_mapping(request.POST, len(shown["header"]))
+        if chosen:
+            shown = read_preview(imp, chosen=chosen)
+        if shown["mapping_error"]:
+            status = 422
+        elif "update" in request.POST:  # "Update the preview": keep the choice, show what it gives
+            Import.objects.filter(pk=imp.pk, status=Import.Status.PENDING).update(mapping=chosen)
+        elif Import.objects.filter(pk=imp.pk, status=Import.Status.PENDING).update(mapping=chosen):
+            imp.mapping = chosen
             enqueue_import(imp)
             return redirect("import-admin:progress", imp.pk)
+    elif request.method == "POST":
+        messages.error(request, error)
+    elif shown and shown["mapping_error"]:
+        status = 422
     return TemplateResponse(request, "admin/campaigns/import/preview.html",
                             context(request, f"Import {imp.original_name}: check the columns", imp=imp, preview=shown,
-                                    error=error), status=422 if error else 200)
+                                    error=error), status=status)
 
 
 @staff_member_required

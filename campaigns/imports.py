@@ -136,24 +136,49 @@ def field_for(name: str) -> str | None:
     return ALIASES.get(folded, folded)
 
 
-def map_columns(header: list) -> Columns:
-    """Known fields by header name (case-insensitively, with aliases); the rest are attributes."""
+# What an operator may make of a column in the import preview (stored on Import.mapping by column index).
+TARGETS = {"email": "email", "first_name": "first name", "last_name": "last name",
+           "name": "full name (split into first and last)", "attribute": "attribute", "ignore": "ignored"}
+
+
+def map_columns(header: list, chosen: dict | None = None) -> Columns:
+    """Known fields by header name (case-insensitively, with aliases); the rest are attributes.
+
+    ``chosen`` ({column index: target}) overrides that reading for the columns it names, as an
+    operator set them in the preview: a target of TARGETS, "attribute:<key>" to rename one.
+    """
     if len(header) > MAX_COLUMNS:
         raise ImportRejected(f"The header has {len(header)} columns; at most {MAX_COLUMNS} are supported.")
-    found, attributes, seen = {}, [], {}
+    chosen = {int(k): v for k, v in (chosen or {}).items()}
+    found, attributes, seen, keys = {}, [], {}, {}
     for index, raw in enumerate(header):
         name = raw.strip()
-        folded = _fold(name)
-        if not folded:
-            continue
-        if folded in seen:
-            raise ImportRejected(f"Column {name!r} appears twice in the header (columns {seen[folded] + 1} and {index + 1}).")
-        seen[folded] = index
-        target = ALIASES.get(folded)
-        if folded in IGNORED:
-            continue
+        pick = chosen.get(index)
+        if pick is None:
+            folded = _fold(name)
+            if not folded:
+                continue
+            if folded in seen:
+                raise ImportRejected(
+                    f"Column {name!r} appears twice in the header (columns {seen[folded] + 1} and {index + 1}).")
+            seen[folded] = index
+            if folded in IGNORED:
+                continue
+            target, key = ALIASES.get(folded), name
+        else:
+            kind, _, renamed = str(pick).partition(":")
+            if kind not in TARGETS:
+                raise ImportRejected(f"Column {index + 1} ({name!r}): {pick!r} is not something a column can become.")
+            if kind == "ignore":
+                continue
+            target, key = (None, renamed.strip() or name) if kind == "attribute" else (kind, name)
         if target is None:
-            attributes.append((index, name))
+            if not _fold(key):
+                raise ImportRejected(f"Column {index + 1} ({name!r}) becomes an attribute with no name; name it.")
+            if _fold(key) in keys:
+                raise ImportRejected(f"Columns {keys[_fold(key)] + 1} and {index + 1} both give the attribute {key!r}.")
+            keys[_fold(key)] = index
+            attributes.append((index, key))
         elif target in found:
             raise ImportRejected(
                 f"Columns {header[found[target]].strip()!r} and {name!r} both give the {target.replace('_', ' ')}; keep one."
@@ -450,7 +475,8 @@ class ErrorReport:
 
 
 def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter=None, encoding=None,
-                    report=None, progress=None, on_merged=None, confirmed=False, source_detail="") -> Outcome:
+                    report=None, progress=None, on_merged=None, confirmed=False, source_detail="",
+                    mapping=None) -> Outcome:
     """Import a CSV file (a binary, seekable file object) into ``mailing_list``.
 
     New subscriptions record the import as their source (``source_detail`` says
@@ -461,6 +487,7 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
     ``progress(rows)`` is called after each chunk; ``on_merged(outcome)`` runs in
     the merge's transaction, so what it stores commits with the contacts. Raises
     ImportRejected, with nothing written, when the file cannot be a contact list.
+    ``mapping``: what the operator made of columns in the preview (see map_columns).
     """
     if mode not in Import.Mode.values:
         raise ImportRejected(f"Unknown mode {mode!r}: use one of {', '.join(Import.Mode.values)}.")
@@ -471,7 +498,7 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
     def read(records):
         # A second reading (as cp1252) starts with an empty report.
         errors.reset()
-        return _read_into_stage(source, records, errors, progress)
+        return _read_into_stage(source, records, errors, progress, mapping)
 
     try:
         outcome, stage, columns = source.read(read, raw=True)
@@ -491,20 +518,20 @@ def import_contacts(fileobj, mailing_list, *, mode=Import.Mode.UPSERT, delimiter
     return outcome
 
 
-def read_header(records) -> Columns:
-    """The first of the raw records, mapped to fields; raises ImportRejected."""
+def read_header(records, chosen=None) -> Columns:
+    """The first of the raw records, mapped to fields (``chosen``: see map_columns); raises ImportRejected."""
     try:
         header = next(records, None)
     except csvfiles.READ_ERRORS as exc:
         raise csvfiles.rejected(exc, 1) from None
     if not header or csvfiles.is_blank(header):
         raise ImportRejected("The first row must be a header naming the columns; it is empty.")
-    return map_columns(csvfiles.unneutralised(header))
+    return map_columns(csvfiles.unneutralised(header), chosen)
 
 
-def _read_into_stage(source, records, errors, progress):
+def _read_into_stage(source, records, errors, progress, mapping=None):
     """Stream the records into a new staging table; returns (outcome, stage, columns)."""
-    columns = read_header(records)
+    columns = read_header(records, mapping)
     stage = _stage_for(len(columns.attributes))
     outcome = Outcome(encoding=source.encoding_name, delimiter=source.delimiter)
     # Inside a caller's transaction a failed COPY would abort it: a savepoint
@@ -687,7 +714,7 @@ def run_import(imp: Import, fileobj=None) -> Import:
             imp.outcome = import_contacts(fileobj, imp.mailing_list, mode=imp.mode, delimiter=imp.delimiter or None,
                                           encoding=imp.encoding or None, report=report, progress=progress,
                                           on_merged=on_merged, confirmed=imp.confirmed,
-                                          source_detail=_import_detail(imp))
+                                          source_detail=_import_detail(imp), mapping=imp.mapping or None)
         except ImportRejected as exc:
             return _fail(imp, str(exc))
         return imp

@@ -255,6 +255,8 @@ class Import(models.Model):
                                     help_text="The people confirmed their subscription elsewhere (double opt-in lists).")
     delimiter = models.CharField(max_length=4, blank=True, default="")
     encoding = models.CharField(max_length=32, blank=True, default="")
+    # {column index: target} as the operator set it in the preview, over what the header names say.
+    mapping = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=8, choices=Status.choices, default=Status.PENDING)
     rows_processed = models.PositiveIntegerField(default=0)
     created = models.PositiveIntegerField(default=0)

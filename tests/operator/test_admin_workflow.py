@@ -1,5 +1,6 @@
 """The operator's pages in the admin: campaign panel, schedule, duplicate, import preview, dashboard."""
 
+import html
 from datetime import timedelta
 
 import pytest
@@ -119,7 +120,7 @@ def test_import_shows_the_first_rows_and_the_mapping_before_anything_is_stored(
     assert "columns separated by “;”" in page
     for column, target in (("E-Mail", "email"), ("Vorname", "first name"), ("Nachname", "last name"),
                            ("City", "attribute “City”")):
-        assert f"<td>{column}</td><td>{target}</td>" in page
+        assert f'<td>{column}</td><td class="target">{target}</td>' in page
     assert "<td>ann@example.com</td>" in page and "<td>not-an-address</td>" in page
     assert Contact.objects.count() == 0
 
@@ -145,6 +146,35 @@ def test_a_file_without_an_email_column_is_refused_at_the_preview(client, operat
     assert client.post(f"/admin/herald/imports/{imp.pk}/preview/").status_code == 422
     imp.refresh_from_db()
     assert imp.status == Import.Status.PENDING
+
+
+def test_the_operator_fixes_the_mapping_in_the_preview_and_the_import_follows_it(
+        client, operator, eager_tasks, django_capture_on_commit_callbacks):
+    # No column is named as an address, and "Ort" would be kept under its German name.
+    client.post("/admin/herald/imports/new/", {
+        "file": SimpleUploadedFile("x.csv", b"Adresse,Vorname,Ort,Notiz\nann@example.com,Ann,Lisbon,call back\n"),
+        "new_list": "Fixed", "mode": "upsert"})
+    imp = Import.objects.get()
+    preview = f"/admin/herald/imports/{imp.pk}/preview/"
+    assert client.get(preview).status_code == 422
+
+    chosen = {"col-0": "email", "col-1": "first_name", "col-2": "attribute", "name-2": "city", "col-3": "ignore"}
+    # Two columns cannot both be the address: said, and nothing is imported.
+    response = client.post(preview, {**chosen, "col-1": "email", "run": "1"})
+    assert response.status_code == 422
+    assert "Columns 'Adresse' and 'Vorname' both give the email" in html.unescape(response.content.decode())
+    assert Contact.objects.count() == 0
+
+    page = client.post(preview, {**chosen, "update": "1"}).content.decode()
+    assert '<td>Ort</td><td class="target">attribute “city”</td>' in page
+    assert '<td>Notiz</td><td class="target">ignored</td>' in page
+    assert Contact.objects.count() == 0  # updating the preview imports nothing
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = client.post(preview, {**chosen, "run": "1"})
+    assert response["Location"] == f"/admin/herald/imports/{imp.pk}/"
+    ann = Contact.objects.get()
+    assert (ann.email, ann.first_name, ann.attributes) == ("ann@example.com", "Ann", {"city": "Lisbon"})
 
 
 def test_the_dashboard_shows_sending_campaigns_sends_per_hour_and_recent_bounces(client, operator, newsletter):
