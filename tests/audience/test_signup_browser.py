@@ -4,8 +4,10 @@ Live server, a real Celery worker on the test database, an aiosmtpd sink behind
 a relay; the browser is the system's chromium, driven by Playwright.
 """
 
+import os
 import quopri
 import time
+from pathlib import Path
 
 import pytest
 
@@ -66,3 +68,34 @@ def test_sign_up_confirm_from_the_mail_and_the_evidence_is_kept(page, live_serve
     assert sub.consent_ip == "127.0.0.1" and "Chrome" in sub.consent_user_agent
     assert Contact.objects.get().first_name == "Ann"
     assert settings.HERALD_SIGNUP_MIN_SECONDS == 2  # the shipped default is what this test went through
+
+
+def test_the_preference_centre_in_a_browser_joins_leaves_renames_and_pauses(page, live_server):  # noqa: F811
+    from delivery import tokens
+
+    weekly = MailingList.objects.create(name="Weekly", public=True)
+    offers = MailingList.objects.create(name="Offers", public=True)
+    MailingList.objects.create(name="Staff only")  # not public: never offered here
+    ann = Contact.objects.create(email="ann@example.org", first_name="Ann")
+    Subscription.objects.create(contact=ann, mailing_list=weekly, status=Subscription.Status.CONFIRMED)
+
+    page.goto(f"/s/p/{tokens.preferences_token(contact_id=ann.pk)}/")
+    offered = [t.strip() for t in page.locator("fieldset label").all_inner_texts()]
+    assert offered == ["Offers", "Weekly"]
+    page.check("fieldset label:has-text('Offers') input")
+    page.uncheck("fieldset label:has-text('Weekly') input")
+    page.fill("#p-first", "Anna")
+    page.select_option("#p-pause", "30")
+    page.click("form >> text=Save")
+    page.wait_for_selector("text=Your preferences are saved.")
+    artifacts = Path(os.environ.get("HERALD_TEST_ARTIFACTS", "var/test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "preference-centre.png"), full_page=True)
+
+    ann.refresh_from_db()
+    assert ann.first_name == "Anna" and ann.paused_until is not None
+    assert dict(Subscription.objects.filter(contact=ann).values_list("mailing_list__name", "status")) == {
+        "Weekly": "unsubscribed", "Offers": "confirmed"}
+    # The page shows what was stored.
+    assert page.is_checked("fieldset label:has-text('Offers') input")
+    assert not page.is_checked("fieldset label:has-text('Weekly') input")
