@@ -64,10 +64,17 @@ class TestSendLimited(ValueError):
 
 @dataclass
 class _TestSend:
-    """What the builder reads of a Send. Id 0 belongs to no Send: its tracking links lead nowhere."""
+    """What the builder and the routing rules read of a Send. Id 0 belongs to no Send: its tracking links lead nowhere."""
 
     email: str
     pk: int = 0
+    campaign_id: int | None = None
+    domain: str = ""
+    outbound_id: int | None = None
+
+    @property
+    def id(self):
+        return self.pk
 
 
 def check_addresses(addresses):
@@ -133,12 +140,19 @@ def _send_test(campaign, addresses, user):
     take_quota(user, len(clean))
     contacts = {c.email_key: c for c in Contact.objects.filter(email_key__in=[email_key(a) for a in clean])}
     by_group = {}
+    routing.refresh()
     try:
-        for address in clean:
-            contact = contacts.get(email_key(address))
-            built = compiled.build(_TestSend(address), contact if contact else ContactData(address))
-            domain = address.rpartition("@")[2].lower()
-            by_group.setdefault(routing.group_of(domain), []).append((domain, built))
+        rows = [_TestSend(a, campaign_id=campaign.pk, domain=a.rpartition("@")[2].lower()) for a in clean]
+        routing.prepare(rows)  # the campaign's sending domain, for rules that route by it
+        for row in rows:
+            contact = contacts.get(email_key(row.email))
+            built = compiled.build(row, contact if contact else ContactData(row.email))
+            # The way the campaign's own messages to this domain go: its routing rule's group, whose relay
+            # the test reports on; the first of them that is up, as a send of id 0 would pick.
+            plan = routing.plan_for(row)
+            target = routing.target_for(row)
+            key = (routing.group_of(row.domain, target), target)
+            by_group.setdefault(key, []).append((row.domain, built, target, plan))
     except Exception:
         throttle.give_back(_user_limit(user), len(clean))  # nothing was sent
         raise
@@ -154,17 +168,17 @@ def _send_test(campaign, addresses, user):
 
 def _throttled(items, wait, why):
     wait = max(1, math.ceil(wait))
-    return [TestResult(b.rcpt, False, f"throttled: {why}; try again in {wait} s", THROTTLED) for _, b in items]
+    return [TestResult(b.rcpt, False, f"throttled: {why}; try again in {wait} s", THROTTLED) for _, b, *_ in items]
 
 
 def _send_group(items):
     """Send one domain group's messages under its throttles, as the engine's _send_group does."""
-    domain = items[0][0]
+    domain, _, target, plan = items[0]
     try:
-        route = routing.route_for(domain)
+        route = routing.route_for(domain, target, plan)
     except NoRoute as exc:
-        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b in items]
-    limit = routing.limit_for(domain)
+        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b, *_ in items]
+    limit = routing.limit_for(domain, target)
     grant = throttle.take_tokens(limit, len(items))
     granted, wait, why = grant.granted, grant.wait, f"the rate limit for {domain}"
     if route.relay_limit is not None and granted:
@@ -193,9 +207,9 @@ def _deliver(route, items):
     try:
         conn, holder = _open(route)
     except SMTPFailure as exc:
-        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b in items]
+        return [TestResult(b.rcpt, False, str(exc), FAILED) for _, b, *_ in items]
     try:
-        replies, leftovers = conn.send_many([b for _, b in items])
+        replies, leftovers = conn.send_many([b for _, b, *_ in items])
     finally:
         conn.close()
         throttle.release_slot(route.pool_key, holder)

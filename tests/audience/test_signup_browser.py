@@ -74,7 +74,7 @@ def test_the_preference_centre_in_a_browser_joins_leaves_renames_and_pauses(page
     from delivery import tokens
 
     weekly = MailingList.objects.create(name="Weekly", public=True)
-    offers = MailingList.objects.create(name="Offers", public=True)
+    MailingList.objects.create(name="Offers", public=True)
     MailingList.objects.create(name="Staff only")  # not public: never offered here
     ann = Contact.objects.create(email="ann@example.org", first_name="Ann")
     Subscription.objects.create(contact=ann, mailing_list=weekly, status=Subscription.Status.CONFIRMED)

@@ -220,3 +220,18 @@ def test_rules_route_by_recipient_provider_and_skip_a_group_whose_relays_are_all
     assert first.recipients() == ["ann@example.com"]
     assert second.recipients() == ["bob@example.org"]
     assert {main.pk, special.pk} == set(Send.objects.values_list("relay_id", flat=True))
+
+
+def test_a_test_send_goes_the_way_the_campaign_will_and_says_which_relay_took_it(two_sinks, make_relay, make_campaign):
+    from delivery.testsend import send_test
+
+    news_sink, other_sink = two_sinks
+    news = make_relay(news_sink.port, name="news relay")
+    other = make_relay(other_sink.port, name="everything else")
+    route(group_of("newsletters", news), position=1, from_domain="news.herald.example")
+    route(group_of("default", other), position=2)
+    campaign = make_campaign(["ann@example.com"], name="News", from_email="editor@news.herald.example")
+
+    [result] = send_test(campaign, ["me@example.org"])
+    assert result.ok and f"127.0.0.1:{news_sink.port}" in result.detail
+    assert news_sink.recipients() == ["me@example.org"] and other_sink.recipients() == []
