@@ -212,9 +212,10 @@ def _admit_script():
     return _scripts["admit"]
 
 
-def _route(domain):
+def _route(row):
+    """The way this row goes: its routing rule's group, and the relay or source address it picks there."""
     try:
-        return routing.route_for(domain)
+        return routing.route_for(row.domain, routing.target_for(row), routing.plan_for(row))
     except NoRoute:
         return None
 
@@ -233,9 +234,10 @@ def admit(rows, now=None):
     day = day_of(now)
     admitted, limited, routes, groups = [], {}, {}, {}
     for row in rows:
-        if row.domain not in routes:
-            routes[row.domain] = _route(row.domain)
-        identity = identity_for(row, routes[row.domain])
+        way = (row.domain, routing.target_for(row))  # rows of one domain may leave from different addresses
+        if way not in routes:
+            routes[way] = _route(row)
+        identity = identity_for(row, routes[way])
         if identity not in limits:
             admitted.append(row)
             continue

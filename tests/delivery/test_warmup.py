@@ -12,6 +12,7 @@ from django.utils import timezone
 from campaigns.models import ApiToken, Campaign
 from delivery import engine, ledger, lifecycle, warmup
 from delivery.models import Send, Warmup
+from tests.delivery.test_source_addresses import mx_dns  # noqa: F401 - fixture
 from tests.delivery.workers import Worker
 from tests.support.wait import wait_until
 
@@ -153,3 +154,28 @@ def test_the_api_puts_a_domain_on_a_schedule_and_shows_today_s_usage(client, rel
     assert off.status_code == 200 and off.json()["daily_allowance"] is None
     bad = client.patch(f"/api/v1/warmups/{body['id']}", {"preset": "reckless"}, content_type="application/json", **auth)
     assert bad.status_code == 422 and "preset" in bad.content.decode()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_schedule_on_one_source_address_holds_back_only_the_mail_leaving_from_it(mx_dns, make_campaign,  # noqa: F811
+                                                                                   settings):
+    from delivery import routing
+    from tests.delivery.servers import DroppingSink
+    from tests.delivery.test_source_addresses import SOURCES, direct_from
+
+    with DroppingSink() as mx:
+        settings.HERALD_DIRECT_PORT = mx.port
+        direct_from(SOURCES)
+        # A new address warms up beside one already warm: only the new one's mail is counted and held.
+        Warmup.objects.create(identity="127.0.0.2", preset=Warmup.Preset.STANDARD)
+        campaign = make_campaign([f"r{i}@pool.test" for i in range(200)])
+        lifecycle.start_campaign(campaign.pk)
+        rows = list(Send.objects.filter(campaign=campaign))
+        routing.refresh()
+        leaving = collections.Counter(routing.target_for(row).source.address for row in rows)
+        send_due(campaign, day_start(1))
+        wait_until(lambda: len(mx.received) >= 50 + leaving["127.0.0.3"], message="the day's mail at the MX")
+        sent_from = collections.Counter(item.peer[0] for item in mx.received)
+
+    assert sent_from == {"127.0.0.2": 50, "127.0.0.3": leaving["127.0.0.3"]}
+    assert Send.objects.filter(campaign=campaign, status=Send.Status.QUEUED).count() == leaving["127.0.0.2"] - 50
