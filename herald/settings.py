@@ -233,6 +233,8 @@ CELERY_BEAT_SCHEDULE = {
     "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
     # Warm-up schedules grow, hold or step back once a day; run often so a new day starts on its new volume.
     "tracking-warmup-step": {"task": "tracking.warmup_step", "schedule": 60.0},
+    # A/B tests whose wait is over get their winner, which goes to the rest of the audience.
+    "tracking-choose-winners": {"task": "tracking.choose_winners", "schedule": 60.0},
     # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
     "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
 }
@@ -246,6 +248,9 @@ HERALD_GIVE_UP_AFTER = envint("HERALD_GIVE_UP_AFTER", 72 * 3600, minimum=0)
 # A scheduled campaign found more than this many seconds late (beat was down)
 # is not started silently: it waits as "missed" for an operator.
 HERALD_SCHEDULE_CUTOFF = envint("HERALD_SCHEDULE_CUTOFF", 6 * 3600, minimum=60)
+# Quiet hours in each recipient's local time, e.g. "21:00-08:00": sends due inside them wait for their end.
+# Blank: none. A campaign may set its own.
+HERALD_QUIET_HOURS = envstr("HERALD_QUIET_HOURS", "")
 HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
 # Budgets of one template render (one message at send time): characters of
 # output, and loop turns plus macro calls. A template over either is refused at
