@@ -92,6 +92,19 @@ class MailingList(models.Model):
     def __str__(self):
         return self.name
 
+    def clean(self):
+        self.default_timezone = (self.default_timezone or "").strip()
+        if self.default_timezone and not is_time_zone(self.default_timezone):
+            raise ValidationError({"default_timezone": f"{self.default_timezone!r} is not a time zone name such as "
+                                                       "Europe/Berlin or America/New_York"})
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone name (what a contact's ``timezone`` attribute should hold)."""
+    from zoneinfo import available_timezones
+
+    return name in available_timezones()
+
 
 class Subscription(models.Model):
     class Status(models.TextChoices):

@@ -178,6 +178,7 @@ def campaign_stats(campaign) -> dict:
         "domains": domains[:DOMAIN_ROWS],
         "domains_truncated": len(domains) > DOMAIN_ROWS,
         "relays": relays,
+        "variants": variant_stats(campaign),
     }
 
 
