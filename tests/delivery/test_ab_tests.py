@@ -148,3 +148,37 @@ def test_the_statistics_compare_the_variants_and_say_when_it_is_not_significant(
     assert "significant (p = " in stats["summary"]
     # The textbook example: 45 of 100 against 30 of 100 gives z = 2.19, p = 0.029.
     assert two_proportion_p(45, 100, 30, 100) == pytest.approx(0.0285, abs=0.001)
+
+
+def test_the_api_takes_variants_and_a_winner_and_the_stats_show_them(sink, relay, admin_user, client):
+    from campaigns.models import ApiToken, Contact, MailingList, Subscription
+
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {ApiToken.issue(admin_user)[1]}"}
+    readers = MailingList.objects.create(name="API readers")
+    for address in ADDRESSES[:20]:
+        Subscription.objects.create(contact=Contact.objects.create(email=address), mailing_list=readers)
+    body = {"name": "API test", "subject": "Hi", "from_email": "news@herald.example", "html_body": "<p>Hi</p>",
+            "lists": [readers.pk], "test_share": 40, "winner_metric": "clicks", "winner_wait": 7200,
+            "variants": [{"number": 1, "subject": "One"}]}
+    answer = client.post("/api/v1/campaigns", body, content_type="application/json", **headers)
+    assert answer.status_code == 422 and "2 to 5 variants" in answer.json()["detail"]
+    body["variants"].append({"number": 2, "subject": "Two {{ broken"})
+    answer = client.post("/api/v1/campaigns", body, content_type="application/json", **headers)
+    assert answer.status_code == 422 and "variants[2].subject" in answer.json()["detail"]
+    body["variants"][1]["subject"] = "Two"
+    answer = client.post("/api/v1/campaigns", body, content_type="application/json", **headers)
+    assert answer.status_code == 201, answer.json()
+    made = answer.json()
+    assert [v["letter"] for v in made["variants"]] == ["A", "B"] and made["winner_wait"] is not None
+
+    campaign = Campaign.objects.get(pk=made["id"])
+    answer = client.post(f"/api/v1/campaigns/{campaign.pk}/winner", {"variant": 2}, content_type="application/json",
+                         **headers)
+    assert answer.status_code == 409 and "draft" in answer.json()["detail"]
+    lifecycle.start_campaign(campaign.pk)
+    answer = client.post(f"/api/v1/campaigns/{campaign.pk}/winner", {"variant": 2}, content_type="application/json",
+                         **headers)
+    assert answer.status_code == 200 and answer.json()["winner_letter"] == "B"
+    stats = client.get(f"/api/v1/campaigns/{campaign.pk}/stats", **headers).json()
+    assert [v["letter"] for v in stats["variants"]["variants"]] == ["A", "B"]
+    assert stats["variants"]["metric_label"] == "human click rate"

@@ -140,3 +140,19 @@ def test_zones_come_from_the_attribute_the_country_by_code_or_name_or_the_list()
     assert localtime.zone_for("", "Germany", "").key == "Europe/Berlin"
     assert localtime.zone_for("Nowhere/City", "", "Australia/Adelaide").key == "Australia/Adelaide"
     assert localtime.zone_for("", "", "").key == "UTC"  # the operator's zone (TIME_ZONE)
+
+
+def test_the_confirmation_shows_recipients_per_wave_and_a_list_default_must_be_a_zone(world, admin_client):
+    from django.core.exceptions import ValidationError
+    from django.urls import reverse
+
+    world.local_date, world.local_time = date(2099, 3, 28), time(9, 0)
+    world.save()
+    page = admin_client.get(reverse("delivery-admin:campaign-send", args=[world.pk])).content.decode()
+    table = page[page.index('id="send-waves"'):]
+    assert table.count("<tr>") == 6  # a header and five waves
+    assert "Europe/London" in table and "Asia/Kolkata" in table
+    lst = world.lists.get()
+    lst.default_timezone = "Europe/Londres"
+    with pytest.raises(ValidationError, match="not a time zone name"):
+        lst.full_clean()
