@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns.models import Campaign, CampaignVariant, WinnerMetric
+from campaigns.models import Campaign, CampaignVariant, Contact, WinnerMetric
 from delivery import engine, ledger, lifecycle, placement
 from delivery.models import Send
 from tracking import events, winner
@@ -182,3 +182,16 @@ def test_the_api_takes_variants_and_a_winner_and_the_stats_show_them(sink, relay
     stats = client.get(f"/api/v1/campaigns/{campaign.pk}/stats", **headers).json()
     assert [v["letter"] for v in stats["variants"]["variants"]] == ["A", "B"]
     assert stats["variants"]["metric_label"] == "human click rate"
+
+
+def test_a_segment_picks_the_recipients_of_one_variant(sink, relay, ab):
+    from segments.compiler import compile_rules
+    from segments.rules import validate as check
+
+    by_variant = started(ab, sink)
+    rules = {"match": "all", "rules": [{"type": "variant", "campaign": ab.pk, "variant": "B"}]}
+    assert check(rules) == []
+    chosen = set(Contact.objects.filter(compile_rules(rules)).values_list("id", flat=True))
+    assert chosen == {s.contact_id for s in by_variant[2]}
+    problems = check({"match": "all", "rules": [{"type": "variant", "campaign": ab.pk, "variant": "Z"}]})
+    assert problems and "A to E" in str(problems[0])
