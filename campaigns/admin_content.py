@@ -85,6 +85,15 @@ class CampaignForm(forms.ModelForm):
                          "click tracking is on; CSS is inlined and the text part derived when the text body is empty.",
         }
 
+    # Left out of a posted form, these keep their defaults (a script or an older form that knows nothing of A/B tests).
+    OPTIONAL = ("test_share", "winner_metric", "passed_zones")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.OPTIONAL:
+            if name in self.fields:
+                self.fields[name].required = False
+
     def clean(self):
         data = super().clean()
         if "subject" not in self.fields:
@@ -200,6 +209,12 @@ class CampaignAdmin(adminkit.ModelAdmin):
     )
     follow_up_fieldset = ("Follow-up", {"fields": ("follow_up_of", "follow_up_audience", "follow_up_machine_opens",
                                                    "not_before")})
+
+    def get_inline_instances(self, request, obj=None):
+        if request.method == "POST" and "variants-TOTAL_FORMS" not in request.POST:
+            # A form posted without the variants (a script, or a page from before them) changes none of them.
+            return []
+        return super().get_inline_instances(request, obj)
 
     def get_fieldsets(self, request, obj=None):
         if obj is not None and obj.follow_up_of_id is not None:
