@@ -4,6 +4,7 @@ Only SECRET_KEY has none in production: it must be the same in every process.
 """
 
 import ipaddress
+import re
 import secrets
 from pathlib import Path
 
@@ -251,6 +252,8 @@ HERALD_SCHEDULE_CUTOFF = envint("HERALD_SCHEDULE_CUTOFF", 6 * 3600, minimum=60)
 # Quiet hours in each recipient's local time, e.g. "21:00-08:00": sends due inside them wait for their end.
 # Blank: none. A campaign may set its own.
 HERALD_QUIET_HOURS = envstr("HERALD_QUIET_HOURS", "")
+if HERALD_QUIET_HOURS and not re.fullmatch(r"(([01]?\d|2[0-3]):[0-5]\d)-(([01]?\d|2[0-3]):[0-5]\d)", HERALD_QUIET_HOURS):
+    raise ImproperlyConfigured(f"HERALD_QUIET_HOURS={HERALD_QUIET_HOURS!r} is not a span of local time such as 21:00-08:00")
 HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
 # Budgets of one template render (one message at send time): characters of
 # output, and loop turns plus macro calls. A template over either is refused at
