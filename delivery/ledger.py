@@ -81,7 +81,7 @@ class Row:
     def as_send(self, **extra):
         return Send(id=self.id, campaign_id=self.campaign_id, contact_id=self.contact_id, email=self.email,
                     domain=self.domain, attempts=self.attempts, first_attempt_at=self.first_attempt_at,
-                    outbound_id=self.outbound_id, **extra)
+                    outbound_id=self.outbound_id, variant=self.variant, **extra)
 
 
 @dataclass
