@@ -740,7 +740,7 @@ def choose_winner(campaign_id, variant, reason, now=None) -> int | None:
         if not chosen:
             return Campaign.objects.filter(pk=campaign_id).values_list("winner", flat=True).first()
         Send.objects.filter(campaign_id=campaign_id, hold=Send.HOLD_WINNER).update(
-            variant=variant, hold=Send.HOLD_LOCAL_TIME, updated_at=now)
+            variant=variant, hold=Send.HOLD_LOCAL_TIME, after_test=True, updated_at=now)
     return variant
 
 

@@ -230,6 +230,8 @@ class Send(models.Model):
     # A/B test's winner (released when the winner is chosen). A held row is
     # never claimed, and holds no throttle tokens.
     hold = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Held for an A/B test's winner and given it: the rest of the audience, not the test (statistics compare the test).
+    after_test = models.BooleanField(default=False, db_default=False)
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)

@@ -91,7 +91,7 @@ class RelayStats(Schema):
 class VariantFigures(Schema):
     number: int
     letter: str
-    recipients: int = Field(description="Recipients given this variant so far (the winner's include the remainder).")
+    recipients: int = Field(description="Recipients who test this variant (the rest of the audience is not counted).")
     delivered: int
     openers: int = Field(description="People who opened or clicked; machine opens and clicks left out.")
     clickers: int
@@ -115,6 +115,8 @@ class VariantStats(Schema):
     leader: int
     significant: bool = Field(description="The leader beats every other variant with p < 0.05.")
     summary: str = Field(description="In words, saying when the difference is not significant.")
+    waiting_for_winner: int = Field(description="Recipients held until the winner is chosen.")
+    after_test: int = Field(description="The rest of the audience, given the winner (not in the figures).")
     variants: list[VariantFigures]
 
 

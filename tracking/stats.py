@@ -412,7 +412,8 @@ def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float | None:
 
 
 def variant_stats(campaign) -> dict | None:
-    """Each A/B variant's figures side by side, people only (machine opens and clicks left out); None without variants.
+    """Each A/B variant's figures in the test side by side, people only (machine opens and clicks left out); None
+    without variants. The rest of the audience, sent the winner after the test, is counted apart (after_test).
 
     Openers are recipients who opened or clicked (a click means the message
     was seen). Each variant's rate by the campaign's metric is tested against
@@ -422,12 +423,11 @@ def variant_stats(campaign) -> dict | None:
     numbers = campaign.variant_numbers()
     if len(numbers) < 2:
         return None
-    delivered = dict(Send.objects.filter(campaign=campaign, status=S.SENT, variant__isnull=False)
-                     .values_list("variant").annotate(n=Count("id")).order_by())
-    recipients = dict(Send.objects.filter(campaign=campaign, variant__isnull=False)
-                      .values_list("variant").annotate(n=Count("id")).order_by())
+    tested = Send.objects.filter(campaign=campaign, variant__isnull=False, after_test=False)
+    delivered = dict(tested.filter(status=S.SENT).values_list("variant").annotate(n=Count("id")).order_by())
+    recipients = dict(tested.values_list("variant").annotate(n=Count("id")).order_by())
     events = {row["variant"]: row for row in Event.objects.filter(
-        campaign=campaign, variant__isnull=False, machine=False, type__in=[T.OPEN, T.CLICK])
+        campaign=campaign, variant__isnull=False, send__after_test=False, machine=False, type__in=[T.OPEN, T.CLICK])
         .values("variant").annotate(openers=Count("send", distinct=True),
                                     clickers=Count("send", distinct=True, filter=Q(type=T.CLICK))).order_by()}
     metric = campaign.winner_metric if campaign.winner_metric in METRICS else "opens"
@@ -458,6 +458,9 @@ def variant_stats(campaign) -> dict | None:
         "winner_chosen_at": campaign.winner_chosen_at.isoformat() if campaign.winner_chosen_at else None,
         "winner_reason": campaign.winner_reason,
         "leader": leader["number"], "significant": significant, "variants": rows,
+        "waiting_for_winner": Send.objects.filter(campaign=campaign, hold=Send.HOLD_WINNER,
+                                                  status=S.QUEUED).count(),
+        "after_test": Send.objects.filter(campaign=campaign, after_test=True).count(),
         "summary": _verdict(leader, others, label, significant),
     }
 
