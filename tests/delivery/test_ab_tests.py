@@ -70,6 +70,10 @@ def test_the_split_is_even_and_seeded_and_the_rest_waits_for_the_winner(sink, re
     assert 40 <= sum(sizes) <= 50 and min(sizes) >= 10
     held = Send.objects.filter(campaign=ab, hold=Send.HOLD_WINNER, parked=True, variant__isnull=True).count()
     assert held == 90 - sum(sizes) and len(sink.received) == sum(sizes)
+    # Held rows are never claimed, even when a batch names them: nobody gets a variant before the winner is known.
+    engine.send_batch(list(Send.objects.filter(campaign=ab, hold=Send.HOLD_WINNER).values_list("id", flat=True)),
+                      now=START)
+    assert len(sink.received) == sum(sizes)
     # Each got its variant's subject and preheader; the events carry the variant.
     got = subjects(sink)
     for number, name in ((1, "Alpha"), (2, "Bravo"), (3, "Charlie")):
