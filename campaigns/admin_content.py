@@ -23,7 +23,7 @@ from django.utils.module_loading import import_string
 from email_validator import EmailNotValidError, validate_email
 
 from campaigns import rendering
-from campaigns.models import Campaign, Contact, Template
+from campaigns.models import Campaign, CampaignVariant, Contact, Template
 from herald import adminkit
 
 DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
@@ -32,7 +32,9 @@ CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
 # Before the start; from then on the content is frozen (campaigns.models.CampaignContent).
 EDITABLE = (Campaign.Status.DRAFT, Campaign.Status.SCHEDULED, Campaign.Status.MISSED)
 CONTENT_FIELDS = ("name", "subject", "from_name", "from_email", "reply_to", "template", "html_body", "text_body",
-                  "lists", "segments", "exclude_lists", "exclude_segments", "track_opens", "track_clicks")
+                  "lists", "segments", "exclude_lists", "exclude_segments", "track_opens", "track_clicks",
+                  "test_share", "winner_metric", "winner_wait", "local_date", "local_time", "passed_zones",
+                  "quiet_start", "quiet_end")
 
 
 def _add_errors(form, errors):
@@ -83,6 +85,15 @@ class CampaignForm(forms.ModelForm):
                          "click tracking is on; CSS is inlined and the text part derived when the text body is empty.",
         }
 
+    # Left out of a posted form, these keep their defaults (a script or an older form that knows nothing of A/B tests).
+    OPTIONAL = ("test_share", "winner_metric", "passed_zones")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in self.OPTIONAL:
+            if name in self.fields:
+                self.fields[name].required = False
+
     def clean(self):
         data = super().clean()
         if "subject" not in self.fields:
@@ -100,7 +111,50 @@ class CampaignForm(forms.ModelForm):
                     self.add_error(field, f"Not a valid address: {exc}")
         if not (data.get("html_body") or "").strip() and not (data.get("text_body") or "").strip():
             self.add_error("html_body", "A campaign needs an HTML body or a text body.")
+        for first, second in (("local_date", "local_time"), ("quiet_start", "quiet_end")):
+            if (data.get(first) is None) != (data.get(second) is None) and first in self.fields:
+                self.add_error(second if data.get(second) is None else first, "Give both, or neither.")
         return data
+
+
+class VariantFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        kept = [f for f in self.forms if f.cleaned_data and not f.cleaned_data.get("DELETE")]
+        if len(kept) == 1:
+            raise forms.ValidationError("An A/B test needs 2 to 5 variants: add another, or remove this one.")
+        numbers = [f.cleaned_data.get("number") for f in kept]
+        if len(set(numbers)) != len(numbers):
+            raise forms.ValidationError("Each variant needs a number of its own (1 for A, 2 for B …).")
+        for form in kept:
+            data = form.cleaned_data
+            _add_errors(form, rendering.validate_campaign_fields(
+                data.get("subject") or "", data.get("from_name") or "", data.get("html_body") or "",
+                data.get("text_body") or "", "a@example.com", ""))
+
+
+class VariantInline(adminkit.StackedInline):
+    """A/B variants: what each changes of the campaign (blank fields keep the campaign's)."""
+
+    model = CampaignVariant
+    formset = VariantFormSet
+    extra = 0
+    max_num = 5
+    fields = ("number", "subject", "preheader", "from_name", "html_body", "text_body")
+    verbose_name = "A/B variant"
+    verbose_name_plural = "A/B variants (2 to 5; blank fields keep the campaign's)"
+
+    def _editable(self, obj):
+        return obj is None or obj.status in EDITABLE
+
+    def has_add_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_add_permission(request, obj)
+
+    def has_change_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_change_permission(request, obj)
+
+    def has_delete_permission(self, request, obj=None):
+        return self._editable(obj) and super().has_delete_permission(request, obj)
 
 
 def _text_warnings(campaign):
@@ -137,15 +191,30 @@ class CampaignAdmin(adminkit.ModelAdmin):
     filter_horizontal = ("lists", "segments", "exclude_lists", "exclude_segments")
     change_form_template = "admin/campaigns/campaign/change_form.html"
     actions = ["send_test_action"]
+    inlines = [VariantInline]
     fieldsets = (
         (None, {"fields": ("name", "lists", "segments")}),
         ("Leave out", {"fields": ("exclude_lists", "exclude_segments"), "classes": ("collapse",)}),
         ("Envelope", {"fields": ("subject", "from_name", "from_email", "reply_to")}),
         ("Content", {"fields": ("template", "html_body", "text_body", "track_opens", "track_clicks")}),
+        ("A/B test", {"fields": ("test_share", "winner_metric", "winner_wait", "winner"),
+                      "description": "With two or more variants (below): the test share is split evenly between "
+                                     "them; after the wait the winner by the metric (people only, never machine "
+                                     "opens) goes to the rest. 100 % splits everyone, with no winner."}),
+        ("Local time", {"fields": ("local_date", "local_time", "passed_zones", "quiet_start", "quiet_end"),
+                        "description": "Send at a time of day in each recipient's own time zone (their timezone "
+                                       "attribute, else their country, else their list's default), and never "
+                                       "inside quiet hours. Blank: as soon as it starts."}),
         ("Status", {"fields": ("status", "status_reason", "scheduled_at", "total", "started_at", "finished_at")}),
     )
     follow_up_fieldset = ("Follow-up", {"fields": ("follow_up_of", "follow_up_audience", "follow_up_machine_opens",
                                                    "not_before")})
+
+    def get_inline_instances(self, request, obj=None):
+        if request.method == "POST" and "variants-TOTAL_FORMS" not in request.POST:
+            # A form posted without the variants (a script, or a page from before them) changes none of them.
+            return []
+        return super().get_inline_instances(request, obj)
 
     def get_fieldsets(self, request, obj=None):
         if obj is not None and obj.follow_up_of_id is not None:
@@ -160,7 +229,7 @@ class CampaignAdmin(adminkit.ModelAdmin):
             messages.warning(request, warning)
 
     def get_readonly_fields(self, request, obj=None):
-        fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at",
+        fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at", "winner",
                  "follow_up_of", "follow_up_audience", "follow_up_machine_opens", "not_before"]
         if obj is not None and obj.status not in EDITABLE:
             # Frozen when it started: what went out, and what the rest of the

@@ -10,7 +10,8 @@ job; campaigns never imports delivery, so they are looked up by dotted path
 at call time, as Send counts are looked up through the app registry.
 """
 
-from datetime import datetime
+from datetime import date, datetime, time, timedelta
+from typing import Literal
 
 from django.apps import apps
 from django.db import models
@@ -22,7 +23,17 @@ from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
 from campaigns import rendering
-from campaigns.models import Campaign, CampaignLink, Contact, MailingList, Segment, Template
+from campaigns.models import (
+    Campaign,
+    CampaignLink,
+    CampaignVariant,
+    Contact,
+    MailingList,
+    PassedZones,
+    Segment,
+    Template,
+    WinnerMetric,
+)
 from herald.permissions import requires
 
 router = Router(tags=["content"])
@@ -70,7 +81,37 @@ class TemplateOut(Schema):
     updated_at: datetime
 
 
-class CampaignIn(Schema):
+class VariantIn(Schema):
+    number: int = Field(ge=1, le=5, description="1 for A, 2 for B, …")
+    subject: str = Field("", max_length=998, description="Blank: the campaign's.")
+    preheader: str = Field("", max_length=300)
+    from_name: str = Field("", max_length=200)
+    html_body: str = ""
+    text_body: str = ""
+
+
+class VariantOut(VariantIn):
+    letter: str
+
+
+Metric = Literal[tuple(WinnerMetric.values)]
+Passed = Literal[tuple(PassedZones.values)]
+
+
+class ScheduleFields(Schema):
+    """A/B testing and local-time delivery; sent with a campaign, each may be left out."""
+
+    test_share: int = Field(20, ge=1, le=100, description="Percent of the audience testing the variants; 100: all.")
+    winner_metric: Metric = Field("opens", description="opens, clicks, click_to_open or manual")
+    winner_wait: timedelta | None = Field(None, description="How long the test runs (ISO 8601 or seconds).")
+    local_date: date | None = Field(None, description="Local-time delivery: the date …")
+    local_time: time | None = Field(None, description="… and the time of day in each recipient's zone.")
+    passed_zones: Passed = Field("now", description="Zones whose time has passed at the start: now or next_day.")
+    quiet_start: time | None = None
+    quiet_end: time | None = None
+
+
+class CampaignIn(ScheduleFields):
     name: str = Field(min_length=1, max_length=200)
     subject: str = Field(min_length=1, max_length=998)
     from_name: str = Field("", max_length=200)
@@ -85,6 +126,7 @@ class CampaignIn(Schema):
     exclude_segments: list[int] = []
     track_opens: bool = True
     track_clicks: bool = True
+    variants: list[VariantIn] = Field([], max_length=5, description="None, or 2 to 5 A/B variants.")
 
 
 class CampaignPatch(Schema):
@@ -102,9 +144,18 @@ class CampaignPatch(Schema):
     exclude_segments: list[int] | None = None
     track_opens: bool | None = None
     track_clicks: bool | None = None
+    test_share: int | None = Field(None, ge=1, le=100)
+    winner_metric: Metric | None = None
+    winner_wait: timedelta | None = None
+    local_date: date | None = None
+    local_time: time | None = None
+    passed_zones: Passed | None = None
+    quiet_start: time | None = None
+    quiet_end: time | None = None
+    variants: list[VariantIn] | None = Field(None, max_length=5, description="Replaces every variant.")
 
 
-class CampaignOut(Schema):
+class CampaignOut(ScheduleFields):
     id: int
     name: str
     subject: str
@@ -127,6 +178,9 @@ class CampaignOut(Schema):
     scheduled_at: datetime | None
     track_opens: bool
     track_clicks: bool
+    variants: list[VariantOut]
+    winner: int | None = Field(None, description="The A/B test's winner (1 for A …), once chosen.")
+    waves: list[dict] = Field([], description="Local-time release waves: at, recipients, zones.")
     total: int
     started_at: datetime | None
     finished_at: datetime | None
@@ -152,6 +206,10 @@ class CampaignOut(Schema):
     @staticmethod
     def resolve_follow_up_of(obj):
         return obj.follow_up_of_id
+
+    @staticmethod
+    def resolve_variants(obj):
+        return [{**v.frozen(), "letter": v.letter} for v in obj.variants.all()]
 
 
 class CampaignDetail(CampaignOut):
@@ -238,6 +296,34 @@ def _audience_errors(audience):
     return errors
 
 
+def _pop_variants(data):
+    variants = data.pop("variants", None)
+    return None if variants is None else [dict(v) for v in variants]
+
+
+def _variant_errors(variants):
+    if variants is None:
+        return []
+    errors = []
+    numbers = [v["number"] for v in variants]
+    if len(variants) == 1:
+        errors.append(rendering.ContentError("variants", "an A/B test needs 2 to 5 variants (or none)"))
+    if len(set(numbers)) != len(numbers):
+        errors.append(rendering.ContentError("variants", "each variant needs a number of its own"))
+    for v in variants:
+        for problem in rendering.validate_campaign_fields(v["subject"], v["from_name"], v["html_body"], v["text_body"],
+                                                          "a@example.com", ""):
+            errors.append(rendering.ContentError(f"variants[{v['number']}].{problem.field}", problem.message,
+                                                 problem.line))
+    return errors
+
+
+def _set_variants(campaign, variants):
+    if variants is not None:
+        campaign.variants.all().delete()
+        CampaignVariant.objects.bulk_create([CampaignVariant(campaign=campaign, **v) for v in variants])
+
+
 def _campaign_errors(campaign, audience):
     errors = rendering.validate_campaign_fields(campaign.subject, campaign.from_name, campaign.html_body,
                                                 campaign.text_body, campaign.from_email, campaign.reply_to)
@@ -319,7 +405,7 @@ def frozen_reason(campaign) -> str:
 @router.get("/campaigns", response=list[CampaignOut], summary="Campaigns, newest first")
 @requires("campaigns.view_campaign")
 def list_campaigns(request, status: str | None = None):
-    rows = Campaign.objects.prefetch_related(*AUDIENCE)
+    rows = Campaign.objects.prefetch_related(*AUDIENCE, "variants")
     if status:
         if status not in Campaign.Status.values:
             raise HttpError(422, f"status: {status!r} is not one of {', '.join(Campaign.Status.values)}")
@@ -332,12 +418,14 @@ def list_campaigns(request, status: str | None = None):
 def create_campaign(request, payload: CampaignIn):
     data = payload.dict()
     audience = _pop_audience(data)
+    variants = _pop_variants(data) or None
     campaign = Campaign(**data)
-    errors = _campaign_errors(campaign, audience)
+    errors = _campaign_errors(campaign, audience) + _variant_errors(variants)
     if errors:
         return _unprocessable(errors)
     campaign.save()
     _set_audience(campaign, audience)
+    _set_variants(campaign, variants)
     return 201, campaign
 
 
@@ -356,16 +444,22 @@ def update_campaign(request, campaign_id: int, payload: CampaignPatch):
         return 409, {"detail": frozen_reason(campaign)}
     changes = payload.dict(exclude_unset=True)
     audience = _pop_audience(changes)
+    variants = _pop_variants(changes)
     for key, value in changes.items():
-        if value is None and key != "template_id":
+        if value is None and key not in NULLABLE:
             continue
         setattr(campaign, key, value)
-    errors = _campaign_errors(campaign, audience)
+    errors = _campaign_errors(campaign, audience) + _variant_errors(variants)
     if errors:
         return _unprocessable(errors)
     campaign.save()
     _set_audience(campaign, audience)
+    _set_variants(campaign, variants)
     return 200, campaign
+
+
+# Fields a PATCH may set to null.
+NULLABLE = {"template_id", "winner_wait", "local_date", "local_time", "quiet_start", "quiet_end"}
 
 
 @router.delete("/campaigns/{campaign_id}", response={204: None, 409: dict}, summary="Delete a campaign")

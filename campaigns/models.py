@@ -7,6 +7,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
+from django.utils.html import escape
 from email_validator import EmailNotValidError, validate_email
 
 
@@ -78,6 +79,10 @@ class MailingList(models.Model):
     optin = models.CharField(max_length=8, choices=OptIn.choices, default=OptIn.SINGLE)
     public = models.BooleanField(default=False, db_default=False,
                                  help_text="Offered in the preference centre, where subscribers may join it.")
+    default_timezone = models.CharField(
+        max_length=64, blank=True, default="", db_default="",
+        help_text="For local-time delivery: the time zone (e.g. Europe/Berlin) of subscribers with no timezone or "
+                  "country attribute.")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -86,6 +91,19 @@ class MailingList(models.Model):
 
     def __str__(self):
         return self.name
+
+    def clean(self):
+        self.default_timezone = (self.default_timezone or "").strip()
+        if self.default_timezone and not is_time_zone(self.default_timezone):
+            raise ValidationError({"default_timezone": f"{self.default_timezone!r} is not a time zone name such as "
+                                                       "Europe/Berlin or America/New_York"})
+
+
+def is_time_zone(name: str) -> bool:
+    """Whether ``name`` is an IANA time zone name (what a contact's ``timezone`` attribute should hold)."""
+    from zoneinfo import available_timezones
+
+    return name in available_timezones()
 
 
 class Subscription(models.Model):
@@ -401,6 +419,18 @@ class FollowUp(models.TextChoices):
     CLICKED = "clicked", "clicked"
 
 
+class WinnerMetric(models.TextChoices):
+    OPENS = "opens", "human open rate"
+    CLICKS = "clicks", "human click rate"
+    CLICK_TO_OPEN = "click_to_open", "click-to-open rate"
+    MANUAL = "manual", "manual choice"
+
+
+class PassedZones(models.TextChoices):
+    NOW = "now", "send at once"
+    NEXT_DAY = "next_day", "send at that time the next day"
+
+
 class Campaign(models.Model):
     class Status(models.TextChoices):
         DRAFT = "draft"
@@ -440,6 +470,26 @@ class Campaign(models.Model):
     scheduled_at = models.DateTimeField(null=True, blank=True, db_index=True)
     track_opens = models.BooleanField(default=True)
     track_clicks = models.BooleanField(default=True)
+    # A/B test (with two or more variants): a share of the audience is split
+    # evenly between the variants; after the wait the winner by the metric goes
+    # to the rest. 100 % splits everyone, with no winner phase.
+    test_share = models.PositiveSmallIntegerField(
+        default=20, help_text="Percent of the audience that tests the variants; 100 splits everyone (no winner).")
+    winner_metric = models.CharField(max_length=16, choices=WinnerMetric.choices, default=WinnerMetric.OPENS)
+    winner_wait = models.DurationField(null=True, blank=True, help_text="How long the test runs, e.g. 04:00:00.")
+    winner = models.PositiveSmallIntegerField(null=True, blank=True, editable=False,
+                                              help_text="The variant the rest of the audience gets.")
+    winner_chosen_at = models.DateTimeField(null=True, blank=True, editable=False)
+    winner_reason = models.TextField(blank=True, default="", editable=False)
+    # Local-time delivery: each recipient gets it at this time of day in their own time zone, on this date.
+    local_date = models.DateField(null=True, blank=True, help_text="Local-time delivery: the date.")
+    local_time = models.TimeField(null=True, blank=True, help_text="Local-time delivery: the time in each recipient's zone.")
+    passed_zones = models.CharField(max_length=8, choices=PassedZones.choices, default=PassedZones.NOW,
+                                    help_text="Zones where that time has already passed when the campaign starts.")
+    quiet_start = models.TimeField(null=True, blank=True, help_text="Quiet hours (local): nothing is sent from …")
+    quiet_end = models.TimeField(null=True, blank=True, help_text="… until this time; blank: the global setting.")
+    # The release waves of a local-time (or quiet-hours) send: [{"at": iso, "zones": [...], "recipients": n}].
+    waves = models.JSONField(default=list, blank=True, editable=False)
     # Recipients at snapshot time (while starting: those snapshotted so far).
     total = models.PositiveIntegerField(default=0)
     # The snapshot walks the contacts in id order, one committed chunk at a
@@ -488,10 +538,23 @@ class Campaign(models.Model):
             **{name: getattr(self, name) for name in CampaignContent.COPIED},
             "template_html": layout.html if layout else None,
             "template_text": layout.text if layout else None,
+            "variants": [v.frozen() for v in self.variants.all()] if self.variants.count() >= 2 else [],
         })
         return frozen
 
-    def as_sent(self) -> "Campaign":
+    def variant_numbers(self) -> list[int]:
+        """The numbers of the variants it sends (frozen once started); [] when it is no A/B test."""
+        try:
+            return [v["number"] for v in self.frozen_content.variants]
+        except CampaignContent.DoesNotExist:
+            numbers = [v.number for v in self.variants.all()]
+            return numbers if len(numbers) >= 2 else []
+
+    @property
+    def splits_everyone(self) -> bool:
+        return self.test_share >= 100
+
+    def as_sent(self, variant=None) -> "Campaign":
         """This campaign with the content frozen when it started: what its recipients get.
 
         A campaign that never started (a draft, or one sent before content was
@@ -508,7 +571,62 @@ class Campaign(models.Model):
         if frozen.template_html is not None:
             copy.template = Template(pk=self.template_id or 0, name=f"layout of {self.name}"[:200],
                                      html=frozen.template_html, text=frozen.template_text or "")
+        for frozen_variant in frozen.variants:
+            if frozen_variant["number"] == variant:
+                CampaignVariant.apply(copy, frozen_variant)
+                copy.variant_number = variant
         return copy
+
+
+class CampaignVariant(models.Model):
+    """One version of an A/B tested campaign: what it changes of the campaign's subject, sender name or content.
+
+    A blank field keeps the campaign's own. The number (1 for A, 2 for B …) is what Send rows and events record.
+    """
+
+    OVERRIDES = ("subject", "from_name", "html_body", "text_body")
+
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="variants")
+    number = models.PositiveSmallIntegerField(help_text="1 for A, 2 for B, …")
+    subject = models.CharField(max_length=998, blank=True, default="")
+    preheader = models.CharField(max_length=300, blank=True, default="",
+                                 help_text="The preview text inboxes show after the subject.")
+    from_name = models.CharField(max_length=200, blank=True, default="")
+    html_body = models.TextField(blank=True, default="")
+    text_body = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["campaign", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["campaign", "number"], name="campaignvariant_unique"),
+            models.CheckConstraint(condition=models.Q(number__gte=1, number__lte=5), name="campaignvariant_1_to_5"),
+        ]
+
+    def __str__(self):
+        return f"variant {self.letter}"
+
+    @property
+    def letter(self) -> str:
+        return variant_letter(self.number)
+
+    def frozen(self) -> dict:
+        return {"number": self.number, "preheader": self.preheader,
+                **{name: getattr(self, name) for name in self.OVERRIDES}}
+
+    @classmethod
+    def apply(cls, campaign, frozen: dict) -> None:
+        """Put a frozen variant's fields over the campaign's (an unsaved copy's); the preheader opens the HTML body."""
+        for name in cls.OVERRIDES:
+            if frozen.get(name):
+                setattr(campaign, name, frozen[name])
+        if frozen.get("preheader") and campaign.html_body:
+            # Hidden in the message, shown by inboxes as the preview after the subject.
+            campaign.html_body = ('<div style="display:none;max-height:0;overflow:hidden;mso-hide:all">'
+                                  f'{escape(frozen["preheader"])}</div>' + campaign.html_body)
+
+
+def variant_letter(number) -> str:
+    return "ABCDE"[number - 1] if number and 1 <= number <= 5 else "?"
 
 
 class CampaignContent(models.Model):
@@ -533,6 +651,8 @@ class CampaignContent(models.Model):
     template_text = models.TextField(null=True, blank=True)
     track_opens = models.BooleanField(default=True)
     track_clicks = models.BooleanField(default=True)
+    # The A/B variants as they were: [{"number", "name", "subject", "preheader", "from_name", "html_body", "text_body"}].
+    variants = models.JSONField(default=list, blank=True)
     frozen_at = models.DateTimeField(auto_now=True)
 
     def __str__(self):

@@ -23,7 +23,8 @@ app_name = "operator-admin"
 
 # What a copy keeps: the content and the audience, never the status or counts.
 COPIED_FIELDS = ("subject", "from_name", "from_email", "reply_to", "html_body", "text_body", "template_id",
-                 "track_opens", "track_clicks")
+                 "track_opens", "track_clicks", "test_share", "winner_metric", "winner_wait", "passed_zones",
+                 "quiet_start", "quiet_end")
 
 
 def _change_url(campaign_id):
@@ -70,6 +71,9 @@ def campaign_duplicate(request, campaign_id):
     copy = Campaign(name=f"Copy of {original.name}"[:200], **{f: getattr(original, f) for f in COPIED_FIELDS})
     copy.save()
     copy.lists.set(original.lists.all())
+    for variant in original.variants.all():
+        variant.pk, variant.campaign = None, copy
+        variant.save()
     messages.success(request, f"“{copy.name}” is a new draft with the content and lists of “{original.name}”.")
     return redirect(_change_url(copy.pk))
 

@@ -1,5 +1,7 @@
 """Staff-only pages for a campaign's lifecycle: the send confirmation, pause/resume/cancel, progress."""
 
+from datetime import datetime
+
 from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import permission_required
@@ -10,7 +12,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_POST
 
 from campaigns.models import Campaign
-from delivery import audiences, lifecycle, planner
+from delivery import audiences, lifecycle, placement, planner
 from delivery.lifecycle import LifecycleError
 
 SEND_PERMISSION = "campaigns.send_campaign"
@@ -52,6 +54,10 @@ def campaign_send(request, campaign_id):
         "exclude_segments": [str(s) for s in campaign.exclude_segments.all()],
         "follow_up_of": campaign.follow_up_of,
         "notes": audiences.notes(campaign),
+        "waves": [{**w, "at": datetime.fromisoformat(w["at"]),
+                   "zones": ", ".join(sorted(w["zones"])[:8]) + (" …" if len(w["zones"]) > 8 else "")}
+                  for w in placement.preview_waves(campaign)],
+        "variants": [v.letter for v in campaign.variants.all()] if campaign.variants.count() >= 2 else [],
         "startable": campaign.status in lifecycle.STARTABLE,
         "error": error or ("" if campaign.status in lifecycle.STARTABLE else f"This campaign is {campaign.status}."),
         "title": f"Send {campaign.name}",

@@ -119,22 +119,23 @@ class Stops:
 _compiled = {}  # campaign id -> (updated_at, compiled)
 
 
-def compiled_for(campaign_id, updated_at):
-    """The campaign's message as frozen when it started, compiled once per process (looked up again when the row changes).
+def compiled_for(campaign_id, updated_at, variant=None):
+    """The campaign's message (its A/B ``variant``'s) as frozen when it started, compiled once per process
+    (looked up again when the row changes).
 
     Never the current draft: an edit made after the start (or of its layout)
     changes nothing that the remaining recipients get.
     """
     from delivery.message import compile_campaign
 
-    hit = _compiled.get(campaign_id)
+    hit = _compiled.get((campaign_id, variant))
     if hit and hit[0] == updated_at:
         return hit[1]
     campaign = Campaign.objects.select_related("frozen_content").get(pk=campaign_id)
     if len(_compiled) > 64:
         _compiled.clear()
-    compiled = compile_campaign(campaign.as_sent())
-    _compiled[campaign_id] = (campaign.updated_at, compiled)
+    compiled = compile_campaign(campaign.as_sent(variant))
+    _compiled[campaign_id, variant] = (campaign.updated_at, compiled)
     return compiled
 
 
@@ -453,7 +454,7 @@ class _Builder:
                 self.done.append(Result(row, "skipped", reply="recipient no longer mailable", attempted=False))
                 return None
             contact = ContactData(row.contact_email, row.first_name, row.last_name, row.attributes)
-            compiled = compiled_for(row.campaign_id, self.versions.get(row.campaign_id))
+            compiled = compiled_for(row.campaign_id, self.versions.get(row.campaign_id), row.variant)
             with render_budget(RENDER_SECONDS):
                 return compiled.build(row, contact)
         except SoftTimeLimitExceeded as exc:

@@ -72,6 +72,7 @@ class Row:
     attributes: dict | None = None
     contact_email: str = ""
     suppressed: bool = False
+    variant: int | None = None  # the A/B variant it gets, if the campaign has variants
 
     @property
     def pk(self):
@@ -80,7 +81,7 @@ class Row:
     def as_send(self, **extra):
         return Send(id=self.id, campaign_id=self.campaign_id, contact_id=self.contact_id, email=self.email,
                     domain=self.domain, attempts=self.attempts, first_attempt_at=self.first_attempt_at,
-                    outbound_id=self.outbound_id, **extra)
+                    outbound_id=self.outbound_id, variant=self.variant, **extra)
 
 
 @dataclass
@@ -133,9 +134,9 @@ def claim(ids, now=None) -> list[Row]:
     return _claim_postgres(ids, now, token, owner)
 
 
-def _row(r, token, suppressed):
+def _row(r, token, suppressed, variant):
     return Row(*r[:9], token=token, contact_status=r[9], first_name=r[10] or "", last_name=r[11] or "",
-               attributes=_attributes(r[12]), contact_email=r[13] or "", suppressed=suppressed)
+               attributes=_attributes(r[12]), contact_email=r[13] or "", suppressed=suppressed, variant=variant)
 
 
 def _attributes(value):
@@ -158,7 +159,7 @@ def _claim_postgres(ids, now, token, owner) -> list[Row]:
             f"""
             WITH c AS (
                 SELECT s.id FROM {SEND} s
-                WHERE s.id = ANY(%(ids)s) AND s.status = 'queued'
+                WHERE s.id = ANY(%(ids)s) AND s.status = 'queued' AND s.hold = 0
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
                 ORDER BY s.id
@@ -168,10 +169,10 @@ def _claim_postgres(ids, now, token, owner) -> list[Row]:
                        lease_token = %(token)s, lease_owner = %(owner)s, claims = s.claims + 1, updated_at = %(now)s
                 FROM c WHERE s.id = c.id
                 RETURNING s.id, s.campaign_id, s.contact_id, s.email, s.domain, s.attempts, s.first_attempt_at, s.outbound_id,
-                          s.claims)
+                          s.claims, s.variant)
             SELECT u.id, u.campaign_id, u.contact_id, u.email, u.domain, u.attempts, u.first_attempt_at, u.outbound_id,
                    u.claims, ct.status, ct.first_name, ct.last_name, ct.attributes, ct.email,
-                   EXISTS (SELECT 1 FROM {SUPPRESSION} p WHERE p.email_key = lower(trim(u.email)))
+                   EXISTS (SELECT 1 FROM {SUPPRESSION} p WHERE p.email_key = lower(trim(u.email))), u.variant
             FROM u LEFT JOIN {CONTACT} ct ON ct.id = u.contact_id
             ORDER BY u.id
             """,  # noqa: S608
@@ -179,7 +180,7 @@ def _claim_postgres(ids, now, token, owner) -> list[Row]:
              "token": token, "owner": owner},
         )
         rows = cur.fetchall()
-    return [_row(r, token, r[14]) for r in rows]
+    return [_row(r, token, r[14], r[15]) for r in rows]
 
 
 def _claim_sqlite(ids, now, token, owner) -> list[Row]:
@@ -196,7 +197,7 @@ def _claim_sqlite(ids, now, token, owner) -> list[Row]:
                 f"""
                 UPDATE {SEND} AS s SET status = 'sending', lease_expires_at = %s,
                        lease_token = %s, lease_owner = %s, claims = s.claims + 1, updated_at = %s
-                WHERE s.id IN ({_marks(chunk)}) AND s.status = 'queued'
+                WHERE s.id IN ({_marks(chunk)}) AND s.status = 'queued' AND s.hold = 0
                   AND (s.campaign_id IS NULL OR EXISTS (
                        SELECT 1 FROM {CAMPAIGN} k WHERE k.id = s.campaign_id AND k.status = 'sending'))
                 RETURNING id
@@ -210,13 +211,14 @@ def _claim_sqlite(ids, now, token, owner) -> list[Row]:
             Send.objects.filter(id__in=chunk).order_by("id").values_list(
                 "id", "campaign_id", "contact_id", "email", "domain", "attempts", "first_attempt_at", "outbound_id",
                 "claims", "contact__status", "contact__first_name", "contact__last_name", "contact__attributes", "contact__email",
+                "variant",
             )
         )
     keys = {email_key(r[3]) for r in rows}
     suppressed = set()
     for chunk in _chunks(keys):
         suppressed.update(Suppression.objects.filter(email_key__in=chunk).values_list("email_key", flat=True))
-    return [_row(r, token, email_key(r[3]) in suppressed) for r in rows]
+    return [_row(r, token, email_key(r[3]) in suppressed, r[14]) for r in rows]
 
 
 def _by_token(rows):
@@ -600,7 +602,7 @@ def due_slots(now=None, size=SWEEP_CHUNK, stopped=True):
         with connection.cursor() as cur:
             cur.execute(
                 f"""UPDATE {SEND} SET parked = %(false)s, updated_at = %(now)s
-                    WHERE id IN (SELECT id FROM {SEND} WHERE parked AND next_attempt_at <= %(horizon)s
+                    WHERE id IN (SELECT id FROM {SEND} WHERE parked AND hold = 0 AND next_attempt_at <= %(horizon)s
                                  ORDER BY next_attempt_at LIMIT %(size)s)
                     RETURNING id, next_attempt_at, status, campaign_id""",  # noqa: S608
                 {"now": at, "horizon": _db_time(horizon) if _sqlite() else horizon, "size": size, "false": False},
@@ -631,7 +633,7 @@ def _unpark_stopped():
     """
     now = timezone.now()
     stopped = list(Campaign.objects.exclude(status=Campaign.Status.SENDING)
-                   .filter(models.Exists(Send.objects.filter(campaign_id=models.OuterRef("pk"), parked=True)))
+                   .filter(models.Exists(Send.objects.filter(campaign_id=models.OuterRef("pk"), parked=True, hold=0)))
                    .values_list("id", flat=True))
     for campaign_id in stopped:
         by_domain = {}
@@ -646,7 +648,8 @@ def _unpark_stopped():
             for (domain,) in cur.fetchall():
                 by_domain[domain] = by_domain.get(domain, 0) + 1
         while True:
-            ids = list(Send.objects.filter(campaign_id=campaign_id, parked=True).values_list("id", flat=True)[:SWEEP_CHUNK])
+            ids = list(Send.objects.filter(campaign_id=campaign_id, parked=True, hold=0)
+                       .values_list("id", flat=True)[:SWEEP_CHUNK])
             if not ids:
                 break
             for domain, n in (Send.objects.filter(id__in=ids, parked=True).values_list("domain")
@@ -659,3 +662,94 @@ def _unpark_stopped():
             given[limit] = given.get(limit, 0) + n
         for limit, n in given.items():
             throttle.unreserve(limit, n)
+
+
+# --- holds: local-time waves, quiet hours and the A/B test's winner ---------------
+#
+# A held row is queued and parked with ``hold`` saying why (Send.HOLD_*); the
+# claim never takes it, and the slot hand-over and the sweeper leave it alone.
+# Rows held for their local time go when next_attempt_at comes (due_waves, on
+# beat's due-retries tick); rows held for the winner get the winner's variant
+# all in one statement (choose_winner) and become local-time holds, released
+# like the others. So a recipient is sent exactly one variant, whatever
+# crashes, pauses and resumes come between.
+
+def place(groups, now=None):
+    """Give freshly snapshotted (still queued) rows their variant and hold.
+
+    ``groups``: {(variant, hold, release): [send ids]}; a release of None means
+    at once. Rows that wait (a hold, or a release) are parked until then. One
+    UPDATE per group (and chunk of ids).
+    """
+    now = now or timezone.now()
+    for (variant, hold, release), ids in groups.items():
+        values = {"variant": variant, "updated_at": now}
+        if hold or release is not None:
+            values.update(hold=hold or Send.HOLD_LOCAL_TIME, parked=True, next_attempt_at=release or now)
+        for chunk in _chunks(ids, SQLITE_CHUNK if _sqlite() else SWEEP_CHUNK):
+            Send.objects.filter(id__in=chunk, status=Send.Status.QUEUED, hold=0).update(**values)
+
+
+def move_held(campaign_id, moves, now=None):
+    """Rows still held for the winner get new release times: {release: [send ids]} (quiet hours at the choice)."""
+    now = now or timezone.now()
+    for release, ids in moves.items():
+        for chunk in _chunks(ids, SQLITE_CHUNK if _sqlite() else SWEEP_CHUNK):
+            Send.objects.filter(id__in=chunk, campaign_id=campaign_id, hold=Send.HOLD_WINNER).update(
+                next_attempt_at=release, updated_at=now)
+
+
+def due_waves(now=None, campaign_ids=None, size=SWEEP_CHUNK) -> list[int]:
+    """Rows held for a local time that has come, of campaigns that are sending, go to the queue: returns their ids."""
+    now = now or timezone.now()
+    at = _db_time(now) if _sqlite() else now
+    which, chosen = "", []
+    if campaign_ids is not None:
+        chosen = [int(c) for c in campaign_ids] or [0]
+        which = f" AND s.campaign_id IN ({_marks(chosen)})"
+    released = []
+    while True:
+        with connection.cursor() as cur:
+            cur.execute(
+                f"""UPDATE {SEND} SET parked = %s, hold = 0, next_attempt_at = %s, updated_at = %s
+                    WHERE id IN (SELECT s.id FROM {SEND} s JOIN {CAMPAIGN} k ON k.id = s.campaign_id
+                                 WHERE s.parked AND s.hold = {Send.HOLD_LOCAL_TIME} AND s.status = 'queued'
+                                   AND s.next_attempt_at <= %s AND k.status = 'sending'{which}
+                                 LIMIT {int(size)})
+                    RETURNING id""",  # noqa: S608
+                [False, at, at, at, *chosen],
+            )
+            ids = [r[0] for r in cur.fetchall()]
+        released.extend(ids)
+        if len(ids) < size:
+            return released
+
+
+def choose_winner(campaign_id, variant, reason, now=None) -> int | None:
+    """Make ``variant`` the winner, unless one was chosen already: returns the campaign's winner.
+
+    The rows held for the winner get its variant in the same transaction that
+    records it on the campaign, in one statement, and become local-time holds
+    (each keeps its release time): due_waves sends them. Safe to run twice
+    and from two processes: the conditional UPDATE on the campaign lets one win.
+    """
+    now = now or timezone.now()
+    with transaction.atomic():
+        chosen = Campaign.objects.filter(pk=campaign_id, winner__isnull=True).update(
+            winner=variant, winner_chosen_at=now, winner_reason=reason[:2000], updated_at=now)
+        if not chosen:
+            return Campaign.objects.filter(pk=campaign_id).values_list("winner", flat=True).first()
+        Send.objects.filter(campaign_id=campaign_id, hold=Send.HOLD_WINNER).update(
+            variant=variant, hold=Send.HOLD_LOCAL_TIME, after_test=True, updated_at=now)
+    return variant
+
+
+def held_counts(campaign_id) -> dict:
+    """Rows still held, by release time: {release: {"local_time": n, "winner": n}}."""
+    out = {}
+    rows = (Send.objects.filter(campaign_id=campaign_id, parked=True, hold__gt=0, status=Send.Status.QUEUED)
+            .values_list("next_attempt_at", "hold").annotate(n=models.Count("id")).order_by())
+    for release, hold, n in rows:
+        entry = out.setdefault(release, {"local_time": 0, "winner": 0})
+        entry["winner" if hold == Send.HOLD_WINNER else "local_time"] += n
+    return out

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 from campaigns import audit
 from campaigns.models import Campaign
-from delivery import dispatch, ledger, planner
+from delivery import dispatch, ledger, placement, planner
 from delivery.models import Send
 from delivery.signals import resuming
 
@@ -70,12 +70,13 @@ def snapshot_chunk() -> int:
     return getattr(settings, "HERALD_START_CHUNK", 20000)
 
 
-def start_campaign(campaign_id) -> Campaign:
+def start_campaign(campaign_id, now=None) -> Campaign:
     """Start and snapshot the audience here, then enqueue: for the command line, scripts and tests.
 
-    Web requests and the scheduler use ``start_in_background``.
+    Web requests and the scheduler use ``start_in_background``. ``now``: the
+    start time, from which local-time waves and an A/B test's wait are counted.
     """
-    begin_start(campaign_id)
+    begin_start(campaign_id, now)
     prepare(campaign_id)
     return _get(campaign_id)
 
@@ -87,7 +88,8 @@ def start_in_background(campaign_id) -> Campaign:
     return campaign
 
 
-def begin_start(campaign_id) -> Campaign:
+def begin_start(campaign_id, now=None) -> Campaign:
+    now = now or timezone.now()
     with transaction.atomic():
         campaign = Campaign.objects.select_for_update().filter(pk=campaign_id).first()
         if campaign is None:
@@ -96,9 +98,9 @@ def begin_start(campaign_id) -> Campaign:
             _refuse(campaign, "start", STARTABLE)
         if not campaign.has_audience():
             raise LifecycleError(f"campaign {campaign.pk} has no target lists or segments")
-        if campaign.not_before is not None and campaign.not_before > timezone.now():
+        if campaign.not_before is not None and campaign.not_before > now:
             raise LifecycleError(f"campaign {campaign.pk} may not start before {campaign.not_before.isoformat()}")
-        enter_starting(campaign, timezone.now())
+        enter_starting(campaign, now)
     return _recorded("campaign.start", campaign_id)
 
 
@@ -157,15 +159,22 @@ def prepare(campaign_id, on_chunk=None) -> Campaign | None:
         if after >= upto:
             return _start_sending(campaign_id)
         step = planner.next_chunk(after, upto, snapshot_chunk())
+        placed = placement.needed(campaign)
         try:
             with transaction.atomic():
                 added = planner.snapshot_range(campaign, after, step)
+                # Variants and local-time holds go with the rows, in the chunk's transaction.
+                waves = placement.place_chunk(campaign, after, step) if placed else {}
                 # Committed only if the campaign is still starting from this very cursor:
                 # a pause, a cancel or a second run meanwhile rolls the chunk back.
                 if not Campaign.objects.filter(pk=campaign_id, status=Campaign.Status.STARTING,
                                                snapshot_cursor=after).update(
                         snapshot_cursor=step, total=F("total") + added, updated_at=timezone.now()):
                     raise _Overtaken
+                if waves:
+                    # The row is ours since the UPDATE above: no other run writes its waves meanwhile.
+                    Campaign.objects.filter(pk=campaign_id).update(
+                        waves=placement.merge_waves(Campaign.objects.get(pk=campaign_id).waves, waves))
         except _Overtaken:
             continue
         if on_chunk is not None:
@@ -183,7 +192,7 @@ def _start_sending(campaign_id) -> Campaign:
     # in the middle of this leaves queued rows without a task: the sweeper
     # enqueues them again.
     if started and total:
-        dispatch.enqueue_campaign(campaign_id)
+        dispatch.enqueue_campaign(campaign_id)  # rows held for their local time or the winner wait parked
     if started:
         ledger.settle_campaigns([campaign_id])
         log.info("campaign %s is sending to %d recipient(s)", campaign_id, total)
@@ -254,6 +263,7 @@ def resume_campaign(campaign_id, acknowledge=False) -> Campaign:
         _refuse(_get(campaign_id), "resume", [Campaign.Status.PAUSED])
     ledger.clear_stop([campaign_id])
     dispatch.enqueue_campaign(campaign_id)
+    dispatch.enqueue_sends(ledger.due_waves(campaign_ids=[campaign_id]))
     ledger.settle_campaigns([campaign_id])
     return _recorded("campaign.resume", campaign_id)
 
@@ -292,7 +302,12 @@ def snapshot_share(campaign) -> float:
 
 def progress(campaign_id) -> dict:
     campaign = _get(campaign_id)
+    waves = placement.wave_progress(campaign) if campaign.waves else []
     return {
+        "waves": {"done": sum(w["done"] for w in waves), "pending": sum(not w["done"] for w in waves),
+                  "list": [{"at": w["at"], "recipients": w["recipients"], "held": w["held"], "done": w["done"]}
+                           for w in waves]},
+        "winner": campaign.winner,
         "id": campaign.pk,
         "status": campaign.status,
         "status_reason": campaign.status_reason,

@@ -801,15 +801,17 @@ def compile_campaign(campaign) -> CompiledCampaign:
     """The campaign compiled for this process; recompiled when its content changed or after a minute."""
     key = _cache_key(campaign)
     now = time.monotonic()
+    # Each A/B variant of a campaign (see Campaign.as_sent) is compiled and kept on its own.
+    slot = (campaign.pk, getattr(campaign, "variant_number", None))
     with _compiled_lock:
-        hit = _compiled.get(campaign.pk)
+        hit = _compiled.get(slot)
         if hit and hit[0] == key and now - hit[1] < _COMPILE_TTL:
             return hit[2]
     compiled = CompiledCampaign(campaign)
     with _compiled_lock:
         if len(_compiled) > 32:
             _compiled.clear()
-        _compiled[campaign.pk] = (key, now, compiled)
+        _compiled[slot] = (key, now, compiled)
     return compiled
 
 

@@ -184,6 +184,8 @@ class SendingDomain(models.Model):
 class Send(models.Model):
     """One recipient of one campaign: the unit that is claimed, sent and counted."""
 
+    HOLD_NONE, HOLD_LOCAL_TIME, HOLD_WINNER = 0, 1, 2
+
     class Status(models.TextChoices):
         QUEUED = "queued"
         SENDING = "sending"
@@ -220,6 +222,16 @@ class Send(models.Model):
     # tasks: no task carries the row until the due-retries tick hands it to the
     # broker shortly before next_attempt_at, its slot.
     parked = models.BooleanField(default=False, db_default=False)
+    # A/B tests: the variant this recipient gets (1 for A …); null for a campaign
+    # without variants, and for a recipient held for the winner until it is chosen.
+    variant = models.PositiveSmallIntegerField(null=True, blank=True)
+    # Why a parked row waits, when it is not for a reserved send slot: its local
+    # time (a delivery wave or quiet hours; released at next_attempt_at) or the
+    # A/B test's winner (released when the winner is chosen). A held row is
+    # never claimed, and holds no throttle tokens.
+    hold = models.PositiveSmallIntegerField(default=0, db_default=0)
+    # Held for an A/B test's winner and given it: the rest of the audience, not the test (statistics compare the test).
+    after_test = models.BooleanField(default=False, db_default=False)
     first_attempt_at = models.DateTimeField(null=True, blank=True)
     sent_at = models.DateTimeField(null=True, blank=True)
     smtp_code = models.PositiveSmallIntegerField(null=True, blank=True)

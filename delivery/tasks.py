@@ -58,6 +58,8 @@ def release_dead():
 def due_retries():
     dispatch.enqueue_slots(ledger.due_slots())
     dispatch.enqueue_sends(ledger.due_retries())
+    # Local-time waves and quiet hours: rows held until their time go now.
+    dispatch.enqueue_sends(ledger.due_waves())
 
 
 @shared_task(name="delivery.start_campaign", autoretry_for=TRANSIENT, retry_backoff=2, retry_backoff_max=60,

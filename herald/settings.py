@@ -4,6 +4,7 @@ Only SECRET_KEY has none in production: it must be the same in every process.
 """
 
 import ipaddress
+import re
 import secrets
 from pathlib import Path
 
@@ -233,6 +234,8 @@ CELERY_BEAT_SCHEDULE = {
     "delivery-dispatch-scheduled": {"task": "delivery.dispatch_scheduled", "schedule": 15.0},
     # Warm-up schedules grow, hold or step back once a day; run often so a new day starts on its new volume.
     "tracking-warmup-step": {"task": "tracking.warmup_step", "schedule": 60.0},
+    # A/B tests whose wait is over get their winner, which goes to the rest of the audience.
+    "tracking-choose-winners": {"task": "tracking.choose_winners", "schedule": 60.0},
     # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
     "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
 }
@@ -246,6 +249,11 @@ HERALD_GIVE_UP_AFTER = envint("HERALD_GIVE_UP_AFTER", 72 * 3600, minimum=0)
 # A scheduled campaign found more than this many seconds late (beat was down)
 # is not started silently: it waits as "missed" for an operator.
 HERALD_SCHEDULE_CUTOFF = envint("HERALD_SCHEDULE_CUTOFF", 6 * 3600, minimum=60)
+# Quiet hours in each recipient's local time, e.g. "21:00-08:00": sends due inside them wait for their end.
+# Blank: none. A campaign may set its own.
+HERALD_QUIET_HOURS = envstr("HERALD_QUIET_HOURS", "")
+if HERALD_QUIET_HOURS and not re.fullmatch(r"(([01]?\d|2[0-3]):[0-5]\d)-(([01]?\d|2[0-3]):[0-5]\d)", HERALD_QUIET_HOURS):
+    raise ImproperlyConfigured(f"HERALD_QUIET_HOURS={HERALD_QUIET_HOURS!r} is not a span of local time such as 21:00-08:00")
 HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, minimum=1)
 # Budgets of one template render (one message at send time): characters of
 # output, and loop turns plus macro calls. A template over either is refused at

@@ -33,6 +33,7 @@ from django.utils import timezone
 from campaigns.audience import LIVE, subscribed_to
 from campaigns.models import Segment, Subscription, Suppression
 from delivery.models import DomainThrottle, Send
+from segments.rules import variant_number
 from tracking.models import Engagement, Event
 
 NOTHING = Q(pk__in=[])
@@ -177,6 +178,10 @@ class Compiler:
 
     def c_clicked_link(self, node):
         return Q(Exists(self.events([Event.Type.CLICK], node).filter(url=node["url"])))
+
+    def c_variant(self, node):
+        return Q(Exists(Send.objects.filter(contact_id=OuterRef("pk"), campaign_id=node["campaign"],
+                                            variant=variant_number(node["variant"]))))
 
     def c_unopened(self, node):
         """Received ``count`` campaigns or more since the last open (or ever, never having opened)."""

@@ -20,7 +20,8 @@ condition, ``{"type": ..., ...}``:
 - ``last_bounce``: ``{"op": "in_last_days" | "more_than_days_ago" | "never" | "ever", "value": n}`` (hard bounces);
 - ``complained``: ``{"within_days": n?}``;
 - ``suppressed``: ``{"reason": reason?}``;
-- ``segment``: ``{"segment": id}``: in another segment (no cycles).
+- ``segment``: ``{"segment": id}``: in another segment (no cycles);
+- ``variant``: ``{"campaign": id, "variant": "A" … "E" (or 1 … 5)}``: was sent that variant of an A/B test.
 
 Machine opens and clicks (privacy proxies, link scanners) never count unless
 ``include_machine`` is true. Operators by kind:
@@ -60,7 +61,7 @@ BOUNCE_OPS = ("in_last_days", "more_than_days_ago", "never", "ever")
 COUNT_OPS = ("equals", "gt", "gte", "lt", "lte", "between")
 DOMAIN_OPS = ("equals", "in", "ends_with")
 CONDITIONS = ("list", "field", "attribute", "domain", "provider", "opened", "clicked", "clicked_link", "unopened",
-              "last_activity", "soft_bounces", "last_bounce", "complained", "suppressed", "segment")
+              "last_activity", "soft_bounces", "last_bounce", "complained", "suppressed", "segment", "variant")
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DOMAIN = re.compile(r"^\.?[a-z0-9-]+(\.[a-z0-9-]+)*$")
 
@@ -196,6 +197,12 @@ class _Check:
         if not isinstance(node.get("include_machine", False), bool):
             self.fail(_at(path, "include_machine"), "must be true or false")
 
+    def variant(self, node, path, trail):
+        self.keys(node, path, {"campaign", "variant"})
+        self.ref(node, path, "campaign", Campaign, "campaign")
+        if variant_number(node.get("variant")) is None:
+            self.fail(_at(path, "variant"), "must be a variant letter, A to E (or its number, 1 to 5)")
+
     def unopened(self, node, path, trail):
         self.keys(node, path, {"count", "include_machine"})
         count = node.get("count")
@@ -329,6 +336,13 @@ def _fits(kind, value):
             return False
         return True
     return False
+
+
+def variant_number(value) -> int | None:
+    """1 to 5 from "A" … "E" or 1 … 5; None for anything else."""
+    if isinstance(value, str) and len(value) == 1 and value.upper() in "ABCDE":
+        return "ABCDE".index(value.upper()) + 1
+    return value if _is_int(value) and 1 <= value <= 5 else None
 
 
 def referenced_segments(node) -> list[int]:

@@ -3,15 +3,16 @@
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.http import HttpResponse
+from django.http import HttpResponse, HttpResponseNotAllowed
 from django.shortcuts import redirect, render
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from campaigns.csvfiles import CsvRejected, size_refusal
-from campaigns.models import Suppression
+from campaigns.models import Suppression, variant_letter
 from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
+from tracking import winner
 from tracking.models import BreakerTrip, CampaignStatistics, Event
 from tracking.stats import OUTCOMES, campaign_stats
 from tracking.suppressions import export_csv, import_csv
@@ -154,8 +155,39 @@ class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
             **_domain_table(stats, outcomes),
             "timeline": _timeline_chart(stats["timeline"]),
             "links": _link_bars(stats["links"]),
+            "variants": _variant_rows(stats["variants"]),
+            "can_choose_winner": (request.user.has_perm("campaigns.send_campaign") and stats["variants"] is not None
+                                  and campaign.test_share < 100 and campaign.status in winner.OPEN),
+            "winner_url": reverse("admin:tracking_campaignstatistics_winner", args=[campaign.pk]),
         }
         return render(request, "admin/tracking/campaign_stats.html", context)
+
+    def get_urls(self):
+        own = [path("<int:campaign_id>/winner/", self.admin_site.admin_view(self.winner_view),
+                    name="tracking_campaignstatistics_winner")]
+        return own + super().get_urls()
+
+    def winner_view(self, request, campaign_id):
+        """Choose an A/B test's winner by hand, before its wait ends: the rest of the audience gets it."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        if not request.user.has_perm("campaigns.send_campaign"):
+            raise PermissionDenied
+        try:
+            chosen = winner.choose_by_hand(campaign_id, int(request.POST.get("variant") or 0), user=request.user)
+        except (winner.WinnerError, ValueError) as exc:
+            messages.error(request, str(exc))
+        else:
+            messages.success(request, f"Variant {variant_letter(chosen.winner)} goes to the rest of the audience.")
+        return redirect("admin:tracking_campaignstatistics_change", campaign_id)
+
+
+def _variant_rows(figures):
+    if figures is None:
+        return None
+    rows = [{**v, **{f"{key}_percent": v[key] * 100 for key in ("open_rate", "click_rate", "click_to_open")}}
+            for v in figures["variants"]]
+    return {**figures, "variants": rows}
 
 
 OUTCOME_COLOURS = {"delivered": "#5b9f5b", "bounced_after_delivery": "#b35c9e", "bounced": "#ba2121", "failed": "#7a4b2a",

@@ -16,8 +16,9 @@ from campaigns.csvfiles import CsvRejected, TooLarge
 from campaigns.models import Campaign, Suppression, email_key
 from campaigns.suppression import suppress
 from herald.permissions import requires
+from tracking import winner
 from tracking.models import Event
-from tracking.stats import ENGAGEMENT, OUTCOMES, campaign_stats
+from tracking.stats import ENGAGEMENT, OUTCOMES, campaign_stats, variant_stats
 from tracking.suppressions import check_email, check_reason, export_csv, import_csv
 
 router = Router(tags=["tracking"])
@@ -87,6 +88,38 @@ class RelayStats(Schema):
     bounced: int
 
 
+class VariantFigures(Schema):
+    number: int
+    letter: str
+    recipients: int = Field(description="Recipients who test this variant (the rest of the audience is not counted).")
+    delivered: int
+    openers: int = Field(description="People who opened or clicked; machine opens and clicks left out.")
+    clickers: int
+    open_rate: float
+    click_rate: float
+    click_to_open: float
+    rate: float = Field(description="The rate by the test's metric.")
+    leader: bool
+    p_value: float | None = Field(description="Two-proportion z-test of this rate against the leader's (two-sided).")
+    significant: bool = Field(description="p-value under 0.05.")
+
+
+class VariantStats(Schema):
+    metric: str
+    metric_label: str
+    test_share: int
+    winner: int | None
+    winner_letter: str
+    winner_chosen_at: datetime | None
+    winner_reason: str
+    leader: int
+    significant: bool = Field(description="The leader beats every other variant with p < 0.05.")
+    summary: str = Field(description="In words, saying when the difference is not significant.")
+    waiting_for_winner: int = Field(description="Recipients held until the winner is chosen.")
+    after_test: int = Field(description="The rest of the audience, given the winner (not in the figures).")
+    variants: list[VariantFigures]
+
+
 class CampaignStatsOut(Schema):
     campaign_id: int
     name: str
@@ -101,6 +134,7 @@ class CampaignStatsOut(Schema):
     domains: list[DomainStats]
     domains_truncated: bool
     relays: list[RelayStats]
+    variants: VariantStats | None = Field(description="An A/B test's variants side by side; null without variants.")
 
 
 @router.get("/campaigns/{campaign_id}/stats", response=CampaignStatsOut, summary="Campaign statistics",
@@ -108,6 +142,22 @@ class CampaignStatsOut(Schema):
 @requires("campaigns.view_campaign")
 def stats(request, campaign_id: int):
     return campaign_stats(get_object_or_404(Campaign, pk=campaign_id))
+
+
+class WinnerIn(Schema):
+    variant: int = Field(ge=1, le=5, description="1 for A, 2 for B, …")
+
+
+@router.post("/campaigns/{campaign_id}/winner", response={200: VariantStats, 409: ErrorOut},
+             summary="Choose an A/B test's winner by hand; the rest of the audience gets it", url_name="campaign_winner")
+@requires("campaigns.send_campaign")
+def choose_winner(request, campaign_id: int, body: WinnerIn):
+    get_object_or_404(Campaign, pk=campaign_id)
+    try:
+        campaign = winner.choose_by_hand(campaign_id, body.variant, user=request.user)
+    except winner.WinnerError as exc:
+        return 409, {"detail": str(exc)}
+    return 200, variant_stats(campaign)
 
 
 class EventOut(Schema):

@@ -16,6 +16,7 @@ def record(type, send=None, *, key=None, **fields):
         fields.setdefault("campaign_id", send.campaign_id)
         fields.setdefault("contact_id", send.contact_id)
         fields.setdefault("email", send.email)
+        fields.setdefault("variant", getattr(send, "variant", None))
     if key is not None:
         key = key[:255]
         existing = Event.objects.filter(key=key).first()

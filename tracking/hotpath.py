@@ -22,12 +22,12 @@ _EVENT = Event._meta.db_table
 _SEND = Send._meta.db_table
 _LINK = CampaignLink._meta.db_table
 _COLUMNS = "type, send_id, contact_id, campaign_id, email, created_at, machine, url, link_index, status, diagnostic, " \
-           "user_agent, source, raw, key"
+           "user_agent, source, raw, key, variant"
 
 _OPEN_SQL = f"""
 INSERT INTO {_EVENT} ({_COLUMNS})
 SELECT 'open', s.id, s.contact_id, s.campaign_id, s.email, %s, (%s OR s.sent_at IS NULL OR s.sent_at > %s),
-       '', NULL, '', '', %s, 'pixel', '', NULL
+       '', NULL, '', '', %s, 'pixel', '', NULL, s.variant
 FROM {_SEND} s {{relaxed}} WHERE s.id = %s
 RETURNING id
 """  # noqa: S608 (table names come from the models, values are parameters)
@@ -40,7 +40,7 @@ SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
        (%s OR s.sent_at IS NULL OR s.sent_at > %s OR EXISTS (
             SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
             AND e.link_index <> %s AND e.created_at > %s)),
-       l.url, l."index", '', '', %s, 'redirect', '', NULL
+       l.url, l."index", '', '', %s, 'redirect', '', NULL, s.variant
 FROM {_SEND} s JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s {{relaxed}}
 WHERE s.id = %s
 RETURNING url, machine
@@ -55,7 +55,7 @@ SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
        (%s OR s.sent_at IS NULL OR s.sent_at > %s OR EXISTS (
             SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
             AND e.link_index <> %s AND e.created_at > %s)),
-       %s, %s, '', '', %s, 'redirect', '', NULL
+       %s, %s, '', '', %s, 'redirect', '', NULL, s.variant
 FROM {_SEND} s {{relaxed}}
 WHERE s.id = %s AND s.campaign_id IS NULL AND s.outbound_id = %s
 RETURNING url, machine

@@ -33,6 +33,8 @@ class Event(models.Model):
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     # Open/click from a privacy proxy or link scanner rather than a person.
     machine = models.BooleanField(default=False)
+    # The A/B variant of the send (copied from it), so reports and segments read it off the event.
+    variant = models.PositiveSmallIntegerField(null=True, blank=True)
     url = models.TextField(blank=True, default="")
     link_index = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=16, blank=True, default="", help_text="RFC 3463 status for bounces.")

@@ -24,6 +24,7 @@ indexes of Send and Event. Two plain scans of the sends cost no more than one
 grouped by domain and time with a count per status (bench/tracking.py).
 """
 
+import math
 from datetime import UTC, timedelta
 
 from django.db import connection, transaction
@@ -31,7 +32,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q,
 from django.db.models.functions import Trunc
 from django.utils import dateformat, timezone
 
-from campaigns.models import CampaignLink
+from campaigns.models import CampaignLink, variant_letter
 from delivery.models import Send
 from tracking.models import Event
 
@@ -177,6 +178,7 @@ def campaign_stats(campaign) -> dict:
         "domains": domains[:DOMAIN_ROWS],
         "domains_truncated": len(domains) > DOMAIN_ROWS,
         "relays": relays,
+        "variants": variant_stats(campaign),
     }
 
 
@@ -385,3 +387,91 @@ def _label_format(unit, slots):
         return "D j M"
     first, last = timezone.localtime(slots[0]), timezone.localtime(slots[-1])
     return "H:i" if first.date() == last.date() else "D H:i"
+
+
+# --- A/B variants ------------------------------------------------------------------
+
+METRICS = {
+    "opens": ("human open rate", "openers", "delivered"),
+    "clicks": ("human click rate", "clickers", "delivered"),
+    "click_to_open": ("click-to-open rate", "clickers", "openers"),
+}
+SIGNIFICANCE = 0.05
+
+
+def two_proportion_p(x1: int, n1: int, x2: int, n2: int) -> float | None:
+    """The two-sided p-value of a two-proportion z-test (pooled), or None when either sample is empty."""
+    if not n1 or not n2:
+        return None
+    pooled = (x1 + x2) / (n1 + n2)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n2))
+    if spread == 0:
+        return 1.0
+    z = (x1 / n1 - x2 / n2) / spread
+    return math.erfc(abs(z) / math.sqrt(2))
+
+
+def variant_stats(campaign) -> dict | None:
+    """Each A/B variant's figures in the test side by side, people only (machine opens and clicks left out); None
+    without variants. The rest of the audience, sent the winner after the test, is counted apart (after_test).
+
+    Openers are recipients who opened or clicked (a click means the message
+    was seen). Each variant's rate by the campaign's metric is tested against
+    the leader's with a two-proportion z-test; the p-value says how likely a
+    difference this large would be if the variants did equally well.
+    """
+    numbers = campaign.variant_numbers()
+    if len(numbers) < 2:
+        return None
+    tested = Send.objects.filter(campaign=campaign, variant__isnull=False, after_test=False)
+    delivered = dict(tested.filter(status=S.SENT).values_list("variant").annotate(n=Count("id")).order_by())
+    recipients = dict(tested.values_list("variant").annotate(n=Count("id")).order_by())
+    events = {row["variant"]: row for row in Event.objects.filter(
+        campaign=campaign, variant__isnull=False, send__after_test=False, machine=False, type__in=[T.OPEN, T.CLICK])
+        .values("variant").annotate(openers=Count("send", distinct=True),
+                                    clickers=Count("send", distinct=True, filter=Q(type=T.CLICK))).order_by()}
+    metric = campaign.winner_metric if campaign.winner_metric in METRICS else "opens"
+    label, top, base = METRICS[metric]
+    rows = []
+    for number in numbers:
+        figures = {"delivered": delivered.get(number, 0), "openers": events.get(number, {}).get("openers", 0),
+                   "clickers": events.get(number, {}).get("clickers", 0)}
+        rows.append({
+            "number": number, "letter": variant_letter(number), "recipients": recipients.get(number, 0), **figures,
+            "open_rate": _rate(figures["openers"], figures["delivered"]),
+            "click_rate": _rate(figures["clickers"], figures["delivered"]),
+            "click_to_open": _rate(figures["clickers"], figures["openers"]),
+            "metric_count": figures[top], "metric_base": figures[base], "rate": _rate(figures[top], figures[base]),
+        })
+    leader = max(rows, key=lambda r: (r["rate"], -r["number"]))
+    for row in rows:
+        row["leader"] = row is leader
+        p = None if row is leader else two_proportion_p(row["metric_count"], row["metric_base"],
+                                                        leader["metric_count"], leader["metric_base"])
+        row["p_value"] = None if p is None else round(p, 4)
+        row["significant"] = p is not None and p < SIGNIFICANCE
+    others = [r for r in rows if not r["leader"]]
+    significant = bool(others) and all(r["significant"] for r in others)
+    return {
+        "metric": campaign.winner_metric, "metric_label": label, "test_share": campaign.test_share,
+        "winner": campaign.winner, "winner_letter": variant_letter(campaign.winner) if campaign.winner else "",
+        "winner_chosen_at": campaign.winner_chosen_at.isoformat() if campaign.winner_chosen_at else None,
+        "winner_reason": campaign.winner_reason,
+        "leader": leader["number"], "significant": significant, "variants": rows,
+        "waiting_for_winner": Send.objects.filter(campaign=campaign, hold=Send.HOLD_WINNER,
+                                                  status=S.QUEUED).count(),
+        "after_test": Send.objects.filter(campaign=campaign, after_test=True).count(),
+        "summary": _verdict(leader, others, label, significant),
+    }
+
+
+def _verdict(leader, others, label, significant) -> str:
+    if not leader["metric_base"]:
+        return "No figures yet: nothing delivered or opened."
+    worst = max((r["p_value"] for r in others if r["p_value"] is not None), default=None)
+    head = f"Variant {leader['letter']} leads on {label} ({leader['rate'] * 100:.1f} %)"
+    if significant:
+        return f"{head}; the difference is significant (p = {worst:.3f} < {SIGNIFICANCE}, two-proportion z-test)."
+    shown = f"p = {worst:.3f}" if worst is not None else "no comparison possible"
+    return (f"{head}, but the difference is not significant ({shown}, two-proportion z-test at {SIGNIFICANCE}): "
+            "it may be chance.")

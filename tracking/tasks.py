@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from django.db import close_old_connections
 
-from tracking import mailbox, warmup
+from tracking import mailbox, warmup, winner
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,13 @@ def warmup_step():
     """Grow, hold or step back each warm-up schedule once a day (beat runs this every minute)."""
     close_old_connections()
     return len(warmup.step())
+
+
+@shared_task(name="tracking.choose_winners", ignore_result=True)
+def choose_winners():
+    """A/B tests whose wait is over get their winner, and their remainder is released (beat runs this every minute)."""
+    close_old_connections()
+    return len(winner.choose_due())
 
 
 def schedule(app, settings):

@@ -95,7 +95,7 @@ def view_in_browser(request, token):
     send = _send("view", token)
     if send.campaign is None or send.contact is None:
         raise Http404("this message has no web version")
-    built = compile_campaign(send.campaign.as_sent()).build(send, send.contact)
+    built = compile_campaign(send.campaign.as_sent(send.variant)).build(send, send.contact)
     message = message_from_bytes(built.data, policy=policy.default)
     part = message.get_body(preferencelist=("html", "plain"))
     if part is None:
