@@ -32,9 +32,11 @@ import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from html.parser import HTMLParser
+from pathlib import Path
 
 import css_inline
 import html2text
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_eval_context
@@ -42,7 +44,8 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.utils import Cycler
 from markupsafe import Markup, escape
 
-from campaigns.models import Campaign, CampaignLink
+from campaigns import formats
+from campaigns.models import Campaign, CampaignLink, Template
 from campaigns.sandbox import BudgetedSandbox, BudgetExceeded, render_budget
 
 CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
@@ -242,8 +245,13 @@ def one_line_text(value):
     return " ".join((value or "").split())
 
 
-def validate_template_row(html_source, text_source):
-    """Errors of a Template's fields, as a list of ContentError."""
+def validate_template_row(html_source, text_source, fmt=formats.HTML, layout=None):
+    """Errors of a Template's fields, as a list of ContentError.
+
+    ``fmt`` is the template's format and ``layout`` (for Markdown) the Template
+    its text goes into: a source that does not compile in its format is an
+    error of the ``html`` field, at its line.
+    """
     errors = []
     for field, source in (("html", html_source), ("text", text_source)):
         try:
@@ -254,7 +262,77 @@ def validate_template_row(html_source, text_source):
         errors.append(ContentError("html", "the layout needs {{ content }} where the campaign body goes"))
     if text_source and not CONTENT_MARKER.search(text_source):
         errors.append(ContentError("text", "the text layout needs {{ content }} where the campaign text goes"))
+    if not errors and fmt != formats.HTML:
+        try:
+            html_source_of(Template(name="this template", format=fmt, html=html_source, layout=layout), "")
+        except ContentError as exc:
+            errors.append(exc)
     return errors
+
+
+# --- formats ------------------------------------------------------------------
+
+DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
+
+
+def default_layout():
+    """The shipped layout a Markdown template goes into when it names none."""
+    html_text = DEFAULT_LAYOUT.read_text(encoding="utf-8") if DEFAULT_LAYOUT.exists() else "{{ content }}"
+    return Template(name="the default layout", html=html_text)
+
+
+def html_source_of(layout, body, body_field="html_body"):
+    """The campaign's whole HTML source: ``body`` put into ``layout`` (a Template or None) and compiled.
+
+    The body is written in the layout's format; Markdown is rendered into its
+    own layout. The result is HTML with the Jinja2 still to render. A source
+    that does not compile raises ContentError naming the body or the template
+    and the line there.
+    """
+    if layout is None:
+        return body
+    fmt = layout.format or formats.HTML
+    joined = join_layout(layout.html, body)
+    if fmt == formats.HTML:
+        return joined
+    try:
+        compiled = formats.to_html(joined, fmt)
+    except formats.FormatError as exc:
+        raise _located(exc, layout, body, body_field) from None
+    if fmt != formats.MARKDOWN:
+        return compiled
+    outer = layout.layout if layout.layout_id else default_layout()
+    if (outer.format or formats.HTML) == formats.MARKDOWN:
+        raise ContentError("layout", f"{outer.name!r} is Markdown: a Markdown template goes into an HTML or MJML one")
+    try:
+        return html_source_of(outer, compiled, body_field)
+    except ContentError as exc:
+        raise ContentError("layout", f"{outer.name!r}: {exc}") from None
+
+
+def _located(exc, layout, body, body_field):
+    """A compile error of layout and body joined, as the ContentError of the one it is in, at its line there."""
+    marker = CONTENT_MARKER.search(layout.html or "")
+    if exc.line is None or marker is None:
+        return ContentError("html", exc.message, exc.line)
+    before = layout.html.count("\n", 0, marker.start())
+    body_lines = body.count("\n")
+    if exc.line <= before:
+        return ContentError("html", exc.message, exc.line)
+    if exc.line <= before + body_lines + 1 and body:
+        return ContentError(body_field, exc.message, exc.line - before)
+    return ContentError("html", exc.message, exc.line - body_lines)
+
+
+def check_body_format(layout, body):
+    """Errors of a campaign body written in its layout's format (empty for HTML), as a list of ContentError."""
+    if layout is None or (layout.format or formats.HTML) == formats.HTML or not body:
+        return []
+    try:
+        html_source_of(layout, body)
+    except ContentError as exc:
+        return [exc]
+    return []
 
 
 def validate_campaign_fields(subject, from_name, html_body, text_body, from_email="", reply_to=""):
@@ -743,10 +821,10 @@ def compile_content(campaign, track=True):
     errors = validate_campaign_fields(one_line_text(campaign.subject), one_line_text(campaign.from_name),
                                       campaign.html_body, campaign.text_body)
     if layout is not None:
-        errors += validate_template_row(layout.html, layout.text)
+        errors += validate_template_row(layout.html, layout.text)  # its format is checked as it compiles
     if errors:
         raise errors[0]
-    html_source = join_layout(layout.html if layout else "", campaign.html_body or "")
+    html_source = html_source_of(layout, campaign.html_body or "")
     text_source = join_layout(layout.text if layout else "", campaign.text_body) if campaign.text_body else ""
     if text_source and "unsubscribe_url" not in meta.find_undeclared_variables(text_env.parse(text_source)):
         text_source = text_source.rstrip("\n") + "\n\n" + TEXT_UNSUBSCRIBE
@@ -868,6 +946,11 @@ def campaign_text_warnings(layout, html_body, text_body):
     """``text_part_warnings`` for a campaign's body and its layout (a Template or None), each naming its lines."""
     if text_body and text_body.strip():
         return text_part_warnings("", join_layout(layout.text if layout else "", text_body))
+    if layout is not None and (layout.format or formats.HTML) != formats.HTML:
+        try:
+            return text_part_warnings(html_source_of(layout, html_body), "", "The compiled HTML")
+        except ContentError:
+            return []
     warnings = text_part_warnings(html_body, "", "HTML body")
     if layout is not None:
         warnings += text_part_warnings(CONTENT_MARKER.sub("", layout.html or "", count=1), "", f"Layout {layout.name!r}")

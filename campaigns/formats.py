@@ -1,0 +1,169 @@
+"""The formats a template is written in, compiled to HTML with its Jinja2 kept for later.
+
+A template is HTML, Markdown (rendered into a layout) or MJML (compiled to
+responsive HTML by MRML, the Rust implementation of MJML; nothing runs on
+Node). Compiling costs milliseconds, so it happens once per campaign (at the
+start, when its content is frozen: campaigns.models.Campaign.freeze_content),
+never per message: Jinja constructs are swapped for inert placeholders, the
+source is compiled, and the constructs are put back, leaving one Jinja
+template rendered per recipient as an HTML one would be. A value printed by
+Jinja is therefore never read as Markdown or MJML (``*`` in a name stays a
+star), and HTML-escaped as in any HTML template.
+
+Errors say what and where: the line of the source, the MJML element.
+"""
+
+import re
+
+import mrml
+from markdown_it import MarkdownIt
+
+HTML, MARKDOWN, MJML = "html", "markdown", "mjml"
+CHOICES = [(HTML, "HTML"), (MARKDOWN, "Markdown"), (MJML, "MJML")]
+
+_JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
+_PLACEHOLDER = re.compile(r"HJ([XS])(\d{5})Z")
+_COMMENTED = re.compile(r"<!--\s*(HJS\d{5}Z)\s*-->")
+
+
+class FormatError(ValueError):
+    """A source that does not compile: ``message`` says what, ``line`` (1-based) where, when known."""
+
+    def __init__(self, message, line=None):
+        self.message = message
+        self.line = line
+        super().__init__(f"line {line}: {message}" if line else message)
+
+
+def _protect(source, inline_statements_bare=False):
+    """``source`` with each Jinja construct swapped for a placeholder.
+
+    Statements become HTML comments, which Markdown and MJML keep where they
+    stand; with ``inline_statements_bare`` (Markdown) a statement among other
+    text on its line becomes a bare word instead, so the line stays a paragraph.
+    """
+    originals = []
+
+    def swap(match):
+        token = match.group(0)
+        if token.startswith("{#"):
+            return "\n" * token.count("\n")  # a comment prints nothing; its lines still count
+        originals.append(token)
+        n = len(originals) - 1
+        # Line breaks inside a construct are kept beside it, so that lines still match the source.
+        pad = "\n" * token.count("\n")
+        if not token.startswith("{%"):
+            return f"HJX{n:05d}Z{pad}"
+        text = match.string
+        start = text.rfind("\n", 0, match.start()) + 1
+        end = text.find("\n", match.end())
+        alone = not _JINJA.sub("", text[start:end if end >= 0 else len(text)]).strip()
+        if inline_statements_bare and not alone:
+            return f"HJS{n:05d}Z{pad}"
+        return f"<!--HJS{n:05d}Z-->{pad}"
+
+    return _JINJA.sub(swap, source), originals
+
+
+def _restore(compiled, originals, what):
+    """Put the constructs back. An expression may have been copied (MJML repeats a title); a statement may not."""
+    compiled = _COMMENTED.sub(r"\1", compiled)
+    seen = {}
+    for _kind, n in _PLACEHOLDER.findall(compiled):
+        seen[int(n)] = seen.get(int(n), 0) + 1
+    for n, token in enumerate(originals):
+        count = seen.get(n, 0)
+        if count == 0:
+            raise FormatError(f"{what} dropped {' '.join(token.split())}: put it inside text, an attribute or "
+                              "mj-raw, where the compiled HTML keeps it")
+        if count > 1 and token.startswith("{%"):
+            raise FormatError(f"{what} repeats {' '.join(token.split())}: put it inside text or mj-raw")
+    return _PLACEHOLDER.sub(lambda m: originals[int(m.group(2))], compiled)
+
+
+# --- Markdown -------------------------------------------------------------------
+
+# CommonMark with tables and strikethrough; HTML written in the Markdown passes through as it
+# is (the template's authors are the operators, who may write HTML templates anyway).
+_markdown = MarkdownIt("commonmark", {"html": True, "typographer": False}).enable(["table", "strikethrough"])
+
+
+def markdown_to_html(source):
+    """Markdown with Jinja2 in it, as an HTML fragment with the same Jinja2."""
+    protected, originals = _protect(source, inline_statements_bare=True)
+    return _restore(_markdown.render(protected), originals, "Markdown")
+
+
+# --- MJML -------------------------------------------------------------------------
+
+# MJML 4's elements: anything else named mj-* is a typo MRML would pass through as an unknown tag.
+MJML_TAGS = {
+    "mjml", "mj-head", "mj-body", "mj-attributes", "mj-all", "mj-class", "mj-breakpoint", "mj-font", "mj-html-attributes",
+    "mj-html-attribute", "mj-selector", "mj-preview", "mj-style", "mj-title", "mj-accordion", "mj-accordion-element",
+    "mj-accordion-title", "mj-accordion-text", "mj-button", "mj-carousel", "mj-carousel-image", "mj-column",
+    "mj-divider", "mj-group", "mj-hero", "mj-image", "mj-navbar", "mj-navbar-link", "mj-raw", "mj-section",
+    "mj-social", "mj-social-element", "mj-spacer", "mj-table", "mj-text", "mj-wrapper", "mj-include",
+}
+# Inside these, content is HTML (or CSS) that MJML copies as it is: its tags are not MJML's to balance.
+_RAW_CONTENT = {"mj-text", "mj-button", "mj-table", "mj-raw", "mj-style", "mj-navbar-link", "mj-social-element",
+                "mj-accordion-title", "mj-accordion-text", "mj-title", "mj-preview"}
+_TAG = re.compile(r"<(/?)(mj[\w-]*)\b[^>]*?(/?)>", re.S)
+_POSITION = re.compile(r"at position (\d+):(\d+)")
+_RENDER_OPTIONS = mrml.RenderOptions(fonts={})  # no web font fetched unless the template asks with mj-font
+_PARSER_OPTIONS = mrml.ParserOptions(include_loader=mrml.noop_loader())  # mj-include reads no file and no URL
+
+
+def _line(source, offset):
+    return source.count("\n", 0, offset) + 1
+
+
+def check_mjml_structure(source):
+    """Raise FormatError for an unknown element or an unbalanced tag, naming it and its line."""
+    stack = []
+    for match in _TAG.finditer(source):
+        closing, name, self_closing = match.groups()
+        line = _line(source, match.start())
+        if stack and stack[-1][0] in _RAW_CONTENT and not (closing and name == stack[-1][0]):
+            continue
+        if name not in MJML_TAGS:
+            raise FormatError(f"<{name}> is not an MJML element", line)
+        if name == "mj-include":
+            raise FormatError("mj-include is not available: a template is one source", line)
+        if self_closing:
+            continue
+        if not closing:
+            stack.append((name, line))
+            continue
+        if not stack:
+            raise FormatError(f"</{name}> closes no open element", line)
+        open_name, open_line = stack.pop()
+        if open_name != name:
+            raise FormatError(f"</{name}> found where <{open_name}> (opened on line {open_line}) should close", line)
+    if stack:
+        name, line = stack[-1]
+        raise FormatError(f"<{name}> is never closed", line)
+    if not re.match(r"\s*<mjml[\s>]", source):
+        raise FormatError("an MJML template starts with <mjml>", 1)
+
+
+def mjml_to_html(source):
+    """MJML with Jinja2 in it, as a responsive HTML document with the same Jinja2."""
+    protected, originals = _protect(source)
+    check_mjml_structure(protected)
+    try:
+        output = mrml.to_html(protected, parser_options=_PARSER_OPTIONS, render_options=_RENDER_OPTIONS)
+    except OSError as exc:  # MRML reports every parse error as OSError
+        message = str(exc)
+        position = _POSITION.search(message)
+        line = _line(protected, int(position.group(1))) if position else None
+        raise FormatError(f"MJML: {_POSITION.sub('', message).strip()}", line) from None
+    return _restore(output.content, originals, "MJML")
+
+
+def to_html(source, fmt):
+    """``source`` in format ``fmt`` as HTML, Jinja2 kept. Raises FormatError."""
+    if fmt == MARKDOWN:
+        return markdown_to_html(source)
+    if fmt == MJML:
+        return mjml_to_html(source)
+    return source
