@@ -21,8 +21,9 @@ from email_validator import EmailNotValidError, validate_email
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
-from campaigns import rendering
+from campaigns import presend, rendering
 from campaigns.models import Campaign, CampaignLink, Contact, MailingList, Segment, Template
+from campaigns.preview import sample_contact
 from herald.permissions import requires
 
 router = Router(tags=["content"])
@@ -182,6 +183,13 @@ class PreviewOut(Schema):
     html: str
     missing: list[str]
     size: int
+
+
+class FindingOut(Schema):
+    code: str = Field(description="no_unsubscribe, html_size, image_alt, image_only, plain_http, broken_link, "
+                                  "subject_length, subject_empty, subject_spam or template_error")
+    message: str
+    blocks: bool = Field(description="True when the campaign cannot be sent until it is fixed")
 
 
 class LinkOut(Schema):
@@ -413,6 +421,15 @@ def preview(request, campaign_id: int, contact_id: int | None = None, email: str
         return 200, import_string("delivery.testsend.preview")(campaign, contact, email)
     except rendering.ContentError as exc:
         return _unprocessable([exc])
+
+
+@router.get("/campaigns/{campaign_id}/check", response=list[FindingOut],
+            summary="The pre-send check: what to fix before sending (a missing unsubscribe link blocks the send)")
+@requires("campaigns.view_campaign")
+def presend_check(request, campaign_id: int, links: bool = True):
+    """Checked as the campaign's first recipient would get it; ``links=false`` skips asking each link's server."""
+    campaign = get_object_or_404(Campaign, pk=campaign_id)
+    return [f.as_dict() for f in presend.check(campaign, sample_contact(campaign), links=links)]
 
 
 @router.get("/campaigns/{campaign_id}/links", response=list[LinkOut], summary="The campaign's tracked links")
