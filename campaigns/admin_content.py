@@ -115,7 +115,7 @@ class TemplateAdmin(adminkit.ModelAdmin):
         return initial
 
     def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
-        extra_context = {**(extra_context or {}),
+        extra_context = {**(extra_context or {}), "starters": gallery.STARTERS,
                          **_live_context(request, reverse("admin:campaigns_template_live_preview"), "id_html")}
         return super().changeform_view(request, object_id, form_url, extra_context)
 

@@ -162,6 +162,8 @@ def mjml_to_html(source):
 
 def to_html(source, fmt):
     """``source`` in format ``fmt`` as HTML, Jinja2 kept. Raises FormatError."""
+    # Browsers post a textarea's lines ending in CRLF, which MRML does not parse inside mj-head.
+    source = source.replace("\r\n", "\n")
     if fmt == MARKDOWN:
         return markdown_to_html(source)
     if fmt == MJML:
