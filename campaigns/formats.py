@@ -138,7 +138,9 @@ def check_mjml_structure(source):
             raise FormatError(f"</{name}> closes no open element", line)
         open_name, open_line = stack.pop()
         if open_name != name:
-            raise FormatError(f"</{name}> found where <{open_name}> (opened on line {open_line}) should close", line)
+            if any(name == n for n, _ in stack):  # it closes an outer element: this one was left open
+                raise FormatError(f"<{open_name}> is not closed before </{name}>", open_line)
+            raise FormatError(f"</{name}> found where </{open_name}> should be", line)
     if stack:
         name, line = stack[-1]
         raise FormatError(f"<{name}> is never closed", line)
