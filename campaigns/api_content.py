@@ -11,6 +11,7 @@ at call time, as Send counts are looked up through the app registry.
 """
 
 from datetime import datetime
+from typing import Literal
 
 from django.apps import apps
 from django.db import models
@@ -50,23 +51,33 @@ class ContentErrorOut(Schema):
     errors: list[ErrorItem] | None = None
 
 
+FORMAT_HELP = "html, markdown or mjml: the language of html (and of the bodies of campaigns that use it)"
+LAYOUT_HELP = "markdown only: the id of the HTML or MJML template its text goes into (the default layout when null)"
+
+
 class TemplateIn(Schema):
     name: str = Field(min_length=1, max_length=200)
+    format: Literal["html", "markdown", "mjml"] = Field("html", description=FORMAT_HELP)
     html: str = Field(min_length=1)
     text: str = ""
+    layout_id: int | None = Field(None, description=LAYOUT_HELP)
 
 
 class TemplatePatch(Schema):
     name: str | None = Field(None, min_length=1, max_length=200)
+    format: Literal["html", "markdown", "mjml"] | None = Field(None, description=FORMAT_HELP)
     html: str | None = Field(None, min_length=1)
     text: str | None = None
+    layout_id: int | None = Field(None, description=LAYOUT_HELP)
 
 
 class TemplateOut(Schema):
     id: int
     name: str
+    format: str
     html: str
     text: str
+    layout_id: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -273,12 +284,26 @@ def list_templates(request):
 @router.post("/templates", response={201: TemplateOut, 409: dict, 422: ContentErrorOut}, summary="Add a layout")
 @requires("campaigns.add_template")
 def create_template(request, payload: TemplateIn):
-    errors = rendering.validate_template_row(payload.html, payload.text)
+    template = Template(**payload.dict())
+    errors = _template_errors(template)
     if errors:
         return _unprocessable(errors)
     if Template.objects.filter(name=payload.name).exists():
         return 409, {"detail": f"name: a template named {payload.name!r} already exists"}
-    return 201, Template.objects.create(**payload.dict())
+    template.save()
+    return 201, template
+
+
+def _template_errors(template):
+    """Errors of a template's sources in its format, and of its layout (Markdown only; HTML or MJML, not itself)."""
+    if template.format != "markdown":
+        template.layout_id = None
+    layout = None
+    if template.layout_id is not None:
+        layout = Template.objects.filter(pk=template.layout_id).exclude(format="markdown").first()
+        if layout is None or layout.pk == template.pk:
+            return [rendering.ContentError("layout_id", f"no HTML or MJML template with id {template.layout_id}")]
+    return rendering.validate_template_row(template.html, template.text, template.format, layout)
 
 
 @router.get("/templates/{template_id}", response=TemplateOut, summary="One layout")
@@ -293,9 +318,9 @@ def get_template(request, template_id: int):
 def update_template(request, template_id: int, payload: TemplatePatch):
     template = get_object_or_404(Template, pk=template_id)
     for key, value in payload.dict(exclude_unset=True).items():
-        if value is not None:
+        if value is not None or key == "layout_id":
             setattr(template, key, value)
-    errors = rendering.validate_template_row(template.html, template.text)
+    errors = _template_errors(template)
     if errors:
         return _unprocessable(errors)
     if Template.objects.filter(name=template.name).exclude(pk=template.pk).exists():

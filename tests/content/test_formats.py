@@ -124,3 +124,22 @@ def test_an_mjml_error_in_a_campaign_body_names_the_body_and_its_line(alice):
 def test_mjml_includes_read_nothing():
     with pytest.raises(formats.FormatError, match="mj-include is not available"):
         formats.mjml_to_html('<mjml><mj-body><mj-include path="/etc/passwd" /></mj-body></mjml>')
+
+
+def test_the_api_takes_a_template_in_markdown_or_mjml_and_names_the_line_of_an_error(client):
+    from django.contrib.auth.models import User
+
+    from campaigns.models import ApiToken
+
+    _, token = ApiToken.issue(User.objects.create_superuser("api", "api@example.com", "pw"))
+    auth = {"HTTP_AUTHORIZATION": f"Bearer {token}", "content_type": "application/json"}
+    mjml = client.post("/api/v1/templates", {"name": "Sections", "format": "mjml", "html": MJML_LAYOUT}, **auth)
+    assert mjml.status_code == 201 and mjml.json()["format"] == "mjml"
+    markdown = client.post("/api/v1/templates", {"name": "Notes", "format": "markdown", "html": "{{ content }}",
+                                                 "layout_id": mjml.json()["id"]}, **auth)
+    assert markdown.status_code == 201 and markdown.json()["layout_id"] == mjml.json()["id"]
+    broken = client.post("/api/v1/templates", {"name": "Broken", "format": "mjml",
+                                               "html": "<mjml>\n<mj-body>\n<mj-txt>{{ content }}</mj-txt>\n</mj-body>\n</mjml>"},
+                         **auth)
+    assert broken.status_code == 422
+    assert broken.json()["errors"] == [{"field": "html", "line": 3, "message": "<mj-txt> is not an MJML element"}]
