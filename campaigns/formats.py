@@ -159,6 +159,11 @@ def mjml_to_html(source):
         position = _POSITION.search(message)
         line = _line(protected, int(position.group(1))) if position else None
         raise FormatError(f"MJML: {_POSITION.sub('', message).strip()}", line) from None
+    except BaseException as exc:
+        # A panic in the Rust code arrives as pyo3's PanicException (a BaseException): an error of this source.
+        if type(exc).__name__ != "PanicException":
+            raise
+        raise FormatError("MJML: the compiler could not read this source") from None
     return _restore(output.content, originals, "MJML")
 
 

@@ -86,3 +86,22 @@ def test_a_template_from_the_gallery_in_mjml_previews_live_at_both_widths(page, 
     page.wait_for_selector(".messagelist .success")
     saved = Template.objects.get(name="Newsletter")
     assert saved.format == "mjml" and "The Weekly Herald" in saved.html
+
+    # A campaign on it: the body previews inside the template as it is typed, then the pre-send check.
+    page.goto("/admin/campaigns/campaign/add/")
+    page.fill("#id_name", "Weekly news")
+    page.fill("#id_subject", "FREE!!! News for {{ contact.first_name }}")
+    page.fill("#id_from_email", "news@herald.example")
+    page.select_option("#id_template", value=str(saved.pk))
+    page.fill("#id_html_body", "<h2>Spring, {{ contact.first_name }}</h2><p>Our <a href=\"http://example.com/\">"
+                               "spring range</a> is in.</p>")
+    page.fill("#herald-live-contact", "ann@example.com")
+    page.dispatch_event("#herald-live-contact", "change")
+    page.frame_locator("#herald-live-desktop").get_by_text("Spring, Ann").wait_for()
+    shot(page, "authoring-4-campaign-preview")
+    page.click("input[name=_continue]")
+    page.wait_for_selector("#herald-presend")
+    checks = page.inner_text("#herald-presend")
+    assert "plain http" in checks and "spam filters" in checks and "Blocks the send" not in checks
+    page.locator("#herald-presend").scroll_into_view_if_needed()
+    shot(page, "authoring-5-presend-check")
