@@ -26,7 +26,7 @@ from campaigns import formats, gallery, presend, preview, rendering
 from campaigns.models import Campaign, Contact, Template
 from herald import adminkit
 
-DEFAULT_LAYOUT = rendering.DEFAULT_LAYOUT
+DEFAULT_LAYOUT = formats.DEFAULT_LAYOUT
 CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
                              "style": "font-family: ui-monospace, monospace; font-size: 13px"})
 # Before the start; from then on the content is frozen (campaigns.models.CampaignContent).
@@ -52,6 +52,13 @@ class TemplateForm(forms.ModelForm):
                     "view_in_browser_url. {{ content }} marks where a campaign's body goes (in MJML, inside an "
                     "mj-text); a campaign's body is written in its template's format.",
         }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["format"].required = False  # HTML when not given, as before formats existed
+
+    def clean_format(self):
+        return self.cleaned_data.get("format") or formats.HTML
 
     def clean(self):
         data = super().clean()

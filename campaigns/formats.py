@@ -11,19 +11,42 @@ Jinja is therefore never read as Markdown or MJML (``*`` in a name stays a
 star), and HTML-escaped as in any HTML template.
 
 Errors say what and where: the line of the source, the MJML element.
+This module also joins a layout and a body (``html_source_of``) and holds
+ContentError, so that models (which freeze compiled content) need no
+rendering import.
 """
 
 import re
+from dataclasses import dataclass
+from pathlib import Path
 
 import mrml
+from django.conf import settings
 from markdown_it import MarkdownIt
 
 HTML, MARKDOWN, MJML = "html", "markdown", "mjml"
 CHOICES = [(HTML, "HTML"), (MARKDOWN, "Markdown"), (MJML, "MJML")]
 
+CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"HJ([XS])(\d{5})Z")
 _COMMENTED = re.compile(r"<!--\s*(HJS\d{5}Z)\s*-->")
+
+
+class ContentError(ValueError):
+    """A template problem, naming the field and (when known) the line.
+
+    ``budget`` is true when the template went over a resource budget (see
+    campaigns.sandbox) rather than failing outright.
+    """
+
+    def __init__(self, field, message, line=None, budget=False):
+        self.field = field
+        self.line = line
+        self.message = message
+        self.budget = budget
+        where = f"{field}, line {line}" if line else field
+        super().__init__(f"{where}: {message}")
 
 
 class FormatError(ValueError):
@@ -176,3 +199,86 @@ def to_html(source, fmt):
     if fmt == MJML:
         return mjml_to_html(source)
     return source
+
+
+# --- a layout and a body, compiled ---------------------------------------------
+
+
+def join_layout(layout, body):
+    if not layout:
+        return body
+    return CONTENT_MARKER.sub(lambda _m: body, layout, count=1)
+
+
+DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
+
+
+@dataclass
+class Layout:
+    """What compiling reads of a layout: a campaigns.models.Template, or the shipped default layout."""
+
+    name: str
+    html: str
+    format: str = HTML
+    layout: object = None
+    layout_id: int | None = None
+
+
+def default_layout():
+    """The shipped layout a Markdown template goes into when it names none."""
+    html_text = DEFAULT_LAYOUT.read_text(encoding="utf-8") if DEFAULT_LAYOUT.exists() else "{{ content }}"
+    return Layout(name="the default layout", html=html_text)
+
+
+def html_source_of(layout, body, body_field="html_body"):
+    """The campaign's whole HTML source: ``body`` put into ``layout`` (a Template or None) and compiled.
+
+    The body is written in the layout's format; Markdown is rendered into its
+    own layout. The result is HTML with the Jinja2 still to render. A source
+    that does not compile raises ContentError naming the body or the template
+    and the line there.
+    """
+    if layout is None:
+        return body
+    fmt = layout.format or HTML
+    joined = join_layout(layout.html, body)
+    if fmt == HTML:
+        return joined
+    try:
+        compiled = to_html(joined, fmt)
+    except FormatError as exc:
+        raise _located(exc, layout, body, body_field) from None
+    if fmt != MARKDOWN:
+        return compiled
+    outer = layout.layout if layout.layout_id else default_layout()
+    if (outer.format or HTML) == MARKDOWN:
+        raise ContentError("layout", f"{outer.name!r} is Markdown: a Markdown template goes into an HTML or MJML one")
+    try:
+        return html_source_of(outer, compiled, body_field)
+    except ContentError as exc:
+        raise ContentError("layout", f"{outer.name!r}: {exc}") from None
+
+
+def _located(exc, layout, body, body_field):
+    """A compile error of layout and body joined, as the ContentError of the one it is in, at its line there."""
+    marker = CONTENT_MARKER.search(layout.html or "")
+    if exc.line is None or marker is None:
+        return ContentError("html", exc.message, exc.line)
+    before = layout.html.count("\n", 0, marker.start())
+    body_lines = body.count("\n")
+    if exc.line <= before:
+        return ContentError("html", exc.message, exc.line)
+    if exc.line <= before + body_lines + 1 and body:
+        return ContentError(body_field, exc.message, exc.line - before)
+    return ContentError("html", exc.message, exc.line - body_lines)
+
+
+def check_body_format(layout, body):
+    """Errors of a campaign body written in its layout's format (empty for HTML), as a list of ContentError."""
+    if layout is None or (layout.format or HTML) == HTML or not body:
+        return []
+    try:
+        html_source_of(layout, body)
+    except ContentError as exc:
+        return [exc]
+    return []

@@ -9,6 +9,8 @@ from django.db import models
 from django.utils import timezone
 from email_validator import EmailNotValidError, validate_email
 
+from campaigns import formats
+
 
 def email_key(address: str) -> str:
     """The case-insensitive identity of an address: trimmed and lower-cased."""
@@ -497,9 +499,7 @@ class Campaign(models.Model):
         layout_html = layout.html if layout else None
         if layout is not None and layout.format != Template.Format.HTML:
             # Markdown and MJML are compiled here, once: the send renders the HTML (Jinja2 kept) per message.
-            from campaigns.rendering import html_source_of
-
-            copied["html_body"], layout_html = html_source_of(layout, self.html_body or ""), "{{ content }}"
+            copied["html_body"], layout_html = formats.html_source_of(layout, self.html_body or ""), "{{ content }}"
         frozen, _ = CampaignContent.objects.update_or_create(campaign=self, defaults={
             **copied, "template_html": layout_html, "template_text": layout.text if layout else None,
         })

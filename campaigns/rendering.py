@@ -32,11 +32,9 @@ import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
 from html.parser import HTMLParser
-from pathlib import Path
 
 import css_inline
 import html2text
-from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 from jinja2 import ChainableUndefined, TemplateSyntaxError, meta, nodes, pass_eval_context
@@ -45,10 +43,10 @@ from jinja2.utils import Cycler
 from markupsafe import Markup, escape
 
 from campaigns import formats
+from campaigns.formats import CONTENT_MARKER, ContentError, check_body_format, html_source_of, join_layout  # noqa: F401
 from campaigns.models import Campaign, CampaignLink, Template
 from campaigns.sandbox import BudgetedSandbox, BudgetExceeded, render_budget
 
-CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"HJ[XS](\d{5})Z")
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
@@ -171,22 +169,6 @@ def field_getter(expr):
 # --- validation --------------------------------------------------------------
 
 
-class ContentError(ValueError):
-    """A template problem, naming the field and (when known) the line.
-
-    ``budget`` is true when the template went over a resource budget (see
-    campaigns.sandbox) rather than failing outright.
-    """
-
-    def __init__(self, field, message, line=None, budget=False):
-        self.field = field
-        self.line = line
-        self.message = message
-        self.budget = budget
-        where = f"{field}, line {line}" if line else field
-        super().__init__(f"{where}: {message}")
-
-
 _FORBIDDEN_NODES = (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)
 
 
@@ -270,71 +252,6 @@ def validate_template_row(html_source, text_source, fmt=formats.HTML, layout=Non
     return errors
 
 
-# --- formats ------------------------------------------------------------------
-
-DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
-
-
-def default_layout():
-    """The shipped layout a Markdown template goes into when it names none."""
-    html_text = DEFAULT_LAYOUT.read_text(encoding="utf-8") if DEFAULT_LAYOUT.exists() else "{{ content }}"
-    return Template(name="the default layout", html=html_text)
-
-
-def html_source_of(layout, body, body_field="html_body"):
-    """The campaign's whole HTML source: ``body`` put into ``layout`` (a Template or None) and compiled.
-
-    The body is written in the layout's format; Markdown is rendered into its
-    own layout. The result is HTML with the Jinja2 still to render. A source
-    that does not compile raises ContentError naming the body or the template
-    and the line there.
-    """
-    if layout is None:
-        return body
-    fmt = layout.format or formats.HTML
-    joined = join_layout(layout.html, body)
-    if fmt == formats.HTML:
-        return joined
-    try:
-        compiled = formats.to_html(joined, fmt)
-    except formats.FormatError as exc:
-        raise _located(exc, layout, body, body_field) from None
-    if fmt != formats.MARKDOWN:
-        return compiled
-    outer = layout.layout if layout.layout_id else default_layout()
-    if (outer.format or formats.HTML) == formats.MARKDOWN:
-        raise ContentError("layout", f"{outer.name!r} is Markdown: a Markdown template goes into an HTML or MJML one")
-    try:
-        return html_source_of(outer, compiled, body_field)
-    except ContentError as exc:
-        raise ContentError("layout", f"{outer.name!r}: {exc}") from None
-
-
-def _located(exc, layout, body, body_field):
-    """A compile error of layout and body joined, as the ContentError of the one it is in, at its line there."""
-    marker = CONTENT_MARKER.search(layout.html or "")
-    if exc.line is None or marker is None:
-        return ContentError("html", exc.message, exc.line)
-    before = layout.html.count("\n", 0, marker.start())
-    body_lines = body.count("\n")
-    if exc.line <= before:
-        return ContentError("html", exc.message, exc.line)
-    if exc.line <= before + body_lines + 1 and body:
-        return ContentError(body_field, exc.message, exc.line - before)
-    return ContentError("html", exc.message, exc.line - body_lines)
-
-
-def check_body_format(layout, body):
-    """Errors of a campaign body written in its layout's format (empty for HTML), as a list of ContentError."""
-    if layout is None or (layout.format or formats.HTML) == formats.HTML or not body:
-        return []
-    try:
-        html_source_of(layout, body)
-    except ContentError as exc:
-        return [exc]
-    return []
-
-
 def validate_campaign_fields(subject, from_name, html_body, text_body, from_email="", reply_to=""):
     """Errors of a Campaign's content fields, as a list of ContentError."""
     errors = []
@@ -399,12 +316,6 @@ def _restore(text, originals, comments=True):
     if comments:
         text = re.sub(r"<!--(HJS\d{5}Z)-->", r"\1", text)
     return _PLACEHOLDER.sub(lambda m: originals[int(m.group(1))], text)
-
-
-def join_layout(layout, body):
-    if not layout:
-        return body
-    return CONTENT_MARKER.sub(lambda _m: body, layout, count=1)
 
 
 def _inline_css(source):
