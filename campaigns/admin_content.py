@@ -10,23 +10,23 @@ the configured relay. Both are the delivery layer's work, reached by dotted
 path so that campaigns never imports delivery.
 """
 
-from pathlib import Path
-
 from django import forms
-from django.conf import settings
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, path, reverse
+from django.utils.decorators import method_decorator
 from django.utils.module_loading import import_string
+from django.views.decorators.http import require_POST
 from email_validator import EmailNotValidError, validate_email
 
-from campaigns import rendering
+from campaigns import formats, gallery, presend, preview, rendering
 from campaigns.models import Campaign, CampaignVariant, Contact, Template
 from herald import adminkit
 
-DEFAULT_LAYOUT = Path(settings.BASE_DIR) / "templates" / "email" / "default_layout.html"
+DEFAULT_LAYOUT = formats.DEFAULT_LAYOUT
 CODE = forms.Textarea(attrs={"rows": 24, "cols": 110, "spellcheck": "false",
                              "style": "font-family: ui-monospace, monospace; font-size: 13px"})
 # Before the start; from then on the content is frozen (campaigns.models.CampaignContent).
@@ -46,29 +46,123 @@ def _add_errors(form, errors):
 class TemplateForm(forms.ModelForm):
     class Meta:
         model = Template
-        fields = ("name", "html", "text")
+        fields = ("name", "format", "layout", "html", "text")
         widgets = {"html": CODE, "text": CODE}
+        labels = {"html": "Source"}
+        help_texts = {
+            "html": "HTML, Markdown or MJML as chosen above, with Jinja2: contact, unsubscribe_url, preferences_url, "
+                    "view_in_browser_url. {{ content }} marks where a campaign's body goes (in MJML, inside an "
+                    "mj-text); a campaign's body is written in its template's format.",
+        }
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["format"].required = False  # HTML when not given, as before formats existed
+
+    def clean_format(self):
+        return self.cleaned_data.get("format") or formats.HTML
 
     def clean(self):
         data = super().clean()
-        _add_errors(self, rendering.validate_template_row(data.get("html") or "", data.get("text") or ""))
+        fmt = data.get("format") or formats.HTML
+        layout = data.get("layout") if fmt == formats.MARKDOWN else None
+        if layout is not None and self.instance.pk is not None and layout.pk == self.instance.pk:
+            self.add_error("layout", "A template cannot be its own layout.")
+            return data
+        if fmt != formats.MARKDOWN:
+            data["layout"] = None
+        _add_errors(self, rendering.validate_template_row(data.get("html") or "", data.get("text") or "", fmt, layout))
         return data
+
+
+def _live_context(request, url, editor):
+    return {"live_preview_url": url, "live_preview_editor": editor,
+            "live_preview_contacts": list(Contact.objects.order_by("pk").values_list("email", flat=True)[:50])}
+
+
+def _errors_json(errors):
+    return [{"field": e.field, "line": e.line, "message": e.message} for e in errors]
+
+
+def _live_reply(campaign, choice):
+    """The JSON answer of a live preview: the message as the chosen contact gets it, or the errors."""
+    contact, address = preview.contact_for(choice)
+    try:
+        result = preview.render(campaign, contact, address)
+    except rendering.ContentError as exc:
+        return JsonResponse({"errors": _errors_json([exc])})
+    return JsonResponse({**result, "errors": []})
 
 
 @admin.register(Template)
 class TemplateAdmin(adminkit.ModelAdmin):
     form = TemplateForm
-    list_display = ("name", "updated_at")
+    list_display = ("name", "format", "updated_at")
+    list_filter = ("format",)
     search_fields = ("name",)
+    change_form_template = "admin/campaigns/template/change_form.html"
+
+    def get_urls(self):
+        own = [
+            path("gallery/", self.admin_site.admin_view(self.gallery_view), name="campaigns_template_gallery"),
+            path("live-preview/", self.admin_site.admin_view(self.live_preview_view),
+                 name="campaigns_template_live_preview"),
+        ]
+        return own + super().get_urls()
 
     def get_changeform_initial_data(self, request):
         initial = super().get_changeform_initial_data(request)
-        if DEFAULT_LAYOUT.exists():
+        starter = gallery.BY_KEY.get(request.GET.get("starter", ""))
+        if starter is not None:
+            name = starter.name
+            n = 2
+            while Template.objects.filter(name=name).exists():
+                name, n = f"{starter.name} {n}", n + 1
+            initial.update(name=name, format=starter.format, html=starter.source)
+        elif DEFAULT_LAYOUT.exists():
             initial.setdefault("html", DEFAULT_LAYOUT.read_text(encoding="utf-8"))
         return initial
 
+    def changeform_view(self, request, object_id=None, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), "starters": gallery.STARTERS,
+                         **_live_context(request, reverse("admin:campaigns_template_live_preview"), "id_html")}
+        return super().changeform_view(request, object_id, form_url, extra_context)
+
+    def gallery_view(self, request):
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        starters = []
+        for starter in gallery.STARTERS:
+            template = Template(name=starter.name, format=starter.format, html=starter.source)
+            campaign = preview.template_campaign(template)
+            campaign.html_body = starter.sample
+            starters.append((starter, preview.render(campaign, None, "reader@example.com")["html"]))
+        return TemplateResponse(request, "admin/campaigns/template/gallery.html", {
+            **self.admin_site.each_context(request), "opts": self.model._meta, "title": "Start from the gallery",
+            "starters": starters,
+        })
+
+    @method_decorator(require_POST)
+    def live_preview_view(self, request):
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        fmt = request.POST.get("format") or formats.HTML
+        if fmt not in dict(formats.CHOICES):
+            return JsonResponse({"errors": [{"field": "format", "line": None, "message": f"unknown format {fmt!r}"}]})
+        layout_id = request.POST.get("layout") or ""
+        layout = Template.objects.filter(pk=int(layout_id)).first() if layout_id.isdigit() else None
+        template = Template(name=request.POST.get("name") or "this template", format=fmt,
+                            html=request.POST.get("html") or "", text=request.POST.get("text") or "",
+                            layout=layout if fmt == formats.MARKDOWN else None)
+        errors = rendering.validate_template_row(template.html, template.text, fmt, template.layout)
+        if errors:
+            return JsonResponse({"errors": _errors_json(errors)})
+        return _live_reply(preview.template_campaign(template), request.POST.get("preview_contact"))
+
     def save_model(self, request, obj, form, change):
         super().save_model(request, obj, form, change)
+        if obj.format != formats.HTML:
+            return
         html = rendering.CONTENT_MARKER.sub("", obj.html or "", count=1)
         for warning in rendering.text_part_warnings(html, obj.text, f"Layout {obj.name!r}"):
             messages.warning(request, warning)
@@ -81,8 +175,10 @@ class CampaignForm(forms.ModelForm):
         widgets = {"html_body": CODE, "text_body": CODE, "subject": forms.TextInput(attrs={"size": 100})}
         help_texts = {
             "subject": "Jinja2: {{ contact.first_name }}, {{ contact.attributes.city | default('') }} …",
-            "html_body": "Jinja2 with contact, unsubscribe_url and view_in_browser_url. Links are tracked when "
-                         "click tracking is on; CSS is inlined and the text part derived when the text body is empty.",
+            "html_body": "Written in the template's format (HTML, Markdown, or HTML inside an MJML template), with "
+                         "Jinja2: contact, unsubscribe_url, preferences_url and view_in_browser_url. Links are tracked "
+                         "when click tracking is on; CSS is inlined and the text part derived when the text body is "
+                         "empty.",
         }
 
     # Left out of a posted form, these keep their defaults (a script or an older form that knows nothing of A/B tests).
@@ -114,6 +210,8 @@ class CampaignForm(forms.ModelForm):
         for first, second in (("local_date", "local_time"), ("quiet_start", "quiet_end")):
             if (data.get(first) is None) != (data.get(second) is None) and first in self.fields:
                 self.add_error(second if data.get(second) is None else first, "Give both, or neither.")
+        if "html_body" not in self.errors:
+            _add_errors(self, rendering.check_body_format(data.get("template"), data.get("html_body") or ""))
         return data
 
 
@@ -242,13 +340,45 @@ class CampaignAdmin(adminkit.ModelAdmin):
             path("<int:campaign_id>/preview/", self.admin_site.admin_view(self.preview_view),
                  name="campaigns_campaign_preview"),
             path("<int:campaign_id>/test/", self.admin_site.admin_view(self.test_view), name="campaigns_campaign_test"),
+            path("live-preview/", self.admin_site.admin_view(self.live_preview_view),
+                 name="campaigns_campaign_live_preview"),
         ]
         return own + super().get_urls()
+
+    def add_view(self, request, form_url="", extra_context=None):
+        extra_context = {**(extra_context or {}), **self._live_context(request)}
+        return super().add_view(request, form_url, extra_context)
 
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
         extra_context["lifecycle_links"] = self._lifecycle_links(object_id)
+        campaign = Campaign.objects.filter(pk=object_id).first() if str(object_id).isdigit() else None
+        if campaign is not None and campaign.status in EDITABLE:
+            extra_context.update(self._live_context(request))
+            # Without the network: the links are asked for on the send page and through the API.
+            extra_context["presend"] = presend.check(campaign, preview.sample_contact(campaign), links=False)
         return super().change_view(request, object_id, form_url, extra_context)
+
+    def _live_context(self, request):
+        return _live_context(request, reverse("admin:campaigns_campaign_live_preview"), "id_html_body")
+
+    @method_decorator(require_POST)
+    def live_preview_view(self, request):
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        post = request.POST
+        template_id = post.get("template") or ""
+        campaign = Campaign(subject=post.get("subject") or "", from_name=post.get("from_name") or "",
+                            from_email=post.get("from_email") or preview.PREVIEW_FROM,
+                            reply_to=post.get("reply_to") or "", html_body=post.get("html_body") or "",
+                            text_body=post.get("text_body") or "",
+                            template=Template.objects.filter(pk=int(template_id)).first() if template_id.isdigit() else None)
+        errors = rendering.validate_campaign_fields(campaign.subject, campaign.from_name, campaign.html_body,
+                                                    campaign.text_body)
+        errors += rendering.check_body_format(campaign.template, campaign.html_body)
+        if errors:
+            return JsonResponse({"errors": _errors_json(errors)})
+        return _live_reply(campaign, post.get("preview_contact"))
 
     @staticmethod
     def _lifecycle_links(object_id):

@@ -22,7 +22,7 @@ from email_validator import EmailNotValidError, validate_email
 from ninja import Field, Router, Schema
 from ninja.errors import HttpError
 
-from campaigns import rendering
+from campaigns import presend, rendering
 from campaigns.models import (
     Campaign,
     CampaignLink,
@@ -34,6 +34,7 @@ from campaigns.models import (
     Template,
     WinnerMetric,
 )
+from campaigns.preview import sample_contact
 from herald.permissions import requires
 
 router = Router(tags=["content"])
@@ -60,23 +61,33 @@ class ContentErrorOut(Schema):
     errors: list[ErrorItem] | None = None
 
 
+FORMAT_HELP = "html, markdown or mjml: the language of html (and of the bodies of campaigns that use it)"
+LAYOUT_HELP = "markdown only: the id of the HTML or MJML template its text goes into (the default layout when null)"
+
+
 class TemplateIn(Schema):
     name: str = Field(min_length=1, max_length=200)
+    format: Literal["html", "markdown", "mjml"] = Field("html", description=FORMAT_HELP)
     html: str = Field(min_length=1)
     text: str = ""
+    layout_id: int | None = Field(None, description=LAYOUT_HELP)
 
 
 class TemplatePatch(Schema):
     name: str | None = Field(None, min_length=1, max_length=200)
+    format: Literal["html", "markdown", "mjml"] | None = Field(None, description=FORMAT_HELP)
     html: str | None = Field(None, min_length=1)
     text: str | None = None
+    layout_id: int | None = Field(None, description=LAYOUT_HELP)
 
 
 class TemplateOut(Schema):
     id: int
     name: str
+    format: str
     html: str
     text: str
+    layout_id: int | None
     created_at: datetime
     updated_at: datetime
 
@@ -242,6 +253,13 @@ class PreviewOut(Schema):
     size: int
 
 
+class FindingOut(Schema):
+    code: str = Field(description="no_unsubscribe, html_size, image_alt, image_only, plain_http, broken_link, "
+                                  "subject_length, subject_empty, subject_spam or template_error")
+    message: str
+    blocks: bool = Field(description="True when the campaign cannot be sent until it is fixed")
+
+
 class LinkOut(Schema):
     index: int
     url: str
@@ -351,12 +369,26 @@ def list_templates(request):
 @router.post("/templates", response={201: TemplateOut, 409: dict, 422: ContentErrorOut}, summary="Add a layout")
 @requires("campaigns.add_template")
 def create_template(request, payload: TemplateIn):
-    errors = rendering.validate_template_row(payload.html, payload.text)
+    template = Template(**payload.dict())
+    errors = _template_errors(template)
     if errors:
         return _unprocessable(errors)
     if Template.objects.filter(name=payload.name).exists():
         return 409, {"detail": f"name: a template named {payload.name!r} already exists"}
-    return 201, Template.objects.create(**payload.dict())
+    template.save()
+    return 201, template
+
+
+def _template_errors(template):
+    """Errors of a template's sources in its format, and of its layout (Markdown only; HTML or MJML, not itself)."""
+    if template.format != "markdown":
+        template.layout_id = None
+    layout = None
+    if template.layout_id is not None:
+        layout = Template.objects.filter(pk=template.layout_id).exclude(format="markdown").first()
+        if layout is None or layout.pk == template.pk:
+            return [rendering.ContentError("layout_id", f"no HTML or MJML template with id {template.layout_id}")]
+    return rendering.validate_template_row(template.html, template.text, template.format, layout)
 
 
 @router.get("/templates/{template_id}", response=TemplateOut, summary="One layout")
@@ -371,9 +403,9 @@ def get_template(request, template_id: int):
 def update_template(request, template_id: int, payload: TemplatePatch):
     template = get_object_or_404(Template, pk=template_id)
     for key, value in payload.dict(exclude_unset=True).items():
-        if value is not None:
+        if value is not None or key == "layout_id":
             setattr(template, key, value)
-    errors = rendering.validate_template_row(template.html, template.text)
+    errors = _template_errors(template)
     if errors:
         return _unprocessable(errors)
     if Template.objects.filter(name=template.name).exclude(pk=template.pk).exists():
@@ -507,6 +539,15 @@ def preview(request, campaign_id: int, contact_id: int | None = None, email: str
         return 200, import_string("delivery.testsend.preview")(campaign, contact, email)
     except rendering.ContentError as exc:
         return _unprocessable([exc])
+
+
+@router.get("/campaigns/{campaign_id}/check", response=list[FindingOut],
+            summary="The pre-send check: what to fix before sending (a missing unsubscribe link blocks the send)")
+@requires("campaigns.view_campaign")
+def presend_check(request, campaign_id: int, links: bool = True):
+    """Checked as the campaign's first recipient would get it; ``links=false`` skips asking each link's server."""
+    campaign = get_object_or_404(Campaign, pk=campaign_id)
+    return [f.as_dict() for f in presend.check(campaign, sample_contact(campaign), links=links)]
 
 
 @router.get("/campaigns/{campaign_id}/links", response=list[LinkOut], summary="The campaign's tracked links")

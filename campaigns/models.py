@@ -10,6 +10,8 @@ from django.utils import timezone
 from django.utils.html import escape
 from email_validator import EmailNotValidError, validate_email
 
+from campaigns import formats
+
 
 def email_key(address: str) -> str:
     """The case-insensitive identity of an address: trimmed and lower-cased."""
@@ -400,9 +402,20 @@ class ApiToken(models.Model):
 class Template(models.Model):
     """A reusable layout: HTML with ``{{ content }}`` where the campaign body goes."""
 
+    class Format(models.TextChoices):
+        HTML = "html", "HTML"
+        MARKDOWN = "markdown", "Markdown"
+        MJML = "mjml", "MJML"
+
     name = models.CharField(max_length=200, unique=True)
+    # The source's language; a campaign's body is written in its template's (campaigns.formats).
+    format = models.CharField(max_length=10, choices=Format.choices, default=Format.HTML)
     html = models.TextField(help_text="Jinja2; {{ content }} marks where the campaign body goes.")
     text = models.TextField(blank=True, default="", help_text="Optional text layout; {{ content }} as above.")
+    layout = models.ForeignKey("self", on_delete=models.PROTECT, null=True, blank=True, related_name="+",
+                               limit_choices_to={"format__in": ["html", "mjml"]},
+                               help_text="Markdown only: the HTML or MJML template its text goes into "
+                                         "(the default layout when empty).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -534,11 +547,19 @@ class Campaign(models.Model):
     def freeze_content(self) -> "CampaignContent":
         """Keep what this campaign sends as it is now, layout included; the send reads only this copy."""
         layout = self.template if self.template_id else None
+        copied = {name: getattr(self, name) for name in CampaignContent.COPIED}
+        layout_html = layout.html if layout else None
+        if layout is not None and layout.format != Template.Format.HTML:
+            # Markdown and MJML are compiled here, once: the send renders the HTML (Jinja2 kept) per message.
+            copied["html_body"], layout_html = formats.html_source_of(layout, self.html_body or ""), "{{ content }}"
+        variants = [v.frozen() for v in self.variants.all()] if self.variants.count() >= 2 else []
+        if layout is not None and layout.format != Template.Format.HTML:
+            for variant in variants:  # a variant's own body is written in the layout's format too
+                if variant.get("html_body"):
+                    variant["html_body"] = formats.html_source_of(layout, variant["html_body"])
         frozen, _ = CampaignContent.objects.update_or_create(campaign=self, defaults={
-            **{name: getattr(self, name) for name in CampaignContent.COPIED},
-            "template_html": layout.html if layout else None,
-            "template_text": layout.text if layout else None,
-            "variants": [v.frozen() for v in self.variants.all()] if self.variants.count() >= 2 else [],
+            **copied, "template_html": layout_html, "template_text": layout.text if layout else None,
+            "variants": variants,
         })
         return frozen
 

@@ -42,10 +42,11 @@ from jinja2.exceptions import SecurityError, TemplateError, UndefinedError
 from jinja2.utils import Cycler
 from markupsafe import Markup, escape
 
-from campaigns.models import Campaign, CampaignLink
+from campaigns import formats
+from campaigns.formats import CONTENT_MARKER, ContentError, check_body_format, html_source_of, join_layout  # noqa: F401
+from campaigns.models import Campaign, CampaignLink, Template
 from campaigns.sandbox import BudgetedSandbox, BudgetExceeded, render_budget
 
-CONTENT_MARKER = re.compile(r"\{\{-?\s*content\s*-?\}\}")
 _JINJA = re.compile(r"\{\{.*?\}\}|\{%.*?%\}|\{#.*?#\}", re.S)
 _PLACEHOLDER = re.compile(r"HJ[XS](\d{5})Z")
 _HREF = re.compile(r"""(\bhref\s*=\s*)(["'])(.*?)\2""", re.I | re.S)
@@ -168,22 +169,6 @@ def field_getter(expr):
 # --- validation --------------------------------------------------------------
 
 
-class ContentError(ValueError):
-    """A template problem, naming the field and (when known) the line.
-
-    ``budget`` is true when the template went over a resource budget (see
-    campaigns.sandbox) rather than failing outright.
-    """
-
-    def __init__(self, field, message, line=None, budget=False):
-        self.field = field
-        self.line = line
-        self.message = message
-        self.budget = budget
-        where = f"{field}, line {line}" if line else field
-        super().__init__(f"{where}: {message}")
-
-
 _FORBIDDEN_NODES = (nodes.Import, nodes.FromImport, nodes.Include, nodes.Extends)
 
 
@@ -242,8 +227,13 @@ def one_line_text(value):
     return " ".join((value or "").split())
 
 
-def validate_template_row(html_source, text_source):
-    """Errors of a Template's fields, as a list of ContentError."""
+def validate_template_row(html_source, text_source, fmt=formats.HTML, layout=None):
+    """Errors of a Template's fields, as a list of ContentError.
+
+    ``fmt`` is the template's format and ``layout`` (for Markdown) the Template
+    its text goes into: a source that does not compile in its format is an
+    error of the ``html`` field, at its line.
+    """
     errors = []
     for field, source in (("html", html_source), ("text", text_source)):
         try:
@@ -254,6 +244,11 @@ def validate_template_row(html_source, text_source):
         errors.append(ContentError("html", "the layout needs {{ content }} where the campaign body goes"))
     if text_source and not CONTENT_MARKER.search(text_source):
         errors.append(ContentError("text", "the text layout needs {{ content }} where the campaign text goes"))
+    if not errors and fmt != formats.HTML:
+        try:
+            html_source_of(Template(name="this template", format=fmt, html=html_source, layout=layout), "")
+        except ContentError as exc:
+            errors.append(exc)
     return errors
 
 
@@ -321,12 +316,6 @@ def _restore(text, originals, comments=True):
     if comments:
         text = re.sub(r"<!--(HJS\d{5}Z)-->", r"\1", text)
     return _PLACEHOLDER.sub(lambda m: originals[int(m.group(1))], text)
-
-
-def join_layout(layout, body):
-    if not layout:
-        return body
-    return CONTENT_MARKER.sub(lambda _m: body, layout, count=1)
 
 
 def _inline_css(source):
@@ -743,10 +732,10 @@ def compile_content(campaign, track=True):
     errors = validate_campaign_fields(one_line_text(campaign.subject), one_line_text(campaign.from_name),
                                       campaign.html_body, campaign.text_body)
     if layout is not None:
-        errors += validate_template_row(layout.html, layout.text)
+        errors += validate_template_row(layout.html, layout.text)  # its format is checked as it compiles
     if errors:
         raise errors[0]
-    html_source = join_layout(layout.html if layout else "", campaign.html_body or "")
+    html_source = html_source_of(layout, campaign.html_body or "")
     text_source = join_layout(layout.text if layout else "", campaign.text_body) if campaign.text_body else ""
     if text_source and "unsubscribe_url" not in meta.find_undeclared_variables(text_env.parse(text_source)):
         text_source = text_source.rstrip("\n") + "\n\n" + TEXT_UNSUBSCRIBE
@@ -868,6 +857,11 @@ def campaign_text_warnings(layout, html_body, text_body):
     """``text_part_warnings`` for a campaign's body and its layout (a Template or None), each naming its lines."""
     if text_body and text_body.strip():
         return text_part_warnings("", join_layout(layout.text if layout else "", text_body))
+    if layout is not None and (layout.format or formats.HTML) != formats.HTML:
+        try:
+            return text_part_warnings(html_source_of(layout, html_body), "", "The compiled HTML")
+        except ContentError:
+            return []
     warnings = text_part_warnings(html_body, "", "HTML body")
     if layout is not None:
         warnings += text_part_warnings(CONTENT_MARKER.sub("", layout.html or "", count=1), "", f"Layout {layout.name!r}")

@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from campaigns import presend
 from campaigns.models import Campaign
 from delivery import lifecycle
 from delivery.lifecycle import LifecycleError
@@ -54,6 +55,8 @@ def campaign_schedule(request, campaign_id):
         at = parse_local_time(request.POST.get("scheduled_at", ""))
         if at <= timezone.now():
             raise ValueError("That time has passed; use “Send…” to send now.")
+        if blocked := presend.refusal(Campaign.objects.get(pk=campaign_id)):
+            raise ValueError(blocked)
         campaign = lifecycle.schedule_campaign(campaign_id, at)
     except (ValueError, LifecycleError) as exc:
         messages.error(request, str(exc))

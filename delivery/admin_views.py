@@ -11,6 +11,7 @@ from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET, require_POST
 
+from campaigns import presend
 from campaigns.models import Campaign
 from delivery import audiences, lifecycle, placement, planner
 from delivery.lifecycle import LifecycleError
@@ -35,8 +36,14 @@ def _back(campaign_id):
 def campaign_send(request, campaign_id):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     error = ""
+    # The pre-send check, links included; a missing unsubscribe link blocks the send.
+    findings = presend.check(campaign, presend.preview.sample_contact(campaign)) if campaign.status in \
+        lifecycle.STARTABLE else []
+    blocked = " ".join(f.message for f in presend.blocking(findings))
     if request.method == "POST":
         try:
+            if blocked:
+                raise LifecycleError(blocked)
             started = lifecycle.start_in_background(campaign.pk)
         except LifecycleError as exc:
             error = str(exc)
@@ -58,7 +65,8 @@ def campaign_send(request, campaign_id):
                    "zones": ", ".join(sorted(w["zones"])[:8]) + (" …" if len(w["zones"]) > 8 else "")}
                   for w in placement.preview_waves(campaign)],
         "variants": [v.letter for v in campaign.variants.all()] if campaign.variants.count() >= 2 else [],
-        "startable": campaign.status in lifecycle.STARTABLE,
+        "startable": campaign.status in lifecycle.STARTABLE and not blocked,
+        "presend": findings,
         "error": error or ("" if campaign.status in lifecycle.STARTABLE else f"This campaign is {campaign.status}."),
         "title": f"Send {campaign.name}",
         "opts": Campaign._meta,

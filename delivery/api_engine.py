@@ -11,6 +11,8 @@ from django.shortcuts import get_object_or_404
 from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
+from campaigns import presend
+from campaigns.models import Campaign
 from delivery import health, lifecycle, routing
 from delivery.lifecycle import LifecycleError
 from delivery.models import DomainThrottle, Period, Relay
@@ -291,6 +293,14 @@ def _check_default(is_default, own_pk):
 
 # --- campaign actions -------------------------------------------------------------
 
+def _checked(campaign_id):
+    """Refuse (422) to send or schedule a campaign the pre-send check blocks (campaigns.presend)."""
+    campaign = Campaign.objects.filter(pk=campaign_id).first()
+    if campaign is not None and (blocked := presend.refusal(campaign)):
+        raise HttpError(422, f"content: {blocked}")
+    return campaign_id
+
+
 def _act(request, action, *args):
     try:
         campaign = action(*args)
@@ -306,13 +316,13 @@ def _act(request, action, *args):
 @requires("campaigns.send_campaign")
 def send(request, campaign_id: int):
     """The content is frozen now. Follow ``progress``: ``recipients`` grows while starting, then the counts."""
-    return Status(202, _act(request, lifecycle.start_in_background, campaign_id))
+    return Status(202, _act(request, lifecycle.start_in_background, _checked(campaign_id)))
 
 
 @router.post("/campaigns/{campaign_id}/schedule", response=CampaignProgress, summary="Send at a time")
 @requires("campaigns.send_campaign")
 def schedule(request, campaign_id: int, payload: ScheduleIn):
-    return _act(request, lifecycle.schedule_campaign, campaign_id, payload.scheduled_at)
+    return _act(request, lifecycle.schedule_campaign, _checked(campaign_id), payload.scheduled_at)
 
 
 @router.post("/campaigns/{campaign_id}/pause", response=CampaignProgress, summary="Pause sending")

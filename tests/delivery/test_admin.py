@@ -7,6 +7,7 @@ from django.urls import reverse
 from campaigns.models import Campaign, Suppression
 from delivery.models import Relay, Send
 from delivery.tasks import start_campaign
+from tests.delivery.conftest import SENDABLE_HTML
 
 pytestmark = pytest.mark.django_db
 
@@ -50,7 +51,7 @@ def test_relay_check_button_reports_what_happened(operator, sink):
 
 
 def test_send_confirmation_shows_the_count_after_suppressions_then_starts(operator, make_campaign):
-    campaign = make_campaign(["a@example.com", "b@example.com", "c@example.com"])
+    campaign = make_campaign(["a@example.com", "b@example.com", "c@example.com"], html_body=SENDABLE_HTML)
     Suppression.objects.create(email="c@example.com", reason="hard_bounce")
     url = reverse("delivery-admin:campaign-send", args=[campaign.pk])
     page = operator.get(url)
@@ -64,7 +65,7 @@ def test_send_confirmation_shows_the_count_after_suppressions_then_starts(operat
 
 
 def test_lifecycle_buttons_and_progress(operator, make_campaign):
-    campaign = make_campaign(["a@example.com"])
+    campaign = make_campaign(["a@example.com"], html_body=SENDABLE_HTML)
     operator.post(reverse("delivery-admin:campaign-send", args=[campaign.pk]))
     start_campaign(campaign.pk)  # the worker's part
     assert operator.get(reverse("delivery-admin:campaign-pause", args=[campaign.pk])).status_code == 405  # POST only
@@ -85,7 +86,7 @@ def test_sending_needs_the_permission(staff_without_send, make_campaign):
 
 
 def test_the_send_ledger_is_read_only(operator, make_campaign):
-    campaign = make_campaign(["a@example.com"])
+    campaign = make_campaign(["a@example.com"], html_body=SENDABLE_HTML)
     operator.post(reverse("delivery-admin:campaign-send", args=[campaign.pk]))
     start_campaign(campaign.pk)  # the worker's part
     listing = operator.get(reverse("admin:delivery_send_changelist") + "?status__exact=queued")

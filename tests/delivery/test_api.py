@@ -6,6 +6,7 @@ from django.contrib.auth.models import Permission, User
 from campaigns.models import ApiToken
 from delivery.models import Relay
 from delivery.tasks import start_campaign
+from tests.delivery.conftest import SENDABLE_HTML
 from tests.delivery.servers import Authenticator
 from tests.support.smtp import Sink
 from tests.support.tls import server_context
@@ -76,7 +77,7 @@ def test_throttles_crud_and_one_default(client, viewer):
 
 
 def test_sending_needs_the_permission(client, viewer, sender, make_campaign):
-    campaign = make_campaign(["a@example.com", "b@example.com"])
+    campaign = make_campaign(["a@example.com", "b@example.com"], html_body=SENDABLE_HTML)
     assert client.post(f"/api/v1/campaigns/{campaign.pk}/send", **viewer).status_code == 403
     response = client.post(f"/api/v1/campaigns/{campaign.pk}/send", **sender)
     assert response.status_code == 202
@@ -95,7 +96,7 @@ def test_sending_needs_the_permission(client, viewer, sender, make_campaign):
 
 
 def test_schedule_takes_an_iso_time(client, sender, make_campaign):
-    campaign = make_campaign(["a@example.com"])
+    campaign = make_campaign(["a@example.com"], html_body=SENDABLE_HTML)
     response = client.post(f"/api/v1/campaigns/{campaign.pk}/schedule", {"scheduled_at": "2030-01-01T09:00:00Z"},
                            content_type="application/json", **sender)
     assert response.status_code == 200 and response.json()["status"] == "scheduled"

@@ -15,7 +15,7 @@ from delivery import lifecycle, scheduler
 from delivery.lifecycle import LifecycleError
 from delivery.models import Send
 from delivery.tasks import start_campaign
-from tests.delivery.conftest import drain
+from tests.delivery.conftest import SENDABLE_HTML, drain
 from tests.delivery.workers import Worker
 from tests.support.wait import wait_until
 
@@ -130,7 +130,7 @@ def test_contacts_added_while_starting_wait_for_the_next_campaign(make_campaign,
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.slow
 def test_send_answers_at_once_and_a_real_worker_snapshots_and_sends(client, tmp_path, sink, relay, make_campaign):
-    campaign = make_campaign(ADDRESSES)
+    campaign = make_campaign(ADDRESSES, html_body=SENDABLE_HTML)
     response = client.post(f"/api/v1/campaigns/{campaign.pk}/send", **bearer())
 
     assert response.status_code == 202

@@ -36,7 +36,7 @@ def newsletter():
         Subscription.objects.create(contact=contact, mailing_list=readers)
     campaign = Campaign.objects.create(
         name="Monthly news", subject="News for {{ contact.first_name }}", from_email="news@herald.example",
-        html_body="<p>Hello {{ contact.first_name }}</p>",
+        html_body='<p>Hello {{ contact.first_name }}</p><p><a href="{{ unsubscribe_url }}">Unsubscribe</a></p>',
     )
     campaign.lists.add(readers)
     return campaign

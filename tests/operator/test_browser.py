@@ -97,7 +97,8 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
     page.fill("#id_name", "Browser news")
     page.fill("#id_subject", "Hello {{ contact.first_name }}")
     page.fill("#id_from_email", "news@herald.example")
-    page.fill("#id_html_body", "<p>Hi {{ contact.first_name }} in {{ contact.attributes.town }}</p>")
+    page.fill("#id_html_body", "<p>Hi {{ contact.first_name }} in {{ contact.attributes.town }}</p>"
+                               "<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>")
     page.select_option("#id_lists_from", label="Browser readers")
     page.click("#id_lists_add")
     page.click("input[name=_continue]")
