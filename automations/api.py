@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
 from django.utils import timezone
-from ninja import Field, Router, Schema
+from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
 from automations import stats, triggers, versions
@@ -166,7 +166,7 @@ def create_automation(request, payload: AutomationIn):
         except IntegrityError:
             raise HttpError(409, "name: an automation of this name exists") from None
         _replace_steps(automation, payload.steps)
-    return 201, _out(automation)
+    return Status(201, _out(automation))
 
 
 @router.get("/automations/{automation_id}", response=AutomationOut, summary="One automation, with per-step statistics")
@@ -241,4 +241,4 @@ def enrol(request, automation_id: int, payload: EnrolIn):
 def post_event(request, contact_id: int, payload: EventIn):
     contact = get_object_or_404(Contact, pk=contact_id)
     event, entered = triggers.record_event(contact, payload.name, payload.payload)
-    return 201, {"id": event.pk, "contact_id": contact.pk, "name": event.name, "enrolled": entered}
+    return Status(201, {"id": event.pk, "contact_id": contact.pk, "name": event.name, "enrolled": entered})

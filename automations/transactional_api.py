@@ -4,7 +4,7 @@ from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
 from jinja2 import TemplateError
-from ninja import Field, Header, Router, Schema
+from ninja import Field, Header, Router, Schema, Status
 from ninja.errors import HttpError
 
 from automations import transactional
@@ -61,4 +61,4 @@ def send_transactional(request, payload: TransactionalIn, idempotency_key: str =
         raise HttpError(exc.status, str(exc)) from None
     except TemplateError as exc:
         raise HttpError(422, f"template: line {getattr(exc, 'lineno', '?')}: {exc}") from None
-    return (201 if sent else 200), _out(row, replayed=not sent)
+    return Status(201 if sent else 200, _out(row, replayed=not sent))

@@ -12,7 +12,7 @@ from datetime import datetime
 
 from django.core.exceptions import ValidationError
 from django.shortcuts import get_object_or_404
-from ninja import Field, Query, Router, Schema
+from ninja import Field, Query, Router, Schema, Status
 from ninja.errors import HttpError
 
 from herald.permissions import requires
@@ -117,7 +117,7 @@ def list_endpoints(request):
 def create_endpoint(request, payload: EndpointIn):
     endpoint = Endpoint(**payload.dict(), secret=new_secret())
     _save(endpoint)
-    return 201, _out(endpoint, endpoint.secret)
+    return Status(201, _out(endpoint, endpoint.secret))
 
 
 @router.get("/webhooks/{endpoint_id}", response=EndpointOut, summary="One endpoint")
@@ -144,7 +144,7 @@ def update_endpoint(request, endpoint_id: int, payload: EndpointPatch):
 @requires("webhooks_out.delete_endpoint")
 def delete_endpoint(request, endpoint_id: int):
     get_object_or_404(Endpoint, pk=endpoint_id).delete()
-    return 204, None
+    return Status(204, None)
 
 
 @router.post("/webhooks/{endpoint_id}/rotate-secret", response=EndpointWithSecret,
