@@ -204,12 +204,19 @@ class Message(models.Model):
     worker killed after the commit finds the row and sends nothing more.
     """
 
-    automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="messages", db_index=False)
-    step = models.ForeignKey(Step, on_delete=models.PROTECT, related_name="messages", db_index=False)
-    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+", db_index=False)
+    # No foreign-key constraints in the database, by choice: PostgreSQL checks
+    # each with a trigger per inserted row, and the sweep inserts these (and
+    # their Sends) by the thousand in one statement. Only the sweep writes
+    # them, with ids it has just read; deletions cascade through the ORM.
+    automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="messages", db_index=False,
+                                   db_constraint=False)
+    step = models.ForeignKey(Step, on_delete=models.PROTECT, related_name="messages", db_index=False,
+                             db_constraint=False)
+    contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="+", db_index=False,
+                                db_constraint=False)
     occurrence = models.PositiveIntegerField()
-    send = models.OneToOneField(Send, on_delete=models.CASCADE, related_name="automation_message")
-    template = models.ForeignKey(MessageTemplate, on_delete=models.PROTECT, related_name="+")
+    send = models.OneToOneField(Send, on_delete=models.CASCADE, related_name="automation_message", db_constraint=False)
+    template = models.ForeignKey(MessageTemplate, on_delete=models.PROTECT, related_name="+", db_constraint=False)
     payload = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField()
 
@@ -218,8 +225,8 @@ class Message(models.Model):
             models.UniqueConstraint(fields=["automation", "step", "contact", "occurrence"],
                                     name="automation_message_once"),
         ]
-        indexes = [models.Index(fields=["step"], name="automation_message_step_idx"),
-                   models.Index(fields=["contact", "automation", "occurrence"], name="automation_message_contact_idx")]
+        # Statistics and "the previous email" of a branch read by automation first: the unique index serves them.
+        indexes = [models.Index(fields=["contact", "automation", "occurrence"], name="automation_message_contact_idx")]
 
     def __str__(self):
         return f"step {self.step_id} to {self.contact_id} (#{self.occurrence})"

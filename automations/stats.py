@@ -9,7 +9,7 @@ from tracking.models import Event
 
 def step_statistics(automation: Automation) -> list[dict]:
     steps = list(automation.current_steps())
-    messages = Message.objects.filter(step__in=steps)
+    messages = Message.objects.filter(automation=automation, step__in=steps)
     sent = dict(messages.filter(send__status=Send.Status.SENT).values_list("step_id").annotate(n=Count("id")))
     human = Event.objects.filter(machine=False)
     opened = dict(human.filter(type__in=[Event.Type.OPEN, Event.Type.CLICK], send__automation_message__step__in=steps)

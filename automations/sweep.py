@@ -27,7 +27,7 @@ from segments.compiler import Compiler
 from tracking.models import Event
 from webhooks_out import outbox
 
-BATCH = 1000
+BATCH = 2000
 # Steps run back to back in one batch before a contact waits (a chain of branches and updates).
 MAX_STEPS_PER_TICK = 20
 
@@ -105,14 +105,10 @@ def advance(now=None, batch=BATCH, limit=None) -> int:
 
 def advance_batch(now, size=BATCH) -> int:
     with transaction.atomic():
-        rows = [_Row(*r) for r in Enrolment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
-            status=Enrolment.Status.ACTIVE, due_at__lte=now, automation__status=Automation.Status.ACTIVE,
-        ).order_by("due_at").values_list("id", "automation_id", "contact_id", "occurrence", "version", "position",
-                                         "payload")[:size]]
+        batch = _Batch(now)
+        rows = _claim(batch, now, size)
         if not rows:
             return 0
-        batch = _Batch(now)
-        _load_contacts(batch, rows)
         live = rows
         for _ in range(MAX_STEPS_PER_TICK):
             live = _run_one_step(batch, live)
@@ -125,6 +121,45 @@ def advance_batch(now, size=BATCH) -> int:
         if send_ids:
             dispatch.enqueue_sends(send_ids, domains=domains)
     return len(rows)
+
+
+def _claim(batch, now, size) -> list[_Row]:
+    """Lock up to ``size`` due enrolments of active automations, and read their contacts (the mailable ones
+    into ``batch.contacts``: active, and not suppressed)."""
+    if connection.vendor != "postgresql":
+        rows = [_Row(*r) for r in Enrolment.objects.select_for_update(skip_locked=True, of=("self",)).filter(
+            status=Enrolment.Status.ACTIVE, due_at__lte=now, automation__status=Automation.Status.ACTIVE,
+        ).order_by("due_at").values_list("id", "automation_id", "contact_id", "occurrence", "version", "position",
+                                         "payload")[:size]]
+        _load_contacts(batch, rows)
+        return rows
+    sql = f"""
+        WITH claimed AS (
+            SELECT e.id FROM {Enrolment._meta.db_table} e JOIN {Automation._meta.db_table} a ON a.id = e.automation_id
+            WHERE e.status = 'active' AND e.due_at <= %(now)s AND a.status = 'active'
+            ORDER BY e.due_at LIMIT %(size)s
+            FOR UPDATE OF e SKIP LOCKED)
+        SELECT e.id, e.automation_id, e.contact_id, e.occurrence, e.version, e.position, e.payload,
+               c.email, c.status = 'active' AND NOT EXISTS (
+                   SELECT 1 FROM {Suppression._meta.db_table} p WHERE p.email_key = c.email_key),
+               c.attributes
+        FROM claimed JOIN {Enrolment._meta.db_table} e ON e.id = claimed.id
+        LEFT JOIN {Contact._meta.db_table} c ON c.id = e.contact_id
+    """  # noqa: S608 - table names from the models, values as parameters
+    with _raw_cursor() as cur:
+        cur.execute(sql, {"now": now, "size": size})
+        found = cur.fetchall()
+    rows = []
+    for pk, automation_id, contact_id, occurrence, version, position, payload, email, mailable, attributes in found:
+        # Django has psycopg hand jsonb over as text, for its JSONField to decode.
+        rows.append(_Row(pk, automation_id, contact_id, occurrence, version, position, _json(payload)))
+        if mailable:
+            batch.contacts[contact_id] = (email, _json(attributes))
+    return rows
+
+
+def _json(value):
+    return json.loads(value) if isinstance(value, str | bytes) else (value or {})
 
 
 def _load_contacts(batch, rows):
@@ -272,37 +307,68 @@ def _write_emails(batch) -> tuple[list[int], list[str]]:
     now = batch.now
     items = [(row.automation_id, step.pk, row.contact_id, row.occurrence, step.template_id, row.payload)
              for row, step in batch.emails]
+    if connection.vendor == "postgresql":
+        rows = _insert_postgres(items, now)
+        return [r[0] for r in rows], [r[1] for r in rows]
 
     def send_for(send_id, contact_id):
         email = batch.contacts[contact_id][0]
         return Send(id=send_id, contact_id=contact_id, email=email, domain=email.rpartition("@")[2].lower(),
                     status=Send.Status.QUEUED, next_attempt_at=now)
 
-    if connection.vendor == "postgresql":
-        sends = [send_for(send_id, contact_id) for send_id, contact_id in _insert_messages_postgres(items, now)]
-        Send.objects.bulk_create(sends)
-    else:
-        sends = _insert_messages_orm(items, now, send_for)
+    sends = _insert_messages_orm(items, now, send_for)
     return [s.id for s in sends], [s.domain for s in sends]
 
 
-def _insert_messages_postgres(items, now):
-    """One statement: the Messages whose key is new, each with a Send id drawn for it; (send id, contact) of those."""
-    table, send_table = Message._meta.db_table, Send._meta.db_table
+# The Send columns the sweep fills; every other column gets its model default.
+_SEND_VALUES = {"id": "m.send_id", "contact_id": "m.contact_id", "email": "c.email",
+                "domain": "lower(split_part(c.email, '@', 2))", "status": "'queued'", "next_attempt_at": "%(now)s",
+                "created_at": "%(now)s", "updated_at": "%(now)s"}
+
+
+def _send_insert(params) -> str:
+    columns, values = [], []
+    for model_field in Send._meta.concrete_fields:
+        columns.append(connection.ops.quote_name(model_field.column))
+        if model_field.attname in _SEND_VALUES:
+            values.append(_SEND_VALUES[model_field.attname])
+        else:
+            name = f"d_{model_field.attname}"
+            params[name] = model_field.get_db_prep_save(model_field.get_default(), connection)
+            values.append(f"%({name})s")
+    return f"INSERT INTO {Send._meta.db_table} ({', '.join(columns)}) SELECT {', '.join(values)}"  # noqa: S608
+
+
+def _insert_postgres(items, now):
+    """One statement: the Messages whose key is new, each with a Send id drawn for it, and those Sends;
+    (send id, domain) of each Send inserted."""
     columns = list(zip(*items, strict=True))
-    with connection.cursor() as cur:
-        cur.execute(
-            f"""
-            INSERT INTO {table} (automation_id, step_id, contact_id, occurrence, template_id, payload, send_id, created_at)
-            SELECT a, s, c, o, t, p::jsonb, nextval(pg_get_serial_sequence('{send_table}', 'id')), %s
-            FROM unnest(%s::bigint[], %s::bigint[], %s::bigint[], %s::int[], %s::bigint[], %s::text[]) AS v(a, s, c, o, t, p)
+    params = {"now": now, "a": list(columns[0]), "s": list(columns[1]), "c": list(columns[2]), "o": list(columns[3]),
+              "t": list(columns[4]), "p": [json.dumps(p or {}) for p in columns[5]]}
+    sql = f"""
+        WITH m AS (
+            INSERT INTO {Message._meta.db_table}
+                   (automation_id, step_id, contact_id, occurrence, template_id, payload, send_id, created_at)
+            SELECT a, s, c, o, t, p::jsonb, nextval(pg_get_serial_sequence('{Send._meta.db_table}', 'id')), %(now)s
+            FROM unnest(%(a)b::bigint[], %(s)b::bigint[], %(c)b::bigint[], %(o)b::bigint[], %(t)b::bigint[],
+                        %(p)b::text[]) AS v(a, s, c, o, t, p)
             ON CONFLICT (automation_id, step_id, contact_id, occurrence) DO NOTHING
-            RETURNING send_id, contact_id
-            """,  # noqa: S608 - table names from the models, values as parameters
-            [now, list(columns[0]), list(columns[1]), list(columns[2]), list(columns[3]), list(columns[4]),
-             [json.dumps(p or {}) for p in columns[5]]],
-        )
+            RETURNING send_id, contact_id)
+        {_send_insert(params)}
+        FROM m JOIN {Contact._meta.db_table} c ON c.id = m.contact_id
+        RETURNING id, domain
+    """  # noqa: S608 - table and column names from the models, values as parameters
+    with _raw_cursor() as cur:
+        cur.execute(sql, params)
         return cur.fetchall()
+
+
+def _raw_cursor():
+    """psycopg's own cursor: parameters bound by the server, not quoted into the text (arrays of a thousand ids)."""
+    import psycopg
+
+    connection.ensure_connection()
+    return psycopg.Cursor(connection.connection)
 
 
 def _insert_messages_orm(items, now, send_for):
@@ -322,12 +388,12 @@ def _write_rows(rows, now):
     if not moved:
         return
     if connection.vendor == "postgresql":
-        with connection.cursor() as cur:
+        with _raw_cursor() as cur:
             cur.execute(
                 f"""
                 UPDATE {Enrolment._meta.db_table} e SET position = v.p, due_at = COALESCE(v.d, e.due_at), status = v.s,
                        reason = v.r, updated_at = %s
-                FROM unnest(%s::bigint[], %s::int[], %s::timestamptz[], %s::text[], %s::text[]) AS v(id, p, d, s, r)
+                FROM unnest(%b::bigint[], %b::bigint[], %b::timestamptz[], %b::text[], %b::text[]) AS v(id, p, d, s, r)
                 WHERE e.id = v.id
                 """,  # noqa: S608
                 [now, [r.id for r in moved], [r.position for r in moved], [r.due_at for r in moved],

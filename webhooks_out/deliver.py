@@ -76,11 +76,18 @@ class Poster:
 
     def __init__(self):
         self.connections = {}
+        self.checked = {}  # url -> (scheme, port, address): checked once per run, then that address is used
+
+    def _check(self, url):
+        found = self.checked.get(url)
+        if found is None:
+            found = self.checked[url] = check_url(url)
+        return found
 
     def post(self, endpoint: Endpoint, body: bytes, msg_id: str, now) -> Outcome:
         started = time.monotonic()
         try:
-            scheme, port, address = check_url(endpoint.url)
+            scheme, port, address = self._check(endpoint.url)
         except UnsafeEndpoint as exc:
             return Outcome(False, None, 0, f"refused: {exc}")
         parts = urlsplit(endpoint.url)
