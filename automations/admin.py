@@ -85,6 +85,7 @@ class AutomationAdmin(adminkit.ModelAdmin):
 
     @admin.action(description="Activate (or resume) the selected automations", permissions=["change"])
     def activate(self, request, queryset):
+        queryset.filter(watermark=None).update(watermark=timezone.now())
         n = queryset.update(status=Automation.Status.ACTIVE, updated_at=timezone.now())
         self.message_user(request, f"{n} automation(s) active.")
 

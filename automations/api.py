@@ -12,7 +12,6 @@ from typing import Any, Literal
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.shortcuts import get_object_or_404
-from django.utils import timezone
 from ninja import Field, Router, Schema, Status
 from ninja.errors import HttpError
 
@@ -192,8 +191,8 @@ def update_automation(request, automation_id: int, payload: AutomationPatch):
 
 def _set_status(automation_id, status):
     automation = get_object_or_404(Automation, pk=automation_id)
-    Automation.objects.filter(pk=automation.pk).update(status=status, updated_at=timezone.now())
-    automation.refresh_from_db()
+    automation.status = status
+    automation.save(update_fields=["status", "watermark", "updated_at"])
     return _out(automation)
 
 

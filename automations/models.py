@@ -2,6 +2,7 @@
 
 from django.core.exceptions import ValidationError
 from django.db import models
+from django.utils import timezone
 
 from campaigns.models import Contact, MailingList, Segment, Template
 from delivery.models import Send
@@ -91,6 +92,12 @@ class Automation(models.Model):
     def __str__(self):
         return self.name
 
+    def save(self, *args, **kwargs):
+        # Polled triggers count from activation: the list's past subscribers are not welcomed.
+        if self.status != self.Status.DRAFT and self.watermark is None:
+            self.watermark = timezone.now()
+        super().save(*args, **kwargs)
+
     def clean(self):
         needs = {self.Trigger.SUBSCRIBED: "mailing_list", self.Trigger.SEGMENT: "segment",
                  self.Trigger.DATE: "date_attribute", self.Trigger.CLICKED: "link_url", self.Trigger.EVENT: "event_name"}
@@ -154,6 +161,8 @@ class Step(models.Model):
                 validate(self.rules)
             except Exception as exc:  # the validator's message names the rule
                 raise ValidationError({"rules": str(exc)}) from None
+        if self.kind == self.Kind.BRANCH and self.else_position is not None and self.else_position <= self.position:
+            raise ValidationError({"else_position": "a branch may only jump forward, to a later position"})
         if self.kind == self.Kind.WAIT and not self.wait_seconds and self.wait_time is None:
             raise ValidationError({"wait_seconds": "a wait needs a duration or a time of day"})
 

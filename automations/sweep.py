@@ -15,7 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from django.db import connection, transaction
-from django.db.models import F
+from django.db.models import Exists, F, OuterRef
 from django.utils import timezone
 
 from automations.models import Automation, Enrolment, Message, Step
@@ -432,4 +432,10 @@ def exit_unmailable(now=None) -> int:
     suppressed_ids = Contact.objects.filter(email_key__in=Suppression.objects.values("email_key")).values("id")
     count += Enrolment.objects.filter(status=Enrolment.Status.ACTIVE, contact_id__in=suppressed_ids).update(
         status=Enrolment.Status.EXITED, reason="suppressed", updated_at=now)
+    # Someone welcomed for joining a list who left that list gets no more of its welcome.
+    left_list = Subscription.objects.filter(contact_id=OuterRef("contact_id"), status=Subscription.Status.UNSUBSCRIBED,
+                                            mailing_list_id=OuterRef("automation__mailing_list_id"))
+    count += Enrolment.objects.filter(status=Enrolment.Status.ACTIVE, automation__trigger=Automation.Trigger.SUBSCRIBED
+                                      ).filter(Exists(left_list)).update(
+        status=Enrolment.Status.EXITED, reason="unsubscribed from the list", updated_at=now)
     return count

@@ -19,7 +19,9 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from urllib.parse import urlsplit
@@ -75,7 +77,7 @@ class Poster:
     """One kept-alive connection per endpoint URL, for a whole delivery run."""
 
     def __init__(self):
-        self.connections = {}
+        self.connections = {}  # one per thread and endpoint: http.client connections are not shared
         self.checked = {}  # url -> (scheme, port, address): checked once per run, then that address is used
 
     def _check(self, url):
@@ -95,7 +97,7 @@ class Poster:
         stamp = int(now.timestamp())
         headers = {"Content-Type": "application/json", "User-Agent": "Herald-Webhooks/1",
                    **signing.headers(endpoint.secret, msg_id, stamp, body)}
-        key = (endpoint.pk, scheme, address, port)
+        key = (threading.get_ident(), endpoint.pk, scheme, address, port)
         for attempt in (1, 2):  # a kept-alive connection the server closed is retried once, fresh
             conn = self.connections.get(key)
             if conn is None:
@@ -152,32 +154,49 @@ def body_of(endpoint: Endpoint, rows: list[OutboxMessage]) -> tuple[bytes, str]:
     return json.dumps(items, separators=(",", ":")).encode(), "batch_" + rows[0].msg_id.removeprefix("msg_")
 
 
-def deliver_endpoint(endpoint: Endpoint, poster: Poster, now=None, rounds: int = 10) -> int:
-    """Post what an endpoint is owed, a claimed slice at a time; how many rows were delivered."""
+def deliver_endpoint(endpoint: Endpoint, poster: Poster, now=None, budget: float = 20.0) -> int:
+    """Post what an endpoint is owed, a claimed slice at a time, for up to ``budget`` seconds; how many rows
+    were delivered.
+
+    A slice goes out over HERALD_WEBHOOK_CONCURRENCY connections at once, so a
+    receiver that takes its time to answer still gets thousands of events a second.
+    """
     now = now or timezone.now()
     size = max(1, endpoint.batch_size)
-    delivered = 0
-    for _ in range(rounds):
-        rows = claim(endpoint, now, size * 50)
-        if not rows:
-            break
-        log, ok_ids, failed = [], [], []
-        for start in range(0, len(rows), size):
-            chunk = rows[start:start + size]
-            body, msg_id = body_of(endpoint, chunk)
-            outcome = poster.post(endpoint, body, msg_id, now)
-            log.append(DeliveryAttempt(endpoint=endpoint, webhook_id=msg_id, messages=[r.pk for r in chunk],
-                                       ok=outcome.ok, status_code=outcome.status, latency_ms=outcome.latency_ms,
-                                       response=outcome.text, created_at=now))
-            (ok_ids if outcome.ok else failed).extend((r, outcome) for r in chunk)
-            if not outcome.ok:
-                break  # the endpoint is failing: the rest of the slice waits for the next try
-        untried = rows[len(ok_ids) + len(failed):]
-        _record(endpoint, now, log, [r.pk for r, _ in ok_ids], failed, untried)
-        delivered += len(ok_ids)
-        if failed:
-            break
+    workers = max(1, _setting("HERALD_WEBHOOK_CONCURRENCY", 4))
+    delivered, deadline = 0, time.monotonic() + budget
+    with ThreadPoolExecutor(workers, thread_name_prefix="webhooks") as pool:
+        while time.monotonic() < deadline:
+            rows = claim(endpoint, now, size * 25 * workers)
+            if not rows:
+                break
+            chunks = [rows[start:start + size] for start in range(0, len(rows), size)]
+            lanes = [chunks[n::workers] for n in range(workers)]
+            results = [r for lane in pool.map(lambda lane: _post_lane(endpoint, poster, lane, now), lanes) for r in lane]
+            log = [entry for entry, _, _ in results]
+            ok_ids = [r.pk for _, chunk, outcome in results if outcome.ok for r in chunk]
+            failed = [(r, outcome) for _, chunk, outcome in results if not outcome.ok for r in chunk]
+            tried = {r.pk for _, chunk, _ in results for r in chunk}
+            untried = [r for r in rows if r.pk not in tried]
+            _record(endpoint, now, log, ok_ids, failed, untried)
+            delivered += len(ok_ids)
+            if failed:
+                break
     return delivered
+
+
+def _post_lane(endpoint, poster, chunks, now):
+    """Post chunks one after the other on this thread's connection; stop at the first failure."""
+    results = []
+    for chunk in chunks:
+        body, msg_id = body_of(endpoint, chunk)
+        outcome = poster.post(endpoint, body, msg_id, now)
+        results.append((DeliveryAttempt(endpoint=endpoint, webhook_id=msg_id, messages=[r.pk for r in chunk],
+                                        ok=outcome.ok, status_code=outcome.status, latency_ms=outcome.latency_ms,
+                                        response=outcome.text, created_at=now), chunk, outcome))
+        if not outcome.ok:
+            break  # the endpoint is failing: the rest waits for the next try
+    return results
 
 
 def _record(endpoint, now, log, ok_ids, failed, untried):

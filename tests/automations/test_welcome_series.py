@@ -14,6 +14,7 @@ from django.db import connection, connections
 
 from automations import sweep, triggers
 from automations.models import Automation, Enrolment, Message, Step
+from campaigns.models import Subscription, Suppression
 from delivery import engine
 from delivery.models import Send
 from tests.automations.conftest import automation_with, contact, subscribe, template
@@ -135,17 +136,20 @@ def test_each_step_is_sent_once_across_a_killed_sweep_and_a_duplicated_tick(seri
     assert stats[10] == (2, 0) and stats[50] == (2, 0)
 
 
-def test_a_contact_who_unsubscribes_leaves_at_once(series, newsletter, t0):
-    alice = contact("alice@example.com")
-    subscribe(alice, newsletter)
+def test_contacts_who_unsubscribe_or_are_suppressed_leave_at_once(series, newsletter, t0):
+    alice, bob, carol = contact("alice@example.com"), contact("bob@example.org"), contact("carol@example.net")
+    subscriptions = [subscribe(person, newsletter) for person in (alice, bob, carol)]
     triggers.poll(now=t0 + timedelta(seconds=5))
     sweep.advance(now=t0 + timedelta(seconds=5))
     alice.status = alice.Status.UNSUBSCRIBED
     alice.save()
-    assert sweep.exit_unmailable(now=t0 + timedelta(seconds=6)) == 1
+    subscriptions[1].status = Subscription.Status.UNSUBSCRIBED
+    subscriptions[1].save()
+    Suppression.objects.create(email="carol@example.net", reason=Suppression.Reason.HARD_BOUNCE)
+    assert sweep.exit_unmailable(now=t0 + timedelta(seconds=6)) == 3
     sweep.advance(now=t0 + timedelta(seconds=2 * DAY))
-    assert sends_per_contact() == {"alice@example.com": [10]}
-    assert Enrolment.objects.get().status == Enrolment.Status.EXITED
+    assert sends_per_contact() == {"alice@example.com": [10], "bob@example.org": [10], "carol@example.net": [10]}
+    assert set(Enrolment.objects.values_list("status", flat=True)) == {Enrolment.Status.EXITED}
 
 
 def test_a_paused_automation_holds_its_contacts_where_they_are(series, newsletter, t0):
