@@ -1,6 +1,7 @@
 """Branching on an open, a birthday in each contact's own time zone, a custom event's payload in the mail."""
 
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
 
 import pytest
 
@@ -120,3 +121,24 @@ def test_contacts_mid_way_keep_their_version_until_moved(api, t0):
     sweep.advance(now=t0)
     sweep.advance(now=t0 + timedelta(minutes=2))
     assert received("early@example.com") == ["one"] and received("late@example.com") == ["two"]
+
+
+def test_a_click_in_an_automation_email_is_tracked_and_triggers_another(t0):
+    offer = template("offer", "Our offer",
+                     body='<p><a href="https://shop.example/spring?c={{ contact.first_name }}">See it</a></p>')
+    automation_with([{"kind": Step.Kind.EMAIL, "template": offer}], name="Offer")
+    follow = automation_with([{"kind": Step.Kind.EMAIL, "template": template("thanks", "Thanks")}], name="Clicked",
+                             trigger=Automation.Trigger.CLICKED, link_url="https://shop.example/spring?c=Zoe")
+    zoe = contact("zoe@example.com")
+    enrol(Automation.objects.get(name="Offer"), [zoe.pk], now=t0)
+    sweep.advance(now=t0)
+    send = Send.objects.get()
+    from automations.builder import build_for_send
+    from tracking.hotpath import record_click
+
+    html = message_from_bytes(build_for_send(send).data, policy=policy.default).get_body(("html",)).get_content()
+    assert "/t/c/" in html and "shop.example" not in html, "the link is rewritten to the click redirect"
+    Send.objects.update(status=Send.Status.SENT, sent_at=t0 - timedelta(minutes=10))
+    assert record_click(send.pk, 0, BROWSER) == "https://shop.example/spring?c=Zoe"
+    triggers.poll()
+    assert Enrolment.objects.filter(automation=follow, contact=zoe).exists()
