@@ -51,11 +51,14 @@ def _unstorable_value(request, exc):
 
 def _add_routers():
     from audience.api import router as audience_router
+    from automations.api import router as automations_router
+    from automations.transactional_api import router as transactional_router
     from campaigns.api import router as campaigns_router
     from delivery.api import router as delivery_router
     from segments.api import router as segments_router
     from submission.api import router as submission_router
     from tracking.api import router as tracking_router
+    from webhooks_out.api import router as webhooks_router
 
     api.add_router("/", campaigns_router)
     api.add_router("/", delivery_router)
@@ -63,6 +66,9 @@ def _add_routers():
     api.add_router("/", tracking_router)
     api.add_router("/", segments_router)
     api.add_router("/", audience_router)
+    api.add_router("/", automations_router)
+    api.add_router("/", transactional_router)
+    api.add_router("/", webhooks_router)
 
 
 _add_routers()

@@ -89,6 +89,8 @@ INSTALLED_APPS = [
     "submission",
     "segments",
     "audience",
+    "webhooks_out",
+    "automations",
 ]
 
 MIDDLEWARE = [
@@ -238,6 +240,10 @@ CELERY_BEAT_SCHEDULE = {
     "tracking-choose-winners": {"task": "tracking.choose_winners", "schedule": 60.0},
     # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
     "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
+    # Automations: triggers polled and due steps advanced; outgoing webhooks delivered from their outbox.
+    "automations-tick": {"task": "automations.tick", "schedule": 5.0},
+    "webhooks-out-deliver": {"task": "webhooks_out.deliver", "schedule": 2.0},
+    "webhooks-out-purge": {"task": "webhooks_out.purge", "schedule": 3600.0},
 }
 
 # --- Herald -----------------------------------------------------------------
@@ -260,6 +266,18 @@ HERALD_IMPORT_MAX_BYTES = envint("HERALD_IMPORT_MAX_BYTES", 512 * 1024 * 1024, m
 # save, and pauses its campaign at send time (campaigns/sandbox.py).
 HERALD_TEMPLATE_MAX_OUTPUT = envint("HERALD_TEMPLATE_MAX_OUTPUT", 2 * 1024 * 1024, minimum=1024)
 HERALD_TEMPLATE_MAX_LOOP = envint("HERALD_TEMPLATE_MAX_LOOP", 100_000, minimum=100)
+# Outgoing webhooks: endpoints resolving to private, loopback or reserved
+# addresses are refused unless this is set (no SSRF into the operator's network).
+HERALD_WEBHOOK_ALLOW_PRIVATE = envbool("HERALD_WEBHOOK_ALLOW_PRIVATE", False)
+HERALD_WEBHOOK_RETRY_FIRST = envint("HERALD_WEBHOOK_RETRY_FIRST", 10, minimum=1)
+HERALD_WEBHOOK_RETRY_MAX = envint("HERALD_WEBHOOK_RETRY_MAX", 6 * 3600, minimum=1)
+HERALD_WEBHOOK_GIVE_UP_AFTER = envint("HERALD_WEBHOOK_GIVE_UP_AFTER", 3 * 24 * 3600, minimum=60)
+HERALD_WEBHOOK_BREAKER_FAILURES = envint("HERALD_WEBHOOK_BREAKER_FAILURES", 5, minimum=1)
+HERALD_WEBHOOK_CONCURRENCY = envint("HERALD_WEBHOOK_CONCURRENCY", 4, minimum=1)
+HERALD_WEBHOOK_OUTBOX_LIMIT = envint("HERALD_WEBHOOK_OUTBOX_LIMIT", 100_000, minimum=100)
+HERALD_WEBHOOK_KEEP_DAYS = envint("HERALD_WEBHOOK_KEEP_DAYS", 7, minimum=1)
+# Transactional sends: the most attachment bytes one message may carry.
+HERALD_TRANSACTIONAL_MAX_ATTACHMENTS = envint("HERALD_TRANSACTIONAL_MAX_ATTACHMENTS", 10 * 1024 * 1024, minimum=0)
 HERALD_TLS_CERT = envstr("HERALD_TLS_CERT", "")
 HERALD_TLS_KEY = envstr("HERALD_TLS_KEY", "")
 # The SMTP submission server (run_submission_server).

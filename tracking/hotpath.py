@@ -57,7 +57,7 @@ SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
             AND e.link_index <> %s AND e.created_at > %s)),
        %s, %s, '', '', %s, 'redirect', '', NULL, s.variant
 FROM {_SEND} s {{relaxed}}
-WHERE s.id = %s AND s.campaign_id IS NULL AND s.outbound_id = %s
+WHERE s.id = %s AND s.campaign_id IS NULL AND s.outbound_id IS NOT DISTINCT FROM %s
 RETURNING url, machine
 """  # noqa: S608
 
@@ -124,14 +124,16 @@ def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
 
 
 def _record_submitted_click(cursor, send_id: int, index: int, head_params: list, user_agent: str):
-    """Record a click on link ``index`` of a message submitted over SMTP; (url, machine) or None.
+    """Record a click on link ``index`` of a message submitted over SMTP (or composed by an app: no outbound id);
+    (url, machine) or None.
 
     Only reached when the campaign look-up found nothing: a campaign send with an
     index its campaign lacks costs this one extra query and records nothing.
     """
-    outbound_id = Send.objects.filter(pk=send_id, campaign__isnull=True).values_list("outbound_id", flat=True).first()
-    if outbound_id is None:
+    found = Send.objects.filter(pk=send_id, campaign__isnull=True).values_list("outbound_id", flat=True)[:1]
+    if not found:
         return None
+    outbound_id = found[0]
     url = submitted.link_for(Send(pk=send_id, outbound_id=outbound_id), index)
     if url is None:
         return None

@@ -1,0 +1,20 @@
+from django.apps import AppConfig
+
+
+class AutomationsConfig(AppConfig):
+    """Welcome mails and drip sequences, and transactional messages from templates.
+
+    Above audience, segments and tracking: it reads subscriptions, segments and
+    events, and its email steps join the delivery ledger as Send rows.
+    """
+
+    name = "automations"
+    label = "automations"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self):
+        from automations import builder
+        from delivery import submitted
+
+        # The engine and the click redirect sit below this app: they build its messages through delivery.submitted.
+        submitted.register_composed(build=builder.build_for_send, link_for=builder.link_for)
