@@ -686,6 +686,9 @@ class CampaignLink(models.Model):
     campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, related_name="links")
     index = models.PositiveIntegerField()
     url = models.TextField()
+    # A link whose URL has expressions stores its source and is rendered for the
+    # send's contact at click time: one row per link of the content, not per recipient.
+    personal = models.BooleanField(default=False)
 
     class Meta:
         ordering = ["campaign", "index"]

@@ -15,10 +15,11 @@ carries the same values, branches and links; every text part carries the
 unsubscribe URL.
 
 Click tracking: every http(s) href becomes a call into the render context.
-A link with a literal URL gets its CampaignLink index at compile time; a link
-whose URL contains Jinja expressions is rendered per recipient and registered
-by its rendered URL (``link_index``), cached per process so the hot path makes
-no query for a URL it has seen.
+Every link gets its CampaignLink index at compile time: a literal URL as
+itself, a URL with Jinja expressions (a personal link) as its source, marked
+``personal`` and rendered for the send's contact when it is clicked. Sending
+a message therefore makes no query for its links, however many URLs the
+recipients' data makes of them.
 
 This module is the bottom layer: it knows nothing of sends or tokens; the
 message builder in ``delivery.message`` provides the tracking callables.
@@ -283,6 +284,7 @@ class CompiledContent:
     text_source: str
     static_links: list = dataclass_field(default_factory=list)  # URLs in index order of appearance
     dynamic_links: list = dataclass_field(default_factory=list)  # compiled templates of URLs with expressions
+    personal_sources: list = dataclass_field(default_factory=list)  # their sources, in the same order
     inlined: bool = True
 
     @property
@@ -760,6 +762,7 @@ def compile_content(campaign, track=True):
             text_source=text_source,
             static_links=static,
             dynamic_links=[html_env.from_string(s) for s in dynamic],
+            personal_sources=dynamic,
             inlined=inlined_ok,
         )
     except TemplateSyntaxError as exc:
@@ -769,33 +772,38 @@ def compile_content(campaign, track=True):
 # --- links -------------------------------------------------------------------
 
 
-def register_links(campaign_id, urls):
+def register_links(campaign_id, urls, personal=False):
     """Indexes of ``urls`` among the campaign's CampaignLinks, creating rows as needed.
 
     Idempotent: the same URLs in the same order get the same indexes; URLs
-    already known keep theirs.
+    already known keep theirs. ``personal``: the URLs are sources of personal
+    links (rendered per recipient at click time), kept apart from literal ones.
     """
     known = {}
-    for url, index in CampaignLink.objects.filter(campaign_id=campaign_id).order_by("index").values_list("url", "index"):
+    rows = CampaignLink.objects.filter(campaign_id=campaign_id, personal=personal).order_by("index")
+    for url, index in rows.values_list("url", "index"):
         known.setdefault(url, index)
     missing = [u for u in dict.fromkeys(urls) if u not in known]
     for url in missing:
-        known[url] = _create_link(campaign_id, url)
+        known[url] = _create_link(campaign_id, url, personal)
     return [known[u] for u in urls]
 
 
-def _create_link(campaign_id, url):
-    """Append a link under a lock on the campaign row, so concurrent workers agree on indexes."""
+def _create_link(campaign_id, url, personal):
+    """Append a link under a lock on the campaign row, so concurrent workers agree on indexes.
+
+    Runs when a campaign is compiled (once per process), never per message.
+    """
     for _attempt in range(5):
         try:
             with transaction.atomic():
                 Campaign.objects.select_for_update().filter(pk=campaign_id).first()
-                row = CampaignLink.objects.filter(campaign_id=campaign_id, url=url).order_by("index").first()
+                row = CampaignLink.objects.filter(campaign_id=campaign_id, url=url, personal=personal).order_by("index").first()
                 if row is not None:
                     return row.index
                 top = CampaignLink.objects.filter(campaign_id=campaign_id).aggregate(m=Max("index"))["m"]
                 index = 0 if top is None else top + 1
-                CampaignLink.objects.create(campaign_id=campaign_id, index=index, url=url)
+                CampaignLink.objects.create(campaign_id=campaign_id, index=index, url=url, personal=personal)
                 return index
         except IntegrityError:
             continue
@@ -803,9 +811,13 @@ def _create_link(campaign_id, url):
 
 
 def campaign_links(campaign):
-    """The campaign's tracked links as (index, url), compiling it first so literal links are listed."""
+    """The campaign's tracked links as (index, url), compiling it first so its links are listed.
+
+    A personal link is listed by its source (``https://example.com/u/{{ contact.attributes.plan }}``).
+    """
     content = compile_content(campaign)
     register_links(campaign.pk, content.static_links)
+    register_links(campaign.pk, content.personal_sources, personal=True)
     return list(CampaignLink.objects.filter(campaign_id=campaign.pk).order_by("index").values_list("index", "url"))
 
 

@@ -33,6 +33,7 @@ line first (``one_line``), so a name like ``"Bob\\r\\nBcc: x"`` stays inside its
 own header.
 """
 
+import functools
 import hashlib
 import os
 import re
@@ -290,6 +291,7 @@ class QPEncoder:
 
 _HOLE = re.compile(r"\{\{(.*?)\}\}", re.S)
 _CLICK_HOLE = re.compile(rf"\s*{rendering.CLICK_FN}\((\d+)\)\s*")
+_LINK_HOLE = re.compile(rf"\s*{rendering.LINK_FN}\((\d+)\)\s*")
 _TOKEN_HOLES = {"unsubscribe_url": 0, "view_in_browser_url": 1, rendering.OPEN_VAR: 2}
 _SENTINEL = "\x00"
 
@@ -313,7 +315,8 @@ class BodyPlan:
         self.exprs = exprs
 
     @classmethod
-    def compile(cls, source, n_links, base_url_safe):
+    def compile(cls, source, n_links, base_url_safe, link_slots=None):
+        """``link_slots``: personal link number -> its place among the click tokens, for those always tracked."""
         if "{%" in source or "{#" in source or "\r" in source or _SENTINEL in source or not base_url_safe:
             return None
         pieces = _HOLE.split(source)
@@ -333,8 +336,11 @@ class BodyPlan:
             if piece.startswith("-") or piece.endswith("-"):
                 return None  # whitespace control changes the literals around it
             click = _CLICK_HOLE.fullmatch(piece)
+            personal = _LINK_HOLE.fullmatch(piece) if link_slots else None
             if click and int(click.group(1)) < n_links:
                 line.append(3 + int(click.group(1)))
+            elif personal and int(personal.group(1)) in link_slots:
+                line.append(3 + link_slots[int(personal.group(1))])
             elif expr in _TOKEN_HOLES:
                 line.append(_TOKEN_HOLES[expr])
             else:
@@ -501,9 +507,19 @@ class CompiledCampaign:
         self.campaign = campaign
         self.campaign_id = campaign.pk
         self.content = c = rendering.compile_content(campaign)
-        self.link_indexes = rendering.register_links(campaign.pk, c.static_links) if c.static_links else []
-        self._dynamic_links = {}
-        self._links_lock = threading.Lock()
+        static_indexes = rendering.register_links(campaign.pk, c.static_links) if c.static_links else []
+        # A personal link is tracked by its place in the content, never by its rendered URL: no query per message.
+        self.personal_indexes = rendering.register_links(
+            campaign.pk, c.personal_sources, personal=True) if c.personal_sources else []
+        # One whose source starts with a web address is always tracked: its token is made with the others,
+        # without a render; one like ``{{ contact.attributes.url }}`` is rendered to see what it is.
+        self.link_slots = {}
+        literal = []
+        for k, source in enumerate(c.personal_sources):
+            if source.lower().startswith(("http://", "https://")):
+                self.link_slots[k] = len(static_indexes) + len(literal)
+                literal.append(self.personal_indexes[k])
+        self.link_indexes = static_indexes + literal
         fast = FastTokens()
         self.tokens = fast.for_send if fast.ok else slow_tokens
         # The preference centre's link costs a signature per message: made only for content that shows it.
@@ -524,9 +540,10 @@ class CompiledCampaign:
         self.from_line = self._from_line(c.from_name.render(empty)) if self.from_static else None
         base_safe = str(escape(settings.HERALD_BASE_URL)) == settings.HERALD_BASE_URL and _QP_PLAIN.fullmatch(
             settings.HERALD_BASE_URL) is not None
-        self.html_plan = BodyPlan.compile(c.html_source, len(self.link_indexes), base_safe)
+        n_static = len(static_indexes)
+        self.html_plan = BodyPlan.compile(c.html_source, n_static, base_safe, self.link_slots)
         # A derived text part is made per recipient from the HTML (rendering.DerivedText), not from a plan.
-        self.text_plan = None if c.text_derived else BodyPlan.compile(c.text_source, len(self.link_indexes), base_safe)
+        self.text_plan = None if c.text_derived else BodyPlan.compile(c.text_source, n_static, base_safe)
         self._compile_values()
         self.html_plan = self._checked(self.html_plan, c.html, 0)
         self.text_plan = self._checked(self.text_plan, c.text, 1)
@@ -621,7 +638,6 @@ class CompiledCampaign:
         for sample in (rendering.ContactData(), rendering.ContactData("a@example.com", "Zoë", "O'Neil & <Co>", {"x": "=3D"})):
             toks = self.tokens(1, self.link_indexes)
             ctx = self.context(1, sample, toks)
-            ctx[rendering.LINK_FN] = lambda k, url=toks[0]: url  # registers no link for a sample
             values = self._evaluate(ctx)
             evaluated = values[which] if values else [] if not plan.exprs else None
             if evaluated is None:
@@ -650,7 +666,8 @@ class CompiledCampaign:
             "unsubscribe_url": toks[0],
             "view_in_browser_url": toks[1],
             rendering.CLICK_FN: clicks.__getitem__,
-            rendering.LINK_FN: lambda k: self._dynamic_link(send_id, k, contact_data, toks),
+            rendering.LINK_FN: lambda k: (clicks[self.link_slots[k]] if k in self.link_slots
+                                          else self._dynamic_link(send_id, k, contact_data, toks)),
             rendering.OPEN_VAR: toks[2],
         }
         if self.uses_preferences:
@@ -658,24 +675,12 @@ class CompiledCampaign:
         return ctx
 
     def _dynamic_link(self, send_id, k, contact_data, toks):
-        """A link whose URL has expressions: render it, then track it by its rendered URL."""
-        ctx = {"contact": contact_data, "unsubscribe_url": toks[0], "view_in_browser_url": toks[1]}
-        if self.uses_preferences:
-            ctx[rendering.PREFERENCES_NAME] = tokens.preferences_url(send_id)
-        rendered = self.content.dynamic_links[k].render(ctx)
-        url = rendering.html.unescape(rendered).strip()
-        if not url.lower().startswith(("http://", "https://")) or url in (toks[0], toks[1]):
+        """A personal link whose source is all expressions: its click URL when it renders a web address."""
+        rendered, url = render_personal_link(self.content.personal_sources[k], send_id, contact_data, toks[0], toks[1])
+        if url is None:
             # Output of an autoescaping template: already escaped once.
             return Markup(rendered)  # noqa: S704
-        index = self._dynamic_links.get(url)
-        if index is None:
-            with self._links_lock:
-                index = self._dynamic_links.get(url)
-                if index is None:
-                    index = rendering.register_links(self.campaign_id, [url])[0]
-                    if len(self._dynamic_links) < _CACHE_LIMIT:
-                        self._dynamic_links[url] = index
-        return self.tokens(send_id, [index])[3][0]
+        return self.tokens(send_id, [self.personal_indexes[k]])[3][0]
 
     def _list_unsubscribe(self, url, mailto):
         """Folded once per shape (lengths), then the send's URLs put in: same bytes, one fold per shape."""
@@ -813,6 +818,29 @@ def compile_campaign(campaign) -> CompiledCampaign:
             _compiled.clear()
         _compiled[slot] = (key, now, compiled)
     return compiled
+
+
+@functools.lru_cache(maxsize=256)
+def _personal_template(source):
+    return rendering.html_env.from_string(source)
+
+
+def render_personal_link(source, send_id, contact_data, unsubscribe_url=None, view_url=None):
+    """(rendered markup, URL) of a personal link for one recipient; URL None when it is no web address to track.
+
+    Shared by the message builder and the click redirect, which renders the
+    link again from the send's contact when it is clicked.
+    """
+    ctx = {"contact": contact_data, "unsubscribe_url": unsubscribe_url or tokens.unsubscribe_url(send_id),
+           "view_in_browser_url": view_url or tokens.view_url(send_id)}
+    if rendering.PREFERENCES_NAME in source:
+        ctx[rendering.PREFERENCES_NAME] = tokens.preferences_url(send_id)
+    rendered = _personal_template(source).render(ctx)
+    url = rendering.html.unescape(rendered).strip()
+    if (not url.lower().startswith(("http://", "https://")) or url in (ctx["unsubscribe_url"], ctx["view_in_browser_url"])
+            or "\r" in url or "\n" in url):
+        return rendered, None
+    return rendered, url
 
 
 def list_links(campaign):

@@ -10,8 +10,9 @@ import base64
 from django.db import connection
 from django.utils import timezone
 
-from campaigns.models import CampaignLink
-from delivery import submitted
+from campaigns import rendering
+from campaigns.models import CampaignLink, Contact
+from delivery import message, submitted
 from delivery.models import Send
 from tracking.machine import CLICK_BURST_SECONDS, SECONDS_AFTER_SENT, is_machine_agent
 from tracking.models import Event
@@ -41,7 +42,28 @@ SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
             SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
             AND e.link_index <> %s AND e.created_at > %s)),
        l.url, l."index", '', '', %s, 'redirect', '', NULL, s.variant
-FROM {_SEND} s JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s {{relaxed}}
+FROM {_SEND} s JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s AND NOT l.personal {{relaxed}}
+WHERE s.id = %s
+RETURNING url, machine
+"""  # noqa: S608
+
+# A personal link (its URL has expressions) is rendered for the send's contact
+# when it is clicked (delivery.message.render_personal_link): its source and
+# the contact are read first, and the rendered URL is passed in.
+_PERSONAL_LINK_SQL = f"""
+SELECT l.url, s.contact_id, s.email FROM {_SEND} s
+JOIN {_LINK} l ON l.campaign_id = s.campaign_id AND l."index" = %s AND l.personal
+WHERE s.id = %s
+"""  # noqa: S608
+
+_PERSONAL_CLICK_SQL = f"""
+INSERT INTO {_EVENT} ({_COLUMNS})
+SELECT 'click', s.id, s.contact_id, s.campaign_id, s.email, %s,
+       (%s OR s.sent_at IS NULL OR s.sent_at > %s OR EXISTS (
+            SELECT 1 FROM {_EVENT} e WHERE e.send_id = s.id AND e.type = 'click'
+            AND e.link_index <> %s AND e.created_at > %s)),
+       %s, %s, '', '', %s, 'redirect', '', NULL, s.variant
+FROM {_SEND} s {{relaxed}}
 WHERE s.id = %s
 RETURNING url, machine
 """  # noqa: S608
@@ -112,6 +134,9 @@ def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
         cursor.execute(_sql(_CLICK_SQL), [now, declared_machine, early, index, burst_since, user_agent, index, send_id])
         row = cursor.fetchone()
         if row is None:
+            row = _record_personal_click(cursor, send_id, index, [now, declared_machine, early, index, burst_since],
+                                         user_agent)
+        if row is None:
             row = _record_submitted_click(cursor, send_id, index, [now, declared_machine, early, index, burst_since],
                                           user_agent)
         if row is None:
@@ -121,6 +146,26 @@ def record_click(send_id: int, index: int, user_agent: str, head: bool = False):
             # The clicks just before this one were the same scanner walking the links.
             cursor.execute(_MARK_BURST_SQL, [True, send_id, burst_since, False])
     return url
+
+
+def _record_personal_click(cursor, send_id: int, index: int, head_params: list, user_agent: str):
+    """Record a click on personal link ``index`` of a send's campaign; (url, machine) or None.
+
+    The URL follows the contact's data as it is now; a link that no longer
+    renders a web address is refused (None) and records nothing.
+    """
+    cursor.execute(_PERSONAL_LINK_SQL, [index, send_id])
+    row = cursor.fetchone()
+    if row is None:
+        return None
+    source, contact_id, email = row
+    contact = Contact.objects.filter(pk=contact_id).first() if contact_id is not None else None
+    data = rendering.ContactData.of(contact) if contact is not None else rendering.ContactData(email)
+    url = message.render_personal_link(source, send_id, data)[1]
+    if url is None:
+        return None
+    cursor.execute(_sql(_PERSONAL_CLICK_SQL), [*head_params, url, index, user_agent, send_id])
+    return cursor.fetchone()
 
 
 def _record_submitted_click(cursor, send_id: int, index: int, head_params: list, user_agent: str):

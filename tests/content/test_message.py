@@ -79,7 +79,8 @@ def test_links_are_tracked_with_stable_indexes(newsletter, alice):
     links = dict((url, index) for index, url in CampaignLink.objects.filter(campaign=newsletter).values_list("index", "url"))
     assert links["https://example.com/a?x=1&y=2"] == 0
     assert links["https://example.com/b"] == 1
-    assert links["https://example.com/u/gold"] == 2, "a link with expressions is tracked by its rendered URL"
+    assert links["https://example.com/u/{{ contact.attributes.plan }}"] == 2, \
+        "a link with expressions is tracked by its source, rendered for the recipient when clicked"
     assert html.count(tokens.click_url(7, 0)) == 2
     assert tokens.click_url(7, 1) in html and tokens.click_url(7, 2) in html
     assert "https://example.com/b" not in html
@@ -94,7 +95,7 @@ def test_links_are_tracked_with_stable_indexes(newsletter, alice):
     compile_campaign(newsletter).build(FakeSend(8, alice.email), alice)
     assert CampaignLink.objects.filter(campaign=newsletter).count() == 3
     assert list_links(newsletter) == [(0, "https://example.com/a?x=1&y=2"), (1, "https://example.com/b"),
-                                      (2, "https://example.com/u/gold")]
+                                      (2, "https://example.com/u/{{ contact.attributes.plan }}")]
 
 
 def test_tracking_can_be_turned_off(newsletter, alice):
