@@ -113,7 +113,7 @@ def test_gunicorn_as_deployed_believes_x_forwarded_proto_only_from_trusted_proxi
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=(tmp_path / "gunicorn.log").open("wb"))
     try:
         wait_until(lambda: port_open(port), message="gunicorn")
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)  # the worker loads Django on its first request
         connection.request("GET", "/admin/login/", headers={"X-Forwarded-Proto": "https"})
         response = connection.getresponse()
         connection.close()
