@@ -12,8 +12,10 @@ from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression
 from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
+from tracking import admin_campaigns  # noqa: F401  (the campaign list's rate columns)
+from tracking.admin_reports import provider_group
 from tracking.models import BreakerTrip, CampaignStatistics, Event
-from tracking.stats import OUTCOMES, campaign_stats
+from tracking.stats import OUTCOMES, UNITS, by_provider, campaign_stats, campaign_timeline
 from tracking.suppressions import export_csv, import_csv
 
 
@@ -141,6 +143,8 @@ class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
             raise PermissionDenied
         stats = campaign_stats(campaign)
         outcomes = _outcome_rows(stats)
+        unit = request.GET.get("unit")
+        timeline = campaign_timeline(campaign, unit) if unit in UNITS else stats["timeline"]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -152,8 +156,10 @@ class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
             "deferred_once": {"count": stats["deferred_at_least_once"]["count"],
                               "percent": stats["deferred_at_least_once"]["rate"] * 100},
             **_domain_table(stats, outcomes),
-            "timeline": _timeline_chart(stats["timeline"]),
+            "timeline": _timeline_chart(timeline),
+            "units": UNITS,
             "links": _link_bars(stats["links"]),
+            "providers": by_provider(stats["domains"], provider_group),
         }
         return render(request, "admin/tracking/campaign_stats.html", context)
 
@@ -196,7 +202,7 @@ def _link_bars(links):
     return [{**link, "width": link["clicks"] * 100 / top} for link in links]
 
 
-TIMELINE_SERIES = [("sent", "#79aec8"), ("opens", "#5b9f5b"), ("clicks", "#d98c3a")]
+TIMELINE_SERIES = [("sent", "#7dd3fc"), ("opens", "#16a34a"), ("clicks", "#f59e0b")]
 
 
 def _timeline_chart(timeline, width=720, height=160, axis=22, margin=24, ticks=8):

@@ -1,4 +1,6 @@
-"""The admin dashboard's figures: campaigns sending now and finished lately, sends per hour, recent bounces and complaints."""
+"""The admin dashboard's figures: campaigns sending now and finished lately, the last campaigns' rates,
+deliverability over the last 30 days against the mailbox providers' limits, the sending domains' DNS,
+sends per hour, recent bounces and complaints."""
 
 from datetime import timedelta
 
@@ -8,13 +10,17 @@ from django.utils import timezone
 
 from campaigns.models import Campaign
 from delivery.models import Send
+from tracking import dnshealth
 from tracking.models import BreakerTrip, Event
-from tracking.stats import delivery_outcomes
+from tracking.stats import campaign_rates, delivery_outcomes, total_rates
 
 HOURS = 72
 # Outcomes that still move; the rest are final, and make up the progress bar.
 PENDING = ("queued", "sending", "deferred")
 FINISHED_DAYS = 7
+HEALTH_DAYS = 30
+# The mailbox providers' published limits (Gmail's and Yahoo's bulk sender rules): a rate at or over them hurts.
+LIMITS = {"complaint": 0.003, "bounce": 0.02}
 
 
 def campaign_row(campaign):
@@ -68,7 +74,31 @@ def recent_feedback(limit=15):
                 .select_related("campaign").order_by("-created_at")[:limit])
 
 
-def dashboard():
+STARTED = ("sending", "paused", "finished", "cancelled")
+
+
+def last_campaigns(limit=5):
+    """The last campaigns started, newest first, each with the rates of the campaign list."""
+    campaigns = list(Campaign.objects.filter(status__in=STARTED, started_at__isnull=False).order_by("-started_at")[:limit])
+    figures = campaign_rates(c.pk for c in campaigns)
+    return [{"campaign": c, "rates": figures[c.pk]} for c in campaigns]
+
+
+def health(now=None, days=HEALTH_DAYS):
+    """Complaints and bounces of the campaigns started in the last ``days``, taken together, against LIMITS."""
+    since = (now or timezone.now()) - timedelta(days=days)
+    ids = Campaign.objects.filter(status__in=STARTED, started_at__gte=since).values_list("pk", flat=True)
+    figures = total_rates(campaign_rates(ids))
+    checks = []
+    for key, limit in LIMITS.items():
+        figure = figures[key]
+        checks.append({"key": key, **figure, "limit": limit, "percent": figure["rate"] * 100, "limit_percent": limit * 100,
+                       "ok": figure["rate"] < limit})
+    return {"days": days, "checks": checks, "recipients": figures["delivery"]["base"], "ok": all(c["ok"] for c in checks)}
+
+
+def dashboard(recheck_dns=False):
     sending, waiting = active_campaigns()
     return {"sending": sending, "waiting": waiting, "finished": finished_lately(), "per_hour": sends_per_hour(),
-            "feedback": recent_feedback()}
+            "feedback": recent_feedback(), "last": last_campaigns(), "health": health(),
+            "domains": dnshealth.domain_health(recheck=recheck_dns)}
