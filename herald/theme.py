@@ -31,6 +31,7 @@ def _advanced(title, icon, app, model):
 
 
 def _logo(name):
+    """A file of Herald's static/herald/, as the theme's settings take it (a function of the request)."""
     def url(request):
         return static(f"herald/{name}")
     return url
@@ -102,6 +103,8 @@ UNFOLD = {
     "SITE_ICON": {"light": _logo("icon.svg"), "dark": _logo("icon.svg")},
     "SITE_FAVICONS": [{"rel": "icon", "type": "image/svg+xml", "href": _logo("icon.svg")}],
     "SHOW_HISTORY": False,
+    # Herald's own pages (dashboard, reports, campaign panel) on the theme's colours.
+    "STYLES": [_logo("admin.css")],
     "DASHBOARD_CALLBACK": None,
     "COLORS": {
         # Herald's blue, from the logo.

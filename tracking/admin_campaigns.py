@@ -10,7 +10,7 @@ from django.utils.html import format_html
 
 from campaigns.admin_content import CampaignAdmin
 from campaigns.models import Campaign
-from tracking.stats import RATES, campaign_rates
+from tracking.stats import RATES, listed_rates
 from tracking.templatetags.herald_dashboard import rate
 
 # A finished or cancelled campaign is a record: nothing on its page can be saved.
@@ -18,11 +18,12 @@ CLOSED = (Campaign.Status.FINISHED, Campaign.Status.CANCELLED)
 
 
 class RatesChangeList(ChangeList):
-    """Fetches the rates of the page's campaigns together, in three grouped queries, whatever the page size."""
+    """Fetches the rates of the page's campaigns together, in three grouped queries whatever the page size
+    (none for campaigns whose rates were counted lately: tracking.stats.listed_rates)."""
 
     def get_results(self, request):
         super().get_results(request)
-        figures = campaign_rates(c.pk for c in self.result_list)
+        figures = listed_rates(self.result_list)
         for campaign in self.result_list:
             campaign.rates = figures.get(campaign.pk)
 
