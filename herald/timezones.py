@@ -24,18 +24,22 @@ def zone_names():
     return sorted(zoneinfo.available_timezones())
 
 
-def user_zone(user):
-    """The user's chosen zone name, or the server's."""
+def chosen_zone(user):
+    """The zone name the user chose, or "" for the server's."""
     from campaigns.models import OperatorProfile
 
-    chosen = OperatorProfile.objects.filter(user=user).values_list("time_zone", flat=True).first()
-    return chosen or settings.TIME_ZONE
+    return OperatorProfile.objects.filter(user=user).values_list("time_zone", flat=True).first() or ""
+
+
+def user_zone(user):
+    """The user's chosen zone name, or the server's."""
+    return chosen_zone(user) or settings.TIME_ZONE
 
 
 @receiver(user_logged_in, dispatch_uid="herald-time-zone")
 def _remember_zone(sender, request, user, **kwargs):
     if request is not None and hasattr(request, "session"):
-        request.session[SESSION_KEY] = user_zone(user)
+        request.session[SESSION_KEY] = chosen_zone(user)
 
 
 class OperatorTimeZoneMiddleware:
@@ -45,11 +49,11 @@ class OperatorTimeZoneMiddleware:
     def __call__(self, request):
         user = getattr(request, "user", None)
         if user is not None and user.is_authenticated and user.is_staff and hasattr(request, "session"):
-            name = request.session.get(SESSION_KEY)
-            if name is None:
-                name = request.session[SESSION_KEY] = user_zone(user)
+            chosen = request.session.get(SESSION_KEY)
+            if chosen is None:
+                chosen = request.session[SESSION_KEY] = chosen_zone(user)
             try:
-                timezone.activate(zoneinfo.ZoneInfo(name))
+                timezone.activate(zoneinfo.ZoneInfo(chosen or settings.TIME_ZONE))
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):
                 timezone.deactivate()
         else:

@@ -5,16 +5,13 @@ so the list's columns are added here, above both.
 """
 
 from django.contrib import admin
-from django.contrib.admin.views.main import ChangeList
 from django.utils.html import format_html
+from unfold.views import ChangeList
 
-from campaigns.admin_content import CampaignAdmin
+from campaigns.admin_content import EDITABLE, CampaignAdmin
 from campaigns.models import Campaign
 from tracking.stats import RATES, listed_rates
 from tracking.templatetags.herald_dashboard import rate
-
-# A finished or cancelled campaign is a record: nothing on its page can be saved.
-CLOSED = (Campaign.Status.FINISHED, Campaign.Status.CANCELLED)
 
 
 class RatesChangeList(ChangeList):
@@ -55,7 +52,8 @@ class CampaignRatesAdmin(CampaignAdmin):
     def change_view(self, request, object_id, form_url="", extra_context=None):
         extra_context = dict(extra_context or {})
         campaign = Campaign.objects.filter(pk=object_id).only("status").first() if str(object_id).isdigit() else None
-        if campaign is not None and campaign.status in CLOSED:
+        if campaign is not None and campaign.status not in EDITABLE:
+            # Its content was frozen when it started, and a finished one is a record: nothing here to save.
             extra_context.update(show_save=False, show_save_and_continue=False, show_save_and_add_another=False)
         return super().change_view(request, object_id, form_url, extra_context)
 

@@ -95,7 +95,7 @@ def link_clickers(request, campaign_id, index):
                             ([r["email"], r["clicks"], timezone.localtime(r["first"]).isoformat()] for r in rows.iterator()))
     page = Paginator(rows, CLICKERS_PER_PAGE).get_page(request.GET.get("page"))
     context = {**admin.site.each_context(request), "title": f"Who clicked: {link.url}", "campaign": campaign, "link": link,
-               "page": page, "figures": next(x for x in link_figures(campaign) if x["index"] == index)}
+               "page": page, "figures": link_figures(campaign, index)[0]}
     return render(request, "admin/tracking/link_clickers.html", context)
 
 

@@ -264,15 +264,19 @@ def _event_totals(campaign):
     )
 
 
-def link_figures(campaign):
-    """Clicks per link of the campaign, as in ``campaign_stats``'s ``links``."""
-    return _links(campaign)
+def link_figures(campaign, index=None):
+    """Clicks per link of the campaign, as in ``campaign_stats``'s ``links``; of link ``index`` alone if given."""
+    return _links(campaign, index)
 
 
-def _links(campaign):
+def _links(campaign, index=None):
+    clicks = Event.objects.filter(campaign=campaign, type=T.CLICK)
+    links = CampaignLink.objects.filter(campaign=campaign)
+    if index is not None:
+        clicks, links = clicks.filter(link_index=index), links.filter(index=index)
     counts = {
         row["link_index"]: row
-        for row in Event.objects.filter(campaign=campaign, type=T.CLICK)
+        for row in clicks
         .values("link_index")
         .annotate(
             clicks=Count("id", filter=Q(machine=False)),
@@ -280,17 +284,17 @@ def _links(campaign):
             machine_clicks=Count("id", filter=Q(machine=True)),
         )
     }
-    links = []
-    for link in CampaignLink.objects.filter(campaign=campaign).order_by("index"):
+    table = []
+    for link in links.order_by("index"):
         row = counts.get(link.index, {})
-        links.append({
+        table.append({
             "index": link.index,
             "url": link.url,
             "clicks": row.get("clicks", 0),
             "unique_clicks": row.get("unique_clicks", 0),
             "machine_clicks": row.get("machine_clicks", 0),
         })
-    return links
+    return table
 
 
 # --- over time -------------------------------------------------------------------
