@@ -30,6 +30,7 @@ def test_an_operator_reads_a_campaigns_results_down_to_who_clicked(page, every_o
     User.objects.create_superuser("olga", "olga@herald.example", "a long passphrase 42")
     page.set_viewport_size({"width": 1280, "height": 900})
     page.goto("/admin/")
+    shot(page, "0-sign-in")
     page.fill("#id_username", "olga")
     page.fill("#id_password", "a long passphrase 42")
     page.click("input[type=submit]")
