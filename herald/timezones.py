@@ -58,7 +58,11 @@ class OperatorTimeZoneMiddleware:
                 timezone.deactivate()
         else:
             timezone.deactivate()
-        return self.get_response(request)
+        try:
+            return self.get_response(request)
+        finally:
+            # The zone is this request's: the thread's next work (another request, a task) starts from the default.
+            timezone.deactivate()
 
 
 class TimeZoneForm(forms.Form):

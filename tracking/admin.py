@@ -30,6 +30,7 @@ class EventAdmin(adminkit.ModelAdmin):
     # Counting millions of rows for every page is slower than the page itself.
     show_full_result_count = False
     paginator = adminkit.LargeTablePaginator
+    list_per_page = 50
 
     def has_add_permission(self, request):
         return False
