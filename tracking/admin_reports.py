@@ -93,9 +93,12 @@ def link_clickers(request, campaign_id, index):
     if request.GET.get("format") == "csv":
         return csv_response(f"campaign-{campaign.pk}-link-{index}-clickers.csv", ["email", "clicks", "first_click"],
                             ([r["email"], r["clicks"], timezone.localtime(r["first"]).isoformat()] for r in rows.iterator()))
-    page = Paginator(rows, CLICKERS_PER_PAGE).get_page(request.GET.get("page"))
+    figures = link_figures(campaign, index)[0]
+    paginator = Paginator(rows, CLICKERS_PER_PAGE)
+    paginator.count = figures["unique_clicks"]  # one row per person who clicked: counted already, no second pass
+    page = paginator.get_page(request.GET.get("page"))
     context = {**admin.site.each_context(request), "title": f"Who clicked: {link.url}", "campaign": campaign, "link": link,
-               "page": page, "figures": link_figures(campaign, index)[0]}
+               "page": page, "figures": figures}
     return render(request, "admin/tracking/link_clickers.html", context)
 
 
