@@ -15,3 +15,5 @@ class CampaignsConfig(AppConfig):
         audit.watch(Template)
         audit.watch(Suppression)
         audit.watch(Import)  # an upload in the admin or the API: import.create
+        # The operator's time zone, read into the session at sign-in.
+        import herald.timezones  # noqa: F401

@@ -732,3 +732,14 @@ class AuditEntry(models.Model):
 
     def delete(self, *args, **kwargs):
         raise PermissionError("the audit log is append-only")
+
+
+class OperatorProfile(models.Model):
+    """An operator's own preferences in the admin: the time zone their pages show and take times in."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="herald_profile")
+    time_zone = models.CharField(max_length=64, blank=True,
+                                 help_text="An IANA zone such as Europe/Berlin; empty: the server's (TIME_ZONE).")
+
+    def __str__(self):
+        return f"{self.user}: {self.time_zone or 'default time zone'}"

@@ -11,7 +11,6 @@ import segno
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
-from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import redirect, render
 from django.urls import path
@@ -19,6 +18,8 @@ from django.utils.translation import gettext_lazy as _
 from django_otp import login as otp_login
 from django_otp.forms import OTPAuthenticationFormMixin
 from django_otp.plugins.otp_totp.models import TOTPDevice
+from unfold.forms import AuthenticationForm
+from unfold.widgets import BASE_INPUT_CLASSES
 
 from herald import adminkit
 
@@ -27,11 +28,14 @@ def confirmed_device(user):
     return TOTPDevice.objects.devices_for_user(user, confirmed=True).first()
 
 
-class AdminLoginForm(OTPAuthenticationFormMixin, AdminAuthenticationForm):
+class AdminLoginForm(OTPAuthenticationFormMixin, AuthenticationForm):
+    """The theme's sign-in form (an AdminAuthenticationForm), with the authentication code."""
+
     otp_token = forms.CharField(
         label=_("Authentication code"), required=False,
         help_text=_("Only if you turned on two-factor authentication: the 6 digits your authenticator app shows."),
-        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric"}),
+        widget=forms.TextInput(attrs={"autocomplete": "one-time-code", "inputmode": "numeric",
+                                      "class": " ".join(BASE_INPUT_CLASSES)}),
     )
     otp_error_messages = dict(
         OTPAuthenticationFormMixin.otp_error_messages,

@@ -12,6 +12,7 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from herald.env import envbool, envfloat, envint, envlist, envsecret, envstr
+from herald.theme import UNFOLD as UNFOLD_THEME
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(envstr("HERALD_VAR_DIR", str(BASE_DIR / "var")))
@@ -71,6 +72,8 @@ ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = envlist("CSRF_TRUSTED_ORIGINS", [])
 
 INSTALLED_APPS = [
+    # The admin's theme; before the admin, whose templates it replaces (herald/theme.py).
+    "unfold",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -105,6 +108,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     # Who is acting, for the audit log (the API's token user is read when an entry is written).
     "campaigns.audit.AuditMiddleware",
+    # Times on the admin's pages in the operator's own time zone.
+    "herald.timezones.OperatorTimeZoneMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Last, as django-axes asks: it answers a locked-out sign-in.
@@ -172,6 +177,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "herald" / "static"]  # the admin theme's logo and styles
 STATIC_ROOT = Path(envstr("STATIC_ROOT", str(VAR_DIR / "static")))
 MEDIA_ROOT = Path(envstr("MEDIA_ROOT", str(VAR_DIR / "media")))
 STORAGES = {
@@ -388,6 +394,8 @@ ANYMAIL = {
 # Mailgun signs its webhooks; anymail checks the signature with this key as well.
 if envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", ""):
     ANYMAIL["MAILGUN_WEBHOOK_SIGNING_KEY"] = envsecret("MAILGUN_WEBHOOK_SIGNING_KEY", "")
+
+UNFOLD = UNFOLD_THEME
 
 # --- Operator sign-in --------------------------------------------------------
 # After HERALD_LOGIN_FAILURE_LIMIT failed sign-ins, a user name and (separately)

@@ -12,22 +12,28 @@ from campaigns.csvfiles import CsvRejected, size_refusal
 from campaigns.models import Suppression, variant_letter
 from herald import adminkit
 from herald.readonly import ReadOnlyAdminMixin
-from tracking import winner
+from tracking import (
+    admin_campaigns,  # noqa: F401  (the campaign list's rate columns)
+    winner,
+)
+from tracking.admin_reports import provider_group
 from tracking.models import BreakerTrip, CampaignStatistics, Event
-from tracking.stats import OUTCOMES, campaign_stats
+from tracking.stats import OUTCOMES, UNITS, by_provider, campaign_stats, campaign_timeline
 from tracking.suppressions import export_csv, import_csv
 
 
 @admin.register(Event)
 class EventAdmin(adminkit.ModelAdmin):
     list_display = ("created_at", "type", "email", "campaign", "machine", "status", "source")
-    list_filter = ("type", "machine", "source")
+    # No date hierarchy and no filter by source: each would read every event for its choices.
+    list_filter = ("type", "machine", ("created_at", admin.DateFieldListFilter))
     search_fields = ("=email", "=key")
-    date_hierarchy = "created_at"
     list_select_related = ("campaign",)
     raw_id_fields = ("send", "contact", "campaign")
     # Counting millions of rows for every page is slower than the page itself.
     show_full_result_count = False
+    paginator = adminkit.LargeTablePaginator
+    list_per_page = 50
 
     def has_add_permission(self, request):
         return False
@@ -142,6 +148,8 @@ class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
             raise PermissionDenied
         stats = campaign_stats(campaign)
         outcomes = _outcome_rows(stats)
+        unit = request.GET.get("unit")
+        timeline = campaign_timeline(campaign, unit) if unit in UNITS else stats["timeline"]
         context = {
             **self.admin_site.each_context(request),
             "opts": self.model._meta,
@@ -153,12 +161,14 @@ class CampaignStatisticsAdmin(ReadOnlyAdminMixin, adminkit.ModelAdmin):
             "deferred_once": {"count": stats["deferred_at_least_once"]["count"],
                               "percent": stats["deferred_at_least_once"]["rate"] * 100},
             **_domain_table(stats, outcomes),
-            "timeline": _timeline_chart(stats["timeline"]),
+            "timeline": _timeline_chart(timeline),
+            "units": UNITS,
             "links": _link_bars(stats["links"]),
             "variants": _variant_rows(stats["variants"]),
             "can_choose_winner": (request.user.has_perm("campaigns.send_campaign") and stats["variants"] is not None
                                   and campaign.test_share < 100 and campaign.status in winner.OPEN),
             "winner_url": reverse("admin:tracking_campaignstatistics_winner", args=[campaign.pk]),
+            "providers": by_provider(stats["domains"], provider_group),
         }
         return render(request, "admin/tracking/campaign_stats.html", context)
 
@@ -228,7 +238,7 @@ def _link_bars(links):
     return [{**link, "width": link["clicks"] * 100 / top} for link in links]
 
 
-TIMELINE_SERIES = [("sent", "#79aec8"), ("opens", "#5b9f5b"), ("clicks", "#d98c3a")]
+TIMELINE_SERIES = [("sent", "#7dd3fc"), ("opens", "#16a34a"), ("clicks", "#f59e0b")]
 
 
 def _timeline_chart(timeline, width=720, height=160, axis=22, margin=24, ticks=8):

@@ -18,7 +18,7 @@ from campaigns.suppression import suppress
 from herald.permissions import requires
 from tracking import winner
 from tracking.models import Event
-from tracking.stats import ENGAGEMENT, OUTCOMES, campaign_stats, variant_stats
+from tracking.stats import ENGAGEMENT, OUTCOMES, RATES, campaign_stats, variant_stats
 from tracking.suppressions import check_email, check_reason, export_csv, import_csv
 
 router = Router(tags=["tracking"])
@@ -47,6 +47,20 @@ DomainStats = create_model(
     "DomainStats", __base__=Schema, domain=(str, ...), recipients=(int, ...),
     **{key: (int, ...) for key, _, _ in OUTCOMES}, deferred_at_least_once=(int, ...),
     avg_latency_seconds=(float | None, ...),
+)
+
+
+class Rate(Schema):
+    label: str
+    count: int
+    base: int = Field(description="The denominator: the recipients, or the delivered messages.")
+    base_label: Literal["recipients", "delivered"]
+    rate: float = Field(description="count / base, 0 when base is 0.")
+
+
+Rates = create_model(
+    "Rates", __base__=Schema, __doc__="The rates the campaign list, the dashboard and the CSV exports show.",
+    **{key: (Rate, ...) for key, _, _, _ in RATES},
 )
 
 
@@ -128,6 +142,7 @@ class CampaignStatsOut(Schema):
     outcomes: Outcomes
     deferred_at_least_once: Figure
     engagement: Engagement
+    rates: Rates
     totals: Totals
     links: list[LinkStats]
     timeline: Timeline

@@ -1,26 +1,33 @@
-"""The admin dashboard's figures: campaigns sending now and finished lately, sends per hour, recent bounces and complaints."""
+"""The admin dashboard's figures: campaigns sending now and finished lately, the last campaigns' rates,
+deliverability over the last 30 days against the mailbox providers' limits, the sending domains' DNS,
+sends per hour, recent bounces and complaints."""
 
 from datetime import timedelta
 
+from django.core.cache import cache
 from django.db.models import Count
 from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from campaigns.models import Campaign
 from delivery.models import Send
+from tracking import dnshealth
 from tracking.models import BreakerTrip, Event
-from tracking.stats import delivery_outcomes
+from tracking.stats import delivery_outcomes, listed_rates, total_rates
 
 HOURS = 72
 # Outcomes that still move; the rest are final, and make up the progress bar.
 PENDING = ("queued", "sending", "deferred")
 FINISHED_DAYS = 7
+HEALTH_DAYS = 30
+# The mailbox providers' published limits (Gmail's and Yahoo's bulk sender rules): a rate at or over them hurts.
+LIMITS = {"complaint": 0.003, "bounce": 0.02}
 
 
 def campaign_row(campaign):
     """A campaign's delivery outcomes so far (those it has), its share done for the progress bar,
     and the circuit breaker's trip awaiting an acknowledgement, if any."""
-    figures = delivery_outcomes(campaign)
+    figures = _outcomes(campaign)
     recipients = figures["recipients"]
     pending = sum(figures["outcomes"][key]["count"] for key in PENDING)
     share = (recipients - pending) * 100 / recipients if recipients else 0
@@ -28,6 +35,18 @@ def campaign_row(campaign):
     return {"campaign": campaign, "recipients": recipients, "outcomes": shown,
             "deferred_once": figures["deferred_at_least_once"]["count"], "percent": int(share), "width": share,
             "breaker": BreakerTrip.objects.filter(campaign=campaign, acknowledged_at__isnull=True).first()}
+
+
+def _outcomes(campaign):
+    """delivery_outcomes, kept ten minutes for a campaign that is over (only late bounces still move it)."""
+    if campaign.status not in ("finished", "cancelled"):
+        return delivery_outcomes(campaign)
+    key = f"herald:outcomes:{campaign.pk}:{campaign.status}:{campaign.updated_at.timestamp()}"
+    figures = cache.get(key)
+    if figures is None:
+        figures = delivery_outcomes(campaign)
+        cache.set(key, figures, 600)
+    return figures
 
 
 def active_campaigns():
@@ -48,10 +67,15 @@ def sends_per_hour(now=None, hours=HOURS, width=720, height=120):
     """Messages sent per hour over the last ``hours``, as bars of an inline SVG."""
     now = now or timezone.now()
     start = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
-    found = dict(
-        Send.objects.filter(status=Send.Status.SENT, sent_at__gte=start)
-        .annotate(hour=TruncHour("sent_at")).values("hour").annotate(n=Count("id")).values_list("hour", "n")
-    )
+    # Every send of three days is read (submitted mail too, which has no campaign): kept a minute.
+    key = f"herald:per-hour:{start.timestamp()}:{hours}"
+    found = cache.get(key)
+    if found is None:
+        found = dict(
+            Send.objects.filter(status=Send.Status.SENT, sent_at__gte=start)
+            .annotate(hour=TruncHour("sent_at")).values("hour").annotate(n=Count("id")).values_list("hour", "n")
+        )
+        cache.set(key, found, 60)
     slots = [start + timedelta(hours=i) for i in range(hours)]
     values = [found.get(slot, 0) for slot in slots]
     top = max(values) or 1
@@ -68,7 +92,31 @@ def recent_feedback(limit=15):
                 .select_related("campaign").order_by("-created_at")[:limit])
 
 
-def dashboard():
+STARTED = ("sending", "paused", "finished", "cancelled")
+
+
+def last_campaigns(limit=5):
+    """The last campaigns started, newest first, each with the rates of the campaign list."""
+    campaigns = list(Campaign.objects.filter(status__in=STARTED, started_at__isnull=False).order_by("-started_at")[:limit])
+    figures = listed_rates(campaigns)
+    return [{"campaign": c, "rates": figures[c.pk]} for c in campaigns]
+
+
+def health(now=None, days=HEALTH_DAYS):
+    """Complaints and bounces of the campaigns started in the last ``days``, taken together, against LIMITS."""
+    since = (now or timezone.now()) - timedelta(days=days)
+    campaigns = Campaign.objects.filter(status__in=STARTED, started_at__gte=since).only("pk", "status", "updated_at")
+    figures = total_rates(listed_rates(campaigns))
+    checks = []
+    for key, limit in LIMITS.items():
+        figure = figures[key]
+        checks.append({"key": key, **figure, "limit": limit, "percent": figure["rate"] * 100, "limit_percent": limit * 100,
+                       "ok": figure["rate"] < limit})
+    return {"days": days, "checks": checks, "recipients": figures["delivery"]["base"], "ok": all(c["ok"] for c in checks)}
+
+
+def dashboard(recheck_dns=False):
     sending, waiting = active_campaigns()
     return {"sending": sending, "waiting": waiting, "finished": finished_lately(), "per_hour": sends_per_hour(),
-            "feedback": recent_feedback()}
+            "feedback": recent_feedback(), "last": last_campaigns(), "health": health(),
+            "domains": dnshealth.domain_health(recheck=recheck_dns)}

@@ -27,6 +27,7 @@ grouped by domain and time with a count per status (bench/tracking.py).
 import math
 from datetime import UTC, timedelta
 
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, Sum
 from django.db.models.functions import Trunc
@@ -148,7 +149,8 @@ def campaign_stats(campaign) -> dict:
 
     Keys: campaign_id, name, status; recipients, outcomes and
     deferred_at_least_once (as ``delivery_outcomes``); engagement (key ->
-    label, count, rate of the delivered); totals (opens, clicks,
+    label, count, rate of the delivered); rates (as ``rates``: the list's and
+    dashboard's columns, with their denominators); totals (opens, clicks,
     machine_clicks: every fetch, not people); links; timeline (unit,
     time_zone, buckets); domains (the outcomes per recipient domain, largest
     first) and domains_truncated; relays (which relay, or direct delivery,
@@ -172,6 +174,7 @@ def campaign_stats(campaign) -> dict:
         **figures,
         "engagement": {key: {"label": label, "count": events[key], "rate": _rate(events[key], delivered)}
                        for key, label in ENGAGEMENT},
+        "rates": rates(_rate_counts(counts, figures["recipients"], events)),
         "totals": {"opens": events["opens"], "clicks": events["clicks"], "machine_clicks": events["machine_clicks"]},
         "links": links,
         "timeline": timeline,
@@ -263,10 +266,19 @@ def _event_totals(campaign):
     )
 
 
-def _links(campaign):
+def link_figures(campaign, index=None):
+    """Clicks per link of the campaign, as in ``campaign_stats``'s ``links``; of link ``index`` alone if given."""
+    return _links(campaign, index)
+
+
+def _links(campaign, index=None):
+    clicks = Event.objects.filter(campaign=campaign, type=T.CLICK)
+    links = CampaignLink.objects.filter(campaign=campaign)
+    if index is not None:
+        clicks, links = clicks.filter(link_index=index), links.filter(index=index)
     counts = {
         row["link_index"]: row
-        for row in Event.objects.filter(campaign=campaign, type=T.CLICK)
+        for row in clicks
         .values("link_index")
         .annotate(
             clicks=Count("id", filter=Q(machine=False)),
@@ -274,17 +286,17 @@ def _links(campaign):
             machine_clicks=Count("id", filter=Q(machine=True)),
         )
     }
-    links = []
-    for link in CampaignLink.objects.filter(campaign=campaign).order_by("index"):
+    table = []
+    for link in links.order_by("index"):
         row = counts.get(link.index, {})
-        links.append({
+        table.append({
             "index": link.index,
             "url": link.url,
             "clicks": row.get("clicks", 0),
             "unique_clicks": row.get("unique_clicks", 0),
             "machine_clicks": row.get("machine_clicks", 0),
         })
-    return links
+    return table
 
 
 # --- over time -------------------------------------------------------------------
@@ -348,18 +360,35 @@ def _slots(first, last, unit):
     return slots
 
 
-def _timeline(campaign, unit):
+# An operator asking for minutes gets the first hours after the start, where minutes tell something.
+MINUTE_WINDOW = timedelta(hours=3)
+
+
+def campaign_timeline(campaign, unit: str) -> dict:
+    """The campaign's sends, opens and clicks (people), bounces, complaints and unsubscribes by ``unit``,
+    as in ``campaign_stats``'s timeline; by minute, only the first three hours after it started."""
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {', '.join(UNITS)}")
+    until = campaign.started_at + MINUTE_WINDOW if unit == "minute" and campaign.started_at else None
+    with transaction.atomic():
+        _tune_for_aggregates()
+        return _timeline(campaign, unit, until=until, fixed=True)
+
+
+def _timeline(campaign, unit, until=None, fixed=False):
     counts = {}  # UTC bucket start -> {series: n}
 
     def add(bucket, series, n):
         counts.setdefault(bucket, dict.fromkeys(SERIES, 0))[series] += n
 
-    sent = (Send.objects.filter(campaign=campaign, sent_at__isnull=False)
-            .values(bucket=Trunc("sent_at", unit)).annotate(n=Count("id")).order_by())
+    sent = Send.objects.filter(campaign=campaign, sent_at__isnull=False)
+    events = Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
+    if until is not None:
+        sent, events = sent.filter(sent_at__lt=until), events.filter(created_at__lt=until)
+    sent = sent.values(bucket=Trunc("sent_at", unit)).annotate(n=Count("id")).order_by()
     for row in sent:
         add(_utc(row["bucket"]), "sent", row["n"])
-    rows = (Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
-            .exclude(type__in=[T.OPEN, T.CLICK], machine=True)
+    rows = (events.exclude(type__in=[T.OPEN, T.CLICK], machine=True)
             .values("type", bucket=Trunc("created_at", unit)).annotate(n=Count("id")).order_by())
     for row in rows:
         add(_utc(row["bucket"]), _TIMELINE_TYPES[row["type"]], row["n"])
@@ -367,7 +396,7 @@ def _timeline(campaign, unit):
     if not counts:
         return {"unit": unit, "time_zone": zone, "buckets": []}
     coarser = unit_for(max(counts) - min(counts))
-    if UNITS.index(coarser) > UNITS.index(unit):
+    if not fixed and UNITS.index(coarser) > UNITS.index(unit):
         unit, fine = coarser, counts
         counts = {}
         for bucket, series in fine.items():
@@ -475,3 +504,127 @@ def _verdict(leader, others, label, significant) -> str:
     shown = f"p = {worst:.3f}" if worst is not None else "no comparison possible"
     return (f"{head}, but the difference is not significant ({shown}, two-proportion z-test at {SIGNIFICANCE}): "
             "it may be chance.")
+
+
+# --- rates, the same everywhere ---------------------------------------------------
+
+# Each rate: key, label, numerator, denominator. Delivery and bounces are of the
+# recipients; engagement is of the delivered messages, people only (machine
+# opens and clicks are kept apart), as on the statistics page.
+RATES = (
+    ("delivery", "Delivered", "delivered", "recipients"),
+    ("open", "Opened (people)", "human_opens", "delivered"),
+    ("click", "Clicked", "unique_clicks", "delivered"),
+    ("bounce", "Bounced", "bounces", "recipients"),
+    ("complaint", "Complained", "complaints", "delivered"),
+    ("unsubscribe", "Unsubscribed", "unsubscribes", "delivered"),
+)
+
+
+def rates(counts: dict) -> dict:
+    """The rates of RATES from their counts: ``{key: {"label", "count", "base", "base_label", "rate"}}``.
+
+    ``counts`` holds recipients, delivered, bounces (refused while sending or
+    reported undeliverable after), human_opens, unique_clicks, complaints and
+    unsubscribes.
+    """
+    return {key: {"label": label, "count": counts[num], "base": counts[base], "base_label": base,
+                  "rate": _rate(counts[num], counts[base])} for key, label, num, base in RATES}
+
+
+def _rate_counts(outcomes: dict, recipients: int, events: dict) -> dict:
+    delivered = outcomes["delivered"]
+    return {"recipients": recipients, "delivered": delivered,
+            "bounces": outcomes["bounced"] + outcomes["bounced_after_delivery"],
+            **{key: events.get(key, 0) for key in ("human_opens", "unique_clicks", "complaints", "unsubscribes")}}
+
+
+def campaign_rates(campaign_ids) -> dict:
+    """The rates of several campaigns at once, in three grouped queries whatever their number.
+
+    Returns ``{campaign_id: rates(...)}`` with the figures ``campaign_stats``
+    shows for each campaign (its outcomes and engagement), for the campaign
+    list, the dashboard and the comparison view.
+    """
+    ids = list(campaign_ids)
+    if not ids:
+        return {}
+    by_status = {}
+    for row in (Send.objects.filter(campaign_id__in=ids).values("campaign_id", "status")
+                .annotate(n=Count("id")).order_by()):
+        by_status.setdefault(row["campaign_id"], {})[row["status"]] = row["n"]
+    bounced_after = dict(
+        Event.objects.filter(campaign_id__in=ids, type__in=NON_DELIVERY, send__status=S.SENT)
+        .values("campaign_id").annotate(n=Count("send", distinct=True)).order_by().values_list("campaign_id", "n"))
+
+    def unique(**filters):
+        return Count("send", distinct=True, filter=Q(**filters))
+
+    events = {row["campaign_id"]: row for row in (
+        Event.objects.filter(campaign_id__in=ids).values("campaign_id").order_by().annotate(
+            human_opens=unique(type=T.OPEN, machine=False), unique_clicks=unique(type=T.CLICK, machine=False),
+            complaints=unique(type=T.COMPLAINT), unsubscribes=unique(type=T.UNSUBSCRIBE)))}
+    result = {}
+    for pk in ids:
+        statuses = by_status.get(pk, {})
+        outcomes = _partition(statuses, bounced_after.get(pk, 0))
+        result[pk] = rates(_rate_counts(outcomes, sum(statuses.values()), events.get(pk, {})))
+    return result
+
+
+# Lists of campaigns (the campaign list, the dashboard) show rates kept this long, since counting
+# a big campaign's events takes longer than a page may; a campaign's report, the API and the CSV
+# exports always count afresh.
+LIST_CACHE_SECONDS = {"finished": 600, "cancelled": 600}
+LIST_CACHE_DEFAULT = 30
+
+
+def listed_rates(campaigns) -> dict:
+    """``campaign_rates`` of these campaigns, from the cache where a page asked for them lately."""
+    campaigns = list(campaigns)
+    keys = {c.pk: f"herald:rates:{c.pk}:{c.status}:{c.updated_at.timestamp() if c.updated_at else ''}"
+            for c in campaigns}
+    found = cache.get_many(list(keys.values()))
+    result = {pk: found[key] for pk, key in keys.items() if key in found}
+    fresh = campaign_rates(pk for pk in keys if pk not in result)
+    for campaign in campaigns:
+        if campaign.pk in fresh:
+            timeout = LIST_CACHE_SECONDS.get(campaign.status, LIST_CACHE_DEFAULT)
+            cache.set(keys[campaign.pk], fresh[campaign.pk], timeout)
+    return {**result, **fresh}
+
+
+def total_rates(per_campaign: dict) -> dict:
+    """The rates of several campaigns taken together (sums of their counts, not averages of their rates)."""
+    counts = dict.fromkeys(["recipients", "delivered", "bounces", "human_opens", "unique_clicks", "complaints",
+                            "unsubscribes"], 0)
+    for figures in per_campaign.values():
+        counts["recipients"] += figures["delivery"]["base"]
+        for key, _, num, _ in RATES:
+            counts[num] += figures[key]["count"]
+    return rates(counts)
+
+
+def by_provider(domains: list, group_of) -> list:
+    """The domain table (``campaign_stats``'s ``domains``) summed by provider group: recipients, delivered,
+    deferred at least once, bounced (while sending or after delivery), and the average latency of the
+    accepted messages. ``group_of(domain)`` names a domain's group."""
+    groups = {}
+    for d in domains:
+        g = groups.setdefault(group_of(d["domain"]), {"recipients": 0, "delivered": 0, "deferred_at_least_once": 0,
+                                                      "bounced": 0, "domains": 0, "_latency": 0.0, "_accepted": 0})
+        accepted = d["delivered"] + d["bounced_after_delivery"]
+        g["domains"] += 1
+        g["recipients"] += d["recipients"]
+        g["delivered"] += d["delivered"]
+        g["deferred_at_least_once"] += d["deferred_at_least_once"]
+        g["bounced"] += d["bounced"] + d["bounced_after_delivery"]
+        if d["avg_latency_seconds"] is not None:
+            g["_latency"] += d["avg_latency_seconds"] * accepted
+            g["_accepted"] += accepted
+    table = []
+    for name, g in groups.items():
+        latency, accepted = g.pop("_latency"), g.pop("_accepted")
+        table.append({"group": name, **g, "avg_latency_seconds": round(latency / accepted, 3) if accepted else None})
+    table.sort(key=lambda g: (-g["recipients"], g["group"]))
+    return table

@@ -1,6 +1,7 @@
 """The audience admin: pages for staff only, list counts without a query per row, error reports."""
 
 import io
+import re
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -51,9 +52,14 @@ def test_list_page_shows_subscriber_counts_in_a_fixed_number_of_queries(staff, a
     with django_assert_max_num_queries(8):
         response = staff.get(reverse("admin:campaigns_mailinglist_changelist"))
     html = response.content.decode()
-    assert '<td class="field-subscriber_count">19</td>' in html  # one of Readers' 20 unsubscribed
-    assert '<td class="field-subscriber_count">10</td>' in html
-    assert '<td class="field-unsubscribed_count">1</td>' in html
+    assert cell(html, "subscriber_count", 19)  # one of Readers' 20 unsubscribed
+    assert cell(html, "subscriber_count", 10)
+    assert cell(html, "unsubscribed_count", 1)
+
+
+def cell(html, column, value):
+    """Whether the change list has a cell of ``column`` holding ``value`` (whatever classes the theme adds)."""
+    return re.search(rf'<td class="field-{column}\b[^"]*"[^>]*>\s*{value}\s*</td>', html) is not None
 
 
 def test_contact_page_queries_do_not_grow_with_rows(staff, audience, django_assert_max_num_queries):

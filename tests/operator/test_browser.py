@@ -101,7 +101,7 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
                                "<p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>")
     page.select_option("#id_lists_from", label="Browser readers")
     page.click("#id_lists_add")
-    page.click("input[name=_continue]")
+    page.click("[name=_continue]")
     page.wait_for_selector("#herald-operator")
     campaign = Campaign.objects.get(name="Browser news")
 
@@ -128,7 +128,7 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
 
     # Read the statistics.
     page.click("#herald-stats")
-    assert "Statistics: Browser news" in page.inner_text("#content")
+    assert "Statistics: Browser news" in page.inner_text("body")
 
 
 def test_the_preview_of_the_starter_layout_shows_a_personal_text_part(page, live_server):
@@ -150,7 +150,7 @@ def test_the_preview_of_the_starter_layout_shows_a_personal_text_part(page, live
     page.goto("/admin/campaigns/template/add/")
     assert "unsubscribe_url" in page.input_value("#id_html")
     page.fill("#id_name", "Starter")
-    page.click("input[name=_save]")
+    page.click("[name=_save]")
     page.wait_for_selector(".messagelist .success")
     assert "cannot show" not in page.inner_text("#content-main, .messagelist")
     layout = Template.objects.get(name="Starter")
@@ -163,7 +163,7 @@ def test_the_preview_of_the_starter_layout_shows_a_personal_text_part(page, live
     page.select_option("#id_template", value=str(layout.pk))
     page.fill("#id_html_body", "<h1>Hi {{ contact.first_name }}!</h1>\n{% if contact.attributes.vip %}"
                                "<p>Thanks for being a VIP.</p>{% else %}<p>Upgrade today.</p>{% endif %}")
-    page.click("input[name=_continue]")
+    page.click("[name=_continue]")
     page.wait_for_selector("#herald-operator")
     campaign = Campaign.objects.get(name="Starter news")
 

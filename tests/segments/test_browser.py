@@ -52,7 +52,7 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
     set_condition(second.locator(".seg-condition").nth(0), "plan", "free")
     page.wait_for_function("document.getElementById('segment-count').textContent === '2 matching contacts'")
     assert page.inner_text("#segment-sample").split("\n") == ["ann@example.com — Ann", "cy@example.com — Cy"]
-    page.click("input[name=_save]")
+    page.click("[name=_save]")
     page.wait_for_selector(".messagelist .success")
     segment = Segment.objects.get(name="German or gold, paying")
     assert [g["match"] for g in segment.rules["rules"]] == ["any", "none"]
@@ -65,7 +65,7 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
     page.fill("#id_html_body", "<p>Hi {{ contact.first_name }}</p>")
     page.select_option("#id_segments_from", label="German or gold, paying")
     page.click("#id_segments_add")
-    page.click("input[name=_continue]")
+    page.click("[name=_continue]")
     page.wait_for_selector("#herald-operator")
     page.click("#herald-send")
     assert page.inner_text("#content strong") == "2"
