@@ -306,6 +306,7 @@ class CampaignAdmin(adminkit.ModelAdmin):
         ("Status", {"fields": ("status", "status_reason", "scheduled_at", "total", "started_at", "finished_at")}),
     )
     follow_up_fieldset = ("Follow-up", {"fields": ("follow_up_of", "follow_up_audience", "follow_up_machine_opens",
+                                                   "follow_up_variant",
                                                    "not_before")})
 
     def get_inline_instances(self, request, obj=None):
@@ -328,7 +329,7 @@ class CampaignAdmin(adminkit.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fixed = ["status", "status_reason", "scheduled_at", "total", "started_at", "finished_at", "winner",
-                 "follow_up_of", "follow_up_audience", "follow_up_machine_opens", "not_before"]
+                 "follow_up_of", "follow_up_audience", "follow_up_machine_opens", "follow_up_variant", "not_before"]
         if obj is not None and obj.status not in EDITABLE:
             # Frozen when it started: what went out, and what the rest of the
             # audience gets after a pause, is what the ledger says went out.

@@ -183,6 +183,7 @@ class CampaignOut(ScheduleFields):
     follow_up_of: int | None = Field(None, description="The campaign this one follows up, if any.")
     follow_up_audience: str = Field("", description="not_opened, not_clicked or clicked, for a follow-up.")
     follow_up_machine_opens: bool
+    follow_up_variant: int | None = Field(None, description="Only the recipients who got this variant (1 = A).")
     not_before: datetime | None
     status: str
     status_reason: str

@@ -477,6 +477,8 @@ class Campaign(models.Model):
     follow_up_audience = models.CharField(max_length=16, choices=FollowUp.choices, blank=True, default="")
     follow_up_machine_opens = models.BooleanField(
         default=False, help_text="Count opens by privacy proxies and link scanners as opens.")
+    follow_up_variant = models.PositiveSmallIntegerField(
+        null=True, blank=True, help_text="Only the recipients who got this variant of an A/B-tested original (1 = A).")
     not_before = models.DateTimeField(null=True, blank=True, help_text="It does not start sending before this time.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.DRAFT, db_index=True)
     status_reason = models.TextField(blank=True, default="", help_text="Why the campaign paused or failed.")

@@ -10,7 +10,7 @@ from django.shortcuts import get_object_or_404, redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 
-from campaigns.models import Campaign, FollowUp
+from campaigns.models import Campaign, FollowUp, variant_letter
 from segments import followups
 
 app_name = "segments-admin"
@@ -26,20 +26,30 @@ class FollowUpForm(forms.Form):
     machine_opens = forms.BooleanField(required=False, label="Count machine opens and clicks",
                                        help_text="Privacy proxies (Apple Mail) open every message and link scanners "
                                                  "click every link: left unticked, only people's opens and clicks count.")
+    variant = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Of the variant",
+                                     help_text="An A/B-tested campaign: only the recipients who got this variant, "
+                                               "with its content.")
+
+    def __init__(self, *args, variants=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        if variants:
+            self.fields["variant"].choices = [("", "any variant"), *((n, variant_letter(n)) for n in variants)]
+        else:
+            del self.fields["variant"]
 
 
 @staff_member_required
 @permission_required("campaigns.add_campaign", raise_exception=True)
 def follow_up(request, campaign_id):
     original = get_object_or_404(Campaign, pk=campaign_id)
-    form = FollowUpForm(request.POST or None)
+    form = FollowUpForm(request.POST or None, variants=original.variant_numbers())
     error = ""
     if request.method == "POST" and form.is_valid():
         data = form.cleaned_data
         try:
             follow = followups.create(original, data["audience"], subject=data["subject"].strip(),
                                       delay=datetime.timedelta(hours=data["delay_hours"]),
-                                      machine_opens=data["machine_opens"])
+                                      machine_opens=data["machine_opens"], variant=data.get("variant"))
         except followups.FollowUpError as exc:
             error = str(exc)
         else:

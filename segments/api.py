@@ -82,6 +82,8 @@ class FollowUpIn(Schema):
     subject: str = Field("", max_length=998, description="Empty: the original's subject.")
     delay_hours: float = Field(0, ge=0, le=24 * 365, description="Not sent before this long after the original ended.")
     machine_opens: bool = Field(False, description="Count opens and clicks by privacy proxies and link scanners.")
+    variant: int | None = Field(None, ge=1, le=5, description="An A/B-tested original: only the recipients who got "
+                                                           "this variant (1 = A), with its content.")
 
 
 def _refusal(status, field, message):
@@ -213,7 +215,7 @@ def follow_up(request, campaign_id: int, payload: FollowUpIn):
     try:
         follow = followups.create(original, payload.audience, subject=payload.subject.strip(),
                                   delay=datetime.timedelta(hours=payload.delay_hours),
-                                  machine_opens=payload.machine_opens)
+                                  machine_opens=payload.machine_opens, variant=payload.variant)
     except followups.FollowUpError as exc:
         return _refusal(409, "status", str(exc))
     return Status(201, follow)

@@ -10,7 +10,7 @@ import datetime
 import pytest
 from django.utils import timezone
 
-from campaigns.models import Campaign, Contact, MailingList, Subscription
+from campaigns.models import Campaign, CampaignVariant, Contact, FollowUp, MailingList, Subscription
 from delivery import lifecycle, planner
 from delivery.models import Send
 from segments import followups
@@ -121,3 +121,24 @@ def test_unsubscribing_from_a_follow_up_leaves_the_originals_lists(original):
     fay = Contact.objects.get(email="fay@example.com")
     assert fay.status == Contact.Status.ACTIVE
     assert list(fay.subscriptions.values_list("status", flat=True)) == ["unsubscribed"]
+
+
+def test_a_follow_up_of_one_variant_goes_to_its_recipients_with_its_content(original, admin_client):
+    for number, subject in ((1, "Spring A"), (2, "Spring B")):
+        CampaignVariant.objects.create(campaign=original, number=number, subject=subject, html_body=f"<p>{subject}</p>")
+    original.freeze_content()
+    # A got ann, cat and eve; B bob, dan and fay (gus bounced).
+    for letter, people in ((1, ("ann", "cat", "eve")), (2, ("bob", "dan", "fay", "gus"))):
+        Send.objects.filter(campaign=original, email__in=names(*people)).update(variant=letter)
+
+    with pytest.raises(followups.FollowUpError, match="no variant 3; its variants: 1 \\(A\\), 2 \\(B\\)"):
+        followups.create(original, FollowUp.NOT_OPENED, variant=3)
+    # Through the admin's form, as an operator does it: B's recipients who did not open.
+    page = admin_client.get(f"/admin/herald/campaigns/{original.pk}/follow-up/")
+    assert b"any variant" in page.content
+    admin_client.post(f"/admin/herald/campaigns/{original.pk}/follow-up/",
+                      {"audience": FollowUp.NOT_OPENED, "delay_hours": "0", "variant": "2"})
+    follow = Campaign.objects.get(follow_up_of=original)
+    assert follow.follow_up_variant == 2 and follow.subject == "Spring B" and follow.html_body == "<p>Spring B</p>"
+    # bob's only open was a machine's; dan clicked only by a scanner; fay did nothing.
+    assert recipients(follow) == names("bob", "dan", "fay")
