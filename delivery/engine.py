@@ -22,7 +22,7 @@ from campaigns.models import Campaign, Contact
 from campaigns.rendering import ContactData, ContentError
 from campaigns.sandbox import BudgetExceeded, render_budget
 from campaigns.suppression import suppress
-from delivery import adaptive, ledger, routing, throttle, warmup
+from delivery import adaptive, ledger, localtime, placement, routing, throttle, warmup
 from delivery.classify import BOUNCED, DEFERRED, FAILED, SENT, classify_reply, next_attempt
 from delivery.heartbeat import heartbeat
 from delivery.ledger import Result
@@ -238,6 +238,7 @@ def send_batch(send_ids, now=None, reserved=False):
         first, rest = _screen(rows, now, batch)
         routing.prepare(rows)
         rest = _within_warmup(rest, now, requeue)  # (a row sent alone was admitted at its last claim)
+        rest = _outside_quiet_hours(rest, now, requeue)
         key_of = {}  # one look-up per domain and way out, not per row
         for part in (first, rest):
             groups = {}
@@ -310,6 +311,41 @@ def _screen(rows, now, batch):
     for r in others:
         r.claims = 1
     return [first], [r for r in rows if r.claims <= limit and r is not first]
+
+
+def _outside_quiet_hours(rows, now, requeue):
+    """The rows whose recipient is not inside their campaign's quiet hours now; the others (a retry come due
+    at night, or the tail of a long send running into the hours) wait in the ledger for the hours' end."""
+    ids = {r.campaign_id for r in rows if r.campaign_id}
+    if not ids:
+        return rows
+    windows = {}
+    for campaign in Campaign.objects.filter(id__in=ids).only("id", "quiet_start", "quiet_end"):
+        window = localtime.quiet_hours(campaign)
+        if window is not None:
+            windows[campaign.id] = (campaign, window)
+    if not windows:
+        return rows
+    at = now or timezone.now()
+    go, held = [], []
+    for campaign_id, (campaign, window) in windows.items():
+        mine = [r for r in rows if r.campaign_id == campaign_id]
+        zones = placement.zones_of_sends(campaign, [r.id for r in mine])
+        for r in mine:
+            end = localtime.after_quiet(at, zones.get(r.id) or localtime.default_zone(), window)
+            if end > at:
+                held.append(((end - at).total_seconds(), r))
+            else:
+                go.append(r)
+    if not held:
+        return rows
+    by_end = {}  # each zone's rows wait for that zone's end of the hours
+    for wait, r in held:
+        by_end.setdefault(wait, []).append(r)
+    for wait, group in sorted(by_end.items()):
+        requeue.extend(hold_for_slots(group, [wait] * len(group), len(group), now))
+    kept = {r.id for r in go}
+    return [r for r in rows if r.campaign_id not in windows or r.id in kept]
 
 
 def _within_warmup(rows, now, requeue):

@@ -83,6 +83,16 @@ class _Zones:
         return hit
 
 
+def zones_of_sends(campaign: Campaign, send_ids) -> dict:
+    """{send id: the recipient's time zone} for sends of ``campaign``, in one query."""
+    rows, defaults = _zoned(Send.objects.filter(id__in=list(send_ids)), campaign, "contact__")
+    fields = ["id", "tz", "country"] + (["list_tz"] if defaults else [])
+    found = {}
+    for values in rows.order_by().values_list(*fields):
+        found[values[0]] = localtime.zone_for(values[1], values[2], values[3] if defaults else None)
+    return found
+
+
 def place_chunk(campaign: Campaign, after: int, upto: int) -> dict:
     """Set the variant and release of the rows of contacts ``after < id <= upto``; returns the waves they add:
     {release ISO time: {"recipients": n, "zones": {name: n}}}."""

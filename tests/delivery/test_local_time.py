@@ -6,7 +6,7 @@ On 28 March 2027 Europe starts summer time (01:00 UTC) and Adelaide is still
 on its daylight time (+10:30); Kolkata is +05:30 all year.
 """
 
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import pytest
 
@@ -112,6 +112,23 @@ def test_quiet_hours_hold_the_zones_inside_them_until_they_end(sink, relay, worl
     assert tick(datetime(2027, 3, 27, 21, 29, tzinfo=UTC)) == []
     tick(datetime(2027, 3, 27, 21, 30, tzinfo=UTC))
     assert len(sent(world)) == 6
+
+
+def test_a_send_that_comes_due_inside_the_quiet_hours_waits_for_their_end(sink, relay, world):
+    world.quiet_start, world.quiet_end = time(21, 0), time(8, 0)
+    world.save()
+    lifecycle.start_campaign(world.pk, now=START)
+    # The batch runs at 16:00 UTC (a retry come due, or the tail of a long send): 21:30 in Kolkata.
+    late = datetime(2027, 3, 27, 16, 0, tzinfo=UTC)
+    engine.send_batch(list(Send.objects.filter(campaign=world, parked=False).values_list("id", flat=True)), now=late)
+    assert sent(world) == ["ber@example.com", "lon@example.com", "nyc@example.com", "odd@example.com"]
+    kolkata = Send.objects.get(campaign=world, email="kol@example.com")
+    assert kolkata.status == Send.Status.QUEUED and kolkata.parked
+    end = datetime(2027, 3, 28, 2, 30, tzinfo=UTC)  # 08:00 in Kolkata
+    assert kolkata.next_attempt_at == end + timedelta(seconds=engine.SLOT_MARGIN)
+    for ids, _countdown, reserved in ledger.due_slots(now=end + timedelta(seconds=1)):
+        engine.send_batch(ids, now=end + timedelta(seconds=1), reserved=reserved)
+    assert "kol@example.com" in sent(world)
 
 
 def test_global_quiet_hours_apply_to_a_campaign_without_its_own(world, settings):
