@@ -14,6 +14,7 @@ from django.contrib.admin.models import LogEntry
 from django.contrib.contenttypes.models import ContentType
 from django.db import transaction
 from django.db.models import Q
+from django.dispatch import Signal
 
 from audience import timeline
 from campaigns import audit
@@ -22,6 +23,10 @@ from campaigns.suppression import record_erasure
 from delivery.models import Send
 from submission.models import OutboundMessage
 from tracking.models import Event
+
+# Sent inside the erasure's transaction, before the contact is deleted, with contact_id, address and
+# send_ids: apps above this one (automations, outgoing webhooks) remove what they hold of the person.
+erasing = Signal()
 
 SUBSCRIPTION_FIELDS = ("mailing_list_id", "status", "source", "source_detail", "consent_ip", "consent_user_agent",
                        "consent_text", "confirmed_at", "created_at", "updated_at", "resubscribed_at",
@@ -74,6 +79,7 @@ def erase(contact) -> None:
         contact_type = ContentType.objects.get_for_model(Contact)
         LogEntry.objects.filter(content_type=contact_type, object_id=str(contact_id)).update(
             object_repr="(erased)", change_message="")
+        erasing.send(sender=Contact, contact_id=contact_id, address=address, send_ids=send_ids)
         record_erasure(address)
         contact.delete()
         # Who and when; not whom. (Rate-limit counters in Redis hold only hashes of the address.)

@@ -18,3 +18,14 @@ class AutomationsConfig(AppConfig):
 
         # The engine and the click redirect sit below this app: they build its messages through delivery.submitted.
         submitted.register_composed(build=builder.build_for_send, link_for=builder.link_for)
+        from audience.gdpr import erasing
+
+        erasing.connect(forget_person, dispatch_uid="automations-erase")
+
+
+def forget_person(contact_id, address, send_ids, **kwargs):
+    """An erasure: enrolments, messages and custom events go with the contact (cascade); transactional sends
+    keep their key and ids, not the address."""
+    from automations.models import TransactionalSend
+
+    TransactionalSend.objects.filter(to__iexact=address).update(to="")

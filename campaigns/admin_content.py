@@ -23,7 +23,7 @@ from django.views.decorators.http import require_POST
 from email_validator import EmailNotValidError, validate_email
 
 from campaigns import formats, gallery, presend, preview, rendering
-from campaigns.models import Campaign, CampaignVariant, Contact, Template
+from campaigns.models import Campaign, CampaignVariant, Contact, Template, variant_letter
 from herald import adminkit
 
 DEFAULT_LAYOUT = formats.DEFAULT_LAYOUT
@@ -265,11 +265,24 @@ class PreviewForm(forms.Form):
     contact = forms.ModelChoiceField(Contact.objects.order_by("email"), required=False,
                                      widget=forms.NumberInput(attrs={"placeholder": "contact id"}))
     email = forms.CharField(required=False, widget=forms.TextInput(attrs={"placeholder": "or an address"}))
+    variant = forms.TypedChoiceField(required=False, coerce=int, empty_value=None, label="Variant")
+
+    def __init__(self, *args, variants=(), **kwargs):
+        super().__init__(*args, **kwargs)
+        if variants:  # an A/B test: which variant's message to show
+            self.fields["variant"].choices = [("", "the campaign's own"),
+                                              *((n, f"variant {variant_letter(n)}") for n in variants)]
+        else:
+            del self.fields["variant"]
 
 
-class TestForm(forms.Form):
+class TestForm(PreviewForm):
     addresses = forms.CharField(widget=forms.Textarea(attrs={"rows": 4, "cols": 60}),
                                 help_text="Up to 10 addresses, one per line or comma-separated.")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        del self.fields["contact"], self.fields["email"]
 
     def clean_addresses(self):
         items = [a.strip() for a in self.cleaned_data["addresses"].replace(",", "\n").splitlines() if a.strip()]
@@ -396,7 +409,7 @@ class CampaignAdmin(adminkit.ModelAdmin):
         campaign = get_object_or_404(Campaign, pk=campaign_id)
         if not self.has_view_or_change_permission(request, campaign):
             raise PermissionDenied
-        form = PreviewForm(request.GET or None)
+        form = PreviewForm(request.GET or None, variants=campaign.variant_numbers())
         contact, email = None, ""
         if form.is_valid():
             contact, email = form.cleaned_data["contact"], form.cleaned_data["email"].strip()
@@ -406,8 +419,9 @@ class CampaignAdmin(adminkit.ModelAdmin):
             contact = Contact.objects.filter(subscriptions__mailing_list__in=campaign.lists.all()).first()
         result, error = None, ""
         try:
-            result = import_string("delivery.testsend.preview")(campaign, contact, email)
-        except rendering.ContentError as exc:
+            variant = form.cleaned_data.get("variant") if form.is_valid() else None
+            result = import_string("delivery.testsend.preview")(campaign, contact, email, variant=variant)
+        except (rendering.ContentError, ValueError) as exc:
             error = str(exc)
         return TemplateResponse(request, "admin/campaigns/campaign/preview.html", {
             **self.admin_site.each_context(request), "opts": self.model._meta, "original": campaign,
@@ -419,12 +433,14 @@ class CampaignAdmin(adminkit.ModelAdmin):
         campaign = get_object_or_404(Campaign, pk=campaign_id)
         if not self.has_change_permission(request, campaign):
             raise PermissionDenied
-        form = TestForm(request.POST or None, initial={"addresses": request.user.email})
+        form = TestForm(request.POST or None, initial={"addresses": request.user.email},
+                        variants=campaign.variant_numbers())
         results = None
         if request.method == "POST" and form.is_valid():
             try:
                 results = import_string("delivery.testsend.send_test")(campaign, form.cleaned_data["addresses"],
-                                                                      user=request.user)
+                                                                      user=request.user,
+                                                                      variant=form.cleaned_data.get("variant"))
             except (rendering.ContentError, ValueError) as exc:
                 # Includes the hourly test send limit (delivery.testsend.TestSendLimited), with the wait.
                 form.add_error(None, str(exc))

@@ -234,6 +234,8 @@ class CampaignDetail(CampaignOut):
 
 class TestIn(Schema):
     addresses: list[str] = Field(min_length=1, max_length=10)
+    variant: int | None = Field(None, ge=1, le=5, description="An A/B test's variant to send (1 = A); "
+                                                              "empty: the campaign's own content.")
 
 
 class TestResultOut(Schema):
@@ -513,21 +515,23 @@ def test_send(request, campaign_id: int, payload: TestIn, response: HttpResponse
     Test sends take the same relay, throttles and connection caps as campaign sends."""
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     try:
-        results = import_string("delivery.testsend.send_test")(campaign, payload.addresses, user=request.user)
+        results = import_string("delivery.testsend.send_test")(campaign, payload.addresses, user=request.user,
+                                                              variant=payload.variant)
     except rendering.ContentError as exc:
         return _unprocessable([exc])
     except ValueError as exc:
         if retry_after := getattr(exc, "retry_after", None):  # delivery.testsend.TestSendLimited
             response["Retry-After"] = str(retry_after)
             return 429, {"detail": f"addresses: {exc}", "retry_after": retry_after}
-        return _unprocessable([rendering.ContentError("addresses", str(exc))])
+        field, _, message = str(exc).partition(": ") if str(exc).startswith("variant: ") else ("addresses", "", str(exc))
+        return _unprocessable([rendering.ContentError(field, message)])
     return 200, [{"address": r.address, "ok": r.ok, "detail": r.detail, "status": r.status} for r in results]
 
 
 @router.get("/campaigns/{campaign_id}/preview", response={200: PreviewOut, 404: dict, 422: ContentErrorOut},
             summary="The message a contact would receive, and the variables it lacks", by_alias=True)
 @requires("campaigns.view_campaign")
-def preview(request, campaign_id: int, contact_id: int | None = None, email: str = ""):
+def preview(request, campaign_id: int, contact_id: int | None = None, email: str = "", variant: int | None = None):
     campaign = get_object_or_404(Campaign, pk=campaign_id)
     contact = None
     if contact_id is not None:
@@ -537,9 +541,11 @@ def preview(request, campaign_id: int, contact_id: int | None = None, email: str
     elif email:
         contact = Contact.objects.filter(email_key=email.strip().lower()).first()
     try:
-        return 200, import_string("delivery.testsend.preview")(campaign, contact, email)
+        return 200, import_string("delivery.testsend.preview")(campaign, contact, email, variant=variant)
     except rendering.ContentError as exc:
         return _unprocessable([exc])
+    except ValueError as exc:  # no such variant
+        return _unprocessable([rendering.ContentError("variant", str(exc).removeprefix("variant: "))])
 
 
 @router.get("/campaigns/{campaign_id}/check", response=list[FindingOut],

@@ -114,13 +114,29 @@ def take_quota(user, n: int) -> None:
         f"(HERALD_TEST_SEND_LIMIT); this request has {n}; try again in {wait} s", wait)
 
 
-def send_test(campaign, addresses, user=None):
+def with_variant(campaign, variant):
+    """The campaign as recipients of A/B ``variant`` get it (its subject, sender name, preheader and content);
+    the campaign itself for None. Raises ValueError for a variant it does not have."""
+    if variant is None:
+        return campaign
+    from campaigns.models import CampaignVariant, variant_letter
+
+    chosen = CampaignVariant.objects.filter(campaign_id=campaign.pk, number=variant).first()
+    if chosen is None:
+        letters = ", ".join(f"{n} ({variant_letter(n)})" for n in campaign.variant_numbers()) or "none"
+        raise ValueError(f"variant: the campaign has no variant {variant}; its variants: {letters}")
+    copy = type(campaign)(**{f.attname: getattr(campaign, f.attname) for f in campaign._meta.concrete_fields})
+    CampaignVariant.apply(copy, chosen.frozen())
+    return copy
+
+
+def send_test(campaign, addresses, user=None, variant=None):
     """Send the campaign's real message to each address now; a TestResult per address, in the order given.
 
     Raises ValueError for a bad address list and TestSendLimited when ``user``
     has no test sends left for this many recipients.
     """
-    results = _send_test(campaign, addresses, user)
+    results = _send_test(with_variant(campaign, variant), addresses, user)
     order = {(a or "").strip(): n for n, a in reversed(list(enumerate(addresses)))}
     return sorted(results, key=lambda r: order.get(r.address, len(order)))
 
@@ -254,7 +270,7 @@ def _open(route):
         raise
 
 
-def preview(campaign, contact=None, address=""):
+def preview(campaign, contact=None, address="", variant=None):
     """What ``contact`` (or an address with empty fields) would receive: for the admin and the API.
 
     Returns the raw headers, the text part, the HTML part and the variables
@@ -265,7 +281,7 @@ def preview(campaign, contact=None, address=""):
     from campaigns.rendering import missing_variables
 
     data = ContactData.of(contact) if contact is not None else ContactData(address or "preview@example.com")
-    built = compile_campaign(campaign).build(_TestSend(data.email), data)
+    built = compile_campaign(with_variant(campaign, variant)).build(_TestSend(data.email), data)
     raw_headers, _, _ = built.data.partition(b"\r\n\r\n")
     msg = message_from_bytes(built.data, policy=policy.default)
     text = html = ""

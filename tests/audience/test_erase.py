@@ -29,7 +29,13 @@ def weekly(db):
 @pytest.fixture
 def annabelle(weekly, redis_client, admin_user):
     """A person with a history everywhere: a form signup and its confirmation mail, a campaign send with
-    its SMTP reply, an open, a bounce with its raw notice, a suppression and an admin edit."""
+    its SMTP reply, an open, a bounce with its raw notice, a suppression and an admin edit; an outgoing
+    webhook told of every event, and a transactional message."""
+    from automations.models import MessageTemplate, TransactionalSend
+    from webhooks_out.models import Endpoint
+
+    Endpoint.objects.create(url="https://hooks.example/herald", secret="whsec_dGVzdA==",
+                            event_types=["opened", "bounced", "subscribed", "confirmed"])
     form = SignupForm.objects.create(name="Weekly", slug="weekly", consent_text="Yes please", from_email="n@shop.example",
                                      fields=[{"name": "last_name"}, {"name": "street"}])
     form.lists.add(weekly)
@@ -51,6 +57,9 @@ def annabelle(weekly, redis_client, admin_user):
     LogEntry.objects.create(user=admin_user, content_type=ContentType.objects.get_for_model(Contact),
                             object_id=str(contact.pk), object_repr=str(contact), action_flag=CHANGE,
                             change_message=f"Changed first name of {ADDRESS}")
+    receipt = MessageTemplate.objects.create(name="Receipt", slug="receipt", subject="Your receipt",
+                                             from_email="n@shop.example", text_body="Thanks")
+    TransactionalSend.objects.create(key="order-1", user_id=admin_user.pk, template=receipt, to=ADDRESS)
     return contact
 
 
@@ -74,6 +83,7 @@ def places_holding(text: str) -> list[str]:
                     "WHERE table_schema = 'public' AND data_type IN ('text', 'character varying', 'json', 'jsonb', "
                     "'bytea', 'inet')")
         for table, column, kind in cur.fetchall():
+            column = connection.ops.quote_name(column)
             value = f"convert_from({column}, 'UTF8')" if kind == "bytea" else f"{column}::text"
             cur.execute(f'SELECT count(*) FROM "{table}" WHERE {value} ILIKE %s', [f"%{text}%"])  # noqa: S608
             if cur.fetchone()[0]:

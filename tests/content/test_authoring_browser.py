@@ -82,7 +82,7 @@ def test_a_template_from_the_gallery_in_mjml_previews_live_at_both_widths(page, 
     page.fill("#id_html", source)
     page.wait_for_selector("#herald-live-errors", state="hidden")
 
-    page.click("input[name=_save]")
+    page.click("[name=_save]")
     page.wait_for_selector(".messagelist .success")
     saved = Template.objects.get(name="Newsletter")
     assert saved.format == "mjml" and "The Weekly Herald" in saved.html
@@ -99,7 +99,7 @@ def test_a_template_from_the_gallery_in_mjml_previews_live_at_both_widths(page, 
     page.dispatch_event("#herald-live-contact", "change")
     page.frame_locator("#herald-live-desktop").get_by_text("Spring, Ann").wait_for()
     shot(page, "authoring-4-campaign-preview")
-    page.click("input[name=_continue]")
+    page.click("[name=_continue]")
     page.wait_for_selector("#herald-presend")
     checks = page.inner_text("#herald-presend")
     assert "plain http" in checks and "spam filters" in checks and "Blocks the send" not in checks

@@ -209,3 +209,18 @@ def test_a_segment_picks_the_recipients_of_one_variant(sink, relay, ab):
     assert chosen == {s.contact_id for s in by_variant[2]}
     problems = check({"match": "all", "rules": [{"type": "variant", "campaign": ab.pk, "variant": "Z"}]})
     assert problems and "A to E" in str(problems[0])
+
+
+def test_the_preview_and_the_test_send_show_each_variant(sink, relay, ab, admin_client, admin_user):
+    from campaigns.models import ApiToken
+
+    page = admin_client.get(f"/admin/campaigns/campaign/{ab.pk}/preview/", {"email": "me@example.org", "variant": "2"})
+    assert page.status_code == 200 and b"Bravo" in page.content and b"pre Bravo" in page.content
+    admin_client.post(f"/admin/campaigns/campaign/{ab.pk}/test/", {"addresses": "me@example.org", "variant": "3"})
+    sink.wait_for(1)
+    assert subjects(sink) == {"me@example.org": "Charlie"}
+
+    token = ApiToken.issue(admin_user)[1]
+    bad = admin_client.get(f"/api/v1/campaigns/{ab.pk}/preview", {"variant": 4}, HTTP_AUTHORIZATION=f"Bearer {token}")
+    assert bad.status_code == 422
+    assert "no variant 4; its variants: 1 (A), 2 (B), 3 (C)" in bad.content.decode()

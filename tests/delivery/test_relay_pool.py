@@ -114,9 +114,14 @@ def test_a_relay_stopped_mid_campaign_hands_its_share_to_the_other_and_gets_it_b
         stopper.start()
         drain(campaign.pk)
         stopper.join()
-        # The messages on the wire when it stopped were deferred; their retry goes to the relay that is up.
-        ledger.due_retries(now=Send.objects.order_by("-next_attempt_at").first().next_attempt_at)
-        drain(campaign.pk)
+        # The messages on the wire when it stopped were deferred; their retry goes to the relay that is up. (One
+        # that a retry of the stopped relay's gave back once more gets another, as the sweeper would give it.)
+        for _ in range(5):
+            deferred = Send.objects.filter(campaign=campaign, status=Send.Status.DEFERRED)
+            if not deferred.exists():
+                break
+            ledger.due_retries(now=deferred.order_by("-next_attempt_at").first().next_attempt_at)
+            drain(campaign.pk)
         before = first.recipients()
         assert 40 <= len(before) < 200
         received = collections.Counter(before + second.recipients())

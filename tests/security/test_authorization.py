@@ -188,7 +188,7 @@ def test_an_editor_cannot_manage_relays_credentials_or_suppressions_through_the_
 
 LEAF_ROUTERS = ["campaigns.api_audience", "campaigns.api_audit", "campaigns.api_content", "delivery.api_engine",
                 "delivery.api_domains", "delivery.api_routing", "delivery.api_warmup", "submission.api", "tracking.api",
-                "segments.api", "audience.api"]
+                "segments.api", "audience.api", "automations.api", "automations.transactional_api", "webhooks_out.api"]
 
 
 def test_every_api_operation_names_an_existing_permission():

@@ -62,7 +62,7 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
     page.fill("#id_name", "Paying news")
     page.fill("#id_subject", "Hello {{ contact.first_name }}")
     page.fill("#id_from_email", "news@herald.example")
-    page.fill("#id_html_body", "<p>Hi {{ contact.first_name }}</p>")
+    page.fill("#id_html_body", "<p>Hi {{ contact.first_name }}</p><p><a href=\"{{ unsubscribe_url }}\">Unsubscribe</a></p>")
     page.select_option("#id_segments_from", label="German or gold, paying")
     page.click("#id_segments_add")
     page.click("[name=_continue]")
