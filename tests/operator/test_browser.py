@@ -79,6 +79,7 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
     page.set_input_files("#id_file", str(csv_file))
     page.fill("#id_new_list", "Browser readers")
     page.click("#import-upload input[type=submit]")
+    page.wait_for_selector("#import-mapping .target")
     assert [t.strip() for t in page.locator("#import-mapping .target").all_inner_texts()] == [
         "email", "first name", "attribute “city”"]
     # The file says "city"; the operator keeps it as "town" instead, and sees the preview say so.
