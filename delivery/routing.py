@@ -121,6 +121,7 @@ class _State:
         self.marked = set()  # relay pks marked down, in backoff or being tried again
         self.health_at = float("-inf")
         self.from_domains = {}  # ("campaign" | "submitted", id) -> sending domain, for this batch
+        self.kinds = {}  # outbound id -> "transactional" or "submitted", for this batch
 
 
 _state = _State()
@@ -227,30 +228,33 @@ def relay_endpoint(relay: Relay) -> Endpoint:
 # --- choosing a route for each message --------------------------------------------
 
 def kind_of(row) -> str:
-    """The message kind rules match: a campaign's (automations and transactional messages are campaigns of
-    their kind, when the campaign says so), or "submitted" for mail submitted over SMTP."""
+    """The message kind rules match: "campaign"; for a send without a campaign, "automation" (an automation's
+    email step), "transactional" (the transactional API) or "submitted" (mail submitted over SMTP)."""
     if row.campaign_id is None:
-        return RoutingRule.Kind.SUBMITTED
+        return _current().kinds.get(row.outbound_id) or submitted.kind_of(row.outbound_id, None)
     return getattr(row, "kind", "") or RoutingRule.Kind.CAMPAIGN
 
 
 def prepare(rows):
     """Once per batch: the sending domains of these rows' campaigns and messages, when a rule needs them."""
     state = _current()
-    state.from_domains = {}
-    if not any(rule[0] for rule in state.rules):
+    state.from_domains, state.kinds = {}, {}
+    by_domain = any(rule[0] for rule in state.rules)
+    by_kind = any(rule[1] and rule[1] != RoutingRule.Kind.CAMPAIGN for rule in state.rules)
+    if not (by_domain or by_kind):
         return
     from campaigns.models import Campaign
 
-    campaigns = {r.campaign_id for r in rows if r.campaign_id}
+    campaigns = {r.campaign_id for r in rows if r.campaign_id} if by_domain else set()
     if campaigns:
         for pk, frozen, current in (Campaign.objects.filter(id__in=campaigns)
                                     .values_list("id", "frozen_content__from_email", "from_email")):
             state.from_domains["campaign", pk] = _domain_of(frozen or current)
     outbound = [r.outbound_id for r in rows if r.campaign_id is None and r.outbound_id]
     if outbound:
-        for pk, domain in submitted.sending_domains(outbound).items():
+        for pk, (domain, tag) in submitted.senders(outbound).items():
             state.from_domains["submitted", pk] = (domain or "").lower()
+            state.kinds[pk] = submitted.kind_of(pk, tag)
 
 
 def _domain_of(address):

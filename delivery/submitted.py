@@ -18,7 +18,7 @@ _composed: tuple[Callable, Callable] | None = None
 
 def register(*, build: Callable, link_for: Callable, senders: Callable | None = None) -> None:
     """``build(send) -> BuiltMessage`` for the engine; ``link_for(send, index) -> url or None`` for the click
-    redirect; ``senders(ids) -> {id: From domain}`` for routing rules by sending domain."""
+    redirect; ``senders(ids) -> {id: (From domain, tag)}`` for routing rules by sending domain and kind."""
     global _builder, _link_for, _senders
     _builder, _link_for, _senders = build, link_for, senders
 
@@ -29,9 +29,26 @@ def register_composed(*, build: Callable, link_for: Callable) -> None:
     _composed = (build, link_for)
 
 
+# Tags of messages stored through the transactional API (automations.transactional): routed as "transactional".
+TRANSACTIONAL_TAG = "transactional:"
+
+
 def sending_domains(outbound_ids) -> dict:
     """The checked From domain of each submitted message, for routing; {} when the submission app is not installed."""
+    return {pk: domain for pk, (domain, _tag) in senders(outbound_ids).items()}
+
+
+def senders(outbound_ids) -> dict:
+    """{id: (From domain, tag)} of stored messages, for routing rules by sending domain and by kind."""
     return _senders(outbound_ids) if _senders is not None else {}
+
+
+def kind_of(outbound_id, tag: str | None) -> str:
+    """A send without a campaign: "automation" when composed at send time (no stored message), "transactional"
+    when stored through the transactional API, else "submitted" (SMTP submission and Herald's own mail)."""
+    if outbound_id is None:
+        return "automation"
+    return "transactional" if (tag or "").startswith(TRANSACTIONAL_TAG) else "submitted"
 
 
 def build(send):

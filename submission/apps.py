@@ -16,6 +16,7 @@ class SubmissionConfig(AppConfig):
         audit.watch(SmtpCredential, "smtp_credential")
         # The engine and the click redirect sit below this app: they reach its messages through delivery.submitted.
         def senders(ids):
-            return dict(OutboundMessage.objects.filter(id__in=ids).values_list("id", "from_domain"))
+            return {pk: (domain, tag) for pk, domain, tag in
+                    OutboundMessage.objects.filter(id__in=ids).values_list("id", "from_domain", "tag")}
 
         submitted.register(build=build_for_send, link_for=link_for, senders=senders)

@@ -240,3 +240,24 @@ def test_a_test_send_goes_the_way_the_campaign_will_and_says_which_relay_took_it
     [result] = send_test(campaign, ["me@example.org"])
     assert result.ok and f"127.0.0.1:{news_sink.port}" in result.detail
     assert news_sink.recipients() == ["me@example.org"] and other_sink.recipients() == []
+
+
+def test_rules_by_kind_tell_transactional_mail_from_other_submitted_mail(two_sinks, make_relay):
+    from submission.store import Accepted, store_batch
+    from tests.submission.conftest import make_credential
+
+    receipts, others = two_sinks
+    route(group_of("receipts", make_relay(receipts.port, name="receipts")), position=1,
+          kind=RoutingRule.Kind.TRANSACTIONAL)
+    route(group_of("default", make_relay(others.port, name="others")), position=2)
+    credential = make_credential(domains="shop.herald.example")
+
+    def stored(to, tag):
+        return store_batch([Accepted(credential.pk, "app@shop.herald.example", [to], b"Subject: hi\r\n\r\nhi\r\n",
+                                     from_domain="shop.herald.example", tag=tag)])
+
+    # As the transactional API stores them (automations.transactional), and as an application's SMTP login does.
+    engine.send_batch(stored("ann@example.com", "transactional:receipt") + stored("bob@example.com", "newsletter"))
+    assert receipts.recipients() == ["ann@example.com"] and others.recipients() == ["bob@example.com"]
+    # An automation's email step has neither a campaign nor a stored message.
+    assert routing.kind_of(Send(campaign_id=None, outbound_id=None)) == RoutingRule.Kind.AUTOMATION
