@@ -111,7 +111,7 @@ def test_a_throttled_backlog_neither_slows_the_other_domains_nor_fills_the_broke
                     # Its slots come back within a tick.
                     wait_until(lambda: not Send.objects.filter(status="sending").exists()
                                and not Send.objects.filter(parked=True).exists(),
-                               timeout=30, message="the last batch to end and the slots to come back")
+                               timeout=90, message="the last batch to end and the slots to come back")
         finally:
             worker.stop()
 
