@@ -3,11 +3,8 @@ from django.utils import timezone
 
 from automations.models import Automation, MessageTemplate, Step
 from automations.sweep import forget_steps
-from campaigns.models import ApiToken, Contact, MailingList, Subscription
-from delivery import engine, mx, providers, routing
-from delivery.models import Relay
-from delivery.smtp import pool
-from delivery.throttle import throttles
+from campaigns.models import Contact, MailingList, Subscription
+from tests.segments.conftest import admin_user, api, relay  # noqa: F401 - the same sink relay and API client
 
 
 @pytest.fixture(autouse=True)
@@ -15,33 +12,6 @@ def fresh_steps():
     forget_steps()
     yield
     forget_steps()
-
-
-@pytest.fixture
-def relay(sink, redis_client):
-    """Every send goes to the SMTP sink; the engine's caches start empty."""
-    routing.forget_relay()
-    throttles.invalidate()
-    mx.clear_cache()
-    providers.forget()
-    engine._compiled.clear()
-    relay = Relay.objects.create(name="sink", host="127.0.0.1", port=sink.port, security=Relay.Security.NONE)
-    routing.forget_relay()
-    yield relay
-    pool.close_all()
-    routing.forget_relay()
-    throttles.invalidate()
-
-
-@pytest.fixture
-def admin_user(django_user_model):
-    return django_user_model.objects.create_superuser("root", "root@example.com", "pw-for-tests")
-
-
-@pytest.fixture
-def api(client, admin_user):
-    client.defaults["HTTP_AUTHORIZATION"] = f"Bearer {ApiToken.issue(admin_user)[1]}"
-    return client
 
 
 def template(slug, subject, body="<p>Hi {{ contact.first_name }}</p>", **fields):
