@@ -116,6 +116,7 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
     # Send it: the confirmation counts the recipients, then the bar fills by itself.
     page.goto(f"/admin/campaigns/campaign/{campaign.pk}/change/")
     page.click("#herald-send")
+    page.wait_for_url("**/send/")
     assert "3" in page.inner_text("#content strong")
     page.click("input[type=submit].default")
     page.wait_for_selector("#herald-bar")
@@ -129,7 +130,7 @@ def test_an_operator_does_the_whole_job_in_the_admin(page, live_server, worker, 
 
     # Read the statistics.
     page.click("#herald-stats")
-    assert "Statistics: Browser news" in page.inner_text("body")
+    page.wait_for_selector("text=Statistics: Browser news")
 
 
 def test_the_preview_of_the_starter_layout_shows_a_personal_text_part(page, live_server):

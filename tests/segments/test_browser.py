@@ -68,6 +68,7 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
     page.click("[name=_continue]")
     page.wait_for_selector("#herald-operator")
     page.click("#herald-send")
+    page.wait_for_url("**/send/")
     assert page.inner_text("#content strong") == "2"
     page.click("input[type=submit].default")
     sink.wait_for(2, timeout=60)
