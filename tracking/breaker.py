@@ -5,7 +5,11 @@ campaign, and one per sending domain (the From domain, across its campaigns).
 Once a sample of at least HERALD_BREAKER_MIN_SAMPLE sends has a final answer,
 a breaker trips when
 
-- hard bounces exceed HERALD_BREAKER_HARD_BOUNCE_PERCENT of the attempts,
+- hard bounces exceed HERALD_BREAKER_HARD_BOUNCE_PERCENT of the attempts, as
+  estimated for the whole campaign: each recipient domain's rate weighted by
+  its share of the recipients (so a small throttled domain whose answers come
+  first does not speak for the rest), a domain with few answers counting as
+  if it had ESTIMATE_PRIOR more good ones,
 - complaints exceed HERALD_BREAKER_COMPLAINT_PERCENT of the deliveries, or
 - policy blocks from one provider (a throttle group: the MX provider in direct
   mode, a DomainThrottle's domains through a relay) exceed
@@ -59,6 +63,10 @@ BOUND_SECONDS = 60
 LOCK_SECONDS = 5
 DOMAIN_WINDOW = timedelta(hours=24)
 FINAL_ANSWERS = ("sent", "bounced", "failed")
+NEVER_ANSWERED = ("cancelled", "skipped")
+# A domain's hard-bounce rate counts ESTIMATE_PRIOR more good answers than it has: a domain not yet
+# answered counts as clean, and one with a handful of answers cannot swing the estimate alone.
+ESTIMATE_PRIOR = 10
 NON_DELIVERY = [Event.Type.BOUNCE, Event.Type.SOFT_BOUNCE, Event.Type.REJECTED]
 M = BreakerTrip.Metric
 
@@ -96,6 +104,26 @@ class Figures:
     hard: int = 0
     complaints: int = 0
     policy: dict = field(default_factory=dict)  # provider -> (blocks, attempts to it)
+    # The campaign's hard-bounce rate as estimated from each domain's, weighted by its share of the recipients.
+    hard_rate: float = 0.0
+    # The most one more hard bounce can raise hard_rate by.
+    hard_step: float = 0.0
+
+
+def _estimate(out, recipients, attempts, hard):
+    """Fill in ``hard_rate`` and ``hard_step`` from per-domain recipients, attempts and hard bounces.
+
+    hard_rate = sum over domains of share * hard / (attempts + ESTIMATE_PRIOR). A good answer only
+    lowers it and a hard bounce at a domain raises it by at most share / (attempts + ESTIMATE_PRIOR),
+    so hard_step bounds what the bounces to come can add.
+    """
+    total = sum(recipients.values())
+    if not total:
+        return
+    for domain, n in recipients.items():
+        share, seen = n / total, attempts.get(domain, 0) + ESTIMATE_PRIOR
+        out.hard_rate += share * hard.get(domain, 0) / seen
+        out.hard_step = max(out.hard_step, share / seen)
 
 
 def figures(campaign_ids, since=None) -> Figures:
@@ -105,7 +133,7 @@ def figures(campaign_ids, since=None) -> Figures:
     if since is not None:
         sends = sends.filter(updated_at__gte=since)
         events = events.filter(created_at__gte=since)
-    by_domain, out = {}, Figures()
+    by_domain, hard_by_domain, out = {}, {}, Figures()
     for row in sends.values("domain", "status").annotate(n=Count("id")).order_by():
         by_domain[row["domain"]] = by_domain.get(row["domain"], 0) + row["n"]
         out.attempts += row["n"]
@@ -113,12 +141,18 @@ def figures(campaign_ids, since=None) -> Figures:
             out.delivered += row["n"]
         elif row["status"] == Send.Status.BOUNCED:
             out.hard += row["n"]
-    late = events.filter(send__status=Send.Status.SENT).aggregate(
+            hard_by_domain[row["domain"]] = hard_by_domain.get(row["domain"], 0) + row["n"]
+    late = events.filter(send__status=Send.Status.SENT).values("send__domain").annotate(
         hard=Count("send", distinct=True, filter=Q(type=Event.Type.BOUNCE)),
         undelivered=Count("send", distinct=True, filter=Q(type__in=NON_DELIVERY)),
-    )
-    out.hard += late["hard"]
-    out.delivered -= late["undelivered"]
+    ).order_by()
+    for row in late:
+        out.hard += row["hard"]
+        out.delivered -= row["undelivered"]
+        hard_by_domain[row["send__domain"]] = hard_by_domain.get(row["send__domain"], 0) + row["hard"]
+    recipients = (Send.objects.filter(campaign_id__in=campaign_ids).exclude(status__in=NEVER_ANSWERED)
+                  .values("domain").annotate(n=Count("id")).order_by())
+    _estimate(out, {row["domain"]: row["n"] for row in recipients}, by_domain, hard_by_domain)
     out.complaints = events.filter(type=Event.Type.COMPLAINT).aggregate(n=Count("send", distinct=True))["n"]
     blocked = (events.filter(type=Event.Type.REJECTED).exclude(source="suppression")
                .values("send__domain").annotate(n=Count("send", distinct=True)).order_by())
@@ -140,15 +174,22 @@ class Verdict:
     base: int
     threshold: float
     provider: str = ""
+    estimate: float | None = None  # the hard-bounce rate weighted by each domain's share of the recipients
 
     @property
     def rate(self):
+        if self.estimate is not None:
+            return self.estimate
         return self.count / self.base if self.base else 0.0
 
     def describe(self):
         what = {M.HARD_BOUNCE: "hard bounces", M.COMPLAINT: "complaints",
                 M.POLICY: f"policy blocks by {self.provider}"}[self.metric]
         of = "deliveries" if self.metric == M.COMPLAINT else ("attempts to it" if self.metric == M.POLICY else "attempts")
+        if self.estimate is not None:
+            return (f"{what} {self.count} of {self.base} {of}, an estimated {self.estimate * 100:.2f} % of all "
+                    f"recipients with each domain's rate weighted by its share of the recipients, "
+                    f"over the limit of {self.threshold:g} %")
         return f"{what} {self.count} of {self.base} {of} ({self.rate * 100:.2f} %), over the limit of {self.threshold:g} %"
 
 
@@ -160,8 +201,8 @@ def judge(f: Figures) -> Verdict | None:
     """The first limit the figures exceed, or None; nothing trips below the minimum sample."""
     limits, sample = thresholds(), min_sample()
     if f.attempts >= sample:
-        if _over(f.hard, f.attempts, limits[M.HARD_BOUNCE]):
-            return Verdict(M.HARD_BOUNCE, f.hard, f.attempts, limits[M.HARD_BOUNCE])
+        if f.hard_rate * 100 > limits[M.HARD_BOUNCE]:
+            return Verdict(M.HARD_BOUNCE, f.hard, f.attempts, limits[M.HARD_BOUNCE], estimate=f.hard_rate)
         if _over(f.complaints, f.delivered, limits[M.COMPLAINT]):
             return Verdict(M.COMPLAINT, f.complaints, f.delivered, limits[M.COMPLAINT])
     for name, (blocks, tried) in sorted(f.policy.items(), key=lambda item: -item[1][0]):
@@ -176,11 +217,18 @@ def _needed(count, base, percent, floor=0):
     return max(1, least - count)
 
 
+def _needed_estimate(f: Figures, percent):
+    """How many more hard bounces could lift the estimated rate over ``percent``: each adds at most hard_step."""
+    if not f.hard_step:
+        return 1
+    return max(1, math.ceil((percent / 100 - f.hard_rate) / f.hard_step - 1e-9))
+
+
 def _slack(f: Figures) -> dict:
     """Per counter: the bad outcomes to come before the figures are worth counting again."""
     limits = thresholds()
     # Attempts reach the minimum sample before a trip; deliveries need not.
-    out = {M.HARD_BOUNCE: _needed(f.hard, f.attempts, limits[M.HARD_BOUNCE], min_sample()),
+    out = {M.HARD_BOUNCE: _needed_estimate(f, limits[M.HARD_BOUNCE]),
            M.COMPLAINT: _needed(f.complaints, max(f.delivered, 0), limits[M.COMPLAINT])}
     for name, (blocks, tried) in f.policy.items():
         out[f"{M.POLICY}:{name}"] = _needed(blocks, tried, limits[M.POLICY], min_sample())

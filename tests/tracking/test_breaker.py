@@ -177,6 +177,55 @@ def test_complaints_through_the_feedback_loop_pause_the_campaign(sink, relay, ma
     assert campaign_stats(campaign)["engagement"]["complaints"]["count"] == 1
 
 
+def send_domain_first(campaign, domain, others):
+    """Answer every recipient at ``domain`` first, then ``others`` of the rest, as a throttled domain
+    that goes to the broker ahead of the bulk does."""
+    from delivery import engine
+
+    queued = Send.objects.filter(campaign=campaign, status="queued").order_by("id")
+    engine.send_batch(list(queued.filter(domain=domain).values_list("id", flat=True)))
+    engine.send_batch(list(queued.exclude(domain=domain).values_list("id", flat=True)[:others]))
+
+
+def test_a_small_domain_answering_first_does_not_speak_for_the_whole_campaign(sink, relay, make_campaign, redis_client):
+    # 20 of 200 recipients are at a domain that rejects 8 of them: 4 % of the campaign, under the 5 % limit.
+    small = [f"s{i}@reject.example.io" for i in range(20)]
+    for address in small[:8]:
+        sink.rules.rcpt[address] = UNKNOWN
+    campaign = make_campaign([f"b{i}@example.com" for i in range(180)] + small)
+    lifecycle.start_campaign(campaign.pk)
+
+    # Its answers come first: 8 hard bounces in the first 40 answers are 20 % of them.
+    send_domain_first(campaign, "reject.example.io", 20)
+    assert Send.objects.filter(campaign=campaign, status="bounced").count() == 8
+    assert status(campaign) == Campaign.Status.SENDING
+    verdict = breaker.Breaker.of_campaign(campaign.pk).evaluate()
+    assert verdict is None and not BreakerTrip.objects.exists()
+    f = breaker.figures([campaign.pk])
+    assert (f.hard, f.attempts) == (8, 40) and f.hard_rate < 0.05
+
+    send_part(campaign, 160)
+    assert status(campaign) == Campaign.Status.FINISHED
+    assert not BreakerTrip.objects.exists()
+
+
+def test_a_small_domain_whose_bounces_pass_the_campaign_s_limit_trips_it(sink, relay, make_campaign, redis_client):
+    # 20 of 200 recipients, all unknown: 10 % of the campaign.
+    small = [f"u{i}@reject.example.io" for i in range(20)]
+    for address in small:
+        sink.rules.rcpt[address] = UNKNOWN
+    campaign = make_campaign([f"b{i}@example.com" for i in range(180)] + small)
+    lifecycle.start_campaign(campaign.pk)
+
+    send_domain_first(campaign, "reject.example.io", 20)
+    assert paused(campaign)
+    (trip,) = BreakerTrip.objects.filter(campaign=campaign)
+    assert (trip.metric, trip.count) == ("hard_bounce", 20)
+    # Judged as the campaign's rate (its tenth of the recipients, all bouncing), not as that domain's 100 %.
+    assert 0.05 < trip.rate < 0.1
+    assert "weighted by its share of the recipients" in campaign.status_reason
+
+
 @pytest.fixture
 def tripped(sink, relay, make_campaign, redis_client):
     """A running campaign that has just paused itself for its hard bounces (a quarter of its first answers)."""
