@@ -216,6 +216,11 @@ class Batch:
         # have been delivered, so they are never handed back for an immediate resend.
         self.on_wire = set()
         self.chunk = WRITE_CHUNK
+        # The rows' campaigns, read once per batch: their version (for the compiled template) and quiet hours.
+        ids = {r.campaign_id for r in rows if r.campaign_id}
+        self.campaigns = ({c.id: c for c in Campaign.objects.filter(id__in=ids).only("id", "updated_at", "quiet_start",
+                                                                                       "quiet_end")}
+                          if ids else {})
 
 
 def send_batch(send_ids, now=None, reserved=False):
@@ -238,7 +243,7 @@ def send_batch(send_ids, now=None, reserved=False):
         first, rest = _screen(rows, now, batch)
         routing.prepare(rows)
         rest = _within_warmup(rest, now, requeue)  # (a row sent alone was admitted at its last claim)
-        rest = _outside_quiet_hours(rest, now, requeue)
+        rest = _outside_quiet_hours(rest, now, requeue, batch.campaigns)
         key_of = {}  # one look-up per domain and way out, not per row
         for part in (first, rest):
             groups = {}
@@ -313,14 +318,14 @@ def _screen(rows, now, batch):
     return [first], [r for r in rows if r.claims <= limit and r is not first]
 
 
-def _outside_quiet_hours(rows, now, requeue):
+def _outside_quiet_hours(rows, now, requeue, campaigns):
     """The rows whose recipient is not inside their campaign's quiet hours now; the others (a retry come due
     at night, or the tail of a long send running into the hours) wait in the ledger for the hours' end."""
     ids = {r.campaign_id for r in rows if r.campaign_id}
     if not ids:
         return rows
     windows = {}
-    for campaign in Campaign.objects.filter(id__in=ids).only("id", "quiet_start", "quiet_end"):
+    for campaign in (campaigns[i] for i in ids if i in campaigns):
         window = localtime.quiet_hours(campaign)
         if window is not None:
             windows[campaign.id] = (campaign, window)
@@ -456,9 +461,7 @@ class _Builder:
         self.halted = []
         self.over_budget = set()  # campaigns paused for their template while building this batch
         self.interrupted = None  # the task's time limit, caught while building: raised once the chunk is recorded
-        self.versions = dict(
-            Campaign.objects.filter(id__in={r.campaign_id for r in rows if r.campaign_id}).values_list("id", "updated_at")
-        )
+        self.versions = {pk: campaign.updated_at for pk, campaign in batch.campaigns.items()}
 
     def __iter__(self):
         return self
