@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.shortcuts import get_object_or_404, redirect
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.utils.text import Truncator
 from redis.exceptions import RedisError
 
 from delivery import health, providers, rdns, routing
@@ -67,7 +68,7 @@ class RelayForm(forms.ModelForm):
 class RelayAdmin(adminkit.ModelAdmin):
     form = RelayForm
     list_display = ("name", "host", "port", "security", "weight", "max_connections", "rate_display", "enabled",
-                    "health_display", "sending_display", "connections_display")
+                    "health_brief", "sending_display", "connections_display")
     list_filter = ("enabled", "security")
     search_fields = ("name", "host")
     readonly_fields = ("check_button", "health_display", "sending_display", "connections_display", "replies_display")
@@ -100,12 +101,24 @@ class RelayAdmin(adminkit.ModelAdmin):
         status = obj.pk and self._status(obj)
         if not status:
             return "unknown"
+        failures = f"{status['failures']} failure{'s' if status['failures'] != 1 else ''}"
         if status["state"] == "down":
-            return f"down, tried again in {status['retry_in']:.0f} s ({status['failures']} failures in a row): " \
-                   f"{status['reason']}"
+            return f"down, tried again in {status['retry_in']:.0f} s ({failures} in a row): {status['reason']}"
         if status["state"] == "retrying":
-            return f"being tried again after {status['failures']} failures: {status['reason']}"
+            return f"being tried again after {failures}: {status['reason']}"
         return status["state"]
+
+    @admin.display(description="Health")
+    def health_brief(self, obj):
+        """The list's column: the state and the reply's code; the relay's page has the whole reason."""
+        status = obj.pk and self._status(obj)
+        if not status or status["state"] not in ("down", "retrying"):
+            return self.health_display(obj)
+        reason = status["reason"]
+        code = " ".join(reason.split()[:2]) if reason[:1].isdigit() else Truncator(reason).chars(40)
+        retry = f", retry in {status['retry_in']:.0f} s" if status["state"] == "down" else ", retrying"
+        return format_html('<span title="{}">{}{}{}</span>', status["reason"], status["state"],
+                           f" ({code})" if code else "", retry)
 
     @admin.display(description="Sending now")
     def sending_display(self, obj):
