@@ -29,6 +29,14 @@ spins costs one per few messages; reserved slots cost one per slot batch), the
 most tasks the broker held at once, and the throttled domain's achieved rate
 against its limit. With ``--baseline`` it first sends the unthrottled
 recipients alone, in the same run, and compares.
+
+Scale-out across hosts: ``--hosts 2`` starts the workers as two hosts sharing
+Redis and PostgreSQL, each worker in a UTS namespace of its own with its own
+host name (``unshare --uts``, as root), so that each names its claims, leases
+and heartbeats after its host, with its own processes and connection pools.
+The report then gives each host's share of the messages (read from the
+ledger's claim owners) and every domain's highest count in one second against
+its limit plus bucket.
 """
 
 import argparse
@@ -289,15 +297,22 @@ def max_window(per_second: dict) -> int:
     return max(per_second.values(), default=0)
 
 
-def start_workers(count, concurrency, env):
+def host_name(i, hosts):
+    return f"herald-host{i % hosts + 1}"
+
+
+def start_workers(count, concurrency, env, hosts=1):
     workers = []
     for i in range(count):
         log = (OUT / f"scale-worker{i}.log").open("wb")
-        workers.append(subprocess.Popen(
-            [str(VENV_BIN / "celery"), "-A", "herald", "worker", "-n", f"scale{i}@%h", "-c", str(concurrency),
-             "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        ))
+        command = [str(VENV_BIN / "celery"), "-A", "herald", "worker", "-n", f"scale{i}@%h", "-c", str(concurrency),
+                   "--without-gossip", "--without-mingle", "--without-heartbeat", "-l", "warning"]
+        if hosts > 1:
+            # A host of its own: a UTS namespace with its own host name, the rest of the machine shared.
+            command = ["unshare", "--uts", "--fork", "--", "sh", "-c", f'hostname {host_name(i, hosts)} && exec "$@"',
+                       "sh", *command]
+        workers.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True))
     return workers
 
 
@@ -355,7 +370,7 @@ def run(campaign, n, args, redis_client, label):
     Relay.objects.all().delete()
     Relay.objects.create(name="sink", host="127.0.0.1", port=port, security="none",
                          max_connections=8, messages_per_connection=1000)
-    workers = start_workers(args.workers, args.concurrency, dict(os.environ))
+    workers = start_workers(args.workers, args.concurrency, dict(os.environ), args.hosts)
     groups = {w.pid: f"worker{i}" for i, w in enumerate(workers)} | {sink.pid: "sink", os.getpgid(0): "orchestrator"}
     peak, names, cpu, stop = {}, {}, {}, threading.Event()
     threading.Thread(target=peak_memory, args=(groups, stop, peak, names, cpu), daemon=True).start()
@@ -399,6 +414,18 @@ def run(campaign, n, args, redis_client, label):
     published = int(redis_client.get(dispatch.PUBLISHED_KEY) or 0) - published
     return {"t0": t0, "total_s": total_s, "snapshot_s": snapshot_s, "counts": counts, "summary": summary,
             "published": published, "queue_peak": queue_peak, "peak": peak, "names": names, "cpu": cpu, "n": n}
+
+
+def sent_by_host():
+    """{host: messages} from the owners of the claims that sent them (worker ids begin with the host name)."""
+    from django.db import connection
+
+    from delivery.models import Send
+
+    with connection.cursor() as cur:
+        cur.execute(f"SELECT split_part(lease_owner, ':', 1), count(*) FROM {Send._meta.db_table} "  # noqa: S608
+                    "WHERE status = 'sent' GROUP BY 1 ORDER BY 1")
+        return dict(cur.fetchall())
 
 
 def ordinary_done(result):
@@ -449,6 +476,17 @@ def report(result, args):
           f"against a limit of {args.throttled_rate}/s ({100 * sustained / args.throttled_rate:.0f} %); "
           f"highest 1-s count {max_window(throttled)} (limit plus bucket: {2 * args.throttled_rate})")
     print(f"busiest ordinary domain {busiest}: highest 1-s count {others.get(busiest, 0)} against {args.domain_rate}/s")
+    if args.hosts > 1:
+        print(f"{args.hosts} hosts: messages sent by each (the ledger's claim owners):")
+        for host, sent in sent_by_host().items():
+            print(f"   {host:16s} {sent:9d}  ({100 * sent / max(counts['sent'], 1):.0f} %)")
+        print("every domain's highest 1-s count, across the hosts, against its limit plus bucket:")
+        over = 0
+        for domain, per in sorted(pds.items()):
+            limit = args.throttled_rate if domain == THROTTLED else args.domain_rate
+            over += max_window(per) > 2 * limit
+            print(f"   {domain:24s} {max_window(per):6d}  (limit {limit}/s, at most {2 * limit} in a second)")
+        print(f"domains over their limit plus bucket in any second: {over}")
     print(f"database size {db_size / 1e6:.0f} MB (send table with indexes {send_size / 1e6:.0f} MB)")
     print("peak memory (VmHWM) and CPU time of every process started:")
     peak, names, cpu = result["peak"], result["names"], result["cpu"]
@@ -471,6 +509,7 @@ def main():
     parser.add_argument("--recipients", type=int, default=100_000)
     parser.add_argument("--domains", type=int, default=20)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--hosts", type=int, default=1, help="spread the workers over this many simulated hosts")
     parser.add_argument("--concurrency", type=int, default=1)
     parser.add_argument("--domain-rate", type=int, default=2000, help="per-second limit of each ordinary domain")
     parser.add_argument("--throttled-rate", type=int, default=100, help=f"per-second limit of {THROTTLED}")
