@@ -3,6 +3,8 @@
 import os
 import pwd
 import shutil
+import socket
+import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -100,10 +102,21 @@ class Dovecot:
         def listening():
             if self.process.poll() is not None:
                 raise RuntimeError(f"dovecot exited: {self.process.stderr.read().decode()} {self.log()}")
-            return port_open(self.imaps) and port_open(self.pop3s)
+            # Dovecot's own greeting on IMAPS, not merely an open port: another socket may hold the port.
+            return self._greets() and port_open(self.pop3s)
 
         wait_until(listening, timeout=20, interval=0.1, message="dovecot to listen")
         return self
+
+    def _greets(self):
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        try:
+            with socket.create_connection(("127.0.0.1", self.imaps), timeout=1) as raw, \
+                    context.wrap_socket(raw) as tls:
+                return tls.recv(64).startswith(b"* OK")
+        except OSError:
+            return False
 
     def log(self):
         path = self.root / "dovecot.log"
