@@ -683,10 +683,6 @@ def main():
         # Deferred recipients come back within seconds, not the production five minutes.
         "HERALD_RETRY_FIRST_DELAY": "3",
         "HERALD_RETRY_MAX_DELAY": "30",
-        # The sink's rejecting domain is throttled, so its batches go first, and its unknown users would make
-        # the first 500 answers look like a 5 % hard-bounce list (over the whole campaign it is 1.5 %). The
-        # breaker judges a sample that spans every domain.
-        "HERALD_BREAKER_MIN_SAMPLE": os.environ.get("HERALD_BREAKER_MIN_SAMPLE", "3000"),
         "PYTHONUNBUFFERED": "1",
         # Herald does not start without one (unless DEBUG is on).
         "SECRET_KEY": os.environ.get("SECRET_KEY") or demo_secret_key(var_dir),
