@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 # whichever comes first, so a killed worker can have sent at most that many
 # messages whose rows still say "sending" (the duplicate bound).
 WRITE_CHUNK = 10
+# A batch of submitted mail takes up to this many sends to its domains that wait too (ledger.claim_companions).
+COMPANIONS = 50
 WRITE_SECONDS = 1.0
 # Messages sent over one connection before it goes back to the pool (which
 # refreshes its slot in Redis).
@@ -233,6 +235,8 @@ def send_batch(send_ids, now=None, reserved=False):
     rows = ledger.claim(send_ids, now)
     if not rows:
         return _slots_coming(now)
+    if not reserved and len(rows) < COMPANIONS and all(r.campaign_id is None for r in rows):
+        rows += ledger.claim_companions(rows, COMPANIONS - len(rows), now)
     ledger.mark_progress(rows)
     batch = Batch(rows)
     # The lease is renewed on a timer, not between messages: one message may

@@ -134,6 +134,30 @@ def claim(ids, now=None) -> list[Row]:
     return _claim_postgres(ids, now, token, owner)
 
 
+def claim_companions(rows, limit, now=None) -> list[Row]:
+    """Claim up to ``limit`` more queued submitted sends to the domains of ``rows``, due now, for the same batch.
+
+    Mail submitted over SMTP or the API arrives a message at a time, one task
+    each; a worker that takes one task sends the others to the same domains
+    that are waiting too, over the same connection, and their own tasks find
+    them taken and end at once. Rows waiting for a slot, a retry time or a
+    hold are not taken: they keep their turn.
+    """
+    if limit <= 0 or _sqlite():
+        return []
+    now = now or timezone.now()
+    with connection.cursor() as cur:
+        cur.execute(
+            f"""SELECT id FROM {SEND}
+                WHERE campaign_id IS NULL AND status = 'queued' AND hold = 0 AND NOT parked
+                  AND domain = ANY(%s) AND (next_attempt_at IS NULL OR next_attempt_at <= %s) AND id <> ALL(%s)
+                ORDER BY id LIMIT %s""",  # noqa: S608
+            [sorted({r.domain for r in rows}), now, [r.id for r in rows], limit],
+        )
+        ids = [r[0] for r in cur.fetchall()]
+    return claim(ids, now) if ids else []
+
+
 def _row(r, token, suppressed, variant):
     return Row(*r[:9], token=token, contact_status=r[9], first_name=r[10] or "", last_name=r[11] or "",
                attributes=_attributes(r[12]), contact_email=r[13] or "", suppressed=suppressed, variant=variant)

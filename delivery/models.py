@@ -263,6 +263,9 @@ class Send(models.Model):
             # no LIKE index; campaign rows never carry an outbound id.
             models.Index(fields=["message_id"], name="send_message_id_idx"),
             models.Index(fields=["outbound_id"], condition=models.Q(outbound_id__isnull=False), name="send_outbound_idx"),
+            # Submitted mail waiting to go, by domain: what a batch of it takes along (ledger.claim_companions).
+            models.Index(fields=["domain", "id"], condition=models.Q(campaign__isnull=True, status="queued"),
+                         name="send_submitted_queued_idx"),
         ]
 
     def __str__(self):
