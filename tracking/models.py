@@ -135,3 +135,54 @@ class BreakerTrip(models.Model):
 
     def __str__(self):
         return self.reason[:100]
+
+
+class Tally(models.Model):
+    """A campaign's figures, counted as its sends and events are written: the statistics read these rows.
+
+    Triggers on Send and Event (tracking/rollups.py says which figure each
+    metric holds) add one row per change, +n or -n, never updating a row, so
+    writers never wait for one another on a campaign's counters. A periodic
+    task folds those rows into one per key (``folded``); a figure is the sum
+    of its key's rows, folded or not. ``rebuild_tallies`` counts them afresh
+    from the sends and events.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # None: mail without a campaign (submitted, transactional), counted for the sends per hour only.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, related_name="+", db_constraint=False,
+                                 db_index=False)
+    metric = models.CharField(max_length=32)
+    # The recipient domain for the figures by domain; for a relay's, the send status.
+    domain = models.CharField(max_length=255, default="", db_default="")
+    # The send status, the link index, the relay or the timeline's series.
+    key = models.CharField(max_length=64, default="", db_default="")
+    # The timeline's minute (UTC).
+    at = models.DateTimeField(null=True)
+    n = models.BigIntegerField()
+    folded = models.BooleanField(default=False, db_default=False)
+
+    class Meta:
+        indexes = [models.Index(fields=["campaign", "metric"], name="tally_campaign_metric_idx"),
+                   models.Index(fields=["campaign"], condition=models.Q(folded=False), name="tally_unfolded_idx"),
+                   models.Index(fields=["metric", "at"], name="tally_metric_at_idx")]
+        constraints = [models.UniqueConstraint(fields=["campaign", "metric", "domain", "key", "at"],
+                                               condition=models.Q(folded=True), nulls_distinct=False,
+                                               name="tally_folded_key")]
+
+    def __str__(self):
+        return f"{self.metric} {self.domain} {self.key} {self.n}"
+
+
+class SendMark(models.Model):
+    """What a send's events have shown so far, for counting people rather than events: one bit per figure
+    (tracking/rollups.py's MARKS) on ``link`` -1, and a row per link a person clicked. The Event trigger sets
+    a bit under this row's lock, and counts the figure once when it was not set yet."""
+
+    pk = models.CompositePrimaryKey("send_id", "link")
+    send_id = models.BigIntegerField()
+    link = models.IntegerField()
+    bits = models.IntegerField(default=0)
+
+    def __str__(self):
+        return f"send {self.send_id} link {self.link}: {self.bits}"
