@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 
 from django.db import connection as default_connection
 from django.db import transaction
+from django.utils import timezone
 
 # SendMark bits (the trigger's tracking_tally_bit): a person's open, a machine's open, a person's click, a complaint,
 # an unsubscribe, a report that the message never arrived (bounce, soft bounce, rejected).
@@ -101,12 +102,15 @@ def ledger_sql(vendor, campaigns=""):
     return " UNION ALL ".join(f"SELECT * FROM ({part}) AS p{i}" for i, part in enumerate(parts))  # noqa: S608
 
 
-def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None):
+def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, until=None, unit=None):
     """Sums of the metrics for these campaigns (None: every campaign, and mail without one):
     {(campaign_id, metric, *by): n}, without the zeros.
 
     ``by`` names the columns to keep apart (the others are summed over);
-    ``since`` keeps minutes from then on.
+    ``since`` and ``until`` keep the minutes from one and before the other.
+    ``unit`` (hour or day) sums the minutes by the start of their hour or
+    day in the current time zone, where the database can (PostgreSQL); the
+    minutes come back as they are otherwise.
     """
     ids = None if campaign_ids is None else [int(pk) for pk in campaign_ids]
     if ids == []:
@@ -122,11 +126,16 @@ def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None):
     params = list(metrics)
     if ids:
         where += f" AND campaign_id IN ({', '.join(map(str, ids))})"
-    if since is not None:
-        where += " AND at >= %s"
-        params.append(since if postgres else since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
-    columns = ", ".join(("campaign_id", "metric", *by))
-    sql = f"SELECT {columns}, sum(n) FROM {source} WHERE {where} GROUP BY {columns}"  # noqa: S608
+    for bound, operator in ((since, ">="), (until, "<")):
+        if bound is not None:
+            where += f" AND at {operator} %s"
+            params.append(bound if postgres else bound.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
+    columns = ["campaign_id", "metric", *by]
+    if postgres and unit in ("hour", "day") and "at" in by:
+        columns[columns.index("at")] = f"date_trunc('{unit}', at, %s)"
+        params.insert(0, timezone.get_current_timezone_name())
+    groups = ", ".join(str(i) for i in range(1, len(columns) + 1))
+    sql = f"SELECT {', '.join(columns)}, sum(n) FROM {source} WHERE {where} GROUP BY {groups}"  # noqa: S608
     with default_connection.cursor() as cursor:
         cursor.execute(sql, params)
         rows = cursor.fetchall()
