@@ -141,11 +141,11 @@ class Tally(models.Model):
     """A campaign's figures, counted as its sends and events are written: the statistics read these rows.
 
     Triggers on Send and Event (tracking/rollups.py says which figure each
-    metric holds) add one row per change, +n or -n, never updating a row, so
-    writers never wait for one another on a campaign's counters. A periodic
-    task folds those rows into one per key (``folded``); a figure is the sum
-    of its key's rows, folded or not. ``rebuild_tallies`` counts them afresh
-    from the sends and events.
+    metric holds) add their changes, +n or -n, to tracking_tallydelta, a
+    table of the migration's own without a key, so that writers never wait
+    for one another on a campaign's counters; a periodic task folds them into
+    these rows, one per key. A figure is its row here plus its changes not
+    folded yet. ``rebuild_tallies`` counts them afresh from the sends and events.
     """
 
     id = models.BigAutoField(primary_key=True)
@@ -160,15 +160,11 @@ class Tally(models.Model):
     # The timeline's minute (UTC).
     at = models.DateTimeField(null=True)
     n = models.BigIntegerField()
-    folded = models.BooleanField(default=False, db_default=False)
 
     class Meta:
-        indexes = [models.Index(fields=["campaign", "metric"], name="tally_campaign_metric_idx"),
-                   models.Index(fields=["campaign"], condition=models.Q(folded=False), name="tally_unfolded_idx"),
-                   models.Index(fields=["metric", "at"], name="tally_metric_at_idx")]
+        indexes = [models.Index(fields=["metric", "at"], name="tally_metric_at_idx")]
         constraints = [models.UniqueConstraint(fields=["campaign", "metric", "domain", "key", "at"],
-                                               condition=models.Q(folded=True), nulls_distinct=False,
-                                               name="tally_folded_key")]
+                                               nulls_distinct=False, name="tally_key")]
 
     def __str__(self):
         return f"{self.metric} {self.domain} {self.key} {self.n}"

@@ -1,8 +1,9 @@
 """A campaign's figures kept as they change, so that pages read a few hundred rows rather than millions.
 
 On PostgreSQL, triggers on Send and Event (tracking/migrations/0012) add a
-Tally row for each change: +n when a send or event comes in or starts to
-count, -n when it stops. tracking/stats.py reads the sums. The metrics, each
+row to tracking_tallydelta for each change: +n when a send or event comes in
+or starts to count, -n when it stops; ``fold`` moves them into Tally, one row
+per key. tracking/stats.py reads the sums of both. The metrics, each
 a sum by campaign and by ``domain``, ``key`` and ``at`` where given:
 
     send, tried, retried    sends by domain and status (key); those answered at least once, at least twice
@@ -21,9 +22,9 @@ Counting people needs to know whether a send had shown a figure before: that
 is SendMark's, one bit per figure (MARKS). ``ledger_sql`` counts every metric
 afresh from the sends and events; ``rebuild`` replaces the tallies with it
 (the rebuild_tallies command), and SQLite, which has no statement triggers
-with transition tables, reads it in place of the table. ``fold`` sums the
-rows each change added into one per key (beat runs it every minute), so that
-what a page reads stays small.
+with transition tables, reads it in place of the tables. Beat folds every
+minute, and a page folds a campaign that gathered many changes before it
+reads it, so that what a page reads stays small.
 """
 
 from datetime import UTC, datetime
@@ -39,7 +40,10 @@ NON_DELIVERY = ("bounce", "soft_bounce", "rejected")
 SERIES_CASE = ("CASE type WHEN 'open' THEN 'opens' WHEN 'click' THEN 'clicks' WHEN 'bounce' THEN 'bounces' "
                "WHEN 'soft_bounce' THEN 'bounces' WHEN 'complaint' THEN 'complaints' "
                "WHEN 'unsubscribe' THEN 'unsubscribes' END")
-FOLD_AT = 500  # unfolded rows of a campaign worth folding before a page reads them
+FOLD_AT = 2000  # changes of a campaign worth folding before a page reads them
+DELTAS = "tracking_tallydelta"
+BOTH = ("(SELECT campaign_id, metric, domain, key, at, n FROM tracking_tally{where} "
+        "UNION ALL SELECT campaign_id, metric, domain, key, at, n FROM tracking_tallydelta{where}) AS t")
 
 
 def _dialect(vendor):
@@ -117,11 +121,6 @@ def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, un
         return {}
     vendor = default_connection.vendor
     postgres = vendor == "postgresql"
-    if postgres:
-        source = "tracking_tally"
-    else:
-        source = f"({ledger_sql(vendor, ', '.join(map(str, ids)) if ids else '')})"
-        source += " AS t (campaign_id, metric, domain, key, at, n)"
     where = f"metric IN ({', '.join(['%s'] * len(metrics))})"
     params = list(metrics)
     if ids:
@@ -130,6 +129,13 @@ def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, un
         if bound is not None:
             where += f" AND at {operator} %s"
             params.append(bound if postgres else bound.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S"))
+    if postgres:  # the conditions inside, on each table, so that each is read through its index
+        source = BOTH.format(where=f" WHERE {where}")
+        params = params * 2
+        where = "true"
+    else:
+        source = f"({ledger_sql(vendor, ', '.join(map(str, ids)) if ids else '')})"
+        source += " AS t (campaign_id, metric, domain, key, at, n)"
     columns = ["campaign_id", "metric", *by]
     if postgres and unit in ("hour", "day") and "at" in by:
         columns[columns.index("at")] = f"date_trunc('{unit}', at, %s)"
@@ -152,39 +158,40 @@ def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, un
 
 
 def fold(campaign_ids=None, connection=None):
-    """Sum each campaign's unfolded rows into its folded one per key; returns the rows folded.
+    """Move the changes the triggers added (of these campaigns, or all) into Tally; returns the changes folded.
 
-    Two folds at once never count a row twice: each deletes the rows it sums,
-    and a row another fold deleted first is not returned to it.
+    Two folds at once never count a change twice: each deletes the changes it
+    sums, and a change another fold deleted first is not returned to it.
+    Changes of a campaign deleted since are dropped.
     """
     connection = connection or default_connection
     if connection.vendor != "postgresql":
         return 0
-    only = ""
-    params = []
+    only, params = "", []
     if campaign_ids is not None:
-        only, params = " AND campaign_id = ANY(%s)", [list(campaign_ids)]
+        only, params = " WHERE campaign_id = ANY(%s)", [list(campaign_ids)]
     with connection.cursor() as cursor:
         cursor.execute(f"""
-            WITH gone AS (DELETE FROM tracking_tally WHERE NOT folded{only}
-                          RETURNING campaign_id, metric, domain, key, at, n)
-            INSERT INTO tracking_tally AS t (campaign_id, metric, domain, key, at, n, folded)
-            SELECT campaign_id, metric, domain, key, at, sum(n), true FROM gone GROUP BY 1, 2, 3, 4, 5
-            ON CONFLICT (campaign_id, metric, domain, key, at) WHERE folded DO UPDATE SET n = t.n + excluded.n""", params)  # noqa: S608
-        folded = cursor.rowcount
-        cursor.execute("DELETE FROM tracking_tally WHERE folded AND n = 0")
-    return folded
+            WITH gone AS (DELETE FROM tracking_tallydelta{only} RETURNING campaign_id, metric, domain, key, at, n),
+            summed AS (SELECT campaign_id, metric, domain, key, at, sum(n) AS n, count(*) AS changes FROM gone
+                       GROUP BY 1, 2, 3, 4, 5),
+            kept AS (INSERT INTO tracking_tally AS t (campaign_id, metric, domain, key, at, n)
+                     SELECT campaign_id, metric, domain, key, at, n FROM summed
+                     WHERE n <> 0 AND (campaign_id IS NULL OR EXISTS (
+                         SELECT 1 FROM campaigns_campaign c WHERE c.id = summed.campaign_id))
+                     ON CONFLICT (campaign_id, metric, domain, key, at) DO UPDATE SET n = t.n + excluded.n)
+            SELECT coalesce(sum(changes), 0) FROM summed""", params)  # noqa: S608
+        return int(cursor.fetchone()[0])
 
 
 def fold_busy(campaign_ids):
-    """Fold the campaigns that gathered many rows since the last fold, before a page reads them."""
+    """Fold the campaigns that gathered many changes since the last fold, before a page reads them."""
     if default_connection.vendor != "postgresql" or not campaign_ids:
         return
     with default_connection.cursor() as cursor:
         cursor.execute("""
             SELECT c FROM unnest(%s::bigint[]) AS c
-            WHERE (SELECT count(*) FROM (SELECT 1 FROM tracking_tally
-                   WHERE campaign_id = c AND NOT folded LIMIT %s) AS r) >= %s""",
+            WHERE (SELECT count(*) FROM (SELECT 1 FROM tracking_tallydelta WHERE campaign_id = c LIMIT %s) AS r) >= %s""",
                        [list(campaign_ids), FOLD_AT, FOLD_AT])
         busy = [row[0] for row in cursor.fetchall()]
     if busy:
@@ -207,10 +214,11 @@ def rebuild(campaign_ids=None, connection=None):
         cursor.execute("SET LOCAL work_mem = '256MB'")
         cursor.execute("LOCK TABLE delivery_send, tracking_event IN SHARE MODE")
         if ids is None:
-            cursor.execute("TRUNCATE tracking_tally, tracking_sendmark")
+            cursor.execute("TRUNCATE tracking_tally, tracking_tallydelta, tracking_sendmark")
             sends = "e.send_id IS NOT NULL"
         else:
             cursor.execute(f"DELETE FROM tracking_tally WHERE campaign_id IN ({only})")  # noqa: S608
+            cursor.execute(f"DELETE FROM tracking_tallydelta WHERE campaign_id IN ({only})")  # noqa: S608
             cursor.execute(f"DELETE FROM tracking_sendmark WHERE send_id IN "  # noqa: S608
                            f"(SELECT id FROM delivery_send WHERE campaign_id IN ({only}))")  # noqa: S608
             sends = f"e.send_id IN (SELECT id FROM delivery_send WHERE campaign_id IN ({only}))"  # noqa: S608
@@ -225,8 +233,8 @@ def rebuild(campaign_ids=None, connection=None):
             WHERE {sends} AND e.campaign_id IS NOT NULL AND e.type = 'click' AND NOT e.machine
               AND e.link_index IS NOT NULL""")  # noqa: S608
         cursor.execute(f"""
-            INSERT INTO tracking_tally (campaign_id, metric, domain, key, at, n, folded)
-            SELECT campaign_id, metric, domain, key, at, n, true
+            INSERT INTO tracking_tally (campaign_id, metric, domain, key, at, n)
+            SELECT campaign_id, metric, domain, key, at, n
             FROM ({ledger_sql(connection.vendor, only if ids is not None else '')}) AS t (campaign_id, metric, domain, key, at, n)
             WHERE n <> 0""")  # noqa: S608
         return cursor.rowcount
