@@ -103,7 +103,9 @@ def ledger_sql(vendor, campaigns=""):
     if not campaigns:  # mail without a campaign, for the sends per hour
         parts.append(f"SELECT CAST(NULL AS BIGINT), 'sent_at', '', '', {minute('sent_at')}, count(*) FROM delivery_send "  # noqa: S608
                      f"WHERE campaign_id IS NULL AND sent_at IS NOT NULL GROUP BY {minute('sent_at')}")  # noqa: S608
-    return " UNION ALL ".join(f"SELECT * FROM ({part}) AS p{i}" for i, part in enumerate(parts))  # noqa: S608
+    # The first member names the columns (SQLite takes no column list after a subquery's alias).
+    names = "SELECT NULL AS campaign_id, NULL AS metric, NULL AS domain, NULL AS key, NULL AS at, NULL AS n WHERE 1 = 0"
+    return " UNION ALL ".join([names, *(f"SELECT * FROM ({part}) AS p{i}" for i, part in enumerate(parts))])  # noqa: S608
 
 
 def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, until=None, unit=None):
@@ -135,7 +137,7 @@ def tallies(campaign_ids, metrics, *, by=("domain", "key", "at"), since=None, un
         where = "true"
     else:
         source = f"({ledger_sql(vendor, ', '.join(map(str, ids)) if ids else '')})"
-        source += " AS t (campaign_id, metric, domain, key, at, n)"
+        source += " AS t"
     columns = ["campaign_id", "metric", *by]
     if postgres and unit in ("hour", "day") and "at" in by:
         columns[columns.index("at")] = f"date_trunc('{unit}', at, %s)"
@@ -235,6 +237,6 @@ def rebuild(campaign_ids=None, connection=None):
         cursor.execute(f"""
             INSERT INTO tracking_tally (campaign_id, metric, domain, key, at, n)
             SELECT campaign_id, metric, domain, key, at, n
-            FROM ({ledger_sql(connection.vendor, only if ids is not None else '')}) AS t (campaign_id, metric, domain, key, at, n)
+            FROM ({ledger_sql(connection.vendor, only if ids is not None else '')}) AS t
             WHERE n <> 0""")  # noqa: S608
         return cursor.rowcount

@@ -29,7 +29,9 @@ def counted(campaign):
     """The same figures counted from the ledger."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT * FROM ({rollups.ledger_sql(connection.vendor, str(campaign.pk))}) AS t")
-        return {tuple(row[:-1]): int(row[-1]) for row in cursor.fetchall() if row[-1]}
+        rows = cursor.fetchall()
+    minute = {str: lambda at: datetime.fromisoformat(at).replace(tzinfo=UTC)}  # SQLite's text
+    return {(*row[:4], minute.get(type(row[4]), lambda at: at)(row[4])): int(row[5]) for row in rows if row[5]}
 
 
 def changes(campaign):
@@ -122,10 +124,11 @@ def test_every_figure_kept_as_it_happens_equals_the_ledgers_count(campaign):
     assert delivery_outcomes(campaign)["outcomes"] == stats["outcomes"]
 
     # Folding the rows changes no figure, and neither does counting them afresh.
-    waiting = changes(campaign)
-    assert waiting and not Tally.objects.filter(campaign=campaign).exists()
-    assert rollups.fold([campaign.pk]) == waiting
-    assert not changes(campaign) and Tally.objects.filter(campaign=campaign).exists()
+    if connection.vendor == "postgresql":  # SQLite counts from the ledger each time
+        waiting = changes(campaign)
+        assert waiting and not Tally.objects.filter(campaign=campaign).exists()
+        assert rollups.fold([campaign.pk]) == waiting
+        assert not changes(campaign) and Tally.objects.filter(campaign=campaign).exists()
     assert kept(campaign) == counted(campaign)
     call_command("rebuild_tallies", verbosity=0)
     assert kept(campaign) == counted(campaign)
