@@ -169,3 +169,19 @@ def test_sends_per_hour_count_campaigns_and_mail_without_one(campaign):
     assert sends_per_hour(now)["total"] == 2
     rollups.fold()
     assert sends_per_hour(now)["total"] == 2
+
+
+def test_deleting_a_campaign_takes_its_figures_and_leaves_the_others(campaign):
+    other = Campaign.objects.create(name="Summer", subject="News", from_email="news@herald.example", started_at=START)
+    (ann,) = sends(campaign, "ann@example.com")
+    (ben,) = sends(other, "ben@example.com")
+    deliver(ann)
+    deliver(ben)
+    event("open", ann, START)
+    event("open", ben, START)
+    event("bounce", ben, START)
+    campaign.delete()
+    rollups.fold()
+    assert not Tally.objects.filter(campaign_id=campaign.pk).exists()
+    assert kept(other) == counted(other)
+    assert campaign_stats(other)["engagement"]["human_opens"]["count"] == 1

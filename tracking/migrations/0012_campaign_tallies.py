@@ -114,6 +114,8 @@ BEGIN
 END $$;
 """
 
+# An event whose campaign goes (deleted: its figures go with it, and its sends, whose events lose them next) is
+# left alone, so that deleting a campaign of a million events costs no recount per event.
 # A new event sets its bit on its send's mark row (locking the row, set or not) and counts the person once, when the
 # bit was not set yet; a person's click also marks its link. A changed or deleted event works the marks out again.
 ON_EVENT = f"""
@@ -161,7 +163,8 @@ CREATE TRIGGER tracking_event_tally_insert AFTER INSERT ON tracking_event
 CREATE TRIGGER tracking_event_tally_change AFTER UPDATE OF type, machine, campaign_id, send_id, link_index, created_at
     ON tracking_event FOR EACH ROW
     WHEN ((OLD.type, OLD.machine, OLD.campaign_id, OLD.send_id, OLD.link_index, OLD.created_at)
-          IS DISTINCT FROM (NEW.type, NEW.machine, NEW.campaign_id, NEW.send_id, NEW.link_index, NEW.created_at))
+          IS DISTINCT FROM (NEW.type, NEW.machine, NEW.campaign_id, NEW.send_id, NEW.link_index, NEW.created_at)
+          AND NEW.campaign_id IS NOT NULL)
     EXECUTE FUNCTION tracking_tally_on_event();
 CREATE TRIGGER tracking_event_tally_delete AFTER DELETE ON tracking_event
     FOR EACH ROW EXECUTE FUNCTION tracking_tally_on_event();
