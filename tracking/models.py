@@ -61,6 +61,9 @@ class Event(models.Model):
             # The dashboard's latest bounces and complaints: a few rows among millions of opens and clicks.
             models.Index(fields=["-created_at"], condition=models.Q(type__in=["bounce", "complaint"]),
                          name="event_feedback_recent_idx"),
+            # Who clicked a link: a person's clicks on one link in time order, a page of first clicks at a time.
+            models.Index(fields=["campaign", "link_index", "created_at"], condition=models.Q(type="click", machine=False),
+                         name="event_link_clicks_idx"),
         ]
 
     def __str__(self):
