@@ -10,8 +10,8 @@ complaints and unsubscribes on those sends. Every row is written by set-based
 INSERT … SELECT over generate_series, into the sends and events without their
 secondary indexes and triggers (the indexes are built again afterwards, the
 statistics' tallies counted once by rollups.rebuild), then the tables are
-analysed. About 15 minutes for a million contacts and ten million events on
-two cores.
+analysed. About 20 minutes for a million contacts and ten million events on
+two busy cores.
 
 Then it asks for each main admin page as a signed-in superuser, in process
 through Django's whole stack (middleware, templates), and prints the median
