@@ -5,6 +5,8 @@ million contacts: subscriber counts come from one annotated query, foreign keys
 are joined, and full result counts are skipped where a table is large.
 """
 
+import re
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -238,14 +240,22 @@ class ContactAdmin(adminkit.ModelAdmin):
         super().save_formset(request, form, formset, change)
 
     def get_search_results(self, request, queryset, search_term):
-        # Addresses are stored lower-cased in email_key: search it in lower case.
-        return super().get_search_results(request, queryset, search_term.strip().lower() if "@" in search_term
-                                          else search_term)
+        # Addresses are stored lower-cased in email_key: search it in lower case. A whole address is looked up
+        # in email_key's index first; only when no contact has it does the search read every contact for parts.
+        term = search_term.strip().lower() if "@" in search_term else search_term
+        if WHOLE_ADDRESS.fullmatch(term):
+            exact = queryset.filter(email_key=term)
+            if exact.exists():
+                return exact, False
+        return super().get_search_results(request, queryset, term)
 
     @admin.action(description="Export selected contacts as CSV")
     def export_selected(self, request, queryset):
         audit.record("contacts.export", selected=queryset.count())
         return _csv_response(contact_rows(queryset), "contacts.csv")
+
+
+WHOLE_ADDRESS = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 
 
 @admin.register(MailingList)

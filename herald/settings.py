@@ -244,6 +244,8 @@ CELERY_BEAT_SCHEDULE = {
     "tracking-warmup-step": {"task": "tracking.warmup_step", "schedule": 60.0},
     # A/B tests whose wait is over get their winner, which goes to the rest of the audience.
     "tracking-choose-winners": {"task": "tracking.choose_winners", "schedule": 60.0},
+    # The statistics' rows added as sends and events are written, summed into one per figure.
+    "tracking-fold-tallies": {"task": "tracking.fold_tallies", "schedule": 60.0},
     # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
     "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
     # Automations: triggers polled and due steps advanced; outgoing webhooks delivered from their outbox.

@@ -15,8 +15,8 @@ from tracking.templatetags.herald_dashboard import rate
 
 
 class RatesChangeList(ChangeList):
-    """Fetches the rates of the page's campaigns together, in three grouped queries whatever the page size
-    (none for campaigns whose rates were counted lately: tracking.stats.listed_rates)."""
+    """Fetches the rates of the page's campaigns together, from their tallies in one query whatever the page size
+    (tracking.stats.listed_rates)."""
 
     def get_results(self, request):
         super().get_results(request)

@@ -4,16 +4,13 @@ sends per hour, recent bounces and complaints."""
 
 from datetime import timedelta
 
-from django.core.cache import cache
-from django.db.models import Count
-from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from campaigns.models import Campaign
-from delivery.models import Send
 from tracking import dnshealth
 from tracking.models import BreakerTrip, Event
-from tracking.stats import delivery_outcomes, listed_rates, total_rates
+from tracking.rollups import tallies
+from tracking.stats import listed_rates, outcomes_of, total_rates
 
 HOURS = 72
 # Outcomes that still move; the rest are final, and make up the progress bar.
@@ -24,58 +21,50 @@ HEALTH_DAYS = 30
 LIMITS = {"complaint": 0.003, "bounce": 0.02}
 
 
-def campaign_row(campaign):
-    """A campaign's delivery outcomes so far (those it has), its share done for the progress bar,
-    and the circuit breaker's trip awaiting an acknowledgement, if any."""
-    figures = _outcomes(campaign)
+def campaign_rows(campaigns):
+    """Each campaign's delivery outcomes so far (those it has), its share done for the progress bar,
+    and the circuit breaker's trip awaiting an acknowledgement, if any: two queries for them all."""
+    campaigns = list(campaigns)
+    figures = outcomes_of(c.pk for c in campaigns)
+    trips = {}
+    for trip in BreakerTrip.objects.filter(campaign__in=campaigns, acknowledged_at__isnull=True).order_by("-created_at"):
+        trips.setdefault(trip.campaign_id, trip)
+    return [_row(c, figures[c.pk], trips.get(c.pk)) for c in campaigns]
+
+
+def _row(campaign, figures, breaker):
     recipients = figures["recipients"]
     pending = sum(figures["outcomes"][key]["count"] for key in PENDING)
     share = (recipients - pending) * 100 / recipients if recipients else 0
     shown = [{"key": key, **figure} for key, figure in figures["outcomes"].items() if figure["count"]]
     return {"campaign": campaign, "recipients": recipients, "outcomes": shown,
             "deferred_once": figures["deferred_at_least_once"]["count"], "percent": int(share), "width": share,
-            "breaker": BreakerTrip.objects.filter(campaign=campaign, acknowledged_at__isnull=True).first()}
-
-
-def _outcomes(campaign):
-    """delivery_outcomes, kept ten minutes for a campaign that is over (only late bounces still move it)."""
-    if campaign.status not in ("finished", "cancelled"):
-        return delivery_outcomes(campaign)
-    key = f"herald:outcomes:{campaign.pk}:{campaign.status}:{campaign.updated_at.timestamp()}"
-    figures = cache.get(key)
-    if figures is None:
-        figures = delivery_outcomes(campaign)
-        cache.set(key, figures, 600)
-    return figures
+            "breaker": breaker}
 
 
 def active_campaigns():
     """Campaigns sending or paused, with their outcomes so far; scheduled and missed ones with their time."""
     sending = Campaign.objects.filter(status__in=["starting", "sending", "paused"]).order_by("started_at")[:20]
     waiting = Campaign.objects.filter(status__in=["scheduled", "missed"]).order_by("scheduled_at")[:20]
-    return [campaign_row(c) for c in sending], list(waiting)
+    return campaign_rows(sending), list(waiting)
 
 
 def finished_lately(now=None, days=FINISHED_DAYS, limit=5):
     """The last campaigns that finished (or were cancelled) within ``days``, with their outcomes."""
     since = (now or timezone.now()) - timedelta(days=days)
     done = Campaign.objects.filter(status__in=["finished", "cancelled"], finished_at__gte=since).order_by("-finished_at")
-    return [campaign_row(c) for c in done[:limit]]
+    return campaign_rows(done[:limit])
 
 
 def sends_per_hour(now=None, hours=HOURS, width=720, height=120):
     """Messages sent per hour over the last ``hours``, as bars of an inline SVG."""
     now = now or timezone.now()
     start = (now - timedelta(hours=hours - 1)).replace(minute=0, second=0, microsecond=0)
-    # Every send of three days is read (submitted mail too, which has no campaign): kept a minute.
-    key = f"herald:per-hour:{start.timestamp()}:{hours}"
-    found = cache.get(key)
-    if found is None:
-        found = dict(
-            Send.objects.filter(status=Send.Status.SENT, sent_at__gte=start)
-            .annotate(hour=TruncHour("sent_at")).values("hour").annotate(n=Count("id")).values_list("hour", "n")
-        )
-        cache.set(key, found, 60)
+    # Messages sent by minute (UTC), of every campaign and of mail without one, by hour.
+    found = {}
+    for (_, _, at), n in tallies(None, ["sent_at"], by=("at",), since=start).items():
+        hour = at.replace(minute=0)
+        found[hour] = found.get(hour, 0) + n
     slots = [start + timedelta(hours=i) for i in range(hours)]
     values = [found.get(slot, 0) for slot in slots]
     top = max(values) or 1

@@ -61,6 +61,9 @@ class Event(models.Model):
             # The dashboard's latest bounces and complaints: a few rows among millions of opens and clicks.
             models.Index(fields=["-created_at"], condition=models.Q(type__in=["bounce", "complaint"]),
                          name="event_feedback_recent_idx"),
+            # Who clicked a link: a person's clicks on one link in time order, a page of first clicks at a time.
+            models.Index(fields=["campaign", "link_index", "created_at"], condition=models.Q(type="click", machine=False),
+                         name="event_link_clicks_idx"),
         ]
 
     def __str__(self):
@@ -135,3 +138,50 @@ class BreakerTrip(models.Model):
 
     def __str__(self):
         return self.reason[:100]
+
+
+class Tally(models.Model):
+    """A campaign's figures, counted as its sends and events are written: the statistics read these rows.
+
+    Triggers on Send and Event (tracking/rollups.py says which figure each
+    metric holds) add their changes, +n or -n, to tracking_tallydelta, a
+    table of the migration's own without a key, so that writers never wait
+    for one another on a campaign's counters; a periodic task folds them into
+    these rows, one per key. A figure is its row here plus its changes not
+    folded yet. ``rebuild_tallies`` counts them afresh from the sends and events.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    # None: mail without a campaign (submitted, transactional), counted for the sends per hour only.
+    campaign = models.ForeignKey(Campaign, on_delete=models.CASCADE, null=True, related_name="+", db_constraint=False,
+                                 db_index=False)
+    metric = models.CharField(max_length=32)
+    # The recipient domain for the figures by domain; for a relay's, the send status.
+    domain = models.CharField(max_length=255, default="", db_default="")
+    # The send status, the link index, the relay or the timeline's series.
+    key = models.CharField(max_length=64, default="", db_default="")
+    # The timeline's minute (UTC).
+    at = models.DateTimeField(null=True)
+    n = models.BigIntegerField()
+
+    class Meta:
+        indexes = [models.Index(fields=["metric", "at"], name="tally_metric_at_idx")]
+        constraints = [models.UniqueConstraint(fields=["campaign", "metric", "domain", "key", "at"],
+                                               nulls_distinct=False, name="tally_key")]
+
+    def __str__(self):
+        return f"{self.metric} {self.domain} {self.key} {self.n}"
+
+
+class SendMark(models.Model):
+    """What a send's events have shown so far, for counting people rather than events: one bit per figure
+    (tracking/rollups.py's MARKS) on ``link`` -1, and a row per link a person clicked. The Event trigger sets
+    a bit under this row's lock, and counts the figure once when it was not set yet."""
+
+    pk = models.CompositePrimaryKey("send_id", "link")
+    send_id = models.BigIntegerField()
+    link = models.IntegerField()
+    bits = models.IntegerField(default=0)
+
+    def __str__(self):
+        return f"send {self.send_id} link {self.link}: {self.bits}"

@@ -16,25 +16,22 @@ Engagement figures (opens, clicks, unsubscribes, complaints) are rates of the
 delivered messages. Opens and clicks count people: distinct sends, with
 machine fetches (privacy proxies, link scanners) counted apart.
 
-Queries, whatever the campaign's size: the sends grouped by domain and
-status (the outcomes and the domain table), late bounces by domain, events
-aggregated once, clicks by link, the last event, and the sends and the events
-by time bucket. Each reads only the campaign's rows through the (campaign, …)
-indexes of Send and Event. Two plain scans of the sends cost no more than one
-grouped by domain and time with a count per status (bench/tracking.py).
+Every figure is a sum of the campaign's tallies (tracking/rollups.py), which
+triggers keep as sends and events are written: a page reads a few hundred
+rows of them in one query, whatever the campaign's size, and the figures are
+those of that moment (no cache). rollups.ledger_sql counts the same figures
+from the sends and events, and tests hold the two equal.
 """
 
 import math
 from datetime import UTC, timedelta
 
-from django.core.cache import cache
-from django.db import connection, transaction
-from django.db.models import Count, DurationField, ExpressionWrapper, F, Max, Q, Sum
-from django.db.models.functions import Trunc
+from django.db.models import Count, Max, Q
 from django.utils import dateformat, timezone
 
 from campaigns.models import CampaignLink, variant_letter
-from delivery.models import Send
+from delivery.models import Relay, Send
+from tracking import rollups
 from tracking.models import Event
 
 DOMAIN_ROWS = 200
@@ -72,14 +69,9 @@ NON_DELIVERY = [T.BOUNCE, T.SOFT_BOUNCE, T.REJECTED]
 # ``attempts`` counts the tries that got an answer (or a broken connection).
 # Every answer but the last one of a finished send was a deferral, and every
 # answer of a send that has none yet (or was skipped or cancelled since) too:
-# a row was deferred at least once when it has two attempts, or one without
-# a final answer. Counted per status, as two plain filters.
+# a row was deferred at least once when it has two attempts ("retried"), or
+# one without a final answer ("tried"), counted per status.
 FINAL_ANSWERS = ("sent", "bounced", "failed")
-TRIES = {"tried": Count("id", filter=Q(attempts__gte=1)), "retried": Count("id", filter=Q(attempts__gte=2))}
-
-
-def _deferred_once(row):
-    return row["retried"] if row["status"] in FINAL_ANSWERS else row["tried"]
 
 
 def _rate(count, base):
@@ -122,26 +114,46 @@ def _outcome_figures(counts: dict, recipients: int, deferred_once: int) -> dict:
     }
 
 
-def _bounced_after_delivery(campaign):
-    """Sent rows reported undeliverable since, by recipient domain."""
-    rows = (Event.objects.filter(campaign=campaign, type__in=NON_DELIVERY, send__status=S.SENT)
-            .values("send__domain").annotate(n=Count("send", distinct=True)).order_by())
-    return {row["send__domain"]: row["n"] for row in rows}
+SEND_METRICS = ("send", "tried", "retried", "nd_sent")
+REPORT_METRICS = (*SEND_METRICS, "latency", "relay", "opens", "clicks", "machine_clicks", "human_opens",
+                  "machine_opens", "clickers", "complaints", "unsubscribes", "link_clickers")
+
+
+def _read(campaign, metrics, **kwargs):
+    """The campaign's tallies of these metrics: {(metric, domain, key, at): n} (by ``by``'s columns)."""
+    rollups.fold_busy([campaign.pk])
+    return {key[1:]: n for key, n in rollups.tallies([campaign.pk], metrics, **kwargs).items()}
+
+
+def _by_status(tally):
+    """Sends by status and those deferred at least once, from tallies read by (metric, key)."""
+    by_status = {key: n for (metric, key), n in tally.items() if metric == "send"}
+    deferred_once = sum(tally.get(("retried" if status in FINAL_ANSWERS else "tried", status), 0)
+                        for status in by_status)
+    return by_status, deferred_once
 
 
 def delivery_outcomes(campaign) -> dict:
-    """The outcomes alone, as in ``campaign_stats``: two queries, for pages that list campaigns.
+    """The outcomes alone, as in ``campaign_stats``: one small query, for pages that show campaigns' progress.
 
     Returns ``{"recipients": int, "outcomes": {key: {"label", "count", "rate"}},
     "deferred_at_least_once": {"label", "count", "rate"}}`` with the keys of OUTCOMES.
     """
-    rows = Send.objects.filter(campaign=campaign).values("status").annotate(n=Count("id"), **TRIES).order_by()
-    by_status, deferred_once = {}, 0
-    for row in rows:
-        by_status[row["status"]] = row["n"]
-        deferred_once += _deferred_once(row)
-    counts = _partition(by_status, sum(_bounced_after_delivery(campaign).values()))
-    return _outcome_figures(counts, sum(by_status.values()), deferred_once)
+    return outcomes_of([campaign.pk])[campaign.pk]
+
+
+def outcomes_of(campaign_ids) -> dict:
+    """``delivery_outcomes`` of several campaigns in one query: {campaign_id: outcomes}."""
+    ids = list(campaign_ids)
+    rollups.fold_busy(ids)
+    tally = rollups.tallies(ids, SEND_METRICS, by=("key",))
+    result = {}
+    for pk in ids:
+        own = {(metric, key): n for (campaign, metric, key), n in tally.items() if campaign == pk}
+        by_status, deferred_once = _by_status(own)
+        counts = _partition(by_status, own.get(("nd_sent", ""), 0))
+        result[pk] = _outcome_figures(counts, sum(by_status.values()), deferred_once)
+    return result
 
 
 def campaign_stats(campaign) -> dict:
@@ -156,14 +168,13 @@ def campaign_stats(campaign) -> dict:
     first) and domains_truncated; relays (which relay, or direct delivery,
     carried how many of the messages a server answered).
     """
-    with transaction.atomic():
-        _tune_for_aggregates()
-        unit = _estimated_unit(campaign)
-        domains, by_status, deferred_once = _sends(campaign)
-        events = _event_totals(campaign)
-        links = _links(campaign)
-        timeline = _timeline(campaign, unit)
-        relays = _relays(campaign)
+    tally = _read(campaign, REPORT_METRICS, by=("domain", "key"))
+    unit = _estimated_unit(campaign)
+    domains, by_status, deferred_once = _sends(tally)
+    events = _event_totals(tally)
+    links = _links(campaign, tally)
+    timeline = _timeline(campaign, unit)
+    relays = _relays(tally)
     counts = _partition(by_status, sum(d["bounced_after_delivery"] for d in domains))
     figures = _outcome_figures(counts, sum(by_status.values()), deferred_once)
     delivered = counts["delivered"]
@@ -185,116 +196,83 @@ def campaign_stats(campaign) -> dict:
     }
 
 
-def _relays(campaign):
+def _relays(tally):
     """Messages a server answered (delivered or refused), by the relay that carried them; direct delivery
     (or a relay since deleted) has none. Largest first."""
-    rows = (Send.objects.filter(campaign=campaign, status__in=[S.SENT, S.BOUNCED])
-            .values("relay_id", "relay__name").annotate(sent=Count("id", filter=Q(status=S.SENT)), bounced=Count("id"))
-            .order_by())
-    table = [{"relay_id": row["relay_id"], "relay": row["relay__name"] or "direct", "sent": row["sent"],
-              "bounced": row["bounced"] - row["sent"]} for row in rows]
+    answered = {}
+    for (metric, status, relay), n in tally.items():
+        if metric == "relay":
+            answered.setdefault(int(relay) if relay else None, dict.fromkeys(("sent", "bounced"), 0))[status] += n
+    names = dict(Relay.objects.filter(pk__in=[pk for pk in answered if pk]).values_list("pk", "name"))
+    table = [{"relay_id": pk if pk in names else None, "relay": names.get(pk) or "direct", **figures}
+             for pk, figures in answered.items()]
     table.sort(key=lambda r: (-r["sent"] - r["bounced"], r["relay"]))
     return table
 
 
-def _tune_for_aggregates():
-    """For this transaction only: room to hash-aggregate a million rows in memory, and no JIT.
-
-    PostgreSQL guesses many (domain, time) groups where there are a few
-    thousand, and with the default work_mem it sorts a million rows on disk;
-    JIT compilation would cost more than it saves on queries this short.
-    """
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute("SET LOCAL work_mem = '64MB'")
-            cursor.execute("SET LOCAL jit = off")
-
-
-def _sends(campaign):
-    """One scan of the campaign's sends, grouped by domain and status.
-
-    Returns the domain table, the rows by status and the rows deferred at
-    least once.
-    """
-    latency = ExpressionWrapper(F("sent_at") - F("created_at"), output_field=DurationField())
-    rows = (
-        Send.objects.filter(campaign=campaign)
-        .values("domain", "status")
-        .annotate(n=Count("id"), **TRIES, latency=Sum(latency))
-        .order_by()
-    )
+def _sends(tally):
+    """The domain table, the rows by status and the rows deferred at least once, from tallies by (domain, key)."""
     totals = dict.fromkeys(STATUS_OUTCOME, 0)
     deferred_once = 0
     domains = {}
-    for row in rows:
-        domain = domains.setdefault(row["domain"], {"by_status": dict.fromkeys(STATUS_OUTCOME, 0), "deferred_once": 0,
-                                                    "latency": timedelta()})
-        domain["by_status"][row["status"]] += row["n"]
-        totals[row["status"]] += row["n"]
-        domain["deferred_once"] += _deferred_once(row)
-        deferred_once += _deferred_once(row)
-        if row["latency"] is not None:
-            domain["latency"] += row["latency"]
-    bounced_after = _bounced_after_delivery(campaign)
+
+    def domain(name):
+        return domains.setdefault(name, {"by_status": dict.fromkeys(STATUS_OUTCOME, 0), "deferred_once": 0,
+                                         "latency": 0, "bounced_after": 0})
+
+    for (metric, name, key), n in tally.items():
+        if metric == "send":
+            domain(name)["by_status"][key] += n
+            totals[key] += n
+        elif metric in ("tried", "retried") and (metric == "retried") == (key in FINAL_ANSWERS):
+            domain(name)["deferred_once"] += n
+            deferred_once += n
+        elif metric == "latency":
+            domain(name)["latency"] += n
+        elif metric == "nd_sent":
+            domain(name)["bounced_after"] += n
     table = []
     for name, d in domains.items():
         accepted = d["by_status"]["sent"]  # sent_at is set with "sent", and only then
         table.append({
             "domain": name,
             "recipients": sum(d["by_status"].values()),
-            **_partition(d["by_status"], bounced_after.get(name, 0)),
+            **_partition(d["by_status"], d["bounced_after"]),
             "deferred_at_least_once": d["deferred_once"],
-            "avg_latency_seconds": round(d["latency"].total_seconds() / accepted, 3) if accepted else None,
+            "avg_latency_seconds": round(d["latency"] / 1_000_000 / accepted, 3) if accepted else None,
         })
     table.sort(key=lambda d: (-d["recipients"], d["domain"]))
     return table, {status: n for status, n in totals.items() if n}, deferred_once
 
 
-def _event_totals(campaign):
-    def unique(**filters):
-        return Count("send", distinct=True, filter=Q(**filters))
+def _event_totals(tally):
+    def total(metric):
+        return sum(n for (name, _, _), n in tally.items() if name == metric)
 
-    return Event.objects.filter(campaign=campaign).aggregate(
-        human_opens=unique(type=T.OPEN, machine=False),
-        machine_opens=unique(type=T.OPEN, machine=True),
-        opens=Count("id", filter=Q(type=T.OPEN)),
-        unique_clicks=unique(type=T.CLICK, machine=False),
-        clicks=Count("id", filter=Q(type=T.CLICK, machine=False)),
-        machine_clicks=Count("id", filter=Q(type=T.CLICK, machine=True)),
-        complaints=unique(type=T.COMPLAINT),
-        unsubscribes=unique(type=T.UNSUBSCRIBE),
-    )
+    return {key: total(metric) for key, metric in (
+        ("human_opens", "human_opens"), ("machine_opens", "machine_opens"), ("opens", "opens"),
+        ("unique_clicks", "clickers"), ("clicks", "clicks"), ("machine_clicks", "machine_clicks"),
+        ("complaints", "complaints"), ("unsubscribes", "unsubscribes"))}
 
 
 def link_figures(campaign, index=None):
     """Clicks per link of the campaign, as in ``campaign_stats``'s ``links``; of link ``index`` alone if given."""
-    return _links(campaign, index)
+    return _links(campaign, _read(campaign, ("clicks", "machine_clicks", "link_clickers"), by=("domain", "key")), index)
 
 
-def _links(campaign, index=None):
-    clicks = Event.objects.filter(campaign=campaign, type=T.CLICK)
+def _links(campaign, tally, index=None):
     links = CampaignLink.objects.filter(campaign=campaign)
     if index is not None:
-        clicks, links = clicks.filter(link_index=index), links.filter(index=index)
-    counts = {
-        row["link_index"]: row
-        for row in clicks
-        .values("link_index")
-        .annotate(
-            clicks=Count("id", filter=Q(machine=False)),
-            unique_clicks=Count("send", distinct=True, filter=Q(machine=False)),
-            machine_clicks=Count("id", filter=Q(machine=True)),
-        )
-    }
+        links = links.filter(index=index)
     table = []
     for link in links.order_by("index"):
-        row = counts.get(link.index, {})
+        key = str(link.index)
         table.append({
             "index": link.index,
             "url": link.url,
-            "clicks": row.get("clicks", 0),
-            "unique_clicks": row.get("unique_clicks", 0),
-            "machine_clicks": row.get("machine_clicks", 0),
+            "clicks": tally.get(("clicks", "", key), 0),
+            "unique_clicks": tally.get(("link_clickers", "", key), 0),
+            "machine_clicks": tally.get(("machine_clicks", "", key), 0),
         })
     return table
 
@@ -303,8 +281,6 @@ def _links(campaign, index=None):
 
 UNITS = ("minute", "hour", "day")
 _STEP = {"minute": timedelta(minutes=1), "hour": timedelta(hours=1), "day": timedelta(days=1)}
-_TIMELINE_TYPES = {T.OPEN: "opens", T.CLICK: "clicks", T.BOUNCE: "bounces", T.SOFT_BOUNCE: "bounces",
-                   T.COMPLAINT: "complaints", T.UNSUBSCRIBE: "unsubscribes"}
 SERIES = ("sent", "opens", "clicks", "bounces", "complaints", "unsubscribes")
 
 
@@ -370,9 +346,7 @@ def campaign_timeline(campaign, unit: str) -> dict:
     if unit not in UNITS:
         raise ValueError(f"unit must be one of {', '.join(UNITS)}")
     until = campaign.started_at + MINUTE_WINDOW if unit == "minute" and campaign.started_at else None
-    with transaction.atomic():
-        _tune_for_aggregates()
-        return _timeline(campaign, unit, until=until, fixed=True)
+    return _timeline(campaign, unit, until=until, fixed=True)
 
 
 def _timeline(campaign, unit, until=None, fixed=False):
@@ -381,17 +355,12 @@ def _timeline(campaign, unit, until=None, fixed=False):
     def add(bucket, series, n):
         counts.setdefault(bucket, dict.fromkeys(SERIES, 0))[series] += n
 
-    sent = Send.objects.filter(campaign=campaign, sent_at__isnull=False)
-    events = Event.objects.filter(campaign=campaign, type__in=list(_TIMELINE_TYPES))
-    if until is not None:
-        sent, events = sent.filter(sent_at__lt=until), events.filter(created_at__lt=until)
-    sent = sent.values(bucket=Trunc("sent_at", unit)).annotate(n=Count("id")).order_by()
-    for row in sent:
-        add(_utc(row["bucket"]), "sent", row["n"])
-    rows = (events.exclude(type__in=[T.OPEN, T.CLICK], machine=True)
-            .values("type", bucket=Trunc("created_at", unit)).annotate(n=Count("id")).order_by())
-    for row in rows:
-        add(_utc(row["bucket"]), _TIMELINE_TYPES[row["type"]], row["n"])
+    # Minutes (UTC) into the unit's buckets in the operator's zone (every zone's offset is whole minutes), which
+    # the database sums where it can.
+    rollups.fold_busy([campaign.pk])
+    for (_, metric, key, at), n in rollups.tallies([campaign.pk], ("sent_at", "series"), by=("key", "at"), until=until,
+                                                   unit=unit).items():
+        add(_truncate(at, unit), "sent" if metric == "sent_at" else key, n)
     zone = timezone.get_current_timezone_name()
     if not counts:
         return {"unit": unit, "time_zone": zone, "buckets": []}
@@ -539,8 +508,11 @@ def _rate_counts(outcomes: dict, recipients: int, events: dict) -> dict:
             **{key: events.get(key, 0) for key in ("human_opens", "unique_clicks", "complaints", "unsubscribes")}}
 
 
+RATE_METRICS = ("send", "nd_sent", "human_opens", "clickers", "complaints", "unsubscribes")
+
+
 def campaign_rates(campaign_ids) -> dict:
-    """The rates of several campaigns at once, in three grouped queries whatever their number.
+    """The rates of several campaigns at once, in one query whatever their number.
 
     Returns ``{campaign_id: rates(...)}`` with the figures ``campaign_stats``
     shows for each campaign (its outcomes and engagement), for the campaign
@@ -549,49 +521,22 @@ def campaign_rates(campaign_ids) -> dict:
     ids = list(campaign_ids)
     if not ids:
         return {}
-    by_status = {}
-    for row in (Send.objects.filter(campaign_id__in=ids).values("campaign_id", "status")
-                .annotate(n=Count("id")).order_by()):
-        by_status.setdefault(row["campaign_id"], {})[row["status"]] = row["n"]
-    bounced_after = dict(
-        Event.objects.filter(campaign_id__in=ids, type__in=NON_DELIVERY, send__status=S.SENT)
-        .values("campaign_id").annotate(n=Count("send", distinct=True)).order_by().values_list("campaign_id", "n"))
-
-    def unique(**filters):
-        return Count("send", distinct=True, filter=Q(**filters))
-
-    events = {row["campaign_id"]: row for row in (
-        Event.objects.filter(campaign_id__in=ids).values("campaign_id").order_by().annotate(
-            human_opens=unique(type=T.OPEN, machine=False), unique_clicks=unique(type=T.CLICK, machine=False),
-            complaints=unique(type=T.COMPLAINT), unsubscribes=unique(type=T.UNSUBSCRIBE)))}
+    rollups.fold_busy(ids)
+    tally = rollups.tallies(ids, RATE_METRICS, by=("key",))
     result = {}
     for pk in ids:
-        statuses = by_status.get(pk, {})
-        outcomes = _partition(statuses, bounced_after.get(pk, 0))
-        result[pk] = rates(_rate_counts(outcomes, sum(statuses.values()), events.get(pk, {})))
+        statuses = {key: n for (campaign, metric, key), n in tally.items() if campaign == pk and metric == "send"}
+        outcomes = _partition(statuses, tally.get((pk, "nd_sent", ""), 0))
+        events = {name: tally.get((pk, metric, ""), 0) for name, metric in (
+            ("human_opens", "human_opens"), ("unique_clicks", "clickers"), ("complaints", "complaints"),
+            ("unsubscribes", "unsubscribes"))}
+        result[pk] = rates(_rate_counts(outcomes, sum(statuses.values()), events))
     return result
 
 
-# Lists of campaigns (the campaign list, the dashboard) show rates kept this long, since counting
-# a big campaign's events takes longer than a page may; a campaign's report, the API and the CSV
-# exports always count afresh.
-LIST_CACHE_SECONDS = {"finished": 600, "cancelled": 600}
-LIST_CACHE_DEFAULT = 30
-
-
 def listed_rates(campaigns) -> dict:
-    """``campaign_rates`` of these campaigns, from the cache where a page asked for them lately."""
-    campaigns = list(campaigns)
-    keys = {c.pk: f"herald:rates:{c.pk}:{c.status}:{c.updated_at.timestamp() if c.updated_at else ''}"
-            for c in campaigns}
-    found = cache.get_many(list(keys.values()))
-    result = {pk: found[key] for pk, key in keys.items() if key in found}
-    fresh = campaign_rates(pk for pk in keys if pk not in result)
-    for campaign in campaigns:
-        if campaign.pk in fresh:
-            timeout = LIST_CACHE_SECONDS.get(campaign.status, LIST_CACHE_DEFAULT)
-            cache.set(keys[campaign.pk], fresh[campaign.pk], timeout)
-    return {**result, **fresh}
+    """``campaign_rates`` of these campaigns (for pages that list them)."""
+    return campaign_rates(c.pk for c in campaigns)
 
 
 def total_rates(per_campaign: dict) -> dict:

@@ -5,7 +5,7 @@ import logging
 from celery import shared_task
 from django.db import close_old_connections
 
-from tracking import mailbox, warmup, winner
+from tracking import mailbox, rollups, warmup, winner
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,13 @@ def choose_winners():
     """A/B tests whose wait is over get their winner, and their remainder is released (beat runs this every minute)."""
     close_old_connections()
     return len(winner.choose_due())
+
+
+@shared_task(name="tracking.fold_tallies", ignore_result=True)
+def fold_tallies():
+    """Sum the statistics' rows added since the last fold into one per figure (beat runs this every minute)."""
+    close_old_connections()
+    return rollups.fold()
 
 
 def schedule(app, settings):

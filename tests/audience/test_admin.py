@@ -72,6 +72,9 @@ def test_contacts_search_by_email_and_filter_by_list(staff, audience):
     url = reverse("admin:campaigns_contact_changelist")
     found = staff.get(url, {"q": "USER25@example.com"}).content.decode()
     assert "user25@example.com" in found and "user24@example.com" not in found
+    # A whole address is looked up in the index; part of one, or one nobody has whole, is still searched for.
+    assert "user25@example.com" in staff.get(url, {"q": "ser25@example.com"}).content.decode()
+    assert "user25@example.com" in staff.get(url, {"q": "r25@exam"}).content.decode()
     listed = staff.get(url, {"subscriptions__mailing_list__id__exact": weekly.pk}).content.decode()
     assert "user25@example.com" in listed and "user5@example.com" not in listed
 
