@@ -61,8 +61,9 @@ class AutomationAdmin(adminkit.ModelAdmin):
             return "-"
         rows = stats.step_statistics(obj)
         return format_html_join(
-            "\n", "<div>{}. {}: {} entered, {} sent, {} opened, {} clicked, {} left</div>",
-            ((r["position"], r["kind"], r["entered"], r["sent"], r["opened"], r["clicked"], r["exited"]) for r in rows))
+            "\n", "<div>{}. {}: {} entered, {} here now, {} sent, {} opened, {} clicked, {} left here</div>",
+            ((r["position"], r["kind"], r["entered"], r["waiting"], r["sent"], r["opened"], r["clicked"], r["exited"])
+             for r in rows))
 
     def save_related(self, request, form, formsets, change):
         if change and any(f.has_changed() for f in formsets) and versions.before_edit(form.instance):

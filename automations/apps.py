@@ -24,8 +24,12 @@ class AutomationsConfig(AppConfig):
 
 
 def forget_person(contact_id, address, send_ids, **kwargs):
-    """An erasure: enrolments, messages and custom events go with the contact (cascade); transactional sends
-    keep their key and ids, not the address."""
-    from automations.models import TransactionalSend
+    """An erasure: enrolments, messages and custom events go with the contact (cascade), those under way
+    counted as having left at their step; transactional sends keep their key and ids, not the address."""
+    from automations.models import Enrolment, TransactionalSend
+    from automations.sweep import count_exits
+
+    count_exits(Enrolment.objects.filter(contact_id=contact_id, status=Enrolment.Status.ACTIVE)
+                .values_list("automation_id", "version", "position"))
 
     TransactionalSend.objects.filter(to__iexact=address).update(to="")
