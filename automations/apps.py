@@ -18,6 +18,11 @@ class AutomationsConfig(AppConfig):
 
         # The engine and the click redirect sit below this app: they build its messages through delivery.submitted.
         submitted.register_composed(build=builder.build_for_send, link_for=builder.link_for)
+        from automations import transactional
+        from submission import templated
+
+        # Mail submitted over SMTP with X-Herald-Template is rendered from these templates.
+        templated.register(transactional.render_submitted)
         from audience.gdpr import erasing
 
         erasing.connect(forget_person, dispatch_uid="automations-erase")

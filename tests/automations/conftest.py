@@ -5,6 +5,12 @@ from automations.models import Automation, MessageTemplate, Step
 from automations.sweep import forget_steps
 from campaigns.models import Contact, MailingList, Subscription
 from tests.segments.conftest import admin_user, api, relay  # noqa: F401 - the same sink relay and API client
+from tests.submission.conftest import (  # noqa: F401 - the submission server, its TLS client, quick logins
+    client_tls,
+    fast_password_hashing,
+    server,
+    tls_files,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -15,8 +21,8 @@ def fresh_steps():
 
 
 def template(slug, subject, body="<p>Hi {{ contact.first_name }}</p>", **fields):
-    return MessageTemplate.objects.create(name=slug, slug=slug, subject=subject, from_email="hello@herald.example",
-                                          html_body=body, **fields)
+    fields.setdefault("from_email", "hello@herald.example")
+    return MessageTemplate.objects.create(name=slug, slug=slug, subject=subject, html_body=body, **fields)
 
 
 def contact(email, **fields):
