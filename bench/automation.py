@@ -1,6 +1,6 @@
 """Automations benchmark: enrolments advanced per second, and webhook deliveries per second, on PostgreSQL.
 
-    .venv/bin/python bench/automation.py [--contacts 1000000] [--processes 1] [--webhooks 20000] [--baseline 2000]
+    .venv/bin/python bench/automation.py [--contacts 1000000] [--processes 1] [--webhooks 20000] [--baseline 500]
 
 In a scratch database of its own (BENCH_DB, default herald_bench_auto, dropped
 and re-created), generates the contacts and enrols every one of them in an
@@ -252,7 +252,7 @@ def main():
     parser.add_argument("--contacts", type=int, default=1_000_000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--webhooks", type=int, default=20_000)
-    parser.add_argument("--baseline", type=int, default=2_000, help="enrolments for the naive baseline")
+    parser.add_argument("--baseline", type=int, default=500, help="enrolments for the naive baseline")
     args = parser.parse_args()
     recreate_database(PG, DB_NAME)
     print(f"generating {args.contacts:,} contacts and their enrolments…")
