@@ -7,7 +7,6 @@ from django.utils.html import format_html_join
 
 from automations import stats, versions
 from automations.models import Automation, ContactEvent, Enrolment, MessageTemplate, Step
-from automations.sweep import forget_steps
 from herald import adminkit
 
 
@@ -71,7 +70,6 @@ class AutomationAdmin(adminkit.ModelAdmin):
             messages.info(request, "Contacts already on the way continue with the steps they started; "
                                    "use “Move contacts to the current steps” to change that.")
         super().save_related(request, form, formsets, change)
-        forget_steps(form.instance.pk)
 
     def save_formset(self, request, form, formset, change):
         steps = formset.save(commit=False)

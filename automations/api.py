@@ -17,7 +17,6 @@ from ninja.errors import HttpError
 
 from automations import stats, triggers, versions
 from automations.models import Automation, Step
-from automations.sweep import forget_steps
 from campaigns.models import Contact, Segment
 from herald.permissions import requires
 
@@ -146,7 +145,6 @@ def _replace_steps(automation: Automation, steps: list[StepIn]):
         step = Step(automation=automation, version=automation.version, **data)
         _checked(step, f"steps[{n}].")
         step.save()
-    forget_steps(automation.pk)
 
 
 @router.get("/automations", response=list[AutomationOut], summary="Automations")

@@ -67,6 +67,7 @@ class _Batch:
     entered: dict = field(default_factory=lambda: defaultdict(int))
     exited: dict = field(default_factory=lambda: defaultdict(int))
     steps_run: list = field(default_factory=list)  # (step, rows) for the webhook
+    plans: dict = field(default_factory=dict)  # (automation, version) -> Plan, read once per batch
 
 
 class Plan:
@@ -91,30 +92,17 @@ class Plan:
         return self.steps[n - 1] if n else None
 
 
-_plans: dict = {}
-
-
-def plan_of(automation_id: int, version: int) -> Plan:
-    """The steps of one version (a version's steps never change once contacts are on it)."""
+def plan_of(automation_id: int, version: int, cache: dict | None = None) -> Plan:
+    """The steps of one version, read once per ``cache`` (the sweep keeps one per batch: a version's steps are
+    edited in place while no contact is on it, so a process-wide copy could be stale in another process)."""
     key = (automation_id, version)
-    plan = _plans.get(key)
+    plan = cache.get(key) if cache is not None else None
     if plan is None:
-        steps = list(Step.objects.filter(automation_id=automation_id, version=version)
-                     .select_related("template").order_by("position", "pk"))
-        if len(_plans) > 500:
-            _plans.clear()
-        plan = _plans[key] = Plan(steps)
+        plan = Plan(list(Step.objects.filter(automation_id=automation_id, version=version)
+                         .select_related("template").order_by("position", "pk")))
+        if cache is not None:
+            cache[key] = plan
     return plan
-
-
-def steps_of(automation_id: int, version: int) -> list[Step]:
-    return plan_of(automation_id, version).steps
-
-
-def forget_steps(automation_id: int | None = None):
-    for key in list(_plans):
-        if automation_id is None or key[0] == automation_id:
-            _plans.pop(key, None)
 
 
 def advance(now=None, batch=BATCH, limit=None) -> int:
@@ -253,7 +241,7 @@ def _run_one_step(batch, rows) -> list[_Row]:
         place = (row.automation_id, row.version, row.position)
         found = places.get(place)
         if found is None:
-            plan = plan_of(row.automation_id, row.version)
+            plan = plan_of(row.automation_id, row.version, batch.plans)
             found = places[place] = (plan, plan.next_step(row.position))
         plan, step = found
         if step is None:
@@ -272,21 +260,21 @@ def _run_one_step(batch, rows) -> list[_Row]:
     return onward
 
 
-def _go_on(rows, step, due):
-    position = plan_of(step.automation_id, step.version).following[step.id]
+def _go_on(batch, rows, step, due):
+    position = plan_of(step.automation_id, step.version, batch.plans).following[step.id]
     for row in rows:
         row.position, row.due_at, row.moved = position, due, True
 
 
 def _email(batch, step, rows):
     batch.emails.append((step, rows))
-    _go_on(rows, step, batch.now)
+    _go_on(batch, rows, step, batch.now)
     return rows
 
 
 def _wait(batch, step, rows):
     if step.wait_time is None and step.wait_weekday is None:
-        _go_on(rows, step, wait_until(step, batch.now))
+        _go_on(batch, rows, step, wait_until(step, batch.now))
         return []
     # Until a time of day where each contact lives: one computation per zone.
     zones = _zones([r.contact_id for r in rows])
@@ -294,7 +282,7 @@ def _wait(batch, step, rows):
     for row in rows:
         by_zone[zones.get(row.contact_id)].append(row)
     for zone, group in by_zone.items():
-        _go_on(group, step, wait_until(step, batch.now, zone=zone))
+        _go_on(batch, group, step, wait_until(step, batch.now, zone=zone))
     return []  # they carry on when the wait is over
 
 
@@ -338,7 +326,7 @@ def _branch(batch, step, rows):
             elsewhere.append(row)
         else:
             _leave(batch, row, step, DONE, f"left at the branch of step {step.position}")
-    _go_on(through, step, batch.now)
+    _go_on(batch, through, step, batch.now)
     for row in elsewhere:
         row.position, row.due_at, row.moved = step.else_position, batch.now, True
     onward.extend(through)
@@ -386,7 +374,7 @@ def _update(batch, step, rows):
     if spec.get("remove_list"):
         Subscription.objects.filter(contact_id__in=ids, mailing_list_id=int(spec["remove_list"])).update(
             status=Subscription.Status.UNSUBSCRIBED, updated_at=batch.now)
-    _go_on(rows, step, batch.now)
+    _go_on(batch, rows, step, batch.now)
     return rows
 
 
@@ -557,9 +545,9 @@ def _announce(batch):
 def count_exits(left) -> None:
     """Count enrolments that left outside the sweep at the step holding each: ``left`` is
     (automation id, version, position) of each."""
-    exited = defaultdict(int)
+    exited, plans = defaultdict(int), {}
     for automation_id, version, position in left:
-        step = plan_of(automation_id, version).holding(position)
+        step = plan_of(automation_id, version, plans).holding(position)
         if step is not None:
             exited[step.pk] += 1
     count_steps({}, exited)

@@ -13,7 +13,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from automations.models import Automation, Enrolment, Step
-from automations.sweep import count_steps, forget_steps, plan_of
+from automations.sweep import count_steps, plan_of
 
 
 def before_edit(automation: Automation) -> bool:
@@ -31,7 +31,6 @@ def before_edit(automation: Automation) -> bool:
         Step.objects.bulk_create(kept)
         Step.objects.filter(pk__in=[s.pk for s in current]).update(version=old + 1, entered=0, exited=0)
         Automation.objects.filter(pk=automation.pk).update(version=old + 1, updated_at=timezone.now())
-    forget_steps(automation.pk)
     return True
 
 
@@ -41,7 +40,6 @@ def migrate(automation: Automation) -> int:
     Each one enters the current version's step it is now at, so that step's
     figures still add up (entered = waiting + exited + went on).
     """
-    forget_steps(automation.pk)
     with transaction.atomic():
         moving = list(Enrolment.objects.select_for_update().filter(
             automation=automation, status=Enrolment.Status.ACTIVE).exclude(version=automation.version)

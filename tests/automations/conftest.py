@@ -2,7 +2,6 @@ import pytest
 from django.utils import timezone
 
 from automations.models import Automation, MessageTemplate, Step
-from automations.sweep import forget_steps
 from campaigns.models import Contact, MailingList, Subscription
 from tests.segments.conftest import admin_user, api, relay  # noqa: F401 - the same sink relay and API client
 from tests.submission.conftest import (  # noqa: F401 - the submission server, its TLS client, quick logins
@@ -11,13 +10,6 @@ from tests.submission.conftest import (  # noqa: F401 - the submission server, i
     server,
     tls_files,
 )
-
-
-@pytest.fixture(autouse=True)
-def fresh_steps():
-    forget_steps()
-    yield
-    forget_steps()
 
 
 def template(slug, subject, body="<p>Hi {{ contact.first_name }}</p>", **fields):
