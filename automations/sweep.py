@@ -80,8 +80,11 @@ class Plan:
     def __init__(self, steps: list[Step]):
         self.steps = steps
         self.positions = [s.position for s in steps]
-        self.following = {s.pk: (steps[n + 1].position if n + 1 < len(steps) else s.position + 1)
-                          for n, s in enumerate(steps)}
+        # Where a contact goes after each step: the next position up (steps sharing a position run only once).
+        self.following = {}
+        for s in steps:
+            n = bisect.bisect_right(self.positions, s.position)
+            self.following[s.pk] = self.positions[n] if n < len(steps) else s.position + 1
 
     def next_step(self, position: int) -> Step | None:
         n = bisect.bisect_left(self.positions, position)

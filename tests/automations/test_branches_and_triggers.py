@@ -154,3 +154,14 @@ def test_steps_edited_while_nobody_is_on_them_take_effect_in_a_running_sweeper(t
     enrol(auto, [contact("second@example.com").pk], now=t0)
     sweep.advance(now=t0)
     assert received("first@example.com") == ["hello"] and received("second@example.com") == ["hello", "tips"]
+
+
+def test_two_steps_at_one_position_run_once_and_the_contact_goes_on(t0):
+    auto = automation_with([{"kind": Step.Kind.EMAIL, "template": template("first", "First")},
+                            {"kind": Step.Kind.EMAIL, "template": template("next", "Next")}])
+    Step.objects.create(automation=auto, version=auto.version, position=10, kind=Step.Kind.EMAIL,
+                        template=template("twin", "Twin"))
+    enrol(auto, [contact("ann@example.com").pk], now=t0)
+    assert sweep.advance(now=t0) == 1
+    assert received("ann@example.com") == ["first", "next"]
+    assert Enrolment.objects.get().status == Enrolment.Status.DONE
