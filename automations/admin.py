@@ -7,7 +7,6 @@ from django.utils.html import format_html_join
 
 from automations import stats, versions
 from automations.models import Automation, ContactEvent, Enrolment, MessageTemplate, Step
-from automations.sweep import forget_steps
 from herald import adminkit
 
 
@@ -61,8 +60,9 @@ class AutomationAdmin(adminkit.ModelAdmin):
             return "-"
         rows = stats.step_statistics(obj)
         return format_html_join(
-            "\n", "<div>{}. {}: {} entered, {} sent, {} opened, {} clicked, {} left</div>",
-            ((r["position"], r["kind"], r["entered"], r["sent"], r["opened"], r["clicked"], r["exited"]) for r in rows))
+            "\n", "<div>{}. {}: {} entered, {} here now, {} sent, {} opened, {} clicked, {} left here</div>",
+            ((r["position"], r["kind"], r["entered"], r["waiting"], r["sent"], r["opened"], r["clicked"], r["exited"])
+             for r in rows))
 
     def save_related(self, request, form, formsets, change):
         if change and any(f.has_changed() for f in formsets) and versions.before_edit(form.instance):
@@ -70,7 +70,6 @@ class AutomationAdmin(adminkit.ModelAdmin):
             messages.info(request, "Contacts already on the way continue with the steps they started; "
                                    "use “Move contacts to the current steps” to change that.")
         super().save_related(request, form, formsets, change)
-        forget_steps(form.instance.pk)
 
     def save_formset(self, request, form, formset, change):
         steps = formset.save(commit=False)

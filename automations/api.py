@@ -17,7 +17,6 @@ from ninja.errors import HttpError
 
 from automations import stats, triggers, versions
 from automations.models import Automation, Step
-from automations.sweep import forget_steps
 from campaigns.models import Contact, Segment
 from herald.permissions import requires
 
@@ -40,8 +39,10 @@ class StepIn(Schema):
 class StepOut(StepIn):
     id: int
     position: int
-    entered: int
-    exited: int
+    entered: int = Field(description="contacts who reached this step")
+    waiting: int = Field(0, description="contacts at this step now (in its wait, or due to move on)")
+    exited: int = Field(description="contacts who left the automation at this step (ended, finished, unsubscribed, "
+                                    "suppressed or erased); entered = waiting + exited + went on")
     sent: int = 0
     opened: int = 0
     clicked: int = 0
@@ -114,7 +115,7 @@ def _out(automation: Automation) -> dict:
         row = {f: getattr(step, f) for f in ("id", "position", "kind", "template_id", "wait_seconds", "wait_weekday",
                                              "wait_time", "condition", "rules", "else_position", "update", "entered",
                                              "exited")}
-        row.update({k: figures.get(step.pk, {}).get(k, 0) for k in ("sent", "opened", "clicked")})
+        row.update({k: figures.get(step.pk, {}).get(k, 0) for k in ("waiting", "sent", "opened", "clicked")})
         steps.append(row)
     data = {f: getattr(automation, f) for f in ("id", "name", "trigger", "status", "version", "mailing_list_id",
                                                 "segment_id", "date_attribute", "date_yearly", "date_hour", "link_url",
@@ -144,7 +145,6 @@ def _replace_steps(automation: Automation, steps: list[StepIn]):
         step = Step(automation=automation, version=automation.version, **data)
         _checked(step, f"steps[{n}].")
         step.save()
-    forget_steps(automation.pk)
 
 
 @router.get("/automations", response=list[AutomationOut], summary="Automations")

@@ -17,6 +17,10 @@ from campaigns import rendering
 from campaigns.sandbox import render_budget
 from delivery.message import one_line
 
+# What a template's expressions may raise on data they do not expect ({{ data.total / data.count }} with a
+# count of 0, data['items']|length without items): the data's fault, never worth a retry.
+RENDER_ERRORS = (TemplateError, TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+
 _compiled: dict[tuple, tuple] = {}
 _lock = threading.Lock()
 

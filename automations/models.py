@@ -175,7 +175,8 @@ class Enrolment(models.Model):
         DONE = "done"
         EXITED = "exited"
 
-    automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="enrolments")
+    # Indexed by the unique (automation, contact, occurrence): an index of its own would only slow the sweep's writes.
+    automation = models.ForeignKey(Automation, on_delete=models.CASCADE, related_name="enrolments", db_index=False)
     contact = models.ForeignKey(Contact, on_delete=models.CASCADE, related_name="enrolments", db_index=False)
     # The nth time this contact entered this automation: part of every message's idempotency key.
     occurrence = models.PositiveIntegerField(default=1)

@@ -3,11 +3,11 @@
 from typing import Any
 
 from email_validator import EmailNotValidError, validate_email
-from jinja2 import TemplateError
 from ninja import Field, Header, Router, Schema, Status
 from ninja.errors import HttpError
 
 from automations import transactional
+from automations.compose import RENDER_ERRORS
 from delivery.models import Send
 from herald.permissions import requires
 
@@ -59,6 +59,6 @@ def send_transactional(request, payload: TransactionalIn, idempotency_key: str =
                                        [transactional.Attachment(**a.dict()) for a in payload.attachments])
     except transactional.Refused as exc:
         raise HttpError(exc.status, str(exc)) from None
-    except TemplateError as exc:
+    except RENDER_ERRORS as exc:
         raise HttpError(422, f"template: line {getattr(exc, 'lineno', '?')}: {exc}") from None
     return Status(201 if sent else 200, _out(row, replayed=not sent))

@@ -8,10 +8,8 @@ trigger key makes an overlap harmless.
 """
 
 import datetime
-import zoneinfo
 from datetime import timedelta
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import DateTimeField, Q
 from django.db.models.fields.json import KeyTextTransform
@@ -22,6 +20,7 @@ from automations.enrol import enrol
 from automations.models import Automation, ContactEvent
 from campaigns.audience import LIVE
 from campaigns.models import Contact, Subscription
+from delivery import localtime
 from segments.compiler import Compiler
 from tracking.models import Event
 
@@ -90,14 +89,14 @@ def segment(automation, now) -> int:
 
 
 def zone_of(attributes) -> datetime.tzinfo:
-    """The contact's time zone (attribute ``timezone``, an IANA name), else the server's."""
-    name = (attributes or {}).get("timezone") if isinstance(attributes, dict) else None
-    if isinstance(name, str) and name:
-        try:
-            return zoneinfo.ZoneInfo(name)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            pass
-    return zoneinfo.ZoneInfo(settings.TIME_ZONE)
+    """The contact's time zone, as for a campaign sent at local time: its ``timezone`` attribute (an IANA
+    name), else the zone of its ``country``, else the operator's (TIME_ZONE)."""
+    attributes = attributes if isinstance(attributes, dict) else {}
+    return localtime.zone_for(_text(attributes.get("timezone")), _text(attributes.get("country")), None)
+
+
+def _text(value) -> str:
+    return value if isinstance(value, str) else ""
 
 
 def date_reached(automation, now) -> int:

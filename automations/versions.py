@@ -7,11 +7,13 @@ become the next version. ``migrate`` moves the contacts onto the current
 version when the operator asks, at the same positions.
 """
 
+from collections import Counter
+
 from django.db import transaction
 from django.utils import timezone
 
 from automations.models import Automation, Enrolment, Step
-from automations.sweep import forget_steps
+from automations.sweep import count_steps, plan_of
 
 
 def before_edit(automation: Automation) -> bool:
@@ -29,13 +31,22 @@ def before_edit(automation: Automation) -> bool:
         Step.objects.bulk_create(kept)
         Step.objects.filter(pk__in=[s.pk for s in current]).update(version=old + 1, entered=0, exited=0)
         Automation.objects.filter(pk=automation.pk).update(version=old + 1, updated_at=timezone.now())
-    forget_steps(automation.pk)
     return True
 
 
 def migrate(automation: Automation) -> int:
-    """Move every active enrolment onto the current version; how many moved."""
-    count = Enrolment.objects.filter(automation=automation, status=Enrolment.Status.ACTIVE).exclude(
-        version=automation.version).update(version=automation.version, updated_at=timezone.now())
-    forget_steps(automation.pk)
-    return count
+    """Move every active enrolment onto the current version; how many moved.
+
+    Each one enters the current version's step it is now at, so that step's
+    figures still add up (entered = waiting + exited + went on).
+    """
+    with transaction.atomic():
+        moving = list(Enrolment.objects.select_for_update().filter(
+            automation=automation, status=Enrolment.Status.ACTIVE).exclude(version=automation.version)
+            .order_by("id").values_list("id", "position"))
+        Enrolment.objects.filter(id__in=[pk for pk, _ in moving]).update(version=automation.version,
+                                                                          updated_at=timezone.now())
+        plan = plan_of(automation.pk, automation.version)
+        entered = Counter(step.pk for step in (plan.holding(position) for _, position in moving) if step is not None)
+        count_steps(entered, {})
+    return len(moving)

@@ -25,6 +25,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, Session, TLSSetupExce
 from django.conf import settings
 from django.db import connections
 
+from submission import templated
 from submission.auth import Limits, Login, Verifier, address_domain
 from submission.handoff import Handoff, HandoffProcess
 from submission.store import Accepted, store_batch
@@ -304,11 +305,21 @@ class SubmissionHandler:
         item.rcpt_tos = list(envelope.rcpt_tos)
         peer = session.peer
         item.peer = str(peer[0]) if isinstance(peer, tuple) else str(peer or "")
+        items = [item]
+        if item.template:
+            try:
+                items = await asyncio.get_running_loop().run_in_executor(
+                    self.herald.template_executor, templated.render, login, item)
+            except templated.Refused as refusal:
+                return refusal.reply
+            except Exception:
+                log.exception("could not render template %r", item.template)
+                return "451 4.3.0 The template could not be rendered; nothing was accepted, try again"
         try:
-            stored = await self.herald.committer.submit(item)
+            stored = await asyncio.gather(*(self.herald.committer.submit(one) for one in items))
         except Exception:
             return "451 4.3.0 The message could not be stored; nothing was accepted, try again"
-        return f"250 2.0.0 Ok: queued as {stored.outbound_id}"
+        return f"250 2.0.0 Ok: queued as {' '.join(str(one.outbound_id) for one in stored)}"
 
 
 def read_message(raw: bytes, login: Login) -> tuple[Accepted | None, str | None]:
@@ -326,6 +337,7 @@ def read_message(raw: bytes, login: Login) -> tuple[Accepted | None, str | None]
         addresses = [addr for _, addr in getaddresses(from_headers) if addr]
         subject = str(make_header(decode_header(headers.get("Subject", "")))) if headers.get("Subject") else ""
         tag = " ".join(headers.get("X-Herald-Tag", "").split())[:_TAG_MAX]
+        template = " ".join(headers.get(templated.TEMPLATE_HEADER, "").split())
         message_id = " ".join(headers.get("Message-ID", "").split())
     except Exception as exc:
         return None, f"550 5.6.0 The message headers cannot be read: {str(exc)[:200]}"
@@ -352,6 +364,7 @@ def read_message(raw: bytes, login: Login) -> tuple[Accepted | None, str | None]
         subject=subject,
         message_id=message_id,
         tag=tag or login.default_tag,
+        template=template,
     )
     return item, None
 
@@ -379,6 +392,7 @@ class SubmissionServer:
         self.max_recipients = getattr(settings, "HERALD_SUBMISSION_MAX_RECIPIENTS", 500)
         self.committer = Committer(workers=committers, handoff_process=handoff_process, leftovers=leftovers)
         self.auth_executor = ThreadPoolExecutor(1, thread_name_prefix="submission-auth")
+        self.template_executor = ThreadPoolExecutor(1, thread_name_prefix="submission-templates")
         self.verifier = Verifier()
         self.limits = None
         self.handler = SubmissionHandler(self)
@@ -426,6 +440,8 @@ class SubmissionServer:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self.auth_executor, connections.close_all)
         self.auth_executor.shutdown()
+        await loop.run_in_executor(self.template_executor, connections.close_all)
+        self.template_executor.shutdown()
         if self.limits is not None:
             await self.limits.redis.aclose()
 

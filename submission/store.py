@@ -38,6 +38,8 @@ class Accepted:
     message_id: str = ""
     tag: str = ""
     peer: str = ""
+    # X-Herald-Template: the template to render in place of this message (see submission.templated).
+    template: str = ""
     # Filled by store_batch.
     outbound_id: int | None = None
     send_ids: list = field(default_factory=list)

@@ -2,21 +2,19 @@ import pytest
 from django.utils import timezone
 
 from automations.models import Automation, MessageTemplate, Step
-from automations.sweep import forget_steps
 from campaigns.models import Contact, MailingList, Subscription
 from tests.segments.conftest import admin_user, api, relay  # noqa: F401 - the same sink relay and API client
-
-
-@pytest.fixture(autouse=True)
-def fresh_steps():
-    forget_steps()
-    yield
-    forget_steps()
+from tests.submission.conftest import (  # noqa: F401 - the submission server, its TLS client, quick logins
+    client_tls,
+    fast_password_hashing,
+    server,
+    tls_files,
+)
 
 
 def template(slug, subject, body="<p>Hi {{ contact.first_name }}</p>", **fields):
-    return MessageTemplate.objects.create(name=slug, slug=slug, subject=subject, from_email="hello@herald.example",
-                                          html_body=body, **fields)
+    fields.setdefault("from_email", "hello@herald.example")
+    return MessageTemplate.objects.create(name=slug, slug=slug, subject=subject, html_body=body, **fields)
 
 
 def contact(email, **fields):

@@ -142,3 +142,26 @@ def test_a_click_in_an_automation_email_is_tracked_and_triggers_another(t0):
     assert record_click(send.pk, 0, BROWSER) == "https://shop.example/spring?c=Zoe"
     triggers.poll()
     assert Enrolment.objects.filter(automation=follow, contact=zoe).exists()
+
+
+def test_steps_edited_while_nobody_is_on_them_take_effect_in_a_running_sweeper(t0):
+    auto = automation_with([{"kind": Step.Kind.EMAIL, "template": template("hello", "Hello")}])
+    enrol(auto, [contact("first@example.com").pk], now=t0)
+    sweep.advance(now=t0)
+    # A step added in place (no one is part-way), as the admin in another process does.
+    Step.objects.create(automation=auto, version=auto.version, position=20, kind=Step.Kind.EMAIL,
+                        template=template("tips", "Tips"))
+    enrol(auto, [contact("second@example.com").pk], now=t0)
+    sweep.advance(now=t0)
+    assert received("first@example.com") == ["hello"] and received("second@example.com") == ["hello", "tips"]
+
+
+def test_two_steps_at_one_position_run_once_and_the_contact_goes_on(t0):
+    auto = automation_with([{"kind": Step.Kind.EMAIL, "template": template("first", "First")},
+                            {"kind": Step.Kind.EMAIL, "template": template("next", "Next")}])
+    Step.objects.create(automation=auto, version=auto.version, position=10, kind=Step.Kind.EMAIL,
+                        template=template("twin", "Twin"))
+    enrol(auto, [contact("ann@example.com").pk], now=t0)
+    assert sweep.advance(now=t0) == 1
+    assert received("ann@example.com") == ["first", "next"]
+    assert Enrolment.objects.get().status == Enrolment.Status.DONE
