@@ -3,10 +3,12 @@
 Every value from the tree reaches the database as a bound parameter (the ORM's
 lookups, never text pasted into SQL), and each condition is an EXISTS or a
 column test on the contact row, so a count or a snapshot stays one statement on
-PostgreSQL and SQLite alike. Opens and clicks of any campaign are read from
-tracking's Engagement (a contact's latest times, kept by a trigger); those of a
-given campaign, links, bounces and complaints from the events, through the
-(contact, type, machine, created_at) index.
+PostgreSQL and SQLite alike. Opens and clicks of any campaign, and campaigns
+received since the last open, are read from tracking's Engagement (a contact's
+latest times, kept by a trigger); those of a given campaign from the events,
+through this app's (campaign, contact, type, machine) index of opens and clicks
+(migration 0002); bounces and complaints through the events' (contact, type,
+machine, created_at) index.
 
 Call ``validate`` (segments.rules) first: this module trusts the tree it gets.
 """
@@ -30,7 +32,7 @@ from django.db.models.lookups import (
 )
 from django.utils import timezone
 
-from campaigns.audience import LIVE, subscribed_to
+from campaigns.audience import live, subscribed_to
 from campaigns.models import Segment, Subscription, Suppression
 from delivery.models import DomainThrottle, Send
 from segments.rules import variant_number
@@ -69,7 +71,7 @@ class Compiler:
             return Q(subscribed_to([node["list"]]))
         rows = Subscription.objects.filter(contact_id=OuterRef("pk"), mailing_list_id=node["list"])
         if status == "subscribed":
-            rows = rows.filter(LIVE)
+            rows = rows.filter(live([node["list"]]))
         else:
             rows = rows.filter(status=status)
         if since is not None:
@@ -184,11 +186,14 @@ class Compiler:
                                             variant=variant_number(node["variant"]))))
 
     def c_unopened(self, node):
-        """Received ``count`` campaigns or more since the last open (or ever, never having opened)."""
-        later_open = Event.objects.filter(contact_id=OuterRef("contact_id"), type__in=OPENS,
-                                          created_at__gte=OuterRef("sent_at"))
-        if not node.get("include_machine", False):
-            later_open = later_open.filter(machine=False)
+        """Received ``count`` campaigns or more since the last open (or ever, never having opened).
+
+        A send is unopened when no open came at or after it: when it is later than the
+        contact's latest open, one row per contact, rather than a look for later opens
+        among the events for every send.
+        """
+        column = "last_open_any_at" if node.get("include_machine", False) else "last_open_at"
+        later_open = Engagement.objects.filter(contact_id=OuterRef("contact_id"), **{f"{column}__gte": OuterRef("sent_at")})
         unopened = (Send.objects.filter(campaign__isnull=False, status=Send.Status.SENT, contact__isnull=False)
                     .filter(~Q(Exists(later_open))).order_by().values("contact_id")
                     .annotate(n=Count("id")).filter(n__gte=node["count"]).values("contact_id"))
