@@ -17,4 +17,11 @@ if __name__ == "__main__":
     cast = world.build()
     found = world.evaluate(cast)
     found["snapshot"] = world.snapshot(cast)
+    from segments import engagement
+    from tracking.models import Engagement
+
+    # The latest opens and clicks match the events; lost, they are found missing and rebuilt.
+    matched = engagement.differences()
+    Engagement.objects.all().delete()
+    found["engagement"] = [matched, engagement.differences(), engagement.rebuild(), engagement.differences()]
     print(json.dumps(found))
