@@ -95,3 +95,19 @@ def test_rows_lost_or_wrong_are_found_and_rebuilt_from_the_events(ann, bob, cat)
     assert latest(bob) == (ago(3), ago(3), ago(3), ago(3))
     assert not Engagement.objects.filter(contact=cat).exists()
     assert opened_lately() == ["Ann", "Bob"]
+
+
+def test_deleted_opens_and_clicks_are_taken_back(ann, bob):
+    event(ann, "open", 40)
+    latest_open = event(ann, "click", 2)
+    event(bob, "open", 1)
+    event(bob, "soft_bounce", 0)
+    assert opened_lately() == ["Ann", "Bob"]
+
+    latest_open.delete()
+    Event.objects.filter(contact=bob).delete()  # one statement: the open and the bounce
+
+    assert latest(ann) == (ago(40), None, ago(40), None)
+    assert not Engagement.objects.filter(contact=bob).exists()
+    assert opened_lately() == []
+    assert engagement.differences() == 0
