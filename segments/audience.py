@@ -6,7 +6,7 @@ the confirmation's count (in delivery, below this app) reach it.
 
 from django.db.models import Exists, OuterRef, Q
 
-from campaigns.audience import LIVE, subscribed_to
+from campaigns.audience import live, subscribed_to
 from campaigns.models import Subscription
 from segments import followups
 from segments.compiler import NOTHING, Compiler, _any
@@ -24,7 +24,7 @@ def targeted(campaign, now=None) -> Q:
         if segments:
             # A segment reaches only people who receive some list's mail: someone who unsubscribed from
             # every list they were on stays out, whatever else they match.
-            anywhere = Q(Exists(Subscription.objects.filter(LIVE, contact_id=OuterRef("pk"))))
+            anywhere = Q(Exists(Subscription.objects.filter(live(), contact_id=OuterRef("pk"))))
             parts.append(anywhere & _any([_segment(compiler, s) for s in segments]))
         wanted = _any(parts) if parts else NOTHING
     excluded_lists = list(campaign.exclude_lists.values_list("pk", flat=True))

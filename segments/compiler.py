@@ -3,10 +3,12 @@
 Every value from the tree reaches the database as a bound parameter (the ORM's
 lookups, never text pasted into SQL), and each condition is an EXISTS or a
 column test on the contact row, so a count or a snapshot stays one statement on
-PostgreSQL and SQLite alike. Opens and clicks of any campaign are read from
-tracking's Engagement (a contact's latest times, kept by a trigger); those of a
-given campaign, links, bounces and complaints from the events, through the
-(contact, type, machine, created_at) index.
+PostgreSQL and SQLite alike. Opens and clicks of any campaign, and campaigns
+received since the last open, are read from tracking's Engagement (a contact's
+latest times, kept by a trigger); those of a given campaign from the events,
+through this app's (campaign, contact, type, machine) index of opens and clicks
+(migration 0002); bounces and complaints through its (type, contact, created_at)
+index of deliverability events (migration 0003).
 
 Call ``validate`` (segments.rules) first: this module trusts the tree it gets.
 """
@@ -30,7 +32,7 @@ from django.db.models.lookups import (
 )
 from django.utils import timezone
 
-from campaigns.audience import LIVE, subscribed_to
+from campaigns.audience import live, subscribed_to
 from campaigns.models import Segment, Subscription, Suppression
 from delivery.models import DomainThrottle, Send
 from segments.rules import variant_number
@@ -69,7 +71,7 @@ class Compiler:
             return Q(subscribed_to([node["list"]]))
         rows = Subscription.objects.filter(contact_id=OuterRef("pk"), mailing_list_id=node["list"])
         if status == "subscribed":
-            rows = rows.filter(LIVE)
+            rows = rows.filter(live([node["list"]]))
         else:
             rows = rows.filter(status=status)
         if since is not None:
@@ -184,11 +186,14 @@ class Compiler:
                                             variant=variant_number(node["variant"]))))
 
     def c_unopened(self, node):
-        """Received ``count`` campaigns or more since the last open (or ever, never having opened)."""
-        later_open = Event.objects.filter(contact_id=OuterRef("contact_id"), type__in=OPENS,
-                                          created_at__gte=OuterRef("sent_at"))
-        if not node.get("include_machine", False):
-            later_open = later_open.filter(machine=False)
+        """Received ``count`` campaigns or more since the last open (or ever, never having opened).
+
+        A send is unopened when no open came at or after it: when it is later than the
+        contact's latest open, one row per contact, rather than a look for later opens
+        among the events for every send.
+        """
+        column = "last_open_any_at" if node.get("include_machine", False) else "last_open_at"
+        later_open = Engagement.objects.filter(contact_id=OuterRef("contact_id"), **{f"{column}__gte": OuterRef("sent_at")})
         unopened = (Send.objects.filter(campaign__isnull=False, status=Send.Status.SENT, contact__isnull=False)
                     .filter(~Q(Exists(later_open))).order_by().values("contact_id")
                     .annotate(n=Count("id")).filter(n__gte=node["count"]).values("contact_id"))
@@ -198,20 +203,32 @@ class Compiler:
         op = node["op"]
         if op == "never":
             return ~Q(self.latest("last_open_at"))
-        recent = self.latest("last_open_at", self.days_ago(node["value"]))
+        since = self.days_ago(node["value"])
         if op == "in_last_days":
-            return Q(recent)
-        return Q(self.latest("last_open_at")) & ~Q(recent)
+            return Q(self.latest("last_open_at", since))
+        # One row per contact: an open known but none since is a latest open before.
+        return Q(Exists(Engagement.objects.filter(contact_id=OuterRef("pk"), last_open_at__lt=since)))
 
     # -- deliverability ----------------------------------------------------------
 
     def c_soft_bounces(self, node):
-        rows = Event.objects.filter(contact_id=OuterRef("pk"), type=Event.Type.SOFT_BOUNCE)
+        """A test of the number of soft bounces.
+
+        When a count of none fails (at least n), the contacts with a passing count are
+        one set-based query over the soft bounces, through the (type, contact) index
+        of the deliverability events. When it passes, each contact's count is looked
+        up: a NOT IN over those that fail, more than PostgreSQL holds in memory,
+        would compare every contact with all of them.
+        """
+        rows = Event.objects.filter(type=Event.Type.SOFT_BOUNCE, contact__isnull=False)
         if node.get("within_days") is not None:
             rows = rows.filter(created_at__gte=self.days_ago(node["within_days"]))
-        count = Coalesce(Subquery(rows.order_by().values("contact_id").annotate(n=Count("id")).values("n")[:1]),
-                         Value(0))
-        return Q(self.number_test(count, node["op"], node["value"]))
+        op, value = node["op"], node["value"]
+        if not _passes(op, value, 0):
+            counted = rows.order_by().values("contact_id").annotate(n=Count("*"))
+            return Q(pk__in=counted.filter(self.number_test(F("n"), op, value)).values("contact_id"))
+        mine = rows.filter(contact_id=OuterRef("pk")).order_by().values("contact_id").annotate(n=Count("*"))
+        return Q(self.number_test(Coalesce(Subquery(mine.values("n")[:1]), Value(0)), op, value))
 
     def c_last_bounce(self, node):
         op = node["op"]
@@ -298,6 +315,15 @@ class Compiler:
 
     def start_of(self, day):
         return timezone.make_aware(datetime.datetime.combine(day, datetime.time()), timezone.get_current_timezone())
+
+
+def _passes(op, value, n):
+    """The number test of a count, in Python: whether ``n`` passes it."""
+    if op == "between":
+        return value[0] <= n <= value[1]
+    if op == "in":
+        return n in value
+    return {"equals": n == value, "gt": n > value, "gte": n >= value, "lt": n < value, "lte": n <= value}[op]
 
 
 def _as_text(column, timestamp):

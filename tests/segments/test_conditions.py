@@ -40,6 +40,9 @@ def test_every_condition_on_sqlite(tmp_path, redis_client):
     expected = {n: e for n, _, e in world.cases({k: 0 for k in ("news", "offers", "first", "second", "germans")})}
     # Segments, lists and exclusions together, snapshotted: dan is suppressed, on Offers too.
     assert found.pop("snapshot") == [2, "ann bob"]
+    # Ann, Bob and Eve opened or clicked: three rows, which the rebuild writes back when lost; deleted
+    # events are taken back.
+    assert found.pop("engagement") == [0, 3, 3, 0, 0, 0, 0]
     assert found == expected
 
 
