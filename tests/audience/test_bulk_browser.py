@@ -9,17 +9,16 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
 from django.db import connection
 
 from campaigns.models import BulkJob, Contact, MailingList, Subscription
+from tests.audience.test_bulk_jobs import MANY, insert_contacts
 from tests.delivery.workers import Worker
-from tests.operator.test_browser import browser, page  # noqa: F401 (fixtures)
+from tests.operator.test_browser import browser, page, sign_in  # noqa: F401 (fixtures)
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 ARTIFACTS = Path(os.environ.get("HERALD_ARTIFACTS") or django_settings.BASE_DIR / "var" / "artifacts") / "bulk"
-MANY = 100_000
 
 
 def shot(tab, name):
@@ -29,30 +28,16 @@ def shot(tab, name):
 
 @pytest.fixture
 def many_contacts(transactional_db):
-    """100,000 contacts, every tenth blocklisted, inserted in one statement."""
     if connection.vendor != "postgresql":
         pytest.skip("generates its contacts with PostgreSQL's generate_series")
-    with connection.cursor() as cur:
-        cur.execute(
-            "INSERT INTO campaigns_contact (email, email_key, first_name, last_name, attributes, status, created_at, "
-            "updated_at) SELECT 'u' || g || '@example.com', 'u' || g || '@example.com', '', '', '{}', "
-            "CASE WHEN g %% 10 = 0 THEN 'blocklisted' ELSE 'active' END, now(), now() FROM generate_series(1, %s) g",
-            [MANY])
-        cur.execute("ANALYZE campaigns_contact")
-    return MANY
+    return insert_contacts(MANY)
 
 
 def test_an_operator_adds_all_100000_matching_contacts_to_a_list(page, live_server, many_contacts, tmp_path):  # noqa: F811
     weekly = MailingList.objects.create(name="Weekly")
-    User.objects.create_superuser("olga", "olga@herald.example", "a long passphrase 42")
     worker = Worker("bulk", tmp_path).wait_ready()
     try:
-        page.set_viewport_size({"width": 1280, "height": 900})
-        page.goto("/admin/")
-        page.fill("#id_username", "olga")
-        page.fill("#id_password", "a long passphrase 42")
-        page.click("input[type=submit]")
-        page.wait_for_selector("#herald-dashboard")
+        sign_in(page)
 
         # The active contacts, every one of them: tick the page, then "select all".
         page.goto("/admin/campaigns/contact/?status__exact=active")

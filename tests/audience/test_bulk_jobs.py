@@ -12,18 +12,22 @@ pytestmark = pytest.mark.django_db
 MANY = 100_000
 
 
-@pytest.fixture
-def many_contacts(db):
-    """100,000 contacts, every tenth blocklisted, inserted in one statement."""
+def insert_contacts(n):
+    """``n`` contacts, every tenth blocklisted, inserted in one statement (PostgreSQL)."""
     with connection.cursor() as cur:
         cur.execute(
             "INSERT INTO campaigns_contact (email, email_key, first_name, last_name, attributes, status, created_at, "
             "updated_at) SELECT 'u' || g || '@example.com', 'u' || g || '@example.com', '', '', '{}', "
             "CASE WHEN g %% 10 = 0 THEN 'blocklisted' ELSE 'active' END, now(), now() FROM generate_series(1, %s) g",
-            [MANY])
+            [n])
         # As autovacuum would soon after a real import: without statistics the planner takes the table for empty.
         cur.execute("ANALYZE campaigns_contact")
-    return MANY
+    return n
+
+
+@pytest.fixture
+def many_contacts(db):
+    return insert_contacts(MANY)
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import User
 
 from campaigns.models import Campaign
 from delivery import lifecycle, routing
@@ -17,7 +16,7 @@ from delivery.models import Relay, RelayGroup, RoutingRule
 from tests.delivery.conftest import SENDABLE_HTML, drain, fresh_engine_state, make_campaign  # noqa: F401 (fixtures)
 from tests.delivery.servers import PipeliningSink
 from tests.delivery.test_relay_pool import RefusingMailHandler
-from tests.operator.test_browser import browser, page  # noqa: F401 (fixtures)
+from tests.operator.test_browser import browser, page, sign_in  # noqa: F401 (fixtures)
 from tests.support.smtp import Sink
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
@@ -39,13 +38,7 @@ def test_an_operator_adds_a_relay_and_reads_the_pool_s_health(page, make_campaig
     refusing = Sink()
     refusing.controller.handler = RefusingMailHandler(refusing)
     with refusing, PipeliningSink() as good:
-        User.objects.create_superuser("olga", "olga@herald.example", "a long passphrase 42")
-        page.set_viewport_size({"width": 1280, "height": 900})
-        page.goto("/admin/")
-        page.fill("#id_username", "olga")
-        page.fill("#id_password", "a long passphrase 42")
-        page.click("input[type=submit]")
-        page.wait_for_selector("#herald-dashboard")
+        sign_in(page)
 
         # A relay added in the admin, with a login: the password is never shown back.
         page.goto("/admin/delivery/relay/add/")

@@ -51,6 +51,17 @@ def page(browser, live_server):
     connections.close_all()
 
 
+def sign_in(page, username="olga", password="a long passphrase 42"):
+    """An operator, created as a superuser, signs in through the admin's form and lands on the dashboard."""
+    User.objects.create_superuser(username, f"{username}@herald.example", password)
+    page.set_viewport_size({"width": 1280, "height": 900})
+    page.goto("/admin/")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.click("input[type=submit]")
+    page.wait_for_selector("#herald-dashboard")
+
+
 @pytest.fixture
 def worker(tmp_path, settings):
     settings.MEDIA_ROOT = tmp_path / "media"
