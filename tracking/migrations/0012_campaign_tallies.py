@@ -57,6 +57,7 @@ BEGIN
 END $$;
 """
 
+# (0014 replaces tracking_tally_mark: the lock is taken before the status is read.)
 # A send's bit newly set (+1) or cleared (-1): one more or one fewer person in the figure. A report that the message
 # never arrived counts only while the send stands as sent (bounced after delivery, by domain): the share lock waits
 # for a write-back of the send in flight, so that either its trigger or this one counts it, never neither.
