@@ -185,3 +185,36 @@ def test_deleting_a_campaign_takes_its_figures_and_leaves_the_others(campaign):
     assert not Tally.objects.filter(campaign_id=campaign.pk).exists()
     assert kept(other) == counted(other)
     assert campaign_stats(other)["engagement"]["human_opens"]["count"] == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_report_racing_the_write_back_of_its_send_counts_once(campaign):
+    """The engine writes the 250 back while the bounce server records the DSN of the same message: whichever
+    commits first, the message counts as bounced after delivery."""
+    import threading
+
+    from django.db import connections, transaction
+
+    if connection.vendor != "postgresql":
+        pytest.skip("the triggers, and so the race, exist on PostgreSQL")
+    (ann,) = sends(campaign, "ann@example.com", status="sending", attempts=0)
+    with transaction.atomic():
+        deliver(ann)  # the write-back, not yet committed
+        done = threading.Event()
+
+        def report():
+            try:
+                event("bounce", ann, START)
+            finally:
+                connections.close_all()
+                done.set()
+
+        thread = threading.Thread(target=report)
+        thread.start()
+        # The report waits for the write-back's lock rather than reading the send as still 'sending'.
+        assert not done.wait(1.0)
+    thread.join(30)
+    assert done.is_set()
+    outcomes = delivery_outcomes(campaign)["outcomes"]
+    assert (outcomes["delivered"]["count"], outcomes["bounced_after_delivery"]["count"]) == (0, 1)
+    assert kept(campaign) == counted(campaign)
