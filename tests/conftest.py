@@ -28,9 +28,10 @@ def _transactional(item):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_teardown(item, nextitem):
-    """Put back the rows migrations ship (operator groups, provider rules) after a transactional test.
+    """Put back the rows migrations ship (operator groups, provider rules) after a transactional test, and empty
+    the statistics' table of changes not yet folded, which no model owns.
 
-    Such a test ends by emptying every table. Run alone, pytest-django orders
+    Such a test ends by emptying every table of a model. Run alone, pytest-django orders
     those tests last; spread over several processes, any test may follow one.
     """
     yield
@@ -53,6 +54,11 @@ def pytest_runtest_teardown(item, nextitem):
             for label, module in saved.items():
                 apps.get_app_config(label).models_module = module
         import_module("delivery.migrations.0005_provider_rules").add_defaults(apps, None)
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("TRUNCATE tracking_tallydelta")
 
 
 @pytest.hookimpl(hookwrapper=True)
