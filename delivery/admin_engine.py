@@ -117,8 +117,8 @@ class RelayAdmin(adminkit.ModelAdmin):
         reason = status["reason"]
         code = " ".join(reason.split()[:2]) if reason[:1].isdigit() else Truncator(reason).chars(40)
         retry = f", retry in {status['retry_in']:.0f} s" if status["state"] == "down" else ", retrying"
-        return format_html('<span title="{}">{}{}{}</span>', status["reason"], status["state"],
-                           f" ({code})" if code else "", retry)
+        return format_html('<span title="{}">{}{}{}</span>', reason, status["state"], f" ({code})" if code else "",
+                           retry)
 
     @admin.display(description="Sending now")
     def sending_display(self, obj):

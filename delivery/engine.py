@@ -325,11 +325,8 @@ def _screen(rows, now, batch):
 def _outside_quiet_hours(rows, now, requeue, campaigns):
     """The rows whose recipient is not inside their campaign's quiet hours now; the others (a retry come due
     at night, or the tail of a long send running into the hours) wait in the ledger for the hours' end."""
-    ids = {r.campaign_id for r in rows if r.campaign_id}
-    if not ids:
-        return rows
     windows = {}
-    for campaign in (campaigns[i] for i in ids if i in campaigns):
+    for campaign in (campaigns[i] for i in {r.campaign_id for r in rows} if i in campaigns):
         window = localtime.quiet_hours(campaign)
         if window is not None:
             windows[campaign.id] = (campaign, window)
