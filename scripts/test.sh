@@ -27,4 +27,4 @@ echo "No changes detected."
 step "Tests (pytest)"
 # Two processes by default (HERALD_TEST_PROCESSES=1 for one); each gets its own
 # PostgreSQL test database and Redis database (tests/support/parallel.py).
-"$VENV/bin/python" -m pytest -p tests.support.parallel -n "${HERALD_TEST_PROCESSES:-2}" --dist loadfile "$@"
+"$VENV/bin/python" -m pytest -p tests.support.parallel -n "${HERALD_TEST_PROCESSES:-2}" --dist loadfile --durations=25 "$@"

@@ -28,10 +28,10 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Q
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from webhooks_out import signing
+from webhooks_out import notices, signing
 from webhooks_out.addresses import UnsafeEndpoint, check_url
 from webhooks_out.models import DeliveryAttempt, Endpoint, OutboxMessage
 
@@ -313,12 +313,22 @@ def _breaker(endpoint, now, succeeded, failed):
     threshold = _setting("HERALD_WEBHOOK_BREAKER_FAILURES", 5)
     if fresh.consecutive_failures >= threshold:
         fresh.breaker_until = now + backoff(fresh.consecutive_failures - threshold + 1)
-    if now - fresh.failing_since >= give_up_after():
+    switching_off = fresh.enabled and now - fresh.failing_since >= give_up_after()
+    if switching_off:
         fresh.enabled = False
         fresh.disabled_reason = (f"Switched off on {now:%Y-%m-%d %H:%M} UTC: every delivery failed since "
                                  f"{fresh.failing_since:%Y-%m-%d %H:%M} UTC. Fix the receiver and enable it again.")
     fresh.save(update_fields=["consecutive_failures", "failing_since", "breaker_until", "enabled", "disabled_reason"])
+    if switching_off:
+        notices.switched_off(fresh, fresh.disabled_reason, _undelivered(fresh))
     endpoint.__dict__.update({k: getattr(fresh, k) for k in ("consecutive_failures", "breaker_until", "enabled")})
+
+
+def _undelivered(endpoint) -> dict[str, int]:
+    """How many of the endpoint's events wait, and how many it gave up on: {status: count}."""
+    rows = (OutboxMessage.objects.filter(endpoint=endpoint).exclude(status=OutboxMessage.Status.DELIVERED)
+            .values_list("status").annotate(n=Count("id")).order_by())
+    return dict(rows)
 
 
 def enforce_limit(now=None) -> list[int]:
@@ -328,9 +338,9 @@ def enforce_limit(now=None) -> list[int]:
     off = []
     for endpoint in Endpoint.objects.filter(enabled=True):
         if OutboxMessage.objects.filter(endpoint=endpoint, status=OutboxMessage.Status.PENDING)[limit:limit + 1].exists():
-            Endpoint.objects.filter(pk=endpoint.pk).update(
-                enabled=False, disabled_reason=f"Switched off on {now:%Y-%m-%d %H:%M} UTC: more than {limit} "
-                                               "events waiting for it.")
+            reason = f"Switched off on {now:%Y-%m-%d %H:%M} UTC: more than {limit} events waiting for it."
+            if Endpoint.objects.filter(pk=endpoint.pk, enabled=True).update(enabled=False, disabled_reason=reason):
+                notices.switched_off(endpoint, reason, _undelivered(endpoint))
             off.append(endpoint.pk)
     return off
 

@@ -4,6 +4,7 @@ import base64
 import hashlib
 import hmac
 import json
+import quopri
 import threading
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,10 +14,12 @@ from django.db import transaction
 from django.utils import timezone
 
 from campaigns.models import ApiToken, Contact
-from delivery.models import Send
+from delivery import engine, routing
+from delivery.models import Relay, Send
+from submission.models import OutboundMessage
 from tracking.events import record
 from tracking.models import Event
-from webhooks_out import deliver
+from webhooks_out import deliver, notices
 from webhooks_out.models import DeliveryAttempt, Endpoint, OutboxMessage
 
 pytestmark = pytest.mark.django_db
@@ -164,6 +167,44 @@ def test_persistent_failure_opens_the_breaker_then_switches_the_endpoint_off(api
         assert deliver.deliver_due() == 2
     finally:
         dead.close()
+
+
+def notices_made():
+    return list(Send.objects.filter(outbound_id__in=OutboundMessage.objects.filter(tag=notices.TAG).values("id"))
+                .values_list("id", flat=True))
+
+
+def test_the_operator_is_mailed_once_when_an_endpoint_is_switched_off(api, allow_loopback, settings, sink,
+                                                                       django_capture_on_commit_callbacks,
+                                                                       django_user_model):
+    django_user_model.objects.create_user("viewer", "viewer@example.com", "pw", is_staff=True)  # may not change them
+    Relay.objects.create(name="loopback", host="127.0.0.1", port=sink.port, security=Relay.Security.NONE)
+    routing.forget_relay()
+    dead = Receiver(fail_first=1000)
+    try:
+        endpoint = make_endpoint(api, dead.url, description="CRM sync")
+        opened()
+        opened("second@example.com")
+        now = timezone.now()
+        with django_capture_on_commit_callbacks(execute=True):
+            deliver.deliver_due(now=now)
+        assert not notices_made(), "no notice while the endpoint is still on"
+        with django_capture_on_commit_callbacks(execute=True):
+            deliver.deliver_due(now=now + timedelta(days=3, seconds=30))
+            deliver.deliver_due(now=now + timedelta(days=4))  # already off: no second notice
+        (notice,) = notices_made()
+        engine.send_batch([notice])
+        sink.wait_for(1)
+    finally:
+        dead.close()
+        routing.forget_relay()
+    (got,) = sink.received
+    assert got.rcpt_tos == ["root@example.com"]
+    assert got.message["Subject"] == f"Webhook endpoint switched off: {dead.url}"
+    text = quopri.decodestring(got.data.split(b"\r\n\r\n", 1)[1]).decode()
+    assert "CRM sync" in text and "every delivery failed since" in text, text
+    assert "0 events wait for it" in text and "2 events went past the retry window" in text, text
+    assert f"/admin/webhooks_out/endpoint/{endpoint['id']}/change/" in text
 
 
 def test_events_are_batched_where_the_endpoint_allows(api, receiver, allow_loopback):
