@@ -33,9 +33,11 @@ MOST_PER_SECOND = 410 + 82
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def scratch_database():
-    """A database of the demo's own, new for this test, next to the test database."""
+    """A database of the demo's own, next to the test database: new for the first test here, which sees the
+    demo start from nothing; the later ones run the demo again on it, as its second run does, which spares
+    migrating a new database each time."""
     main = settings.DATABASES["default"]
     if "postgresql" not in main["ENGINE"]:
         pytest.skip("this test runs the demo on a scratch PostgreSQL database")
@@ -49,7 +51,7 @@ def scratch_database():
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def demo_env(scratch_database):
     # No REDIS_URL: the demo starts a private Redis of its own, as for someone
     # who runs it on a fresh machine (and no other test's process can write there).
