@@ -50,7 +50,8 @@ def _dialect(vendor):
     if vendor == "postgresql":
         return {"minute": "date_trunc('minute', {}, 'UTC')",
                 "micros": "(extract(epoch FROM {0} - {1}) * 1000000)::bigint", "null_at": "NULL::timestamptz"}
-    return {"minute": "strftime('%Y-%m-%d %H:%M:00', {})",
+    # Percent signs doubled: the SQL is run with parameters (an empty list at least), as a format string.
+    return {"minute": "strftime('%%Y-%%m-%%d %%H:%%M:00', {})",
             "micros": "CAST(round((julianday({0}) - julianday({1})) * 86400000000.0) AS INTEGER)", "null_at": "NULL"}
 
 
@@ -58,6 +59,7 @@ def ledger_sql(vendor, campaigns=""):
     """Every metric counted from the sends and events: rows of (campaign_id, metric, domain, key, at, n).
 
     ``campaigns`` is SQL of campaign ids to restrict it to (``IN (…)``'s inside), or empty for all.
+    Execute it with parameters, an empty list if none: its percent signs are doubled.
     """
     d = _dialect(vendor)
     minute, null = d["minute"].format, d["null_at"]
@@ -238,5 +240,5 @@ def rebuild(campaign_ids=None, connection=None):
             INSERT INTO tracking_tally (campaign_id, metric, domain, key, at, n)
             SELECT campaign_id, metric, domain, key, at, n
             FROM ({ledger_sql(connection.vendor, only if ids is not None else '')}) AS t
-            WHERE n <> 0""")  # noqa: S608
+            WHERE n <> 0""", [])  # noqa: S608
         return cursor.rowcount

@@ -37,10 +37,14 @@ def setup(sink_port, addresses):
 def report(campaign_id):
     from campaigns.models import Campaign, Suppression
     from delivery.models import Send
+    from tracking import dashboard, stats
     from tracking.models import Event
 
     campaign = Campaign.objects.get(pk=campaign_id)
+    figures = stats.campaign_stats(campaign)
     return {
+        "sent_figure": figures["outcomes"]["delivered"]["count"],
+        "sent_last_hours": dashboard.sends_per_hour()["total"],
         "status": campaign.status,
         "total": campaign.total,
         "sends": list(Send.objects.filter(campaign_id=campaign_id).order_by("email").values(

@@ -28,7 +28,7 @@ def kept(campaign):
 def counted(campaign):
     """The same figures counted from the ledger."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT * FROM ({rollups.ledger_sql(connection.vendor, str(campaign.pk))}) AS t")
+        cursor.execute(f"SELECT * FROM ({rollups.ledger_sql(connection.vendor, str(campaign.pk))}) AS t", [])
         rows = cursor.fetchall()
     minute = {str: lambda at: datetime.fromisoformat(at).replace(tzinfo=UTC)}  # SQLite's text
     return {(*row[:4], minute.get(type(row[4]), lambda at: at)(row[4])): int(row[5]) for row in rows if row[5]}
