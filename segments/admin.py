@@ -27,7 +27,7 @@ class SegmentForm(forms.ModelForm):
     class Meta:
         model = Segment
         fields = ("name", "description", "rules")
-        widgets = {"description": forms.Textarea(attrs={"rows": 2, "cols": 80})}
+        widgets = {"description": forms.Textarea(attrs={"rows": 2})}
 
     def clean_rules(self):
         tree = self.cleaned_data["rules"]

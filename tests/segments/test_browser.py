@@ -36,6 +36,8 @@ def test_a_two_group_segment_built_in_the_admin_gets_the_campaign(page, live_ser
 
     # Germans or gold customers (any of two), and none of those on the free plan.
     page.goto("/admin/campaigns/segment/add/")
+    # The form fits the window: nothing to scroll sideways for (a fixed-width description box once made it so).
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
     page.fill("#id_name", "German or gold, paying")
     add_group = page.locator("#segment-builder > .seg-group > div > button.seg-add-group")
     add_group.click()
