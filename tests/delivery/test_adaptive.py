@@ -203,10 +203,14 @@ def test_the_give_up_clock_starts_at_the_first_attempt_not_the_first_claim(make_
 
 def test_a_limited_group_slowed_by_a_421_sends_the_rest_at_the_slower_pace(make_relay, make_campaign):
     row = DomainThrottle.objects.create(name="example", domains="example.com", rate=100, period=Period.SECOND)
-    with Sink(rules=Rules(data={"t1@example.com": "421 4.7.0 too many messages, slow down"})) as server:
+    with Sink() as server:
         make_relay(server.port)
         campaign = make_campaign([f"t{i}@example.com" for i in range(30)])
         lifecycle.start_campaign(campaign.pk)
+        # The engine sends in the order of the sends' ids, which the snapshot does not tie to the contacts':
+        # the first message it sends is the one answered 421, so the rest are still to send.
+        first = Send.objects.order_by("id").values_list("email", flat=True).first()
+        server.rules.data[first] = "421 4.7.0 too many messages, slow down"
         engine.send_batch(list(Send.objects.values_list("id", flat=True)))
         queued = list(Send.objects.filter(status="queued").values_list("id", flat=True))
         requeue = engine.send_batch(queued)
