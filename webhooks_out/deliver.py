@@ -341,7 +341,7 @@ def enforce_limit(now=None) -> list[int]:
             reason = f"Switched off on {now:%Y-%m-%d %H:%M} UTC: more than {limit} events waiting for it."
             if Endpoint.objects.filter(pk=endpoint.pk, enabled=True).update(enabled=False, disabled_reason=reason):
                 notices.switched_off(endpoint, reason, _undelivered(endpoint))
-            off.append(endpoint.pk)
+                off.append(endpoint.pk)
     return off
 
 

@@ -38,18 +38,16 @@ def _text(endpoint, reason: str, undelivered: dict[str, int]) -> str:
     )
 
 
-def switched_off(endpoint, reason: str, undelivered: dict[str, int]) -> list[int]:
-    """Mail the notice once the current transaction commits; the ids of the sends it made (none without staff)."""
-    made: list[int] = []
+def switched_off(endpoint, reason: str, undelivered: dict[str, int]) -> None:
+    """Mail the notice to each of ``recipients()`` once the current transaction commits."""
     to = recipients()
     if not to:
-        return made
+        return
     subject = f"Webhook endpoint switched off: {endpoint.url}"[:200]
     text = _text(endpoint, reason, undelivered)
 
     def send():
         for address in to:
-            made.extend(mail.send(settings.DEFAULT_FROM_EMAIL, "Herald", address, subject, text, TAG))
+            mail.send(settings.DEFAULT_FROM_EMAIL, "Herald", address, subject, text, TAG)
 
     transaction.on_commit(send)
-    return made

@@ -207,6 +207,22 @@ def test_the_operator_is_mailed_once_when_an_endpoint_is_switched_off(api, allow
     assert f"/admin/webhooks_out/endpoint/{endpoint['id']}/change/" in text
 
 
+def test_an_endpoint_owing_more_than_the_outbox_limit_is_switched_off_once_with_a_notice(
+        api, allow_loopback, settings, django_capture_on_commit_callbacks):
+    settings.HERALD_WEBHOOK_OUTBOX_LIMIT = 1
+    endpoint = make_endpoint(api, "http://127.0.0.1:9/hooks")
+    opened()
+    assert deliver.enforce_limit() == [], "one event waiting is within the limit"
+    opened("second@example.com")
+    with django_capture_on_commit_callbacks(execute=True):
+        assert deliver.enforce_limit() == [endpoint["id"]]
+        assert deliver.enforce_limit() == [], "already off: not switched off again"
+    shown = api.get(f"/api/v1/webhooks/{endpoint['id']}").json()
+    assert not shown["enabled"] and "more than 1 events waiting" in shown["disabled_reason"]
+    assert len(notices_made()) == 1
+    assert OutboxMessage.objects.filter(status="pending").count() == 2, "the waiting events are kept"
+
+
 def test_events_are_batched_where_the_endpoint_allows(api, receiver, allow_loopback):
     make_endpoint(api, receiver.url, batch_size=10)
     for n in range(3):
