@@ -80,13 +80,27 @@ def build(from_email: str, from_name: str, to: str, subject: str, text: str) -> 
 
 def send(from_email: str, from_name: str, to: str, subject: str, text: str, tag: str) -> list[int]:
     """Store one message to ``to`` and hand its Send to the engine once the transaction commits."""
-    raw, message_id = build(from_email, from_name, to, subject, text)
-    domain = from_email.rpartition("@")[2].lower()
-    item = store.Accepted(credential_id=_credential_id(domain), mail_from=from_email, rcpt_tos=[to], raw=raw,
-                          from_header=from_email, from_domain=domain, subject=subject[:998],
-                          message_id=message_id, tag=tag)
-    ids = store.store_batch([item])
+    return send_many([(from_email, from_name, to, subject, text)], tag)
+
+
+def send_many(messages, tag: str) -> list[int]:
+    """Store [(from_email, from_name, to, subject, text)] in one batch and hand their Sends to the engine once
+    the transaction commits."""
+    items, credentials = [], {}
+    for from_email, from_name, to, subject, text in messages:
+        raw, message_id = build(from_email, from_name, to, subject, text)
+        domain = from_email.rpartition("@")[2].lower()
+        if domain not in credentials:
+            credentials[domain] = _credential_id(domain)
+        items.append(store.Accepted(credential_id=credentials[domain], mail_from=from_email, rcpt_tos=[to], raw=raw,
+                                    from_header=from_email, from_domain=domain, subject=subject[:998],
+                                    message_id=message_id, tag=tag))
+    if not items:
+        return []
+    ids = store.store_batch(items)
     if ids:
-        # Its domain is known: the engine need not read it back (one query less per signup).
-        dispatch.enqueue_sends(ids, domains=[store.recipient_domain(to)] * len(ids))
+        # Their domains are known: the engine need not read them back (a suppressed recipient has no queued send).
+        domains = {pk: store.recipient_domain(rcpt) for item in items
+                   for pk, rcpt in zip(item.send_ids, item.rcpt_tos, strict=True)}
+        dispatch.enqueue_sends(ids, domains=[domains[pk] for pk in ids])
     return ids

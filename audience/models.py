@@ -103,3 +103,23 @@ class SignupForm(models.Model):
             problem = check_template(self.confirm_body)
             if problem:
                 raise ValidationError({"confirm_body": problem})
+
+
+class ConfirmationDue(models.Model):
+    """A confirmation mail owed to a signup, stored with it in one transaction and sent by the engine's workers.
+
+    The signup only records that the mail is due; a worker renders and stores
+    these in batches (audience.confirmations) and deletes the rows it has
+    stored, in the same transaction. No address is kept here: the mail goes to
+    the contact as they are when it is sent, and an erased or purged contact
+    takes its row with it.
+    """
+
+    contact = models.ForeignKey("campaigns.Contact", on_delete=models.CASCADE, related_name="+", db_constraint=False)
+    form = models.ForeignKey(SignupForm, on_delete=models.CASCADE, related_name="+", db_constraint=False,
+                             db_index=False)
+    list_ids = models.JSONField(default=list)
+    created_at = models.DateTimeField()
+
+    def __str__(self):
+        return f"confirmation for contact {self.contact_id} (form {self.form_id})"

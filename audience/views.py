@@ -18,10 +18,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_http_methods
 
-from audience import preferences, signup, tokens
+from audience import confirmations, preferences, signup, tokens
 from audience.models import SignupForm, redirect_allowed
 from audience.texts import texts
 from campaigns.imports import is_valid_address
+from campaigns.models import Contact, MailingList
 
 HONEYPOT = "website"
 
@@ -40,6 +41,7 @@ _forms: dict[str, tuple] = {}
 
 def forget_forms(**kwargs):
     _forms.clear()
+    _thanks.clear()
 
 
 def _form(slug) -> tuple[SignupForm, list]:
@@ -119,11 +121,22 @@ def _read(form, lists, post, words):
     return values, errors
 
 
+# The thank-you page, the same for every signup to a form: rendered once per form as served (see _form).
+_thanks: dict[tuple, bytes] = {}
+
+
 def _done(request, form):
     if form.redirect_url and redirect_allowed(form.redirect_url):
         return HttpResponseRedirect(form.redirect_url, status=303)
-    words = texts(form.language)
-    return _message(request, form.language, words["thanks_title"], form.thank_you_text or words["thanks"])
+    key = (form.pk, form.language, form.thank_you_text)
+    content = _thanks.get(key)
+    if content is None:
+        words = texts(form.language)
+        content = _message(request, form.language, words["thanks_title"], form.thank_you_text or words["thanks"]).content
+        if len(_thanks) > 1000:
+            _thanks.clear()
+        _thanks[key] = content
+    return HttpResponse(content)
 
 
 @csrf_exempt
@@ -152,21 +165,23 @@ def signup_form(request, slug):
         return _page(request, form, lists, values, errors, notice=words["expired_form"], status=400)
     if errors:
         return _page(request, form, lists, values, errors, notice=words["invalid"], status=400)
-    if signup.over_limit(_client_ip(request), values["email"]):
+    optins = {pk: optin for pk, _, optin in lists if pk in values["lists"]}
+    double = any(optin == MailingList.OptIn.DOUBLE for optin in optins.values())
+    gate = signup.gate(_client_ip(request), values["email"], form.pk, double)
+    if gate.over_limit:
+        if gate.woke:
+            confirmations.publish()  # the wake-up it claimed is not held back for others
         return _message(request, form.language, words["rate_limited"], words["rate_limited"], status=429)
     names = {k: values[k] for k in ("first_name", "last_name") if isinstance(values.get(k), str)}
     attributes = {spec["name"]: values[spec["name"]] for spec in form.fields
                   if spec["name"] not in ("first_name", "last_name") and values.get(spec["name"]) not in ("", None)}
-    optins = {pk: optin for pk, _, optin in lists if pk in values["lists"]}
-    signup.sign_up(form, optins, names={pk: name for pk, name, _ in lists}, data=signup.Signup(
+    signup.sign_up(form, optins, gate=gate, data=signup.Signup(
         email=values["email"], attributes=attributes, list_ids=list(optins), ip=_client_ip(request),
         user_agent=request.META.get("HTTP_USER_AGENT", ""), **names))
     return _done(request, form)
 
 
 def _confirm_context(token):
-    from campaigns.models import Contact, MailingList
-
     try:
         read = tokens.read_confirm_token(token)
     except Exception:  # expired
@@ -225,8 +240,6 @@ def preference_centre(request, token):
 @require_http_methods(["GET"])
 def export_download(request, token):
     from audience import gdpr
-    from campaigns.models import Contact
-
     contact_id = tokens.read_export_token(token)
     contact = Contact.objects.filter(pk=contact_id).first() if contact_id else None
     if contact is None:

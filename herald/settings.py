@@ -248,6 +248,8 @@ CELERY_BEAT_SCHEDULE = {
     "tracking-fold-tallies": {"task": "tracking.fold_tallies", "schedule": 60.0},
     # Signups nobody confirmed are forgotten after HERALD_UNCONFIRMED_PURGE_DAYS.
     "audience-purge-unconfirmed": {"task": "audience.purge_unconfirmed", "schedule": 3600.0},
+    # Signups wake the confirmation sender themselves; this pass covers a lost task or a crashed worker.
+    "audience-send-confirmations": {"task": "audience.send_confirmations", "schedule": 10.0},
     # Automations: triggers polled and due steps advanced; outgoing webhooks delivered from their outbox.
     "automations-tick": {"task": "automations.tick", "schedule": 5.0},
     "webhooks-out-deliver": {"task": "webhooks_out.deliver", "schedule": 2.0},

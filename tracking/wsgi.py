@@ -5,23 +5,20 @@
 Opens and clicks are most of the requests a large campaign brings, and each is
 a token check and one INSERT; URL resolution and the middleware (sessions,
 CSRF, messages, locale) would cost more than the work itself. Every other path,
-and any pixel or click request this does not recognise, goes to Django
-unchanged, so answers are the same as from herald.wsgi: 404 for a bad token,
+and any pixel or click request this does not recognise, goes to herald.wsgi's
+application unchanged, so answers are the same as from herald.wsgi: 404 for a bad token,
 no-cache headers on the GIF, 302 to the stored link only.
 """
 
-import os
 import re
 
-from django.core.wsgi import get_wsgi_application
+# isort: off
+from herald.wsgi import application as django_application  # first: it sets Django up
+from django.core import signals
 
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "herald.settings")
-django_application = get_wsgi_application()
-
-from django.core import signals  # noqa: E402  (after Django is set up)
-
-from delivery.tokens import unsign  # noqa: E402
-from tracking import hotpath  # noqa: E402
+from delivery.tokens import unsign
+from tracking import hotpath
+# isort: on
 
 _OPEN = re.compile(r"^/t/o/([0-9a-zA-Z-]{1,100})\.gif$")
 _CLICK = re.compile(r"^/t/c/([0-9a-zA-Z-]{1,100})$")

@@ -40,7 +40,8 @@ def test_sign_up_confirm_from_the_mail_and_the_evidence_is_kept(page, live_serve
     form = SignupForm.objects.create(name="Weekly news", slug="weekly", consent_text="Yes, weekly news please.",
                                      from_email="news@shop.example", fields=[{"name": "first_name", "label": "First name"}])
     form.lists.add(weekly)
-    worker = Worker("signup-browser", tmp_path).wait_ready()
+    # The worker writes the confirmation mail, so it is the one that must know where Herald is served.
+    worker = Worker("signup-browser", tmp_path, HERALD_BASE_URL=live_server.url).wait_ready()
     try:
         page.goto("/s/weekly/")
         served = time.monotonic()

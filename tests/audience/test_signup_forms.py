@@ -7,7 +7,8 @@ import pytest
 from django.core import signing
 from django.test import Client
 
-from audience.models import SignupForm
+from audience import confirmations
+from audience.models import ConfirmationDue, SignupForm
 from campaigns.models import Campaign, Contact, MailingList, Subscription
 from delivery import planner
 from delivery.models import Send
@@ -44,6 +45,8 @@ def form(weekly):
 
 
 def confirmation_mails():
+    """The confirmation mails in the ledger, once a worker's pass has stored the ones owed."""
+    confirmations.send_due()
     return [bytes(m.raw) for m in OutboundMessage.objects.order_by("id")]
 
 
@@ -68,7 +71,10 @@ def test_a_signup_to_a_double_opt_in_list_waits_for_confirmation_with_its_eviden
     assert sub.source == "form" and sub.source_detail == "form weekly v1"
     assert sub.consent_ip == "198.51.100.7" and sub.consent_user_agent == "Mozilla/5.0 (test)"
     assert sub.consent_text == form.consent_text
-    # The confirmation mail is in the ledger, queued for the engine, with a link that confirms.
+    # The confirmation mail is owed with the signup; a worker's pass puts it in the ledger, queued for the
+    # engine, with a link that confirms.
+    assert ConfirmationDue.objects.get().contact == contact and not Send.objects.exists()
+    assert confirmations.send_due() == 1 and not ConfirmationDue.objects.exists()
     send = Send.objects.get()
     assert send.campaign_id is None and send.email == "Ann@Example.org" and send.status == Send.Status.QUEUED
     [raw] = confirmation_mails()
@@ -238,6 +244,7 @@ def test_unconfirmed_form_signups_are_purged_after_the_set_days(client, form, se
     from audience.purge import purge_unconfirmed
 
     post_signup(client, form, "ann@example.org", first_name="Ann")
+    confirmations.send_due()
     assert purge_unconfirmed() == 0
     later = timezone.now() + timedelta(days=settings.HERALD_UNCONFIRMED_PURGE_DAYS + 1)
     assert purge_unconfirmed(now=later) == 1
