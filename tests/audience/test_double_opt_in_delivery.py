@@ -46,3 +46,32 @@ def test_signup_confirmation_arrives_through_the_engine_and_its_link_confirms(re
     assert Client().post(path).status_code == 200
     sub = Subscription.objects.get()
     assert sub.status == Subscription.Status.CONFIRMED and sub.confirmed_at and sub.consent_text == "Yes, weekly news please."
+
+
+def test_a_confirmation_owed_just_after_a_pass_is_sent_by_the_pass_that_follows_it(redis_client, tmp_path):
+    """A signup that found the wake-up taken, and committed only after the pass had read, is not left waiting."""
+    from django.utils import timezone
+
+    from audience.models import ConfirmationDue
+    from campaigns.models import Contact
+
+    weekly = MailingList.objects.create(name="Weekly", optin=MailingList.OptIn.DOUBLE)
+    form = SignupForm.objects.create(name="Weekly", slug="weekly", consent_text="Yes", from_email="news@shop.example")
+    form.lists.add(weekly)
+    with Sink() as sink:
+        Relay.objects.create(name="loopback", host="127.0.0.1", port=sink.port, security=Relay.Security.NONE)
+        routing.forget_relay()
+        worker = Worker("follow-up", tmp_path).wait_ready()
+        try:
+            assert post_signup(Client(), form, "ann@example.org").status_code == 200
+            wait_until(lambda: not ConfirmationDue.objects.exists(), timeout=30, interval=0.02,
+                       message="the woken pass stored Ann's mail")
+            # Bob's signup commits now, with no wake-up of its own (it saw Ann's still taken).
+            bob = Contact.objects.create(email="bob@example.org")
+            Subscription.objects.create(contact=bob, mailing_list=weekly, status=Subscription.Status.UNCONFIRMED)
+            ConfirmationDue.objects.create(contact=bob, form=form, list_ids=[weekly.pk], created_at=timezone.now())
+            sink.wait_for(2, timeout=60)
+        finally:
+            worker.stop()
+            routing.forget_relay()
+    assert sorted(m.rcpt_tos[0] for m in sink.received) == ["ann@example.org", "bob@example.org"]
