@@ -21,6 +21,7 @@ which covers a lost task or a crashed worker.
 
 import logging
 
+from celery import shared_task
 from django.conf import settings
 from django.db import connection, transaction
 from jinja2 import TemplateError
@@ -60,8 +61,6 @@ def wake():
 def publish(countdown: float | None = None):
     """Publish the sender's task, for the holder of the wake-up (see the module's text)."""
     try:
-        from audience.tasks import send_confirmations
-
         send_confirmations.apply_async(countdown=countdown, priority=0)
     except Exception:  # the broker is down: the rows wait for beat's pass, and the next signup tries again
         log.exception("Could not publish the confirmation sender's task; beat's pass sends the mail")
@@ -69,6 +68,19 @@ def publish(countdown: float | None = None):
             redis_client().delete(WAKE_KEY)
         except RedisError:
             pass
+
+
+@shared_task(name=TASK)
+def send_confirmations():
+    """Woken by signups, and beat's pass: store the due confirmation mails and hand them to the engine.
+
+    A pass that found mail to store is followed by one more a moment later, for a signup that saw the
+    wake-up taken just before this pass took it back, and committed only after this pass had looked.
+    """
+    stored = send_due()
+    if stored:
+        publish(countdown=FOLLOW_UP_SECONDS)
+    return stored
 
 
 def send_due(batch: int = BATCH) -> int:
