@@ -1,6 +1,8 @@
 import pytest
 import redis as redis_lib
 from django.conf import settings
+from django.core import signals
+from django.db import close_old_connections
 
 from tests.support.smtp import Sink
 
@@ -69,3 +71,14 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     report.sections = [(title, text.encode("utf-8", "backslashreplace").decode("utf-8"))
                        for title, text in report.sections]
+
+
+@pytest.fixture
+def keep_the_test_connection(db):
+    """For tests that call a WSGI application themselves, as Django's test client does: the request signals
+    must not close the connection that holds the test's transaction."""
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)

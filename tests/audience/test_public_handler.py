@@ -5,25 +5,14 @@ import re
 from urllib.parse import urlencode
 
 import pytest
-from django.core import signals
-from django.db import close_old_connections
 
 from audience.models import ConfirmationDue, SignupForm
 from campaigns.models import MailingList, Subscription
 from herald import wsgi
 from tests.audience.signup_support import served_ago
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("keep_the_test_connection")]
 
-
-@pytest.fixture(autouse=True)
-def keep_the_test_connection():
-    """As Django's test client does: the test's transaction must outlive each request."""
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    yield
-    signals.request_started.connect(close_old_connections)
-    signals.request_finished.connect(close_old_connections)
 
 
 @pytest.fixture

@@ -3,8 +3,7 @@
 import pytest
 import schemathesis
 from django.contrib.auth import get_user_model
-from django.core import signals
-from django.db import close_old_connections, transaction
+from django.db import transaction
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import (
@@ -43,16 +42,7 @@ def _load():
 
 
 schema = _load()
-
-
-@pytest.fixture(autouse=True)
-def keep_the_test_connection(db):
-    """Like Django's test client: requests must not close the connection holding the test's transaction."""
-    signals.request_started.disconnect(close_old_connections)
-    signals.request_finished.disconnect(close_old_connections)
-    yield
-    signals.request_started.connect(close_old_connections)
-    signals.request_finished.connect(close_old_connections)
+pytestmark = pytest.mark.usefixtures("keep_the_test_connection")
 
 
 @pytest.fixture
