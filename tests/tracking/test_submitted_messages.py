@@ -14,10 +14,10 @@ from submission.build import build_for_send
 from submission.models import OutboundMessage
 from submission.store import Accepted, announce_skipped, store_batch
 from tests.submission.conftest import make_credential
-from tests.tracking.test_wsgi_fast_path import call, keep_the_test_connection  # noqa: F401 (fixture)
+from tests.tracking.test_wsgi_fast_path import call
 from tracking.models import Event
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("keep_the_test_connection")]
 
 BROWSER = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
 RECEIPT = (
