@@ -104,8 +104,7 @@ def _one_batch(batch: int) -> tuple[int, bool]:
                     .values_list("id", "contact_id", "form_id", "list_ids")[:batch])
         if not rows:
             return 0, False
-        contacts = {pk: (email, first, last, attributes, status) for pk, email, first, last, attributes, status in
-                    Contact.objects.filter(pk__in={r[1] for r in rows})
+        contacts = {row[0]: row[1:] for row in Contact.objects.filter(pk__in={r[1] for r in rows})
                     .values_list("pk", "email", "first_name", "last_name", "attributes", "status")}
         forms = SignupForm.objects.in_bulk({r[2] for r in rows})
         names = dict(MailingList.objects.filter(pk__in={pk for r in rows for pk in r[3]}).values_list("pk", "name"))
